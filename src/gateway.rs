@@ -1,0 +1,26 @@
+//! The shared core both doors hold: the validated config, the policy pipeline and the egress
+//! client. Built once at start-up.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::egress::Egress;
+use crate::policy::Pipeline;
+
+/// Everything a request needs, behind one `Arc`.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub pipeline: Pipeline,
+    pub egress: Egress,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Arc<Self> {
+        let config = Arc::new(config);
+        Arc::new(Gateway {
+            pipeline: Pipeline::new(config.clone()),
+            egress: Egress::new(),
+            config,
+        })
+    }
+}

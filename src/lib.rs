@@ -1,0 +1,15 @@
+//! api-gateway-mcp: a policy gateway that lets AI agents call external HTTP APIs safely.
+//!
+//! Two front doors, the MCP door ([`mcp`]) and the reverse-proxy door ([`proxy`]), share one
+//! policy pipeline ([`policy`]) and one egress path ([`egress`]). [`server`] wires them into a
+//! single Pingora server.
+
+pub mod admin;
+pub mod config;
+pub mod egress;
+pub mod error;
+pub mod gateway;
+pub mod mcp;
+pub mod policy;
+pub mod proxy;
+pub mod server;

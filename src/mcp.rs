@@ -1,0 +1,545 @@
+//! The MCP door: an rmcp [`ServerHandler`] whose tools come from config (`api_gateway`,
+//! `list_apis`), the Pingora↔tower bridge that serves it over Streamable HTTP at `/mcp`, and
+//! the stdio transport.
+//!
+//! A policy denial or an upstream failure is a tool result with `isError: true` and a
+//! machine-readable `error` code; protocol errors are kept for unknown tools and malformed
+//! arguments.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, InitializeResult,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::policy::{CallRequest, Door};
+
+/// The client address of an HTTP MCP request, attached by the bridge.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+/// Methods the `api_gateway` tool accepts, in schema order.
+const TOOL_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The MCP server handler. Cheap to clone: the service factory makes one per request.
+#[derive(Clone)]
+pub struct GatewayMcp {
+    gateway: Arc<Gateway>,
+}
+
+/// Arguments of the `api_gateway` tool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiGatewayArgs {
+    api: String,
+    endpoint: String,
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    #[serde(default)]
+    query: Map<String, Value>,
+    #[serde(default)]
+    body: Option<Value>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+impl GatewayMcp {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        GatewayMcp { gateway }
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        let config = &self.gateway.config;
+        let names: Vec<&str> = config.apis.iter().map(|a| a.name.as_str()).collect();
+        let methods: Vec<&str> = TOOL_METHODS
+            .iter()
+            .copied()
+            .filter(|m| {
+                config
+                    .apis
+                    .iter()
+                    .any(|a| a.methods.iter().any(|am| am.as_str() == *m))
+            })
+            .collect();
+        let catalogue: Vec<String> = config
+            .apis
+            .iter()
+            .map(|a| format!("- {}: {}", a.name, a.description))
+            .collect();
+        let input = json!({
+            "type": "object",
+            "properties": {
+                "api": {"type": "string", "enum": names,
+                        "description": "Name of the API to call (its configured base URL is accepted too)."},
+                "endpoint": {"type": "string",
+                             "description": "Path under the API's base URL, e.g. \"/v1/items\"; may include a query string."},
+                "method": {"type": "string", "enum": methods, "default": "GET"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Extra request headers. Credentials are added by the gateway; do not send any."},
+                "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]},
+                          "description": "Query parameters."},
+                "body": {"description": "JSON request body for POST, PUT and PATCH."}
+            },
+            "required": ["api", "endpoint"],
+            "additionalProperties": false
+        });
+        let output = json!({
+            "type": "object",
+            "properties": {
+                "status": {"type": "integer"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "data": {},
+                "truncated": {"type": "boolean"}
+            },
+            "required": ["status", "headers", "data", "truncated"]
+        });
+        let read_only = methods.iter().all(|m| *m == "GET");
+        let mut call = Tool::new(
+            "api_gateway",
+            format!(
+                "Call an allow-listed HTTP API through the gateway. Credentials are injected for you; \
+                 redirects are returned, not followed. Available APIs:\n{}",
+                catalogue.join("\n")
+            ),
+            as_object(input),
+        );
+        call.output_schema = Some(Arc::new(as_object(output)));
+        call.annotations = Some(
+            ToolAnnotations::with_title("API gateway")
+                .read_only(read_only)
+                .destructive(methods.contains(&"DELETE") || methods.contains(&"PUT"))
+                .idempotent(read_only)
+                .open_world(true),
+        );
+        let mut list = Tool::new(
+            "list_apis",
+            "List the APIs you may call with api_gateway: names, descriptions, methods and path patterns.",
+            as_object(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        );
+        list.annotations = Some(
+            ToolAnnotations::with_title("List APIs")
+                .read_only(true)
+                .destructive(false)
+                .idempotent(true)
+                .open_world(false),
+        );
+        vec![call, list]
+    }
+
+    fn list_apis(&self) -> CallToolResult {
+        let apis: Vec<Value> = self
+            .gateway
+            .config
+            .apis
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name,
+                    "description": a.description,
+                    "methods": a.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
+                    "paths": a.paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                    "deny_paths": a.deny_paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                    "rate_limit": Value::Null,
+                })
+            })
+            .collect();
+        CallToolResult::structured(json!({ "apis": apis }))
+    }
+
+    async fn api_gateway(
+        &self,
+        args: ApiGatewayArgs,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Value, GatewayError> {
+        let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+            .ok()
+            .filter(|m| TOOL_METHODS.contains(&m.as_str()))
+            .ok_or_else(|| {
+                GatewayError::invalid_arguments(format!(
+                    "method must be one of {}",
+                    TOOL_METHODS.join(", ")
+                ))
+            })?;
+
+        let mut headers = Vec::with_capacity(args.headers.len());
+        if args.headers.len() > 32 {
+            return Err(GatewayError::invalid_header(
+                "at most 32 headers may be set",
+            ));
+        }
+        let mut content_type: Option<String> = None;
+        for (k, v) in &args.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                GatewayError::invalid_header(format!("{k:?} is not a valid header name"))
+            })?;
+            let credential_header = self.gateway.config.api(&args.api).and_then(|a| a.credential.as_ref()).is_some_and(
+                |c| matches!(&c.placement, crate::config::CredentialPlacement::Header(h) if *h == name),
+            );
+            if egress::is_reserved_header(&name) || credential_header {
+                return Err(GatewayError::invalid_header(format!(
+                    "header {k:?} cannot be set by the caller (credentials are injected by the gateway)"
+                )));
+            }
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => v.to_string(),
+                _ => {
+                    return Err(GatewayError::invalid_header(format!(
+                        "header {k:?} must be a string"
+                    )))
+                }
+            };
+            let value = http::HeaderValue::from_str(&text).map_err(|_| {
+                GatewayError::invalid_header(format!("header {k:?} has an invalid value"))
+            })?;
+            if name == http::header::CONTENT_TYPE {
+                content_type = Some(text);
+            }
+            headers.push((name, value));
+        }
+
+        let body = match &args.body {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Bytes::from(serde_json::to_vec(v).map_err(|_| {
+                GatewayError::invalid_arguments("body could not be serialised as JSON")
+            })?)),
+        };
+        if body.is_some() && content_type.is_none() {
+            content_type = Some("application/json".into());
+            headers.push((
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            ));
+        }
+
+        let mut query = Vec::with_capacity(args.query.len());
+        for (k, v) in &args.query {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => v.to_string(),
+                _ => {
+                    return Err(GatewayError::invalid_arguments(format!(
+                        "query parameter {k:?} must be a string, number or boolean"
+                    )))
+                }
+            };
+            query.push((k.clone(), v));
+        }
+
+        let decision = self.gateway.pipeline.evaluate(&CallRequest {
+            door: Door::Mcp,
+            api: &args.api,
+            method: &method,
+            endpoint: &args.endpoint,
+            content_length: body.as_ref().map(|b| b.len() as u64),
+            has_body: body.is_some(),
+            content_type: content_type.as_deref(),
+            client_ip,
+        })?;
+        let api = decision.api;
+        let addr = self.gateway.egress.resolve(&api).await?;
+        let path_and_query = egress::upstream_path_and_query(&api, &decision.endpoint, &query);
+        let max_body = api
+            .max_response_bytes
+            .unwrap_or(self.gateway.config.mcp.max_response_bytes);
+        let resp = self
+            .gateway
+            .egress
+            .send(
+                &api,
+                addr,
+                OutboundRequest {
+                    method,
+                    path_and_query,
+                    headers,
+                    body,
+                },
+                max_body,
+            )
+            .await?;
+
+        let mut safe = Map::new();
+        for name in SAFE_RESPONSE_HEADERS {
+            if let Some(v) = resp.headers.get(*name).and_then(|v| v.to_str().ok()) {
+                let v = String::from_utf8_lossy(&egress::redact_credential(
+                    &api,
+                    Bytes::copy_from_slice(v.as_bytes()),
+                ))
+                .into_owned();
+                safe.insert((*name).to_string(), Value::String(v));
+            }
+        }
+        let body = egress::redact_credential(&api, resp.body);
+        let is_json = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                ct == "application/json" || ct.ends_with("+json")
+            });
+        let data = if is_json && !resp.truncated {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        } else {
+            Value::String(String::from_utf8_lossy(&body).into_owned())
+        };
+        Ok(json!({
+            "status": resp.status,
+            "headers": safe,
+            "data": data,
+            "truncated": resp.truncated,
+        }))
+    }
+}
+
+fn as_object(v: Value) -> JsonObject {
+    match v {
+        Value::Object(m) => m,
+        _ => JsonObject::new(),
+    }
+}
+
+impl ServerHandler for GatewayMcp {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("api-gateway-mcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Call external HTTP APIs with the api_gateway tool; list_apis shows what you may call. \
+                 Credentials are injected by the gateway.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult {
+            tools: self.tools(),
+            ..Default::default()
+        })
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools().into_iter().find(|t| t.name == name)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let client_ip = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<ClientAddr>())
+            .and_then(|c| c.0);
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        match request.name.as_ref() {
+            "list_apis" => Ok(self.list_apis().into()),
+            "api_gateway" => {
+                let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
+                    McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
+                })?;
+                let result = match self.api_gateway(args, client_ip).await {
+                    Ok(v) => CallToolResult::structured(v),
+                    Err(e) => {
+                        tracing::info!(error = e.kind.code(), "api_gateway call refused or failed");
+                        CallToolResult::structured_error(e.tool_error_json())
+                    }
+                };
+                Ok(result.into())
+            }
+            other => Err(McpError::invalid_params(
+                format!("unknown tool {other:?}"),
+                None,
+            )),
+        }
+    }
+}
+
+/// Serves the tools over stdin/stdout until the client closes the stream.
+pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let running = GatewayMcp::new(gateway)
+        .serve(rmcp::transport::stdio())
+        .await?;
+    running.waiting().await?;
+    Ok(())
+}
+
+/// The Pingora service app that bridges HTTP sessions to rmcp's Streamable HTTP service.
+pub struct McpHttpApp {
+    service: StreamableHttpService<GatewayMcp, LocalSessionManager>,
+    max_request_bytes: usize,
+}
+
+impl McpHttpApp {
+    pub fn new(gateway: Arc<Gateway>, cancel: CancellationToken) -> Self {
+        let cfg = &gateway.config.mcp;
+        let mut http_cfg = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(cfg.allowed_hosts.clone())
+            .with_allowed_origins(cfg.allowed_origins.clone())
+            .with_legacy_session_mode(cfg.legacy_sessions)
+            .with_max_request_body_bytes(cfg.max_request_bytes)
+            .with_cancellation_token(cancel);
+        if cfg.allowed_origins.is_empty() {
+            // Secure default: with no configured origins, any browser Origin is refused.
+            http_cfg = http_cfg.enforce_origin_validation();
+        }
+        let max_request_bytes = cfg.max_request_bytes;
+        let handler = GatewayMcp::new(gateway);
+        let service = StreamableHttpService::new(
+            move || Ok(handler.clone()),
+            Arc::new(LocalSessionManager::default()),
+            http_cfg,
+        );
+        McpHttpApp {
+            service,
+            max_request_bytes,
+        }
+    }
+
+    async fn respond_plain(session: &mut ServerSession, status: u16, body: &'static str) {
+        if let Ok(mut h) = ResponseHeader::build(status, Some(2)) {
+            let _ = h.insert_header(http::header::CONTENT_TYPE, "text/plain");
+            let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+            let _ = session.write_response_header(Box::new(h)).await;
+            let _ = session
+                .write_response_body(Bytes::from_static(body.as_bytes()), true)
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for McpHttpApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        let path = session.req_header().uri.path().to_string();
+        if path != "/mcp" && path != "/mcp/" {
+            Self::respond_plain(&mut session, 404, "not found: the MCP endpoint is /mcp\n").await;
+            return crate::admin::finish(session).await;
+        }
+
+        // Read the body, capped, before handing the request to rmcp.
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_request_bytes {
+                        Self::respond_plain(&mut session, 413, "request body too large\n").await;
+                        return None;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+
+        let client = ClientAddr(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        );
+        let head = session.req_header();
+        let mut builder = http::Request::builder()
+            .method(head.method.clone())
+            .uri(head.uri.clone());
+        for (k, v) in head.headers.iter() {
+            builder = builder.header(k, v);
+        }
+        let Ok(mut request) = builder.body(Full::new(body.freeze())) else {
+            Self::respond_plain(&mut session, 400, "malformed request\n").await;
+            return None;
+        };
+        request.extensions_mut().insert(client);
+
+        let response = match tower_service::Service::call(&mut self.service.clone(), request).await
+        {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, mut body) = response.into_parts();
+        let mut header = ResponseHeader::from(parts);
+        let streaming = header.headers.get(http::header::CONTENT_LENGTH).is_none();
+        if streaming {
+            header.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        if session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        let mut shutdown = shutdown.clone();
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = shutdown.changed() => {
+                    let _ = session.write_response_body(Bytes::new(), true).await;
+                    return None;
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if session.write_response_body(data, false).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                Some(Err(_)) => return None,
+                None => break,
+            }
+        }
+        if session
+            .write_response_body(Bytes::new(), true)
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        crate::admin::finish(session).await
+    }
+}

@@ -1,0 +1,271 @@
+//! The reverse-proxy door: Pingora [`ProxyHttp`] hooks that route `/{api}/{rest}?{query}` to
+//! the API's base URL through the shared policy pipeline and egress guard.
+//!
+//! Hook order for one request:
+//! - `request_filter`: route, judge with the pipeline, resolve and vet the destination; a
+//!   denial is written here as `application/problem+json` and the request ends;
+//! - `upstream_peer`: dial the vetted address, SNI = the API's host;
+//! - `upstream_request_filter`: set the path, `Host`, strip the caller's own credentials,
+//!   inject the API's credential;
+//! - `request_body_filter`: count streamed body bytes against `max_body_size`;
+//! - `upstream_response_body_filter`: enforce the total deadline between reads;
+//! - `fail_to_proxy`: timeouts become 504, other upstream failures 502, as problem+json.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::Api;
+use crate::egress::{self, Egress};
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::Gateway;
+use crate::policy::{CallRequest, Door};
+
+/// The proxy door.
+pub struct ProxyDoor {
+    gateway: Arc<Gateway>,
+}
+
+impl ProxyDoor {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        ProxyDoor { gateway }
+    }
+}
+
+/// Per-request state.
+pub struct ProxyCtx {
+    started: Instant,
+    target: Option<Target>,
+    body_bytes: u64,
+}
+
+struct Target {
+    api: Arc<Api>,
+    addr: SocketAddr,
+    path_and_query: String,
+}
+
+/// Headers that carry the caller's own credentials to the gateway. They are consumed here and
+/// never forwarded upstream.
+const CALLER_CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
+async fn write_problem(session: &mut Session, e: &GatewayError) -> Result<()> {
+    let body = Bytes::from(e.problem_json().to_string());
+    let mut h = ResponseHeader::build(e.kind.status(), Some(3))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+impl ProxyDoor {
+    /// Routes and judges the request; returns the upstream target or the caller-facing error.
+    async fn admit(&self, session: &Session) -> std::result::Result<Target, GatewayError> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        let (api_name, rest) = match path.trim_start_matches('/').split_once('/') {
+            Some((a, r)) => (a, r),
+            None => (path.trim_start_matches('/'), ""),
+        };
+        if api_name.is_empty() {
+            return Err(GatewayError::unknown_api("route requests as /{api}/{path}"));
+        }
+        let endpoint = match req.uri.query() {
+            Some(q) => format!("/{rest}?{q}"),
+            None => format!("/{rest}"),
+        };
+        let header_str =
+            |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let content_length = match header_str(http::header::CONTENT_LENGTH) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| GatewayError::invalid_header("Content-Length is not a number"))?,
+            ),
+            None => None,
+        };
+        let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        let decision = self.gateway.pipeline.evaluate(&CallRequest {
+            door: Door::Proxy,
+            api: api_name,
+            method: &req.method,
+            endpoint: &endpoint,
+            content_length,
+            has_body: chunked || content_length.is_some_and(|n| n > 0),
+            content_type: header_str(http::header::CONTENT_TYPE),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        })?;
+        let addr = self.gateway.egress.resolve(&decision.api).await?;
+        let path_and_query =
+            egress::upstream_path_and_query(&decision.api, &decision.endpoint, &[]);
+        Ok(Target {
+            api: decision.api,
+            addr,
+            path_and_query,
+        })
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for ProxyDoor {
+    type CTX = ProxyCtx;
+
+    fn new_ctx(&self) -> ProxyCtx {
+        ProxyCtx {
+            started: Instant::now(),
+            target: None,
+            body_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        match self.admit(session).await {
+            Ok(t) => {
+                ctx.target = Some(t);
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::info!(error = e.kind.code(), door = "proxy", "request refused");
+                write_problem(session, &e).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut ProxyCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let t = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::explain(InternalError, "no target after request_filter"))?;
+        Ok(Box::new(Egress::peer(&t.api, t.addr)))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut ProxyCtx,
+    ) -> Result<()> {
+        let t = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::explain(InternalError, "no target after request_filter"))?;
+        let uri: http::Uri = t
+            .path_and_query
+            .parse()
+            .map_err(|_| Error::explain(InternalError, "upstream URI did not parse"))?;
+        upstream.set_uri(uri);
+        upstream.insert_header(http::header::HOST, t.api.base.host_header())?;
+        for h in CALLER_CREDENTIAL_HEADERS {
+            upstream.remove_header(*h);
+        }
+        // Forwarding metadata from the caller is not trusted or passed on.
+        let forwarded: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|k| {
+                k.as_str().starts_with("x-forwarded-") || *k == "forwarded" || *k == "x-real-ip"
+            })
+            .cloned()
+            .collect();
+        for k in forwarded {
+            upstream.remove_header(&k);
+        }
+        egress::inject_credential_header(&t.api, upstream)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut ProxyCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            let limit = self.gateway.config.request.max_body_size;
+            if ctx.body_bytes > limit {
+                return Error::e_explain(
+                    HTTPStatus(413),
+                    format!("request body exceeds {limit} bytes"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut ProxyCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // Each read is bounded by the peer's read timeout; this bounds the whole exchange.
+        if let Some(t) = &ctx.target {
+            if ctx.started.elapsed() > t.api.timeout {
+                return Error::e_explain(ReadTimedout, "total upstream deadline exceeded");
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut ProxyCtx,
+    ) -> FailToProxy {
+        let err = match (e.etype(), &ctx.target) {
+            (HTTPStatus(413), _) => GatewayError::payload_too_large(format!(
+                "request body exceeds the limit of {} bytes",
+                self.gateway.config.request.max_body_size
+            )),
+            (HTTPStatus(code), _) if *code < 500 => {
+                GatewayError::new(ErrorKind::InvalidArguments, "bad request")
+            }
+            (_, Some(t)) if e.esource() != &ErrorSource::Downstream => {
+                egress::map_pingora_error(&t.api, e)
+            }
+            (ReadError | WriteError | ConnectionClosed, _) => {
+                // The caller went away; there is nobody to answer.
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            _ => GatewayError::internal("the request could not be proxied"),
+        };
+        tracing::info!(error = err.kind.code(), door = "proxy", cause = %e.etype().as_str(), "proxy failure");
+        let status = err.kind.status();
+        // If the response head was already sent there is nothing sane left to write.
+        if session.response_written().is_none() {
+            let _ = write_problem(session, &err).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}

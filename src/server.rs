@@ -1,0 +1,72 @@
+//! Wiring and lifecycle: one `pingora::server::Server` runs the MCP, proxy and admin services.
+//!
+//! `Server::run` builds its own runtimes and panics inside an existing one, so `main` stays a
+//! plain `fn` and calls [`serve`] directly.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::mcp::McpHttpApp;
+use crate::proxy::ProxyDoor;
+
+/// Runs the gateway until SIGTERM (graceful, bounded by `server.shutdown_grace`) or SIGINT.
+pub fn serve(config: Config) {
+    let grace = config.server.shutdown_grace.as_secs().max(1);
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        ..ServerConf::default()
+    };
+    let gateway = Gateway::new(config);
+    let cfg = gateway.config.clone();
+
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        ProxyDoor::new(gateway.clone()),
+        "proxy",
+    );
+    proxy.add_tcp(&cfg.server.proxy_listen.to_string());
+
+    let mut mcp = Service::new(
+        "mcp".to_string(),
+        McpHttpApp::new(gateway.clone(), CancellationToken::new()),
+    );
+    mcp.add_tcp(&cfg.server.mcp_listen.to_string());
+
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway));
+    admin.add_tcp(&cfg.server.admin_listen.to_string());
+    admin.threads = Some(1);
+
+    tracing::info!(
+        mcp = %cfg.server.mcp_listen,
+        proxy = %cfg.server.proxy_listen,
+        admin = %cfg.server.admin_listen,
+        apis = cfg.apis.len(),
+        "api-gateway-mcp listening"
+    );
+    server.add_service(proxy);
+    server.add_service(mcp);
+    server.add_service(admin);
+    server.run(RunArgs::default());
+}
+
+/// Serves MCP over stdin/stdout on its own runtime.
+pub fn stdio(config: Config) -> anyhow::Result<()> {
+    let gateway: Arc<Gateway> = Gateway::new(config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::mcp::serve_stdio(gateway))
+}

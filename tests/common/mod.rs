@@ -1,0 +1,497 @@
+//! Shared test harness: a real HTTP/1.1 upstream that records what reaches it, and the real
+//! gateway binary started on free loopback ports.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "upstream-secret-9f8e7d";
+pub const QUERY_SECRET: &str = "query-secret-1a2b3c";
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real upstream HTTP server on a free loopback port. Paths ending in:
+/// - `/hang`: never answers;
+/// - `/big`: 300 000 bytes of text;
+/// - `/echo`: a JSON echo of the request, headers included;
+/// - `/redirect`: 302 to a metadata address;
+/// - anything else: `{"ok":true,"method":…,"target":…}`.
+pub struct Upstream {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let s = s.clone();
+                thread::spawn(move || serve_conn(conn, s));
+            }
+        });
+        Upstream { port, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request head.
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or("").to_string();
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut rest = buf.split_off(head_end + 4);
+        buf.clear();
+        let body = if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while rest.len() < len {
+                let mut chunk = [0u8; 8192];
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let extra = rest.split_off(len);
+            buf = extra;
+            rest
+        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            match read_chunked(&mut conn, rest) {
+                Some((b, extra)) => {
+                    buf = extra;
+                    b
+                }
+                None => return,
+            }
+        } else {
+            buf = rest;
+            Vec::new()
+        };
+        let req = Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers: headers.clone(),
+            body,
+        };
+        seen.lock().unwrap().push(req.clone());
+
+        let path = target.split('?').next().unwrap_or("");
+        let (status, ctype, extra_headers, payload): (u16, &str, String, Vec<u8>) = if path
+            .ends_with("/hang")
+        {
+            thread::sleep(Duration::from_secs(30));
+            return;
+        } else if path.ends_with("/big") {
+            (200, "text/plain", String::new(), vec![b'x'; 300_000])
+        } else if path.ends_with("/echo") {
+            let v = serde_json::json!({
+                "method": req.method,
+                "target": req.target,
+                "headers": req.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>(),
+                "body": String::from_utf8_lossy(&req.body),
+            });
+            (
+                200,
+                "application/json",
+                String::new(),
+                v.to_string().into_bytes(),
+            )
+        } else if path.ends_with("/redirect") {
+            (
+                302,
+                "text/plain",
+                "Location: http://169.254.169.254/latest/meta-data/\r\n".to_string(),
+                b"moved".to_vec(),
+            )
+        } else {
+            let v = serde_json::json!({"ok": true, "method": method, "target": target});
+            (
+                200,
+                "application/json",
+                String::new(),
+                v.to_string().into_bytes(),
+            )
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra_headers}\r\n",
+            payload.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() || conn.write_all(&payload).is_err() {
+            return;
+        }
+    }
+}
+
+fn read_chunked(conn: &mut TcpStream, mut data: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = find(&data, b"\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = conn.read(&mut chunk).ok().filter(|n| *n > 0)?;
+            data.extend_from_slice(&chunk[..n]);
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16).ok()?;
+        data.drain(..line_end + 2);
+        while data.len() < size + 2 {
+            let mut chunk = [0u8; 8192];
+            let n = conn.read(&mut chunk).ok().filter(|n| *n > 0)?;
+            data.extend_from_slice(&chunk[..n]);
+        }
+        body.extend_from_slice(&data[..size]);
+        data.drain(..size + 2);
+        if size == 0 {
+            return Some((body, data));
+        }
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_api-gateway-mcp")
+}
+
+/// The standard test config: several APIs pointing at the test upstream.
+pub fn test_config(up: u16, mcp: u16, proxy: u16, admin: u16) -> String {
+    format!(
+        r#"
+[server]
+mcp_listen = "127.0.0.1:{mcp}"
+proxy_listen = "127.0.0.1:{proxy}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 2
+shutdown_grace = "1s"
+
+[mcp]
+max_response_bytes = 65536
+
+[auth]
+required = false
+
+[security.request]
+max_body_size = 1024
+allowed_content_types = ["application/json"]
+
+[[apis]]
+name = "local"
+description = "The test upstream"
+base_url = "http://127.0.0.1:{up}/base"
+allow_private_network = true
+methods = ["GET", "POST"]
+paths = ["/**"]
+deny_paths = ["/secret/**"]
+timeout = "1s"
+credentials = {{ header = "X-Upstream-Key", value = "${{AGM_TEST_SECRET}}" }}
+
+[[apis]]
+name = "qapi"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+credentials = {{ query = "appid", value = "{QUERY_SECRET}" }}
+
+[[apis]]
+name = "readonly"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/public/**"]
+
+[[apis]]
+name = "guarded"
+description = "Private address without allow_private_network: the SSRF guard refuses it"
+base_url = "http://127.0.0.1:{up}"
+methods = ["GET"]
+paths = ["/**"]
+"#
+    )
+}
+
+/// The gateway binary running on free ports. Killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub mcp: u16,
+    pub proxy: u16,
+    pub admin: u16,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start(upstream_port: u16) -> Gateway {
+        let (mcp, proxy, admin) = (free_port(), free_port(), free_port());
+        Self::start_with(
+            test_config(upstream_port, mcp, proxy, admin),
+            mcp,
+            proxy,
+            admin,
+        )
+    }
+
+    pub fn start_with(config: String, mcp: u16, proxy: u16, admin: u16) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("AGM_TEST_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let g = Gateway {
+            child,
+            mcp,
+            proxy,
+            admin,
+            config_path,
+            _dir: dir,
+        };
+        g.wait_ready();
+        g
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let ok = [self.admin, self.mcp, self.proxy]
+                .iter()
+                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            if ok {
+                return;
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+        panic!("gateway did not become ready");
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.proxy)
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.mcp)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes to a port and returns the raw response (for requests no client library
+/// would send, such as `..` or CR/LF in the target).
+pub fn raw_http(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&out);
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len = text[..i]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if out.len() >= i + 4 + len {
+                        break;
+                    }
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The status code of a raw HTTP response.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A minimal legacy-session MCP client over Streamable HTTP, enough to drive the door.
+pub struct McpSession {
+    client: reqwest::Client,
+    url: String,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl McpSession {
+    pub async fn connect(url: &str) -> McpSession {
+        let mut s = McpSession {
+            client: reqwest::Client::new(),
+            url: url.to_string(),
+            session: None,
+            next_id: 1,
+        };
+        let init = s
+            .request(
+                "initialize",
+                serde_json::json!({
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "rust-test", "version": "0"}
+                }),
+            )
+            .await;
+        assert!(init.get("result").is_some(), "initialize failed: {init}");
+        s.notify("notifications/initialized").await;
+        s
+    }
+
+    async fn post(&self, body: serde_json::Value) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .json(&body);
+        if let Some(sid) = &self.session {
+            req = req
+                .header("mcp-session-id", sid)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn notify(&self, method: &str) {
+        let r = self
+            .post(serde_json::json!({"jsonrpc": "2.0", "method": method}))
+            .await;
+        assert!(r.status().is_success(), "{method}: {}", r.status());
+    }
+
+    /// Sends a request and returns the JSON-RPC response message.
+    pub async fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let r = self
+            .post(
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+            )
+            .await;
+        if let Some(sid) = r.headers().get("mcp-session-id") {
+            self.session = Some(sid.to_str().unwrap().to_string());
+        }
+        let text = r.text().await.unwrap();
+        parse_rpc_response(&text, id)
+            .unwrap_or_else(|| panic!("no response with id {id} in {text:?}"))
+    }
+
+    /// Calls a tool and returns the `result` object.
+    pub async fn call(&mut self, tool: &str, args: serde_json::Value) -> serde_json::Value {
+        let msg = self
+            .request(
+                "tools/call",
+                serde_json::json!({"name": tool, "arguments": args}),
+            )
+            .await;
+        msg.get("result").cloned().unwrap_or(msg)
+    }
+}
+
+/// Finds the JSON-RPC message with `id` in a JSON or SSE response body.
+pub fn parse_rpc_response(text: &str, id: u64) -> Option<serde_json::Value> {
+    let candidates: Vec<&str> = if text.trim_start().starts_with('{') {
+        vec![text]
+    } else {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .collect()
+    };
+    candidates
+        .into_iter()
+        .filter_map(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .find(|v| v.get("id").and_then(|i| i.as_u64()) == Some(id))
+}

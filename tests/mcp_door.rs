@@ -1,0 +1,298 @@
+//! The MCP door over Streamable HTTP, driven with raw JSON-RPC against a real upstream.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+fn structured(result: &Value) -> &Value {
+    &result["structuredContent"]
+}
+
+#[tokio::test]
+async fn tools_list_shows_configured_apis() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let list = s.request("tools/list", json!({})).await;
+    let tools = list["result"]["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["api_gateway", "list_apis"]);
+    let api_enum = &tools[0]["inputSchema"]["properties"]["api"]["enum"];
+    assert_eq!(api_enum, &json!(["local", "qapi", "readonly", "guarded"]));
+    assert_eq!(tools[0]["annotations"]["openWorldHint"], true);
+    assert_eq!(tools[0]["annotations"]["readOnlyHint"], false);
+
+    let apis = s.call("list_apis", json!({})).await;
+    let catalogue = &structured(&apis)["apis"];
+    assert_eq!(catalogue[0]["name"], "local");
+    assert_eq!(catalogue[0]["description"], "The test upstream");
+    assert_eq!(catalogue[0]["methods"], json!(["GET", "POST"]));
+    assert_eq!(catalogue[0]["deny_paths"], json!(["/secret/**"]));
+}
+
+#[tokio::test]
+async fn allowed_call_returns_structured_content_and_injects_credential() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "local", "endpoint": "/items?sort=asc", "method": "POST",
+                   "query": {"page": 2, "q": "a b&c"}, "body": {"name": "x"},
+                   "headers": {"X-Trace": "t1"}}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let sc = structured(&r);
+    assert_eq!(sc["status"], 200);
+    assert_eq!(sc["truncated"], false);
+    assert_eq!(sc["data"]["ok"], true);
+    assert_eq!(sc["headers"]["content-type"], "application/json");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/base/items?sort=asc&page=2&q=a%20b%26c");
+    assert_eq!(seen[0].header("x-upstream-key"), Some(SECRET));
+    assert_eq!(seen[0].header("x-trace"), Some("t1"));
+    assert_eq!(seen[0].header("content-type"), Some("application/json"));
+    assert_eq!(seen[0].body, br#"{"name":"x"}"#);
+
+    // The base URL is accepted in place of the name.
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": format!("http://127.0.0.1:{}", up.port), "endpoint": "/w"}),
+        )
+        .await;
+    assert_eq!(structured(&r)["status"], 200, "{r}");
+    assert!(up.seen()[1]
+        .target
+        .contains(&format!("appid={QUERY_SECRET}")));
+}
+
+#[tokio::test]
+async fn credentials_echoed_by_upstream_are_redacted() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/echo"}))
+        .await;
+    let text = r.to_string();
+    assert_eq!(structured(&r)["status"], 200);
+    assert!(
+        !text.contains(SECRET),
+        "credential leaked to the model: {text}"
+    );
+    assert!(text.contains("[REDACTED]"));
+}
+
+#[tokio::test]
+async fn denials_are_tool_errors_and_upstream_is_not_contacted() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let cases = [
+        (
+            json!({"api": "local", "endpoint": "/x", "method": "DELETE"}),
+            "forbidden",
+        ),
+        (
+            json!({"api": "readonly", "endpoint": "/x", "method": "POST"}),
+            "forbidden",
+        ),
+        (
+            json!({"api": "readonly", "endpoint": "/private"}),
+            "forbidden",
+        ),
+        (
+            json!({"api": "local", "endpoint": "/secret/k"}),
+            "forbidden",
+        ),
+        (json!({"api": "nosuch", "endpoint": "/x"}), "unknown_api"),
+        (json!({"api": "guarded", "endpoint": "/x"}), "egress_denied"),
+        (
+            json!({"api": "local", "endpoint": "/x", "headers": {"Authorization": "Bearer t"}}),
+            "invalid_header",
+        ),
+        (
+            json!({"api": "local", "endpoint": "/x", "headers": {"X-Upstream-Key": "forged"}}),
+            "invalid_header",
+        ),
+        (
+            json!({"api": "local", "endpoint": "/x", "method": "TRACE"}),
+            "invalid_arguments",
+        ),
+        (
+            json!({"api": "local", "endpoint": "/x", "method": "POST", "body": "y".repeat(2000)}),
+            "payload_too_large",
+        ),
+        (
+            json!({"api": "local", "endpoint": "/x", "method": "POST", "body": "x",
+                "headers": {"Content-Type": "text/plain"}}),
+            "unsupported_media_type",
+        ),
+    ];
+    for (args, code) in cases {
+        let r = s.call("api_gateway", args.clone()).await;
+        assert_eq!(r["isError"], true, "{args}: {r}");
+        assert_eq!(structured(&r)["error"], code, "{args}: {r}");
+        assert!(structured(&r)["message"].as_str().unwrap().len() > 10);
+    }
+    assert_eq!(up.count(), 0, "{:?}", up.seen());
+}
+
+#[tokio::test]
+async fn hostile_endpoints_are_invalid_endpoint() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let endpoints = [
+        "/../etc/passwd",
+        "..",
+        "/a/../../b",
+        "/%2e%2e/x",
+        "/%2E%2e/x",
+        "/.%2e/x",
+        "/a/%2e%2e%2fb",
+        "/a%2fb",
+        "//evil.com/x",
+        "http://evil.com/x",
+        "evil.com:80/x",
+        "/a\\..\\b",
+        "\\\\evil\\share",
+        "/a@evil.com",
+        "@evil.com/x",
+        "/a\r\nHost: evil",
+        "/a%0d%0aX: y",
+        "/a%00",
+        "/..;/admin",
+        "/%252e%252e/x",
+        "/\u{FF0E}\u{FF0E}/x",
+        "/a#frag",
+    ];
+    for e in endpoints {
+        let r = s
+            .call("api_gateway", json!({"api": "local", "endpoint": e}))
+            .await;
+        assert_eq!(r["isError"], true, "{e:?}: {r}");
+        assert_eq!(structured(&r)["error"], "invalid_endpoint", "{e:?}: {r}");
+    }
+    assert_eq!(up.count(), 0, "{:?}", up.seen());
+}
+
+#[tokio::test]
+async fn hanging_upstream_is_upstream_timeout() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/hang"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(structured(&r)["error"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn dead_upstream_is_upstream_error() {
+    let gw = Gateway::start(free_port());
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(structured(&r)["error"], "upstream_error", "{r}");
+}
+
+#[tokio::test]
+async fn oversized_response_is_truncated_and_flagged() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/big"}))
+        .await;
+    let sc = structured(&r);
+    assert_eq!(r["isError"], false);
+    assert_eq!(sc["truncated"], true);
+    assert_eq!(sc["data"].as_str().unwrap().len(), 65536);
+    // The connection was abandoned, not reused mid-body: the next call still works.
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/after"}))
+        .await;
+    assert_eq!(structured(&r)["data"]["target"], "/base/after");
+}
+
+#[tokio::test]
+async fn redirect_is_returned_not_followed() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "local", "endpoint": "/redirect"}),
+        )
+        .await;
+    let sc = structured(&r);
+    assert_eq!(sc["status"], 302);
+    assert!(sc["headers"]["location"]
+        .as_str()
+        .unwrap()
+        .contains("169.254.169.254"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn protocol_errors_only_for_unknown_tools_and_malformed_calls() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .request("tools/call", json!({"name": "nope", "arguments": {}}))
+        .await;
+    assert!(r.get("error").is_some(), "{r}");
+    let r = s
+        .request(
+            "tools/call",
+            json!({"name": "api_gateway", "arguments": {"api": "local"}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let r = s
+        .request("tools/call", json!({"name": "api_gateway", "arguments": {"api": "local", "endpoint": "/", "bogus": 1}}))
+        .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+}
+
+#[tokio::test]
+async fn host_and_origin_are_validated_and_bad_json_rejected() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let req = |extra: &str, body: &[u8]| {
+        let mut r = format!(
+            "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let ok = raw_http(gw.mcp, &req("Host: 127.0.0.1\r\n", init));
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    let rebinding = raw_http(gw.mcp, &req("Host: evil.example\r\n", init));
+    assert_eq!(status_of(&rebinding), 403, "{rebinding}");
+    let origin = raw_http(
+        gw.mcp,
+        &req("Host: 127.0.0.1\r\nOrigin: http://evil.example\r\n", init),
+    );
+    assert_eq!(status_of(&origin), 403, "{origin}");
+    let bad = raw_http(gw.mcp, &req("Host: 127.0.0.1\r\n", b"{not json"));
+    let status = status_of(&bad);
+    assert!((400..500).contains(&status), "{bad}");
+    let other = raw_http(
+        gw.mcp,
+        b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&other), 404);
+}

@@ -1,0 +1,284 @@
+//! The reverse-proxy door, driven over real sockets against a real upstream.
+
+mod common;
+use common::*;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn allowed_call_reaches_upstream_with_injected_credential_and_no_caller_token() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let r = client()
+        .get(gw.proxy_url("/local/items/42?x=1&y=two"))
+        .header("Authorization", "Bearer agent-own-token")
+        .header("Cookie", "session=agent")
+        .header("X-Upstream-Key", "caller-forged-value")
+        .header("X-Forwarded-For", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["ok"], true);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.target, "/base/items/42?x=1&y=two");
+    assert_eq!(s.header("x-upstream-key"), Some(SECRET));
+    assert_eq!(
+        s.header("authorization"),
+        None,
+        "the agent's token must never go upstream"
+    );
+    assert_eq!(s.header("cookie"), None);
+    assert_eq!(s.header("x-forwarded-for"), None);
+    assert_eq!(
+        s.header("host"),
+        Some(format!("127.0.0.1:{}", up.port).as_str())
+    );
+}
+
+#[tokio::test]
+async fn query_credential_is_injected_and_cannot_be_overridden() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let r = client()
+        .get(gw.proxy_url("/qapi/weather?q=London&appid=caller-value"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let s = &up.seen()[0];
+    assert_eq!(s.target, format!("/weather?q=London&appid={QUERY_SECRET}"));
+}
+
+#[tokio::test]
+async fn disallowed_api_method_and_path_are_denied_without_contacting_upstream() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let c = client();
+    let cases = [
+        ("DELETE", "/local/items/1", 403, "forbidden"),
+        ("PUT", "/readonly/public/x", 403, "forbidden"),
+        ("GET", "/readonly/private/x", 403, "forbidden"),
+        ("GET", "/local/secret/keys", 403, "forbidden"),
+        ("GET", "/nosuchapi/x", 404, "unknown_api"),
+        ("GET", "/", 404, "unknown_api"),
+        ("GET", "/guarded/x", 403, "egress_denied"),
+    ];
+    for (method, path, status, code) in cases {
+        let r = c
+            .request(method.parse().unwrap(), gw.proxy_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "application/problem+json",
+            "{method} {path}"
+        );
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["error"], code, "{method} {path}: {p}");
+        assert_eq!(p["status"], status);
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "denied requests reached the upstream: {:?}",
+        up.seen()
+    );
+}
+
+/// At least 15 traversal and host-escape targets, sent raw so no client normalises them.
+#[test]
+fn hostile_targets_never_reach_upstream() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let targets = [
+        "/local/../x",
+        "/local/a/../../x",
+        "/local/%2e%2e/x",
+        "/local/%2E%2E/x",
+        "/local/.%2e/x",
+        "/local/%2e/x",
+        "/local/a/..%2f..%2fx",
+        "/local/a%2fb",
+        "/local//evil.com/x",
+        "/local/a%5c..%5cx",
+        "/local/@evil.com",
+        "/local/a@evil.com/x",
+        "/local/%252e%252e/x",
+        "/local/..;/x",
+        "/local/a%0d%0aX-Injected:%20y",
+        "/local/a%00b",
+        "/local/http://evil.com/x",
+        "/local/%ef%bc%8e%ef%bc%8e/x",
+        "/local/a//b",
+        "/local/a%zz",
+    ];
+    for t in targets {
+        let raw = raw_http(
+            gw.proxy,
+            format!("GET {t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let status = status_of(&raw);
+        assert_eq!(status, 400, "{t}: {raw}");
+        assert!(raw.contains("invalid_endpoint"), "{t}: {raw}");
+    }
+    // Raw backslashes and CR/LF in the request line never parse as a request at all.
+    for t in ["/local/a\\..\\x", "/local/a\r\nX: y"] {
+        let raw = raw_http(
+            gw.proxy,
+            format!("GET {t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let status = status_of(&raw);
+        assert!(status == 400 || raw.is_empty(), "{t:?}: {raw}");
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "hostile targets reached the upstream: {:?}",
+        up.seen()
+    );
+}
+
+#[tokio::test]
+async fn body_guards_give_413_and_415() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let c = client();
+    let r = c
+        .post(gw.proxy_url("/local/items"))
+        .header("content-type", "application/json")
+        .body(vec![b'1'; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c
+        .post(gw.proxy_url("/local/items"))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(up.count(), 0);
+
+    // A streamed (chunked) body without a length is counted as it flows.
+    let stream = futures::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 400]))),
+    );
+    let r = c
+        .post(gw.proxy_url("/local/items"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    let r = c
+        .post(gw.proxy_url("/local/items"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"a":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let last = up.seen().pop().unwrap();
+    assert_eq!(last.method, "POST");
+    assert_eq!(last.body, br#"{"a":1}"#);
+}
+
+#[tokio::test]
+async fn hanging_upstream_gives_504() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let started = std::time::Instant::now();
+    let r = client()
+        .get(gw.proxy_url("/local/hang"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["error"], "upstream_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn dead_upstream_gives_502() {
+    let dead = free_port();
+    let gw = Gateway::start(dead);
+    let r = client().get(gw.proxy_url("/local/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["error"], "upstream_error");
+}
+
+#[tokio::test]
+async fn redirects_are_returned_not_followed() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let r = client()
+        .get(gw.proxy_url("/local/redirect"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("169.254.169.254"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn connection_nominated_headers_are_stripped() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let raw = raw_http(
+        gw.proxy,
+        b"GET /local/x HTTP/1.1\r\nHost: x\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: 5\r\nX-Kept: yes\r\n\r\n",
+    );
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let s = &up.seen()[0];
+    assert_eq!(s.header("x-hop"), None);
+    assert_eq!(s.header("keep-alive"), None);
+    assert_eq!(s.header("x-kept"), Some("yes"));
+}
+
+#[tokio::test]
+async fn admin_health_endpoints() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let c = client();
+    let r = c
+        .get(format!("http://127.0.0.1:{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("http://127.0.0.1:{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["apis"], 4);
+    let r = c
+        .get(format!("http://127.0.0.1:{}/nope", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
