@@ -426,9 +426,11 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
         match (env(name), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-            )),
+            ))
+            }
         }
         rest = &body_start[end + 1..];
     }
@@ -707,7 +709,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         let cp = format!("{p}.credentials");
         let placement = match (c.header, c.query) {
             (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) if !crate::egress::is_reserved_header(&name) => {
+                Ok(name) if !crate::egress::is_framing_header(&name) => {
                     Some(CredentialPlacement::Header(name))
                 }
                 Ok(_) => {

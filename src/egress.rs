@@ -242,9 +242,9 @@ pub fn upstream_path_and_query(
     out
 }
 
-/// Headers a caller may not set: framing and hop-by-hop fields, `Host`, forwarding metadata,
-/// and the caller's own credentials (the agent's token is never forwarded upstream).
-pub fn is_reserved_header(name: &HeaderName) -> bool {
+/// Framing, hop-by-hop and routing headers: owned by the gateway, never set by a caller or
+/// a credential.
+pub fn is_framing_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     matches!(
         n,
@@ -257,14 +257,20 @@ pub fn is_reserved_header(name: &HeaderName) -> bool {
             | "trailer"
             | "upgrade"
             | "expect"
-            | "authorization"
-            | "proxy-authorization"
             | "proxy-connection"
-            | "cookie"
-            | "forwarded"
-            | "x-real-ip"
-            | "x-api-key"
-    ) || n.starts_with("x-forwarded-")
+    )
+}
+
+/// Headers a caller may not set: framing headers, forwarding metadata, and credentials (the
+/// agent's own token is never forwarded upstream; upstream credentials come from config).
+pub fn is_reserved_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    is_framing_header(name)
+        || matches!(
+            n,
+            "authorization" | "cookie" | "forwarded" | "x-real-ip" | "x-api-key"
+        )
+        || n.starts_with("x-forwarded-")
         || n.starts_with("proxy-")
 }
 

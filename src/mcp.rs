@@ -107,15 +107,19 @@ impl GatewayMcp {
             "required": ["api", "endpoint"],
             "additionalProperties": false
         });
+        // One schema for both outcomes: clients (the TypeScript SDK among them) validate
+        // `structuredContent` against it even on `isError` results.
         let output = json!({
             "type": "object",
             "properties": {
-                "status": {"type": "integer"},
+                "status": {"type": "integer", "description": "Upstream HTTP status, or the gateway's status for an error"},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                "data": {},
-                "truncated": {"type": "boolean"}
+                "data": {"description": "JSON when the upstream sent JSON, else text"},
+                "truncated": {"type": "boolean"},
+                "error": {"type": "string", "description": "Machine-readable reason, on isError results only"},
+                "message": {"type": "string"}
             },
-            "required": ["status", "headers", "data", "truncated"]
+            "required": ["status"]
         });
         let read_only = methods.iter().all(|m| *m == "GET");
         let mut call = Tool::new(

@@ -1,0 +1,92 @@
+//! `api-gateway-mcp check`: every example config passes; broken configs name their key path.
+
+mod common;
+use std::process::Command;
+
+/// Environment variables the example configs reference.
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("OPENWEATHER_API_KEY", "ow-test"),
+    ("GITHUB_TOKEN", "gh-test"),
+    ("STRIPE_SECRET_KEY", "sk-test"),
+    ("TWILIO_BASIC_AUTH", "dHdpbGlv"),
+];
+
+fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(common::bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, out) = check(&path, EXAMPLE_ENV);
+            assert_eq!(code, 0, "{}: {out}", path.display());
+            assert_eq!(out.trim(), "OK");
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected the example configs, found {n}");
+}
+
+#[test]
+fn missing_environment_variable_is_named() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/seed-example.toml");
+    let (code, out) = check(&path, &EXAMPLE_ENV[1..]);
+    assert_eq!(code, 1);
+    assert!(out.contains("apis[0].credentials.value"), "{out}");
+    assert!(out.contains("OPENWEATHER_API_KEY"), "{out}");
+}
+
+const BASE: &str = "[auth]\nrequired = false\n";
+const API: &str = "[[apis]]\nname = \"a\"\nbase_url = \"https://example.com\"\npaths = [\"/**\"]\n";
+
+#[test]
+fn broken_configs_name_the_key_path() {
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{BASE}{API}[[apis]]\nname = \"b\"\nbase_url = \"ftp://x\"\npaths = [\"/**\"]\n"), "apis[1].base_url"),
+        (format!("{BASE}{API}[[apis]]\nname = \"b\"\nbase_url = \"https://x\"\npaths = [\"/**\"]\n[[apis]]\nname = \"c\"\nbase_url = \"https://u:p@x\"\npaths = [\"/**\"]\n"), "apis[2].base_url"),
+        (format!("{BASE}{API}bogus = 1\n"), "apis[0]"),
+        (format!("{BASE}{API}timeout = \"10 parsecs\"\n"), "apis[0].timeout"),
+        (format!("{BASE}{API}methods = [\"BREW\"]\n"), "apis[0].methods[0]"),
+        (format!("{BASE}{API}deny_paths = [\"no-slash\"]\n"), "apis[0].deny_paths[0]"),
+        (format!("{BASE}[[apis]]\nname = \"a\"\nbase_url = \"https://example.com\"\n"), "apis[0].paths"),
+        (format!("{BASE}[[apis]]\nname = \"Bad Name\"\nbase_url = \"https://example.com\"\npaths = [\"/**\"]\n"), "apis[0].name"),
+        (format!("{BASE}{API}{API}"), "apis[1].name"),
+        (format!("{BASE}{API}credentials = {{ header = \"X-Key\", query = \"k\", value = \"v\" }}\n"), "apis[0].credentials"),
+        (format!("{BASE}{API}credentials = {{ header = \"X-Key\", value = \"${{AGM_UNSET_VAR_FOR_TEST}}\" }}\n"), "apis[0].credentials.value"),
+        (format!("{BASE}{API}credentials = {{ header = \"Host\", value = \"v\" }}\n"), "apis[0].credentials.header"),
+        (format!("[server]\nmcp_listen = \"nowhere\"\n{BASE}{API}"), "server.mcp_listen"),
+        (format!("[server]\nmcp_listen = \"127.0.0.1:7000\"\nproxy_listen = \"127.0.0.1:7000\"\n{BASE}{API}"), "server.proxy_listen"),
+        (format!("[server]\nthreads = 0\n{BASE}{API}"), "server.threads"),
+        (format!("[server]\nlisten = \"x\"\n{BASE}{API}"), "server"),
+        (format!("[mcp]\nallowed_origins = [\"example.com\"]\n{BASE}{API}"), "mcp.allowed_origins[0]"),
+        (format!("{BASE}[security.request]\nallowed_content_types = [\"json\"]\n{API}"), "security.request.allowed_content_types[0]"),
+        (API.to_string(), "auth.required"),
+        (BASE.to_string(), "apis"),
+        ("this is = = not toml".to_string(), "invalid TOML"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("broken{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, out) = check(&path, &[]);
+        assert_eq!(code, 1, "case {i} should fail:\n{text}\n{out}");
+        let errors: Vec<&str> = out.lines().skip(1).map(str::trim).collect();
+        assert!(
+            errors.iter().any(|l| l.starts_with(expected)),
+            "case {i}: expected an error starting with {expected:?}, got:\n{out}"
+        );
+    }
+}
