@@ -662,8 +662,12 @@ pub fn map_pingora_error(api: &Api, e: &pingora::Error) -> GatewayError {
     }
 }
 
-/// Replaces every occurrence of the API's credential value with `[REDACTED]`, so an upstream
-/// that echoes its request cannot leak the credential to the caller.
+/// Masks every occurrence of the API's credential value with `*` of the same length, so an
+/// upstream that echoes its request cannot leak the credential to the caller. The length is
+/// kept so that `Content-Length` framing on the proxy door stays valid.
+///
+/// On the proxy door the body is masked chunk by chunk; a value split across two chunks is
+/// not caught there. The MCP door masks the whole (capped) body at once.
 pub fn redact_credential(api: &Api, data: Bytes) -> Bytes {
     let Some(c) = &api.credential else {
         return data;
@@ -672,14 +676,13 @@ pub fn redact_credential(api: &Api, data: Bytes) -> Bytes {
     if secret.len() < 4 || !contains(&data, secret) {
         return data;
     }
-    let mut out = Vec::with_capacity(data.len());
+    let mut out = data.to_vec();
     let mut i = 0;
-    while i < data.len() {
-        if data[i..].starts_with(secret) {
-            out.extend_from_slice(b"[REDACTED]");
+    while i + secret.len() <= out.len() {
+        if out[i..].starts_with(secret) {
+            out[i..i + secret.len()].fill(b'*');
             i += secret.len();
         } else {
-            out.push(data[i]);
             i += 1;
         }
     }

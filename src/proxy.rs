@@ -231,6 +231,46 @@ impl ProxyHttp for ProxyDoor {
         Ok(None)
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut ProxyCtx,
+    ) -> Result<()> {
+        let Some(t) = &ctx.target else { return Ok(()) };
+        if t.api.credential.is_none() {
+            return Ok(());
+        }
+        let echoed: Vec<(http::HeaderName, http::HeaderValue)> = response
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let masked =
+                    egress::redact_credential(&t.api, Bytes::copy_from_slice(v.as_bytes()));
+                (masked != v.as_bytes())
+                    .then(|| (k.clone(), http::HeaderValue::from_bytes(&masked)))
+            })
+            .filter_map(|(k, v)| v.ok().map(|v| (k, v)))
+            .collect();
+        for (k, v) in echoed {
+            response.insert_header(k, v)?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut ProxyCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(t), Some(b)) = (&ctx.target, body.take()) {
+            *body = Some(egress::redact_credential(&t.api, b));
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -282,3 +282,20 @@ async fn admin_health_endpoints() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn credentials_echoed_by_upstream_are_masked() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let r = client()
+        .get(gw.proxy_url("/local/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(SECRET), "credential leaked: {text}");
+    assert!(text.contains(&"*".repeat(SECRET.len())), "{text}");
+    // The upstream did receive it.
+    assert_eq!(up.seen()[0].header("x-upstream-key"), Some(SECRET));
+}

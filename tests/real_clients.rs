@@ -27,8 +27,7 @@ fn clients_dir() -> PathBuf {
 }
 
 fn run(mut cmd: Command) -> Output {
-    let out = cmd.output().expect("client failed to start");
-    out
+    cmd.output().expect("client failed to start")
 }
 
 fn last_json_line(out: &Output) -> Value {
