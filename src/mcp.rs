@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Credential, CredentialPlacement};
 use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -196,14 +197,24 @@ impl GatewayMcp {
             ));
         }
         let mut content_type: Option<String> = None;
+        // The API's own credential header is as off-limits to the caller as Authorization.
+        let credential_header = match self
+            .gateway
+            .config
+            .api(&args.api)
+            .and_then(|a| a.credential.as_ref())
+        {
+            Some(Credential {
+                placement: CredentialPlacement::Header(h),
+                ..
+            }) => Some(h),
+            _ => None,
+        };
         for (k, v) in &args.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
                 GatewayError::invalid_header(format!("{k:?} is not a valid header name"))
             })?;
-            let credential_header = self.gateway.config.api(&args.api).and_then(|a| a.credential.as_ref()).is_some_and(
-                |c| matches!(&c.placement, crate::config::CredentialPlacement::Header(h) if *h == name),
-            );
-            if egress::is_reserved_header(&name) || credential_header {
+            if egress::is_reserved_header(&name) || credential_header == Some(&name) {
                 return Err(GatewayError::invalid_header(format!(
                     "header {k:?} cannot be set by the caller (credentials are injected by the gateway)"
                 )));

@@ -18,15 +18,6 @@ pub enum Door {
     Proxy,
 }
 
-impl Door {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Door::Mcp => "mcp",
-            Door::Proxy => "proxy",
-        }
-    }
-}
-
 /// One call, as both doors describe it to the pipeline.
 #[derive(Debug)]
 pub struct CallRequest<'a> {
@@ -62,10 +53,6 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(config: Arc<Config>) -> Self {
         Pipeline { config }
-    }
-
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
     }
 
     /// Judges one call. The checks run in this order, and the first failure wins:
