@@ -296,3 +296,26 @@ async fn host_and_origin_are_validated_and_bad_json_rejected() {
     );
     assert_eq!(status_of(&other), 404);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    for i in 0..5 {
+        let r = s
+            .call(
+                "api_gateway",
+                json!({"api": "local", "endpoint": format!("/n{i}")}),
+            )
+            .await;
+        assert_eq!(structured(&r)["status"], 200);
+    }
+    let conns: std::collections::HashSet<usize> = up.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(up.count(), 5);
+    assert_eq!(
+        conns.len(),
+        1,
+        "five sequential calls should share one pooled connection: {conns:?}"
+    );
+}

@@ -299,3 +299,25 @@ async fn credentials_echoed_by_upstream_are_masked() {
     // The upstream did receive it.
     assert_eq!(up.seen()[0].header("x-upstream-key"), Some(SECRET));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let c = client();
+    for i in 0..5 {
+        let r = c
+            .get(gw.proxy_url(&format!("/local/n{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let conns: std::collections::HashSet<usize> = up.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(up.count(), 5);
+    // Pingora's pool is per worker thread, so allow one connection per proxy thread (2).
+    assert!(
+        conns.len() <= 2,
+        "sequential requests were not pooled: {conns:?}"
+    );
+}

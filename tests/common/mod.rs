@@ -16,6 +16,8 @@ pub const QUERY_SECRET: &str = "query-secret-1a2b3c";
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// Which TCP connection carried the request (numbered from 0 in accept order).
+    pub conn: usize,
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
@@ -49,9 +51,9 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
+            for (i, conn) in listener.incoming().flatten().enumerate() {
                 let s = s.clone();
-                thread::spawn(move || serve_conn(conn, s));
+                thread::spawn(move || serve_conn(i, conn, s));
             }
         });
         Upstream { port, seen }
@@ -70,7 +72,7 @@ impl Upstream {
     }
 }
 
-fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+fn serve_conn(conn_id: usize, mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut buf = Vec::new();
     loop {
         // Read one request head.
@@ -126,6 +128,7 @@ fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
             Vec::new()
         };
         let req = Seen {
+            conn: conn_id,
             method: method.clone(),
             target: target.clone(),
             headers: headers.clone(),
