@@ -321,3 +321,28 @@ async fn upstream_connections_are_pooled() {
         "sequential requests were not pooled: {conns:?}"
     );
 }
+
+#[tokio::test]
+async fn response_body_streams_through() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let started = std::time::Instant::now();
+    let mut r = client()
+        .get(gw.proxy_url("/local/slow-stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert_eq!(&first[..], b"first");
+    assert!(
+        first_at < std::time::Duration::from_millis(450),
+        "the first chunk waited for the whole body ({first_at:?})"
+    );
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(rest, b"second");
+}

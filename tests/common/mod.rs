@@ -36,6 +36,7 @@ impl Seen {
 /// A real upstream HTTP server on a free loopback port. Paths ending in:
 /// - `/hang`: never answers;
 /// - `/big`: 300 000 bytes of text;
+/// - `/slow-stream`: a chunked body whose second chunk comes 600 ms after the first;
 /// - `/echo`: a JSON echo of the request, headers included;
 /// - `/redirect`: 302 to a metadata address;
 /// - anything else: `{"ok":true,"method":…,"target":…}`.
@@ -142,6 +143,19 @@ fn serve_conn(conn_id: usize, mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) 
         {
             thread::sleep(Duration::from_secs(30));
             return;
+        } else if path.ends_with("/slow-stream") {
+            // Two chunks 600 ms apart: a streaming proxy hands over the first at once.
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+            if conn
+                .write_all(head.as_bytes())
+                .and_then(|_| conn.flush())
+                .is_err()
+            {
+                return;
+            }
+            thread::sleep(Duration::from_millis(600));
+            let _ = conn.write_all(b"6\r\nsecond\r\n0\r\n\r\n");
+            continue;
         } else if path.ends_with("/big") {
             (200, "text/plain", String::new(), vec![b'x'; 300_000])
         } else if path.ends_with("/echo") {
