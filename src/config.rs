@@ -20,6 +20,7 @@ use http::Method;
 use serde::Deserialize;
 
 use crate::policy::PathPattern;
+use crate::ratelimit::Policy;
 
 /// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/minimal.toml");
@@ -80,7 +81,34 @@ struct RawConfig {
     #[serde(default)]
     security: RawSecurity,
     #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default)]
     apis: Vec<RawApi>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    default: Option<RawRateLimit>,
+    per_user: Option<RawRateLimit>,
+    store: Option<RawStore>,
+    legacy_headers: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests: u32,
+    window: HumanDuration,
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    url: Option<String>,
+    on_error: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +168,7 @@ struct RawApi {
     allow_private_network: bool,
     credentials: Option<RawCredentials>,
     max_response_bytes: Option<usize>,
+    rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,7 +224,19 @@ pub struct Config {
     pub mcp: McpConfig,
     pub auth: AuthConfig,
     pub request: RequestGuards,
+    pub rate_limits: RateLimits,
     pub apis: Vec<Arc<Api>>,
+}
+
+/// Rate-limit policies that are not tied to one API.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// Applies to each API that has no `rate_limit` of its own.
+    pub default: Option<Policy>,
+    /// Applies to each caller (principal) across all APIs.
+    pub per_user: Option<Policy>,
+    /// Also send `X-RateLimit-Limit/Remaining/Reset` on the proxy door. Default false.
+    pub legacy_headers: bool,
 }
 
 /// Listeners and process settings.
@@ -263,6 +304,8 @@ pub struct Api {
     pub credential: Option<Credential>,
     /// Overrides `mcp.max_response_bytes` for this API.
     pub max_response_bytes: Option<usize>,
+    /// This API's limit, named `api.NAME`; when absent `rate_limits.default` applies.
+    pub rate_limit: Option<Policy>,
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -583,6 +626,40 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         allowed_content_types,
     };
 
+    let rl = raw.rate_limits;
+    if let Some(store) = &rl.store {
+        match store.kind.as_str() {
+            "memory" => {
+                for (key, set) in [("url", store.url.is_some()), ("on_error", store.on_error.is_some())] {
+                    if set {
+                        errors.push(err(
+                            format!("rate_limits.store.{key}"),
+                            "only applies to kind = \"redis\"",
+                        ));
+                    }
+                }
+            }
+            "redis" => errors.push(err(
+                "rate_limits.store.kind",
+                "the shared Redis store is not available in this version yet; use { kind = \"memory\" } \
+                 (limits are then per gateway process)",
+            )),
+            other => errors.push(err(
+                "rate_limits.store.kind",
+                format!("{other:?} is not a store; use \"memory\""),
+            )),
+        }
+    }
+    let rate_limits = RateLimits {
+        default: rl
+            .default
+            .and_then(|r| rate_policy("rate_limits.default", "default", r, &mut errors)),
+        per_user: rl
+            .per_user
+            .and_then(|r| rate_policy("rate_limits.per_user", "per_user", r, &mut errors)),
+        legacy_headers: rl.legacy_headers.unwrap_or(false),
+    };
+
     let mut apis = Vec::new();
     let mut names = HashSet::new();
     if raw.apis.is_empty() {
@@ -610,11 +687,41 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             mcp,
             auth,
             request,
+            rate_limits,
             apis,
         })
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Validates `{ requests, window, burst }`: requests ≥ 1, window > 0, 1 ≤ burst ≤ requests.
+fn rate_policy(
+    path: &str,
+    name: &str,
+    r: RawRateLimit,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Policy> {
+    let before = errors.len();
+    if r.requests == 0 {
+        errors.push(err(format!("{path}.requests"), "must be at least 1"));
+    }
+    if r.window.0.is_zero() {
+        errors.push(err(format!("{path}.window"), "must be greater than 0"));
+    }
+    let burst = r.burst.unwrap_or(r.requests);
+    if burst == 0 || burst > r.requests {
+        errors.push(err(
+            format!("{path}.burst"),
+            format!("must be between 1 and requests ({})", r.requests),
+        ));
+    }
+    (errors.len() == before).then(|| Policy {
+        name: name.to_string(),
+        requests: r.requests,
+        window: r.window.0,
+        burst,
+    })
 }
 
 fn positive(errors: &mut Vec<ConfigError>, key: &str, v: Option<usize>, default: usize) -> usize {
@@ -765,6 +872,14 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
             "must be greater than 0",
         ));
     }
+    let rate_limit = a.rate_limit.and_then(|r| {
+        rate_policy(
+            &format!("{p}.rate_limit"),
+            &format!("api.{}", a.name),
+            r,
+            errors,
+        )
+    });
     let max_response_bytes = a.max_response_bytes;
     if max_response_bytes == Some(0) {
         errors.push(err(
@@ -790,6 +905,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         allow_private_network: a.allow_private_network,
         credential,
         max_response_bytes,
+        rate_limit,
     })
 }
 

@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::ratelimit::{ceil_secs, PolicyState};
+
 /// What went wrong, and therefore which status and code the caller sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -20,6 +22,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Request content type not in `allowed_content_types`. 415 `unsupported_media_type`.
     UnsupportedMediaType,
+    /// A rate-limit policy refused the call. 429 `rate_limited`, with `Retry-After`.
+    RateLimited,
     /// The destination resolved to an address the SSRF guard refuses. 403 `egress_denied`.
     EgressDenied,
     /// The upstream did not answer within the API's deadline. 504 `upstream_timeout`.
@@ -41,6 +45,7 @@ impl ErrorKind {
             }
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::RateLimited => 429,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::UpstreamError => 502,
             ErrorKind::Internal => 500,
@@ -57,6 +62,7 @@ impl ErrorKind {
             ErrorKind::InvalidArguments => "invalid_arguments",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::EgressDenied => "egress_denied",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamError => "upstream_error",
@@ -73,6 +79,7 @@ impl ErrorKind {
             ErrorKind::InvalidArguments => "Invalid arguments",
             ErrorKind::PayloadTooLarge => "Payload too large",
             ErrorKind::UnsupportedMediaType => "Unsupported media type",
+            ErrorKind::RateLimited => "Too many requests",
             ErrorKind::EgressDenied => "Destination not allowed",
             ErrorKind::UpstreamTimeout => "Upstream timeout",
             ErrorKind::UpstreamError => "Upstream error",
@@ -88,6 +95,16 @@ impl ErrorKind {
 pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Set on `RateLimited`: which policy refused, and when to retry.
+    pub rate_limit: Option<Box<RateLimitDenial>>,
+}
+
+/// The details of a rate-limit denial, shown the same way on both doors.
+#[derive(Debug, Clone)]
+pub struct RateLimitDenial {
+    pub policy: String,
+    pub retry_after: std::time::Duration,
+    pub states: Vec<PolicyState>,
 }
 
 impl GatewayError {
@@ -95,27 +112,50 @@ impl GatewayError {
         GatewayError {
             kind,
             message: message.into(),
+            rate_limit: None,
         }
+    }
+
+    /// A `rate_limited` error; the message says when to retry.
+    pub fn rate_limited(denial: RateLimitDenial) -> Self {
+        GatewayError {
+            kind: ErrorKind::RateLimited,
+            message: format!(
+                "rate limit {:?} exceeded; retry in {} s",
+                denial.policy,
+                ceil_secs(denial.retry_after)
+            ),
+            rate_limit: Some(Box::new(denial)),
+        }
+    }
+
+    /// Adds `retry_after_s` and `policy` for a rate-limit denial.
+    fn with_rate_limit(&self, mut v: Value) -> Value {
+        if let Some(d) = &self.rate_limit {
+            v["retry_after_s"] = json!(ceil_secs(d.retry_after));
+            v["policy"] = json!(d.policy);
+        }
+        v
     }
 
     /// RFC 9457 `application/problem+json` body for the proxy door.
     pub fn problem_json(&self) -> Value {
-        json!({
+        self.with_rate_limit(json!({
             "type": format!("urn:api-gateway-mcp:error:{}", self.kind.code()),
             "title": self.kind.title(),
             "status": self.kind.status(),
             "detail": self.message,
             "error": self.kind.code(),
-        })
+        }))
     }
 
     /// `structuredContent` of an MCP `isError` tool result.
     pub fn tool_error_json(&self) -> Value {
-        json!({
+        self.with_rate_limit(json!({
             "error": self.kind.code(),
             "message": self.message,
             "status": self.kind.status(),
-        })
+        }))
     }
 }
 
@@ -159,6 +199,7 @@ mod tests {
             InvalidArguments,
             PayloadTooLarge,
             UnsupportedMediaType,
+            RateLimited,
             EgressDenied,
             UpstreamTimeout,
             UpstreamError,

@@ -12,4 +12,5 @@ pub mod gateway;
 pub mod mcp;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;

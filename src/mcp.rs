@@ -118,7 +118,9 @@ impl GatewayMcp {
                 "data": {"description": "JSON when the upstream sent JSON, else text"},
                 "truncated": {"type": "boolean"},
                 "error": {"type": "string", "description": "Machine-readable reason, on isError results only"},
-                "message": {"type": "string"}
+                "message": {"type": "string"},
+                "retry_after_s": {"type": "integer", "description": "With error rate_limited: seconds until a retry is admitted"},
+                "policy": {"type": "string", "description": "With error rate_limited: the policy that refused"}
             },
             "required": ["status"]
         });
@@ -156,6 +158,7 @@ impl GatewayMcp {
     }
 
     fn list_apis(&self) -> CallToolResult {
+        let limits = &self.gateway.config.rate_limits;
         let apis: Vec<Value> = self
             .gateway
             .config
@@ -168,7 +171,8 @@ impl GatewayMcp {
                     "methods": a.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
                     "paths": a.paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     "deny_paths": a.deny_paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                    "rate_limit": Value::Null,
+                    "rate_limit": a.rate_limit.as_ref().or(limits.default.as_ref()).map(policy_json),
+                    "per_user_rate_limit": limits.per_user.as_ref().map(policy_json),
                 })
             })
             .collect();
@@ -335,6 +339,10 @@ impl GatewayMcp {
             "truncated": resp.truncated,
         }))
     }
+}
+
+fn policy_json(p: &crate::ratelimit::Policy) -> Value {
+    json!({"name": p.name, "requests": p.requests, "window_s": p.window.as_secs_f64(), "burst": p.burst})
 }
 
 fn as_object(v: Value) -> JsonObject {

@@ -9,7 +9,8 @@ use http::Method;
 
 use crate::config::{Api, Config, RequestGuards};
 use crate::egress::EndpointPath;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RateLimitDenial};
+use crate::ratelimit::{MemoryLimiter, PolicyState, RateLimitDecision};
 
 /// Which front door a call came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct CallRequest<'a> {
 pub struct Allowed {
     pub api: Arc<Api>,
     pub endpoint: EndpointPath,
+    /// Every rate-limit policy that applied, after this call was counted.
+    pub rate_limits: Vec<PolicyState>,
 }
 
 /// The pipeline's verdict. A denial carries the error the caller will see.
@@ -48,11 +51,18 @@ pub type Decision = Result<Allowed, GatewayError>;
 /// The ordered policy checks. Built once from config, shared by every request.
 pub struct Pipeline {
     config: Arc<Config>,
+    limiter: MemoryLimiter,
+    /// The limiter's clock: monotonic nanoseconds since the pipeline was built.
+    epoch: std::time::Instant,
 }
 
 impl Pipeline {
     pub fn new(config: Arc<Config>) -> Self {
-        Pipeline { config }
+        Pipeline {
+            config,
+            limiter: MemoryLimiter::new(),
+            epoch: std::time::Instant::now(),
+        }
     }
 
     /// Judges one call. The checks run in this order, and the first failure wins:
@@ -60,9 +70,11 @@ impl Pipeline {
     /// 2. the endpoint is a safe path under the API's base (400 `invalid_endpoint`);
     /// 3. the method is allowed for the API (403);
     /// 4. the path is not denied and is allowed (403; deny patterns win);
-    /// 5. the declared body size (413) and content type (415) pass the request guards.
+    /// 5. the declared body size (413) and content type (415) pass the request guards;
+    /// 6. rate limits (429): the API's policy (or `rate_limits.default`) and `per_user`, all
+    ///    checked together and last, so a call refused for any other reason costs no quota.
     ///
-    /// Authentication, RBAC, IP rules and rate limits will slot in between 1 and 3.
+    /// Authentication, RBAC and IP rules will slot in between 1 and 3.
     pub fn evaluate(&self, req: &CallRequest<'_>) -> Decision {
         let api = self.config.api(req.api).ok_or_else(|| {
             GatewayError::unknown_api(format!(
@@ -99,10 +111,47 @@ impl Pipeline {
 
         check_body(&self.config.request, req)?;
 
+        let rate_limits = self.check_rate_limits(api, req)?;
         Ok(Allowed {
             api: api.clone(),
             endpoint,
+            rate_limits,
         })
+    }
+
+    fn check_rate_limits(
+        &self,
+        api: &Api,
+        req: &CallRequest<'_>,
+    ) -> Result<Vec<PolicyState>, GatewayError> {
+        let limits = &self.config.rate_limits;
+        let mut checks = Vec::with_capacity(2);
+        if let Some(p) = api.rate_limit.as_ref().or(limits.default.as_ref()) {
+            checks.push((format!("api:{}", api.name), p));
+        }
+        if let Some(p) = &limits.per_user {
+            // Until authentication exists every caller is anonymous, told apart by address.
+            let who = req
+                .client_ip
+                .map_or_else(|| "local".to_string(), |ip| ip.to_string());
+            checks.push((format!("user:anonymous@{who}"), p));
+        }
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        match self.limiter.check(&checks, now) {
+            RateLimitDecision::Allowed { states } => Ok(states),
+            RateLimitDecision::Denied {
+                policy,
+                retry_after,
+                states,
+            } => Err(GatewayError::rate_limited(RateLimitDenial {
+                policy,
+                retry_after,
+                states,
+            })),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use crate::egress::{self, Egress};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::policy::{CallRequest, Door};
+use crate::ratelimit::{self, PolicyState};
 
 /// The proxy door.
 pub struct ProxyDoor {
@@ -50,6 +51,33 @@ struct Target {
     api: Arc<Api>,
     addr: SocketAddr,
     path_and_query: String,
+    rate_limits: Vec<PolicyState>,
+}
+
+/// Adds the IETF `RateLimit-Policy`/`RateLimit` fields (and, when configured, the legacy
+/// `X-RateLimit-*` ones for the policy with the least room left).
+fn insert_rate_limit_headers(
+    h: &mut ResponseHeader,
+    states: &[PolicyState],
+    legacy: bool,
+) -> Result<()> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let (policy, limit) = ratelimit::header_values(states);
+    h.insert_header("ratelimit-policy", policy)?;
+    h.insert_header("ratelimit", limit)?;
+    if legacy {
+        if let Some(s) = states.iter().min_by_key(|s| s.remaining) {
+            h.insert_header("x-ratelimit-limit", s.requests.to_string())?;
+            h.insert_header("x-ratelimit-remaining", s.remaining.to_string())?;
+            h.insert_header(
+                "x-ratelimit-reset",
+                ratelimit::ceil_secs(s.reset).to_string(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Headers that carry the caller's own credentials to the gateway. They are consumed here and
@@ -61,12 +89,23 @@ const CALLER_CREDENTIAL_HEADERS: &[&str] = &[
     "x-api-key",
 ];
 
-async fn write_problem(session: &mut Session, e: &GatewayError) -> Result<()> {
+async fn write_problem(
+    session: &mut Session,
+    e: &GatewayError,
+    legacy_rate_headers: bool,
+) -> Result<()> {
     let body = Bytes::from(e.problem_json().to_string());
-    let mut h = ResponseHeader::build(e.kind.status(), Some(3))?;
+    let mut h = ResponseHeader::build(e.kind.status(), Some(6))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(d) = &e.rate_limit {
+        h.insert_header(
+            http::header::RETRY_AFTER,
+            ratelimit::ceil_secs(d.retry_after).to_string(),
+        )?;
+        insert_rate_limit_headers(&mut h, &d.states, legacy_rate_headers)?;
+    }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -118,6 +157,7 @@ impl ProxyDoor {
             api: decision.api,
             addr,
             path_and_query,
+            rate_limits: decision.rate_limits,
         })
     }
 }
@@ -143,7 +183,7 @@ impl ProxyHttp for ProxyDoor {
             }
             Err(e) => {
                 tracing::info!(error = e.kind.code(), door = "proxy", "request refused");
-                write_problem(session, &e).await?;
+                write_problem(session, &e, self.gateway.config.rate_limits.legacy_headers).await?;
                 Ok(true)
             }
         }
@@ -238,6 +278,11 @@ impl ProxyHttp for ProxyDoor {
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         let Some(t) = &ctx.target else { return Ok(()) };
+        insert_rate_limit_headers(
+            response,
+            &t.rate_limits,
+            self.gateway.config.rate_limits.legacy_headers,
+        )?;
         if t.api.credential.is_none() {
             return Ok(());
         }
@@ -301,7 +346,7 @@ impl ProxyHttp for ProxyDoor {
         let status = err.kind.status();
         // If the response head was already sent there is nothing sane left to write.
         if session.response_written().is_none() {
-            let _ = write_problem(session, &err).await;
+            let _ = write_problem(session, &err, false).await;
         }
         FailToProxy {
             error_code: status,

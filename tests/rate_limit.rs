@@ -1,0 +1,156 @@
+//! Rate limits through both doors, with the in-memory store.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn limited_config(up: u16, mcp: u16, proxy: u16, admin: u16) -> String {
+    format!(
+        r#"
+[server]
+mcp_listen = "127.0.0.1:{mcp}"
+proxy_listen = "127.0.0.1:{proxy}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 2
+
+[auth]
+required = false
+
+[rate_limits]
+per_user = {{ requests = 100, window = "1m", burst = 50 }}
+legacy_headers = true
+store = {{ kind = "memory" }}
+
+[[apis]]
+name = "local"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+rate_limit = {{ requests = 3, window = "10s" }}
+"#
+    )
+}
+
+fn start(up: &Upstream) -> Gateway {
+    let (mcp, proxy, admin) = (free_port(), free_port(), free_port());
+    Gateway::start_with(
+        limited_config(up.port, mcp, proxy, admin),
+        mcp,
+        proxy,
+        admin,
+    )
+}
+
+#[tokio::test]
+async fn proxy_door_429_with_retry_after_and_ratelimit_fields() {
+    let up = Upstream::start();
+    let gw = start(&up);
+    let c = reqwest::Client::new();
+    // Calls refused for other reasons cost no quota.
+    for _ in 0..5 {
+        let r = c.delete(gw.proxy_url("/local/x")).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    for i in 0..3u32 {
+        let r = c.get(gw.proxy_url("/local/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "call {i}");
+        let h = r.headers();
+        assert_eq!(
+            h["ratelimit-policy"].to_str().unwrap(),
+            "\"api.local\";q=3;w=10, \"per_user\";q=100;w=60"
+        );
+        let limit = h["ratelimit"].to_str().unwrap();
+        assert!(
+            limit.starts_with(&format!("\"api.local\";r={};t=", 2 - i)),
+            "{limit}"
+        );
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(
+            h["x-ratelimit-remaining"].to_str().unwrap(),
+            (2 - i).to_string()
+        );
+    }
+    let r = c.get(gw.proxy_url("/local/x")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (9..=10).contains(&retry),
+        "the sliding window frees a slot 10 s after the first call: {retry}"
+    );
+    assert!(r.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"api.local\";r=0;"));
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["error"], "rate_limited");
+    assert_eq!(p["policy"], "api.local");
+    assert_eq!(p["retry_after_s"], retry);
+    assert_eq!(up.count(), 3, "a limited call reached the upstream");
+}
+
+#[tokio::test]
+async fn mcp_door_rate_limited_tool_error() {
+    let up = Upstream::start();
+    let gw = start(&up);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let catalogue = s.call("list_apis", json!({})).await;
+    let rl = &catalogue["structuredContent"]["apis"][0]["rate_limit"];
+    assert_eq!(rl["requests"], 3);
+    assert_eq!(rl["burst"], 3);
+    for _ in 0..3 {
+        let r = s
+            .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+    }
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    let sc = &r["structuredContent"];
+    assert_eq!(sc["error"], "rate_limited");
+    assert_eq!(sc["policy"], "api.local");
+    assert_eq!(sc["status"], 429);
+    let retry = sc["retry_after_s"].as_u64().unwrap();
+    assert!((9..=10).contains(&retry), "{r}");
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn both_doors_share_one_limiter() {
+    let up = Upstream::start();
+    let gw = start(&up);
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        assert_eq!(
+            c.get(gw.proxy_url("/local/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(r["structuredContent"]["error"], "rate_limited", "{r}");
+    assert_eq!(
+        c.get(gw.proxy_url("/local/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+}
