@@ -20,7 +20,7 @@ use http::Method;
 use serde::Deserialize;
 
 use crate::policy::PathPattern;
-use crate::ratelimit::Policy;
+use crate::ratelimit::{OnError, Policy, RedisSettings};
 
 /// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/minimal.toml");
@@ -109,6 +109,9 @@ struct RawStore {
     kind: String,
     url: Option<String>,
     on_error: Option<String>,
+    local_share: Option<f64>,
+    timeout: Option<HumanDuration>,
+    cooldown: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +240,8 @@ pub struct RateLimits {
     pub per_user: Option<Policy>,
     /// Also send `X-RateLimit-Limit/Remaining/Reset` on the proxy door. Default false.
     pub legacy_headers: bool,
+    /// `None`: in memory, per process (the default). `Some`: the shared Redis store.
+    pub redis: Option<RedisSettings>,
 }
 
 /// Listeners and process settings.
@@ -627,10 +632,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     };
 
     let rl = raw.rate_limits;
-    if let Some(store) = &rl.store {
+    let mut redis = None;
+    if let Some(store) = rl.store {
+        let memory_only = [
+            ("url", store.url.is_some()),
+            ("on_error", store.on_error.is_some()),
+            ("local_share", store.local_share.is_some()),
+            ("timeout", store.timeout.is_some()),
+            ("cooldown", store.cooldown.is_some()),
+        ];
         match store.kind.as_str() {
             "memory" => {
-                for (key, set) in [("url", store.url.is_some()), ("on_error", store.on_error.is_some())] {
+                for (key, set) in memory_only {
                     if set {
                         errors.push(err(
                             format!("rate_limits.store.{key}"),
@@ -639,14 +652,44 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     }
                 }
             }
-            "redis" => errors.push(err(
-                "rate_limits.store.kind",
-                "the shared Redis store is not available in this version yet; use { kind = \"memory\" } \
-                 (limits are then per gateway process)",
-            )),
+            "redis" => {
+                let url = store.url.unwrap_or_default();
+                if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                    errors.push(err(
+                        "rate_limits.store.url",
+                        format!("{url:?} must be a redis:// URL (rediss:// is not supported yet)"),
+                    ));
+                }
+                let share = store.local_share.unwrap_or(1.0);
+                if !(share > 0.0 && share <= 1.0) {
+                    errors.push(err("rate_limits.store.local_share", "must be in (0, 1]"));
+                }
+                let on_error = match store.on_error.as_deref().unwrap_or("local") {
+                    "local" => OnError::Local(share),
+                    "allow" => OnError::Allow,
+                    "deny" => OnError::Deny,
+                    other => {
+                        errors.push(err(
+                            "rate_limits.store.on_error",
+                            format!("{other:?} is not one of \"local\", \"allow\", \"deny\""),
+                        ));
+                        OnError::Deny
+                    }
+                };
+                let timeout = store.timeout.map_or(Duration::from_millis(25), |d| d.0);
+                if timeout.is_zero() {
+                    errors.push(err("rate_limits.store.timeout", "must be greater than 0"));
+                }
+                redis = Some(RedisSettings {
+                    url,
+                    timeout,
+                    cooldown: store.cooldown.map_or(Duration::from_secs(1), |d| d.0),
+                    on_error,
+                });
+            }
             other => errors.push(err(
                 "rate_limits.store.kind",
-                format!("{other:?} is not a store; use \"memory\""),
+                format!("{other:?} is not a store; use \"memory\" or \"redis\""),
             )),
         }
     }
@@ -658,6 +701,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .per_user
             .and_then(|r| rate_policy("rate_limits.per_user", "per_user", r, &mut errors)),
         legacy_headers: rl.legacy_headers.unwrap_or(false),
+        redis,
     };
 
     let mut apis = Vec::new();

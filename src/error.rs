@@ -24,6 +24,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// A rate-limit policy refused the call. 429 `rate_limited`, with `Retry-After`.
     RateLimited,
+    /// The shared rate-limit store is down and `on_error = "deny"`. 503 `rate_limiter_unavailable`.
+    LimiterUnavailable,
     /// The destination resolved to an address the SSRF guard refuses. 403 `egress_denied`.
     EgressDenied,
     /// The upstream did not answer within the API's deadline. 504 `upstream_timeout`.
@@ -46,6 +48,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::RateLimited => 429,
+            ErrorKind::LimiterUnavailable => 503,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::UpstreamError => 502,
             ErrorKind::Internal => 500,
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::LimiterUnavailable => "rate_limiter_unavailable",
             ErrorKind::EgressDenied => "egress_denied",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamError => "upstream_error",
@@ -80,6 +84,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "Payload too large",
             ErrorKind::UnsupportedMediaType => "Unsupported media type",
             ErrorKind::RateLimited => "Too many requests",
+            ErrorKind::LimiterUnavailable => "Rate limiter unavailable",
             ErrorKind::EgressDenied => "Destination not allowed",
             ErrorKind::UpstreamTimeout => "Upstream timeout",
             ErrorKind::UpstreamError => "Upstream error",
@@ -200,6 +205,7 @@ mod tests {
             PayloadTooLarge,
             UnsupportedMediaType,
             RateLimited,
+            LimiterUnavailable,
             EgressDenied,
             UpstreamTimeout,
             UpstreamError,

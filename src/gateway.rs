@@ -15,12 +15,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let config = Arc::new(config);
-        Arc::new(Gateway {
-            pipeline: Pipeline::new(config.clone()),
+        Ok(Arc::new(Gateway {
+            pipeline: Pipeline::new(config.clone())?,
             egress: Egress::new(),
             config,
-        })
+        }))
     }
 }

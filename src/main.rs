@@ -74,10 +74,13 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             init_logs();
             match load(config.as_ref()) {
-                Ok(c) => {
-                    api_gateway_mcp::server::serve(c);
-                    ExitCode::SUCCESS
-                }
+                Ok(c) => match api_gateway_mcp::server::serve(c) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("cannot start: {e}");
+                        ExitCode::from(1)
+                    }
+                },
                 Err(e) => {
                     eprintln!("invalid configuration:\n{e}");
                     ExitCode::from(1)

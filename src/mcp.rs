@@ -269,16 +269,20 @@ impl GatewayMcp {
             query.push((k.clone(), v));
         }
 
-        let decision = self.gateway.pipeline.evaluate(&CallRequest {
-            door: Door::Mcp,
-            api: &args.api,
-            method: &method,
-            endpoint: &args.endpoint,
-            content_length: body.as_ref().map(|b| b.len() as u64),
-            has_body: body.is_some(),
-            content_type: content_type.as_deref(),
-            client_ip,
-        })?;
+        let decision = self
+            .gateway
+            .pipeline
+            .evaluate(&CallRequest {
+                door: Door::Mcp,
+                api: &args.api,
+                method: &method,
+                endpoint: &args.endpoint,
+                content_length: body.as_ref().map(|b| b.len() as u64),
+                has_body: body.is_some(),
+                content_type: content_type.as_deref(),
+                client_ip,
+            })
+            .await?;
         let api = decision.api;
         let addr = self.gateway.egress.resolve(&api).await?;
         let path_and_query = egress::upstream_path_and_query(&api, &decision.endpoint, &query);

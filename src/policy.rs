@@ -10,7 +10,7 @@ use http::Method;
 use crate::config::{Api, Config, RequestGuards};
 use crate::egress::EndpointPath;
 use crate::error::{GatewayError, RateLimitDenial};
-use crate::ratelimit::{MemoryLimiter, PolicyState, RateLimitDecision};
+use crate::ratelimit::{Limiter, PolicyState, RateLimitDecision, RedisLimiter};
 
 /// Which front door a call came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,18 +51,18 @@ pub type Decision = Result<Allowed, GatewayError>;
 /// The ordered policy checks. Built once from config, shared by every request.
 pub struct Pipeline {
     config: Arc<Config>,
-    limiter: MemoryLimiter,
-    /// The limiter's clock: monotonic nanoseconds since the pipeline was built.
-    epoch: std::time::Instant,
+    limiter: Limiter,
 }
 
 impl Pipeline {
-    pub fn new(config: Arc<Config>) -> Self {
-        Pipeline {
-            config,
-            limiter: MemoryLimiter::new(),
-            epoch: std::time::Instant::now(),
-        }
+    /// Fails only when the Redis client cannot be created (an invalid URL); Redis itself is
+    /// contacted lazily, so the gateway starts while Redis is down.
+    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let limiter = match &config.rate_limits.redis {
+            Some(settings) => Limiter::Redis(Box::new(RedisLimiter::new(settings.clone())?)),
+            None => Limiter::memory(),
+        };
+        Ok(Pipeline { config, limiter })
     }
 
     /// Judges one call. The checks run in this order, and the first failure wins:
@@ -75,7 +75,7 @@ impl Pipeline {
     ///    checked together and last, so a call refused for any other reason costs no quota.
     ///
     /// Authentication, RBAC and IP rules will slot in between 1 and 3.
-    pub fn evaluate(&self, req: &CallRequest<'_>) -> Decision {
+    pub async fn evaluate(&self, req: &CallRequest<'_>) -> Decision {
         let api = self.config.api(req.api).ok_or_else(|| {
             GatewayError::unknown_api(format!(
                 "no API named {:?} is configured; call list_apis for the catalogue",
@@ -111,7 +111,7 @@ impl Pipeline {
 
         check_body(&self.config.request, req)?;
 
-        let rate_limits = self.check_rate_limits(api, req)?;
+        let rate_limits = self.check_rate_limits(api, req).await?;
         Ok(Allowed {
             api: api.clone(),
             endpoint,
@@ -119,7 +119,7 @@ impl Pipeline {
         })
     }
 
-    fn check_rate_limits(
+    async fn check_rate_limits(
         &self,
         api: &Api,
         req: &CallRequest<'_>,
@@ -139,14 +139,17 @@ impl Pipeline {
         if checks.is_empty() {
             return Ok(Vec::new());
         }
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        match self.limiter.check(&checks, now) {
-            RateLimitDecision::Allowed { states } => Ok(states),
-            RateLimitDecision::Denied {
+        match self.limiter.check(&checks).await {
+            Err(_) => Err(GatewayError::new(
+                crate::error::ErrorKind::LimiterUnavailable,
+                "the shared rate-limit store is unavailable and calls are refused until it recovers",
+            )),
+            Ok(RateLimitDecision::Allowed { states }) => Ok(states),
+            Ok(RateLimitDecision::Denied {
                 policy,
                 retry_after,
                 states,
-            } => Err(GatewayError::rate_limited(RateLimitDenial {
+            }) => Err(GatewayError::rate_limited(RateLimitDenial {
                 policy,
                 retry_after,
                 states,

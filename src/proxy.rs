@@ -137,19 +137,23 @@ impl ProxyDoor {
             None => None,
         };
         let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-        let decision = self.gateway.pipeline.evaluate(&CallRequest {
-            door: Door::Proxy,
-            api: api_name,
-            method: &req.method,
-            endpoint: &endpoint,
-            content_length,
-            has_body: chunked || content_length.is_some_and(|n| n > 0),
-            content_type: header_str(http::header::CONTENT_TYPE),
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-        })?;
+        let decision = self
+            .gateway
+            .pipeline
+            .evaluate(&CallRequest {
+                door: Door::Proxy,
+                api: api_name,
+                method: &req.method,
+                endpoint: &endpoint,
+                content_length,
+                has_body: chunked || content_length.is_some_and(|n| n > 0),
+                content_type: header_str(http::header::CONTENT_TYPE),
+                client_ip: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+            })
+            .await?;
         let addr = self.gateway.egress.resolve(&decision.api).await?;
         let path_and_query =
             egress::upstream_path_and_query(&decision.api, &decision.endpoint, &[]);

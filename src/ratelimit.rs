@@ -12,11 +12,46 @@
 //! every one admits it, and a denied request commits nothing to any of them.
 //! `retry_after` is exact: with nothing else competing, a retry at that moment is admitted.
 //!
-//! This is the in-memory backend (one process). A shared Redis backend is not built yet.
+//! [`Limiter`] picks the store: [`MemoryLimiter`] (one process, the default) or
+//! [`RedisLimiter`] (shared by replicas; see `redis.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+mod redis;
+pub use self::redis::{OnError, RedisLimiter, RedisSettings, StoreUnavailable};
+
+/// The configured rate-limit store.
+pub enum Limiter {
+    Memory {
+        limiter: MemoryLimiter,
+        epoch: Instant,
+    },
+    Redis(Box<RedisLimiter>),
+}
+
+impl Limiter {
+    pub fn memory() -> Self {
+        Limiter::Memory {
+            limiter: MemoryLimiter::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Checks and commits every `(key, policy)` pair together.
+    pub async fn check(
+        &self,
+        checks: &[(String, &Policy)],
+    ) -> Result<RateLimitDecision, StoreUnavailable> {
+        match self {
+            Limiter::Memory { limiter, epoch } => {
+                Ok(limiter.check(checks, epoch.elapsed().as_nanos() as u64))
+            }
+            Limiter::Redis(r) => r.check(checks).await,
+        }
+    }
+}
 
 /// One validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::mcp::McpHttpApp;
 use crate::proxy::ProxyDoor;
 
 /// Runs the gateway until SIGTERM (graceful, bounded by `server.shutdown_grace`) or SIGINT.
-pub fn serve(config: Config) {
+pub fn serve(config: Config) -> Result<(), String> {
     let grace = config.server.shutdown_grace.as_secs().max(1);
     let conf = ServerConf {
         threads: config.server.threads,
@@ -25,7 +25,7 @@ pub fn serve(config: Config) {
         graceful_shutdown_timeout_seconds: Some(grace),
         ..ServerConf::default()
     };
-    let gateway = Gateway::new(config);
+    let gateway = Gateway::new(config)?;
     let cfg = gateway.config.clone();
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -59,11 +59,12 @@ pub fn serve(config: Config) {
     server.add_service(mcp);
     server.add_service(admin);
     server.run(RunArgs::default());
+    Ok(())
 }
 
 /// Serves MCP over stdin/stdout on its own runtime.
 pub fn stdio(config: Config) -> anyhow::Result<()> {
-    let gateway: Arc<Gateway> = Gateway::new(config);
+    let gateway: Arc<Gateway> = Gateway::new(config).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

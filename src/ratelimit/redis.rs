@@ -1,0 +1,316 @@
+//! The shared Redis store: one Lua script per decision checks and commits every applicable
+//! policy atomically, on the Redis server's clock, so all replicas see one set of counters.
+//!
+//! - **One round trip.** A blocked caller costs none: a local cache remembers "blocked until T"
+//!   per key.
+//! - **Keys.** All keys share the hash tag `{agm}`, so one script's keys sit in one slot and it
+//!   runs on Redis Cluster. Every key has a TTL of about one window.
+//! - **A hard budget per decision** (`rate_limits.store.timeout`, default 25 ms). A circuit
+//!   breaker stops calling a dead Redis for `cooldown`, then lets one probe through. Meanwhile
+//!   `on_error` decides: `local` (an in-process limiter with `local_share` of each limit),
+//!   `allow`, or `deny`.
+//! - **Dedicated runtime.** Pingora gives each service its own runtime, so the Redis client
+//!   lives on a small runtime of its own and is shared by all of them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{MemoryLimiter, Policy, PolicyState, RateLimitDecision};
+
+/// What to do while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OnError {
+    /// Use an in-process limiter with this share (0 < share ≤ 1) of every limit. The default.
+    Local(f64),
+    /// Admit every call (fail open).
+    Allow,
+    /// Refuse every call with 503 `rate_limiter_unavailable` (fail closed).
+    Deny,
+}
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:pass@]host:port[/db]`.
+    pub url: String,
+    /// Hard budget for one decision. Default 25 ms.
+    pub timeout: Duration,
+    /// How long the breaker stays open after `failures` consecutive errors. Default 1 s.
+    pub cooldown: Duration,
+    pub on_error: OnError,
+}
+
+/// Why the Redis store could not decide.
+#[derive(Debug)]
+pub enum StoreUnavailable {
+    /// `on_error = "deny"`.
+    Deny,
+}
+
+const SCRIPT: &str = r#"
+-- KEYS: per policy, its GCRA key then its log key; then the sequence key.
+-- ARGV: per policy: window_us, interval_us, burst, requests.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #ARGV / 4
+local denied, maxwait = 0, 0
+local tats, counts = {}, {}
+for i = 1, n do
+  local window, interval = tonumber(ARGV[i*4-3]), tonumber(ARGV[i*4-2])
+  local burst, requests = tonumber(ARGV[i*4-1]), tonumber(ARGV[i*4])
+  local tatk, logk = KEYS[i*2-1], KEYS[i*2]
+  redis.call('ZREMRANGEBYSCORE', logk, '-inf', now - window)
+  local tat = tonumber(redis.call('GET', tatk) or '0')
+  if tat < now then tat = now end
+  local gw = tat - now - interval * (burst - 1)
+  if gw < 0 then gw = 0 end
+  local cnt = redis.call('ZCARD', logk)
+  local lw = 0
+  if cnt >= requests then
+    local e = redis.call('ZRANGE', logk, cnt - requests, cnt - requests, 'WITHSCORES')
+    lw = tonumber(e[2]) + window - now
+    if lw < 0 then lw = 0 end
+  end
+  local w = math.max(gw, lw)
+  if w > maxwait then maxwait = w; denied = i end
+  tats[i], counts[i] = tat, cnt
+end
+local out = {denied, maxwait}
+for i = 1, n do
+  local window, interval = tonumber(ARGV[i*4-3]), tonumber(ARGV[i*4-2])
+  local burst, requests = tonumber(ARGV[i*4-1]), tonumber(ARGV[i*4])
+  local tatk, logk = KEYS[i*2-1], KEYS[i*2]
+  local tat, cnt = tats[i], counts[i]
+  if denied == 0 then
+    tat = tat + interval
+    cnt = cnt + 1
+    local seq = redis.call('INCR', KEYS[#KEYS])
+    redis.call('ZADD', logk, now, now .. ':' .. seq)
+    redis.call('ZREMRANGEBYRANK', logk, 0, -(requests + 1))
+    local ttl = math.ceil(window / 1000) + 1000
+    redis.call('SET', tatk, tat, 'PX', ttl)
+    redis.call('PEXPIRE', logk, ttl)
+    redis.call('PEXPIRE', KEYS[#KEYS], 60000)
+  end
+  local tau = interval * (burst - 1)
+  local burst_left = 0
+  if tat - now <= tau then burst_left = math.floor((now + tau - tat) / interval) + 1 end
+  local remaining = math.min(burst_left, requests - cnt)
+  if remaining < 0 then remaining = 0 end
+  local reset = 0
+  local oldest = redis.call('ZRANGE', logk, 0, 0, 'WITHSCORES')
+  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+  if reset < 0 then reset = 0 end
+  table.insert(out, remaining)
+  table.insert(out, reset)
+end
+return out
+"#;
+
+/// Consecutive failures that open the breaker.
+const FAILURES_TO_OPEN: u32 = 3;
+
+/// The Redis-backed limiter.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    script: redis::Script,
+    settings: RedisSettings,
+    /// Local "blocked until" per key: a blocked caller costs no round trip.
+    blocked: Mutex<HashMap<String, Instant>>,
+    fallback: MemoryLimiter,
+    consecutive_failures: AtomicU32,
+    /// While `Instant` < this (as ns since `epoch`), Redis is not called.
+    open_until_ns: AtomicU64,
+    epoch: Instant,
+    /// Keeps the client's runtime alive.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl RedisLimiter {
+    /// Builds the client without connecting; the first decision connects.
+    pub fn new(settings: RedisSettings) -> Result<Self, String> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("redis-limiter")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the Redis client runtime: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(0);
+        let conn = runtime
+            .block_on(async { ConnectionManager::new_lazy_with_config(client, config) })
+            .map_err(|e| format!("cannot create the Redis client: {e}"))?;
+        Ok(RedisLimiter {
+            conn,
+            script: redis::Script::new(SCRIPT),
+            settings,
+            blocked: Mutex::new(HashMap::new()),
+            fallback: MemoryLimiter::new(),
+            consecutive_failures: AtomicU32::new(0),
+            open_until_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            _runtime: runtime,
+        })
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Decides for every `(key, policy)` pair, falling back per `on_error` when Redis fails.
+    pub async fn check(
+        &self,
+        checks: &[(String, &Policy)],
+    ) -> Result<RateLimitDecision, StoreUnavailable> {
+        let now = Instant::now();
+        if let Some(d) = self.locally_blocked(checks, now) {
+            return Ok(d);
+        }
+        let breaker_open = self.elapsed_ns() < self.open_until_ns.load(Ordering::Relaxed);
+        if !breaker_open {
+            match tokio::time::timeout(self.settings.timeout, self.invoke(checks)).await {
+                Ok(Ok(decision)) => {
+                    if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
+                        tracing::info!(
+                            "Redis rate-limit store is reachable again; shared limits resume"
+                        );
+                    }
+                    if let RateLimitDecision::Denied {
+                        retry_after,
+                        ref policy,
+                        ..
+                    } = decision
+                    {
+                        self.remember_block(checks, policy, now + retry_after);
+                    }
+                    return Ok(decision);
+                }
+                Ok(Err(e)) => self.record_failure(&e.to_string()),
+                Err(_) => self.record_failure("timed out"),
+            }
+        }
+        match self.settings.on_error {
+            OnError::Allow => Ok(RateLimitDecision::Allowed { states: Vec::new() }),
+            OnError::Deny => Err(StoreUnavailable::Deny),
+            OnError::Local(share) => {
+                let scaled: Vec<Policy> = checks.iter().map(|(_, p)| scale(p, share)).collect();
+                let local: Vec<(String, &Policy)> = checks
+                    .iter()
+                    .zip(&scaled)
+                    .map(|((k, _), p)| (k.clone(), p))
+                    .collect();
+                Ok(self.fallback.check(&local, self.elapsed_ns()))
+            }
+        }
+    }
+
+    fn record_failure(&self, why: &str) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= FAILURES_TO_OPEN {
+            let until = self.elapsed_ns() + self.settings.cooldown.as_nanos() as u64;
+            self.open_until_ns.store(until, Ordering::Relaxed);
+            if n == FAILURES_TO_OPEN {
+                tracing::warn!(
+                    error = why,
+                    on_error = ?self.settings.on_error,
+                    "Redis rate-limit store unavailable; falling back"
+                );
+            }
+        }
+    }
+
+    fn locally_blocked(
+        &self,
+        checks: &[(String, &Policy)],
+        now: Instant,
+    ) -> Option<RateLimitDecision> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut worst: Option<(String, Instant)> = None;
+        for (key, policy) in checks {
+            match blocked.get(key) {
+                Some(&until) if until > now && worst.as_ref().is_none_or(|(_, w)| until > *w) => {
+                    worst = Some((policy.name.clone(), until));
+                }
+                Some(&until) if until <= now => {
+                    blocked.remove(key);
+                }
+                _ => {}
+            }
+        }
+        worst.map(|(policy, until)| RateLimitDecision::Denied {
+            policy,
+            retry_after: until - now,
+            states: Vec::new(),
+        })
+    }
+
+    fn remember_block(&self, checks: &[(String, &Policy)], policy: &str, until: Instant) {
+        if let Some((key, _)) = checks.iter().find(|(_, p)| p.name == policy) {
+            let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            if blocked.len() > 100_000 {
+                let now = Instant::now();
+                blocked.retain(|_, u| *u > now);
+            }
+            blocked.insert(key.clone(), until);
+        }
+    }
+
+    async fn invoke(&self, checks: &[(String, &Policy)]) -> redis::RedisResult<RateLimitDecision> {
+        let mut inv = self.script.prepare_invoke();
+        for (key, p) in checks {
+            inv.key(format!("{{agm}}:gcra:{key}"));
+            inv.key(format!("{{agm}}:log:{key}"));
+            inv.arg(p.window.as_micros() as u64)
+                .arg(p.window.as_micros().div_ceil(u128::from(p.requests)) as u64)
+                .arg(p.burst)
+                .arg(p.requests);
+        }
+        inv.key("{agm}:seq");
+        let mut conn = self.conn.clone();
+        let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        let denied = out.first().copied().unwrap_or(0) as usize;
+        let wait_us = out.get(1).copied().unwrap_or(0).max(0) as u64;
+        let states =
+            checks
+                .iter()
+                .enumerate()
+                .map(|(i, (_, p))| PolicyState {
+                    name: p.name.clone(),
+                    requests: p.requests,
+                    window: p.window,
+                    remaining: out.get(2 + 2 * i).copied().unwrap_or(0).max(0) as u32,
+                    reset: Duration::from_micros(
+                        out.get(3 + 2 * i).copied().unwrap_or(0).max(0) as u64
+                    ),
+                })
+                .collect();
+        Ok(if denied == 0 {
+            RateLimitDecision::Allowed { states }
+        } else {
+            RateLimitDecision::Denied {
+                policy: checks[denied - 1].1.name.clone(),
+                retry_after: Duration::from_micros(wait_us),
+                states,
+            }
+        })
+    }
+}
+
+/// A policy with `share` of its requests and burst (at least 1 each).
+fn scale(p: &Policy, share: f64) -> Policy {
+    let requests = ((f64::from(p.requests) * share).floor() as u32).max(1);
+    Policy {
+        name: p.name.clone(),
+        requests,
+        window: p.window,
+        burst: ((f64::from(p.burst) * share).floor() as u32).clamp(1, requests),
+    }
+}

@@ -1,0 +1,348 @@
+//! The shared Redis rate-limit store, against a real `redis-server` spawned per test.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup.sh installs it)");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.try_cmd(&["PING"]).as_deref() != Some("+PONG\r\n") {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).to_string())
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args)
+            .unwrap_or_else(|| panic!("redis {args:?} failed"))
+    }
+
+    fn dbsize(&self) -> u64 {
+        self.cmd(&["DBSIZE"])
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(up: u16, redis: u16, limit: &str, store_extra: &str, ports: (u16, u16, u16)) -> String {
+    let (mcp, proxy, admin) = ports;
+    format!(
+        r#"
+[server]
+mcp_listen = "127.0.0.1:{mcp}"
+proxy_listen = "127.0.0.1:{proxy}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 1
+
+[auth]
+required = false
+
+[rate_limits]
+store = {{ kind = "redis", url = "redis://127.0.0.1:{redis}"{store_extra} }}
+
+[[apis]]
+name = "local"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+rate_limit = {limit}
+"#
+    )
+}
+
+fn start(up: &Upstream, redis: u16, limit: &str, store_extra: &str) -> Gateway {
+    let ports = (free_port(), free_port(), free_port());
+    Gateway::start_with(
+        config(up.port, redis, limit, store_extra, ports),
+        ports.0,
+        ports.1,
+        ports.2,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_limit_exactly() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let limit = r#"{ requests = 100, window = "1m" }"#;
+    let extra = r#", timeout = "2s""#;
+    let gws: Vec<Gateway> = (0..3)
+        .map(|_| start(&up, redis.port, limit, extra))
+        .collect();
+    let client = reqwest::Client::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let url = gws[i % 3].proxy_url("/local/x");
+        let (c, sem) = (client.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            c.get(url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 100, "admitted across replicas");
+    assert_eq!(limited, 900);
+    assert_eq!(up.count(), 100);
+    // Blocked callers are answered from the local "blocked until" cache, not Redis.
+    let stats = redis.cmd(&["INFO", "commandstats"]);
+    let script_calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(script_calls >= 100, "{stats}");
+    assert!(
+        script_calls < 1000,
+        "every blocked call went to Redis: {script_calls}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_restart_and_script_flush_are_survived() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let extra = r#", timeout = "500ms", cooldown = "100ms""#;
+    let gw = start(&up, redis.port, r#"{ requests = 3, window = "1m" }"#, extra);
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(gw.proxy_url("/local/a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Redis restarts empty on the same port: nothing crashes and the shared store is used again.
+    let port = redis.port;
+    drop(redis);
+    let redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c
+            .get(gw.proxy_url("/local/b"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(s == 200 || s == 429, "{s}");
+        if redis.dbsize() > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never used the restarted Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One call is now counted in the fresh Redis. SCRIPT FLUSH must not lose or break that.
+    assert_eq!(redis.cmd(&["SCRIPT", "FLUSH"]).trim(), "+OK");
+    let mut admitted = 0;
+    loop {
+        match c
+            .get(gw.proxy_url("/local/c"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        {
+            200 => admitted += 1,
+            429 => break,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(admitted <= 3);
+    }
+    assert_eq!(admitted, 2, "the count must survive SCRIPT FLUSH");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_falls_back_within_budget_and_recovers() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let extra = r#", timeout = "50ms", cooldown = "300ms", on_error = "local", local_share = 0.5"#;
+    let gw = start(
+        &up,
+        redis.port,
+        r#"{ requests = 1000, window = "1m" }"#,
+        extra,
+    );
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(gw.proxy_url("/local/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(redis.dbsize() > 0, "the shared store was not used");
+
+    let port = redis.port;
+    redis.signal("-KILL");
+    drop(redis);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let t = Instant::now();
+        let s = c
+            .get(gw.proxy_url("/local/x"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(
+            s, 200,
+            "on_error = local keeps admitting within the local share"
+        );
+    }
+    // Loose bound on purpose: the budget is 50 ms; this only catches multi-second stalls.
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a call stalled for {slowest:?}"
+    );
+
+    let redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.dbsize() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back"
+        );
+        assert_eq!(
+            c.get(gw.proxy_url("/local/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_does_not_stall_and_deny_fails_closed() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let limit = r#"{ requests = 1000, window = "1m" }"#;
+    let local = start(
+        &up,
+        redis.port,
+        limit,
+        r#", timeout = "50ms", on_error = "local""#,
+    );
+    let deny = start(
+        &up,
+        redis.port,
+        limit,
+        r#", timeout = "50ms", on_error = "deny""#,
+    );
+    let allow = start(
+        &up,
+        redis.port,
+        limit,
+        r#", timeout = "50ms", on_error = "allow""#,
+    );
+    let c = reqwest::Client::new();
+    redis.signal("-STOP");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        for (gw, expected) in [(&local, 200), (&deny, 503), (&allow, 200)] {
+            let t = Instant::now();
+            let r = c.get(gw.proxy_url("/local/x")).send().await.unwrap();
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r.status().as_u16(), expected);
+            if expected == 503 {
+                let p: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(p["error"], "rate_limiter_unavailable");
+            }
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a call stalled for {slowest:?}"
+    );
+    redis.signal("-CONT");
+}
