@@ -172,6 +172,17 @@ struct RawApi {
     credentials: Option<RawCredentials>,
     max_response_bytes: Option<usize>,
     rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    endpoint_rate_limits: Vec<RawEndpointRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpointRateLimit {
+    path: String,
+    requests: u32,
+    window: HumanDuration,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,6 +322,9 @@ pub struct Api {
     pub max_response_bytes: Option<usize>,
     /// This API's limit, named `api.NAME`; when absent `rate_limits.default` applies.
     pub rate_limit: Option<Policy>,
+    /// Extra limits for paths matching a pattern, named `api.NAME:PATTERN`, checked on top of
+    /// the API's limit.
+    pub endpoint_rate_limits: Vec<(PathPattern, Policy)>,
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -924,6 +938,26 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
             errors,
         )
     });
+    let mut endpoint_rate_limits = Vec::new();
+    for (j, e) in a.endpoint_rate_limits.into_iter().enumerate() {
+        let ep = format!("{p}.endpoint_rate_limits[{j}]");
+        let pattern = match PathPattern::parse(&e.path) {
+            Ok(pat) => Some(pat),
+            Err(m) => {
+                errors.push(err(format!("{ep}.path"), m));
+                None
+            }
+        };
+        let raw = RawRateLimit {
+            requests: e.requests,
+            window: e.window,
+            burst: e.burst,
+        };
+        let policy = rate_policy(&ep, &format!("api.{}:{}", a.name, e.path), raw, errors);
+        if let (Some(pattern), Some(policy)) = (pattern, policy) {
+            endpoint_rate_limits.push((pattern, policy));
+        }
+    }
     let max_response_bytes = a.max_response_bytes;
     if max_response_bytes == Some(0) {
         errors.push(err(
@@ -950,6 +984,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         credential,
         max_response_bytes,
         rate_limit,
+        endpoint_rate_limits,
     })
 }
 

@@ -111,7 +111,7 @@ impl Pipeline {
 
         check_body(&self.config.request, req)?;
 
-        let rate_limits = self.check_rate_limits(api, req).await?;
+        let rate_limits = self.check_rate_limits(api, &segments, req).await?;
         Ok(Allowed {
             api: api.clone(),
             endpoint,
@@ -122,12 +122,18 @@ impl Pipeline {
     async fn check_rate_limits(
         &self,
         api: &Api,
+        segments: &[&str],
         req: &CallRequest<'_>,
     ) -> Result<Vec<PolicyState>, GatewayError> {
         let limits = &self.config.rate_limits;
         let mut checks = Vec::with_capacity(2);
         if let Some(p) = api.rate_limit.as_ref().or(limits.default.as_ref()) {
             checks.push((format!("api:{}", api.name), p));
+        }
+        for (i, (pattern, p)) in api.endpoint_rate_limits.iter().enumerate() {
+            if pattern.matches(segments) {
+                checks.push((format!("ep:{}:{i}", api.name), p));
+            }
         }
         if let Some(p) = &limits.per_user {
             // Until authentication exists every caller is anonymous, told apart by address.

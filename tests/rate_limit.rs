@@ -28,6 +28,14 @@ allow_private_network = true
 methods = ["GET"]
 paths = ["/**"]
 rate_limit = {{ requests = 3, window = "10s" }}
+
+[[apis]]
+name = "search"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+endpoint_rate_limits = [{{ path = "/search/**", requests = 1, window = "1m" }}]
 "#
     )
 }
@@ -153,4 +161,36 @@ async fn both_doors_share_one_limiter() {
             .status(),
         429
     );
+}
+
+#[tokio::test]
+async fn endpoint_limits_apply_only_to_matching_paths() {
+    let up = Upstream::start();
+    let gw = start(&up);
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(gw.proxy_url("/search/search/q1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c
+        .get(gw.proxy_url("/search/search/q2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["policy"], "api.search:/search/**");
+    // Other paths of the same API are not limited by the endpoint policy.
+    for i in 0..5 {
+        let r = c
+            .get(gw.proxy_url(&format!("/search/items/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
 }
