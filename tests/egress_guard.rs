@@ -7,9 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn config_with(apis: &str, mcp: u16, proxy: u16, admin: u16) -> String {
-    format!(
-        "[server]\nmcp_listen = \"127.0.0.1:{mcp}\"\nproxy_listen = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\n\n[auth]\nrequired = false\n\n{apis}"
-    )
+    format!("{}\n{apis}", server_section((mcp, proxy, admin), 1))
 }
 
 /// A TLS server with a self-signed certificate for `localhost`, which the gateway must not trust.

@@ -5,17 +5,10 @@ use common::*;
 use serde_json::json;
 
 fn limited_config(up: u16, mcp: u16, proxy: u16, admin: u16) -> String {
+    let server = server_section((mcp, proxy, admin), 2);
     format!(
         r#"
-[server]
-mcp_listen = "127.0.0.1:{mcp}"
-proxy_listen = "127.0.0.1:{proxy}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 2
-
-[auth]
-required = false
-
+{server}
 [rate_limits]
 per_user = {{ requests = 100, window = "1m", burst = 50 }}
 legacy_headers = true
@@ -135,14 +128,7 @@ async fn both_doors_share_one_limiter() {
     let gw = start(&up);
     let c = reqwest::Client::new();
     for _ in 0..2 {
-        assert_eq!(
-            c.get(gw.proxy_url("/local/x"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
     }
     let mut s = McpSession::connect(&gw.mcp_url()).await;
     let r = s
@@ -153,14 +139,7 @@ async fn both_doors_share_one_limiter() {
         .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
         .await;
     assert_eq!(r["structuredContent"]["error"], "rate_limited", "{r}");
-    assert_eq!(
-        c.get(gw.proxy_url("/local/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 429);
 }
 
 #[tokio::test]
@@ -169,11 +148,7 @@ async fn endpoint_limits_apply_only_to_matching_paths() {
     let gw = start(&up);
     let c = reqwest::Client::new();
     assert_eq!(
-        c.get(gw.proxy_url("/search/search/q1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&c, &gw.proxy_url("/search/search/q1")).await,
         200
     );
     let r = c

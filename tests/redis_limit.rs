@@ -88,18 +88,10 @@ impl Drop for Redis {
 }
 
 fn config(up: u16, redis: u16, limit: &str, store_extra: &str, ports: (u16, u16, u16)) -> String {
-    let (mcp, proxy, admin) = ports;
+    let server = server_section(ports, 1);
     format!(
         r#"
-[server]
-mcp_listen = "127.0.0.1:{mcp}"
-proxy_listen = "127.0.0.1:{proxy}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 1
-
-[auth]
-required = false
-
+{server}
 [rate_limits]
 store = {{ kind = "redis", url = "redis://127.0.0.1:{redis}"{store_extra} }}
 
@@ -141,7 +133,7 @@ async fn three_replicas_share_one_limit_exactly() {
         let (c, sem) = (client.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
-            c.get(url).send().await.unwrap().status().as_u16()
+            get_status(&c, &url).await
         }));
     }
     let mut ok = 0;
@@ -184,14 +176,7 @@ async fn an_empty_restart_and_script_flush_are_survived() {
     let extra = r#", timeout = "500ms", cooldown = "100ms""#;
     let gw = start(&up, redis.port, r#"{ requests = 3, window = "1m" }"#, extra);
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(gw.proxy_url("/local/a"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/a")).await, 200);
 
     // Redis restarts empty on the same port: nothing crashes and the shared store is used again.
     let port = redis.port;
@@ -199,12 +184,7 @@ async fn an_empty_restart_and_script_flush_are_survived() {
     let redis = Redis::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = c
-            .get(gw.proxy_url("/local/b"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let s = get_status(&c, &gw.proxy_url("/local/b")).await;
         assert!(s == 200 || s == 429, "{s}");
         if redis.dbsize() > 0 {
             break;
@@ -220,14 +200,7 @@ async fn an_empty_restart_and_script_flush_are_survived() {
     assert_eq!(redis.cmd(&["SCRIPT", "FLUSH"]).trim(), "+OK");
     let mut admitted = 0;
     loop {
-        match c
-            .get(gw.proxy_url("/local/c"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-        {
+        match get_status(&c, &gw.proxy_url("/local/c")).await {
             200 => admitted += 1,
             429 => break,
             other => panic!("unexpected {other}"),
@@ -249,14 +222,7 @@ async fn killed_redis_falls_back_within_budget_and_recovers() {
         extra,
     );
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(gw.proxy_url("/local/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
     assert!(redis.dbsize() > 0, "the shared store was not used");
 
     let port = redis.port;
@@ -265,12 +231,7 @@ async fn killed_redis_falls_back_within_budget_and_recovers() {
     let mut slowest = Duration::ZERO;
     for _ in 0..30 {
         let t = Instant::now();
-        let s = c
-            .get(gw.proxy_url("/local/x"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let s = get_status(&c, &gw.proxy_url("/local/x")).await;
         slowest = slowest.max(t.elapsed());
         assert_eq!(
             s, 200,
@@ -290,14 +251,7 @@ async fn killed_redis_falls_back_within_budget_and_recovers() {
             Instant::now() < deadline,
             "no recovery after Redis came back"
         );
-        assert_eq!(
-            c.get(gw.proxy_url("/local/x"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -240,22 +240,28 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_api-gateway-mcp")
 }
 
+/// The `[server]` and `[auth]` sections for a gateway on `(mcp, proxy, admin)` ports.
+pub fn server_section((mcp, proxy, admin): (u16, u16, u16), threads: usize) -> String {
+    format!(
+        "[server]\nmcp_listen = \"127.0.0.1:{mcp}\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
+         admin_listen = \"127.0.0.1:{admin}\"\nthreads = {threads}\nshutdown_grace = \"1s\"\n\n\
+         [auth]\nrequired = false\n"
+    )
+}
+
+/// GETs a URL and returns the status code.
+pub async fn get_status(c: &reqwest::Client, url: &str) -> u16 {
+    c.get(url).send().await.unwrap().status().as_u16()
+}
+
 /// The standard test config: several APIs pointing at the test upstream.
 pub fn test_config(up: u16, mcp: u16, proxy: u16, admin: u16) -> String {
+    let server = server_section((mcp, proxy, admin), 2);
     format!(
         r#"
-[server]
-mcp_listen = "127.0.0.1:{mcp}"
-proxy_listen = "127.0.0.1:{proxy}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 2
-shutdown_grace = "1s"
-
+{server}
 [mcp]
 max_response_bytes = 65536
-
-[auth]
-required = false
 
 [security.request]
 max_body_size = 1024
