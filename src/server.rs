@@ -16,8 +16,25 @@ use crate::gateway::Gateway;
 use crate::mcp::McpHttpApp;
 use crate::proxy::ProxyDoor;
 
+/// Fails fast when a listen address cannot be bound. Pingora itself logs "in use, will try
+/// again" and retries forever, which would leave a second gateway silently not serving.
+fn check_listen_addresses(config: &Config) -> Result<(), String> {
+    let s = &config.server;
+    for (key, addr) in [
+        ("server.mcp_listen", s.mcp_listen),
+        ("server.proxy_listen", s.proxy_listen),
+        ("server.admin_listen", s.admin_listen),
+    ] {
+        // std sets SO_REUSEADDR like Pingora, so a port in TIME_WAIT is not reported.
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs the gateway until SIGTERM (graceful, bounded by `server.shutdown_grace`) or SIGINT.
 pub fn serve(config: Config) -> Result<(), String> {
+    check_listen_addresses(&config)?;
     let grace = config.server.shutdown_grace.as_secs().max(1);
     let conf = ServerConf {
         threads: config.server.threads,

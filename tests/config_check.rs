@@ -98,3 +98,40 @@ fn broken_configs_name_the_key_path() {
         );
     }
 }
+
+#[test]
+fn serve_exits_with_the_key_when_a_listen_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = format!(
+        "[server]\nmcp_listen = \"127.0.0.1:{port}\"\nproxy_listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n{BASE}{API}",
+        common::free_port(),
+        common::free_port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("taken.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(common::bin())
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve kept running on a taken address instead of failing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("server.mcp_listen"), "{err}");
+    drop(taken);
+}

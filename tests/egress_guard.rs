@@ -6,8 +6,8 @@ use common::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn config_with(apis: &str, mcp: u16, proxy: u16, admin: u16) -> String {
-    format!("{}\n{apis}", server_section((mcp, proxy, admin), 1))
+fn start_with_apis(apis: &str) -> Gateway {
+    Gateway::start_generated(|ports| format!("{}\n{apis}", server_section(ports, 1)))
 }
 
 /// A TLS server with a self-signed certificate for `localhost`, which the gateway must not trust.
@@ -78,12 +78,11 @@ impl Drop for SelfSignedTls {
 #[tokio::test]
 async fn untrusted_upstream_certificate_is_refused_on_both_doors() {
     let tls = SelfSignedTls::start();
-    let (mcp, proxy, admin) = (free_port(), free_port(), free_port());
     let apis = format!(
         "[[apis]]\nname = \"tls\"\nbase_url = \"https://localhost:{}\"\nallow_private_network = true\npaths = [\"/**\"]\ntimeout = \"3s\"\n",
         tls.port
     );
-    let gw = Gateway::start_with(config_with(&apis, mcp, proxy, admin), mcp, proxy, admin);
+    let gw = start_with_apis(&apis);
 
     let r = reqwest::get(gw.proxy_url("/tls/")).await.unwrap();
     assert_eq!(
@@ -115,12 +114,11 @@ async fn untrusted_upstream_certificate_is_refused_on_both_doors() {
 #[tokio::test]
 async fn hostname_resolving_to_loopback_is_refused_without_allow_private_network() {
     let up = Upstream::start();
-    let (mcp, proxy, admin) = (free_port(), free_port(), free_port());
     let apis = format!(
         "[[apis]]\nname = \"byname\"\nbase_url = \"http://localhost:{0}\"\npaths = [\"/**\"]\n\n[[apis]]\nname = \"mapped\"\nbase_url = \"http://[::ffff:127.0.0.1]:{0}\"\npaths = [\"/**\"]\n",
         up.port
     );
-    let gw = Gateway::start_with(config_with(&apis, mcp, proxy, admin), mcp, proxy, admin);
+    let gw = start_with_apis(&apis);
     for api in ["byname", "mapped"] {
         let r = reqwest::get(gw.proxy_url(&format!("/{api}/x")))
             .await

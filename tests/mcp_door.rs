@@ -195,7 +195,8 @@ async fn hanging_upstream_is_upstream_timeout() {
 
 #[tokio::test]
 async fn dead_upstream_is_upstream_error() {
-    let gw = Gateway::start(free_port());
+    let (_held, dead) = refusing_port();
+    let gw = Gateway::start(dead);
     let mut s = McpSession::connect(&gw.mcp_url()).await;
     let r = s
         .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))

@@ -216,7 +216,7 @@ async fn hanging_upstream_gives_504() {
 
 #[tokio::test]
 async fn dead_upstream_gives_502() {
-    let dead = free_port();
+    let (_held, dead) = refusing_port();
     let gw = Gateway::start(dead);
     let r = client().get(gw.proxy_url("/local/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);

@@ -34,13 +34,7 @@ endpoint_rate_limits = [{{ path = "/search/**", requests = 1, window = "1m" }}]
 }
 
 fn start(up: &Upstream) -> Gateway {
-    let (mcp, proxy, admin) = (free_port(), free_port(), free_port());
-    Gateway::start_with(
-        limited_config(up.port, mcp, proxy, admin),
-        mcp,
-        proxy,
-        admin,
-    )
+    Gateway::start_generated(|(mcp, proxy, admin)| limited_config(up.port, mcp, proxy, admin))
 }
 
 #[tokio::test]

@@ -107,13 +107,7 @@ rate_limit = {limit}
 }
 
 fn start(up: &Upstream, redis: u16, limit: &str, store_extra: &str) -> Gateway {
-    let ports = (free_port(), free_port(), free_port());
-    Gateway::start_with(
-        config(up.port, redis, limit, store_extra, ports),
-        ports.0,
-        ports.1,
-        ports.2,
-    )
+    Gateway::start_generated(|ports| config(up.port, redis, limit, store_extra, ports))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

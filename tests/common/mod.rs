@@ -47,8 +47,13 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        // Take the port through free_port's ledger so no gateway is ever handed the same one.
+        let (listener, port) = loop {
+            let port = free_port();
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                break (l, port);
+            }
+        };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         thread::spawn(move || {
@@ -240,6 +245,17 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_api-gateway-mcp")
 }
 
+/// A loopback port that refuses connections: bound (so nothing else can take it) but never
+/// listening. Keep the socket alive for as long as the port must stay dead.
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (s, port)
+}
+
 /// The `[server]` and `[auth]` sections for a gateway on `(mcp, proxy, admin)` ports.
 pub fn server_section((mcp, proxy, admin): (u16, u16, u16), threads: usize) -> String {
     format!(
@@ -315,16 +331,23 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(upstream_port: u16) -> Gateway {
-        let (mcp, proxy, admin) = (free_port(), free_port(), free_port());
-        Self::start_with(
-            test_config(upstream_port, mcp, proxy, admin),
-            mcp,
-            proxy,
-            admin,
-        )
+        Self::start_generated(|(mcp, proxy, admin)| test_config(upstream_port, mcp, proxy, admin))
     }
 
-    pub fn start_with(config: String, mcp: u16, proxy: u16, admin: u16) -> Gateway {
+    /// Starts a gateway on fresh ports with the config `make` builds for them. A port can be
+    /// taken by another process between `free_port` and the gateway's bind; the gateway then
+    /// exits at once ("cannot listen"), and this retries with new ports.
+    pub fn start_generated(make: impl Fn((u16, u16, u16)) -> String) -> Gateway {
+        for _ in 0..5 {
+            let ports = (free_port(), free_port(), free_port());
+            if let Some(g) = Self::try_start(make(ports), ports) {
+                return g;
+            }
+        }
+        panic!("gateway did not start after 5 attempts");
+    }
+
+    fn try_start(config: String, (mcp, proxy, admin): (u16, u16, u16)) -> Option<Gateway> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -337,7 +360,7 @@ impl Gateway {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let g = Gateway {
+        let mut g = Gateway {
             child,
             mcp,
             proxy,
@@ -345,18 +368,21 @@ impl Gateway {
             config_path,
             _dir: dir,
         };
-        g.wait_ready();
-        g
+        g.wait_ready().then_some(g)
     }
 
-    fn wait_ready(&self) {
+    /// Waits until all three ports accept connections; false if the process exited first.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
             let ok = [self.admin, self.mcp, self.proxy]
                 .iter()
                 .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
             if ok {
-                return;
+                return true;
             }
             thread::sleep(Duration::from_millis(25));
         }
