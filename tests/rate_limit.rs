@@ -6,6 +6,16 @@ use serde_json::json;
 
 fn limited_config(up: u16, mcp: u16, proxy: u16, admin: u16) -> String {
     let server = server_section((mcp, proxy, admin), 2);
+    let local = loopback_get_api(
+        "local",
+        up,
+        r#"rate_limit = { requests = 3, window = "10s" }"#,
+    );
+    let search = loopback_get_api(
+        "search",
+        up,
+        r#"endpoint_rate_limits = [{ path = "/search/**", requests = 1, window = "1m" }]"#,
+    );
     format!(
         r#"
 {server}
@@ -14,22 +24,8 @@ per_user = {{ requests = 100, window = "1m", burst = 50 }}
 legacy_headers = true
 store = {{ kind = "memory" }}
 
-[[apis]]
-name = "local"
-base_url = "http://127.0.0.1:{up}"
-allow_private_network = true
-methods = ["GET"]
-paths = ["/**"]
-rate_limit = {{ requests = 3, window = "10s" }}
-
-[[apis]]
-name = "search"
-base_url = "http://127.0.0.1:{up}"
-allow_private_network = true
-methods = ["GET"]
-paths = ["/**"]
-endpoint_rate_limits = [{{ path = "/search/**", requests = 1, window = "1m" }}]
-"#
+{local}
+{search}"#
     )
 }
 

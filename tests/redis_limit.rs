@@ -89,20 +89,14 @@ impl Drop for Redis {
 
 fn config(up: u16, redis: u16, limit: &str, store_extra: &str, ports: (u16, u16, u16)) -> String {
     let server = server_section(ports, 1);
+    let local = loopback_get_api("local", up, &format!("rate_limit = {limit}"));
     format!(
         r#"
 {server}
 [rate_limits]
 store = {{ kind = "redis", url = "redis://127.0.0.1:{redis}"{store_extra} }}
 
-[[apis]]
-name = "local"
-base_url = "http://127.0.0.1:{up}"
-allow_private_network = true
-methods = ["GET"]
-paths = ["/**"]
-rate_limit = {limit}
-"#
+{local}"#
     )
 }
 

@@ -265,6 +265,14 @@ pub fn server_section((mcp, proxy, admin): (u16, u16, u16), threads: usize) -> S
     )
 }
 
+/// An `[[apis]]` entry for a GET-only API on the loopback test upstream, plus `extra` lines.
+pub fn loopback_get_api(name: &str, up: u16, extra: &str) -> String {
+    format!(
+        "[[apis]]\nname = \"{name}\"\nbase_url = \"http://127.0.0.1:{up}\"\n\
+         allow_private_network = true\nmethods = [\"GET\"]\npaths = [\"/**\"]\n{extra}\n"
+    )
+}
+
 /// GETs a URL and returns the status code.
 pub async fn get_status(c: &reqwest::Client, url: &str) -> u16 {
     c.get(url).send().await.unwrap().status().as_u16()
