@@ -22,6 +22,12 @@ use serde::Deserialize;
 use crate::policy::PathPattern;
 use crate::ratelimit::{OnError, Policy, RedisSettings};
 
+mod access;
+pub use access::{
+    ApiKey, AuthConfig, AuthMethod, Grant, HeaderLimits, IpRules, JwtIssuer, JwtKeys, OAuth2, Rbac,
+    Role, Signatures,
+};
+
 /// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/minimal.toml");
 
@@ -77,7 +83,9 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     mcp: RawMcp,
-    auth: Option<RawAuth>,
+    auth: Option<access::RawAuth>,
+    #[serde(default)]
+    rbac: access::RawRbac,
     #[serde(default)]
     security: RawSecurity,
     #[serde(default)]
@@ -97,7 +105,7 @@ struct RawRateLimits {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRateLimit {
+pub(crate) struct RawRateLimit {
     requests: u32,
     window: HumanDuration,
     burst: Option<u32>,
@@ -136,15 +144,13 @@ struct RawMcp {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAuth {
-    required: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSecurity {
     #[serde(default)]
     request: RawRequestGuards,
+    ip_allow: Option<Vec<String>>,
+    ip_deny: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    signatures: Option<access::RawSignatures>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +158,8 @@ struct RawSecurity {
 struct RawRequestGuards {
     max_body_size: Option<u64>,
     allowed_content_types: Option<Vec<String>>,
+    max_headers: Option<usize>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +182,9 @@ struct RawApi {
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     endpoint_rate_limits: Vec<RawEndpointRateLimit>,
+    #[serde(default)]
+    require_signature: bool,
+    follow_redirects: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +248,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub mcp: McpConfig,
     pub auth: AuthConfig,
+    pub rbac: Rbac,
+    pub ip_rules: IpRules,
+    pub header_limits: HeaderLimits,
+    pub signatures: Signatures,
     pub request: RequestGuards,
     pub rate_limits: RateLimits,
     pub apis: Vec<Arc<Api>>,
@@ -286,12 +301,6 @@ pub struct McpConfig {
     pub legacy_sessions: bool,
 }
 
-/// Caller authentication. Only anonymous access exists so far.
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub required: bool,
-}
-
 /// Request body guards applied on both doors.
 #[derive(Debug, Clone)]
 pub struct RequestGuards {
@@ -325,6 +334,10 @@ pub struct Api {
     /// Extra limits for paths matching a pattern, named `api.NAME:PATTERN`, checked on top of
     /// the API's limit.
     pub endpoint_rate_limits: Vec<(PathPattern, Policy)>,
+    /// Calls to this API must carry a valid request signature.
+    pub require_signature: bool,
+    /// Redirects followed on the MCP door (0 = returned to the caller). At most 3.
+    pub follow_redirects: u8,
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -604,19 +617,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         legacy_sessions: raw.mcp.legacy_sessions.unwrap_or(true),
     };
 
-    // Deny by default: a config that says nothing about auth requires it, and since no
-    // authentication method exists in this build, that has to be an explicit error rather
-    // than a gateway that silently lets everybody in.
-    let required = raw.auth.as_ref().and_then(|a| a.required).unwrap_or(true);
-    if required {
-        errors.push(err(
-            "auth.required",
-            "authentication is required by default, but no authentication method is available \
-             in this version; set `[auth] required = false` to serve anonymous callers",
-        ));
-    }
-    let auth = AuthConfig { required };
-
+    let auth = access::validate_auth(raw.auth, &mut errors);
     let guards = raw.security.request;
     let mut allowed_content_types = Vec::new();
     for (i, ct) in guards
@@ -644,6 +645,30 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         max_body_size: guards.max_body_size.unwrap_or(1 << 20),
         allowed_content_types,
     };
+    let header_limits = HeaderLimits {
+        max_headers: positive(
+            &mut errors,
+            "security.request.max_headers",
+            guards.max_headers,
+            100,
+        ),
+        max_header_bytes: positive(
+            &mut errors,
+            "security.request.max_header_bytes",
+            guards.max_header_bytes,
+            32 << 10,
+        ),
+    };
+    let ip_rules = IpRules {
+        allow: access::parse_nets("security.ip_allow", raw.security.ip_allow, &mut errors),
+        deny: access::parse_nets("security.ip_deny", raw.security.ip_deny, &mut errors),
+        trusted_proxies: access::parse_nets(
+            "security.trusted_proxies",
+            raw.security.trusted_proxies,
+            &mut errors,
+        ),
+    };
+    let signatures = access::validate_signatures(raw.security.signatures, &mut errors);
 
     let rl = raw.rate_limits;
     let mut redis = None;
@@ -739,11 +764,43 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
+    if apis.iter().any(|a| a.require_signature) && signatures.keys.is_empty() {
+        errors.push(err(
+            "security.signatures",
+            "an API sets require_signature = true but no signing keys are configured",
+        ));
+    }
+    for (i, k) in auth.api_keys.iter().enumerate() {
+        for (j, a) in k.allowed_apis.iter().flatten().enumerate() {
+            if !names.contains(a) {
+                errors.push(err(
+                    format!("auth.api_keys[{i}].allowed_apis[{j}]"),
+                    format!("no API named {a:?} is configured"),
+                ));
+            }
+        }
+        if rbac.enabled() {
+            for (j, r) in k.roles.iter().enumerate() {
+                if !rbac.roles.iter().any(|role| role.name == *r) {
+                    errors.push(err(
+                        format!("auth.api_keys[{i}].roles[{j}]"),
+                        format!("no role named {r:?} in [[rbac.roles]]"),
+                    ));
+                }
+            }
+        }
+    }
+
     if errors.is_empty() {
         Ok(Config {
             server,
             mcp,
             auth,
+            rbac,
+            ip_rules,
+            header_limits,
+            signatures,
             request,
             rate_limits,
             apis,
@@ -966,10 +1023,20 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         ));
     }
 
+    let follow_redirects = a.follow_redirects.unwrap_or(0);
+    if follow_redirects > 3 {
+        errors.push(err(
+            format!("{p}.follow_redirects"),
+            "at most 3 redirects may be followed",
+        ));
+    }
+
     if errors.len() != before {
         return None;
     }
     Some(Api {
+        require_signature: a.require_signature,
+        follow_redirects,
         description: a
             .description
             .unwrap_or_else(|| format!("The {} API", a.name)),
@@ -986,6 +1053,36 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         rate_limit,
         endpoint_rate_limits,
     })
+}
+
+impl Api {
+    /// An internal destination the gateway itself calls (a JWKS document, an introspection
+    /// endpoint): same egress path, SSRF guard and deadlines as an API, no caller-facing rules.
+    pub fn internal(
+        name: &str,
+        url: &str,
+        allow_private_network: bool,
+        timeout: Duration,
+    ) -> Result<Api, String> {
+        let base = parse_base_url(url)?;
+        Ok(Api {
+            name: name.to_string(),
+            base,
+            description: String::new(),
+            methods: vec![Method::GET, Method::POST],
+            paths: Vec::new(),
+            deny_paths: Vec::new(),
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            allow_private_network,
+            credential: None,
+            max_response_bytes: Some(1 << 20),
+            rate_limit: None,
+            endpoint_rate_limits: Vec::new(),
+            require_signature: false,
+            follow_redirects: 0,
+        })
+    }
 }
 
 /// Parses and checks an API's `base_url`: http(s), a host, no credentials, query or fragment.

@@ -466,6 +466,18 @@ impl Egress {
         peer
     }
 
+    /// The whole egress path for one request the gateway makes itself (JWKS, introspection):
+    /// resolve and vet the destination, then send.
+    pub async fn fetch(
+        &self,
+        api: &Api,
+        req: OutboundRequest,
+        max_body: usize,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let addr = self.resolve(api).await?;
+        self.send(api, addr, req, max_body).await
+    }
+
     /// Sends one request for the MCP door and reads at most `max_body` response bytes.
     /// The whole exchange is bounded by the API's `timeout`. Redirects are returned, not followed.
     pub async fn send(

@@ -10,8 +10,16 @@ use crate::ratelimit::{ceil_secs, PolicyState};
 pub enum ErrorKind {
     /// No API of that name is configured. 404 `unknown_api`.
     UnknownApi,
-    /// The API, method or path is not allowed. 403 `forbidden`.
+    /// The API, method or path is not allowed, or the caller's roles or address do not permit
+    /// it. 403 `forbidden`.
     Forbidden,
+    /// No valid credentials: missing, expired, forged or revoked. 401 `unauthorized`, with
+    /// `WWW-Authenticate`.
+    Unauthorized,
+    /// The identity provider (token introspection) cannot be reached. 503 `auth_unavailable`.
+    AuthUnavailable,
+    /// Too many request headers, or too many header bytes. 431 `headers_too_large`.
+    HeadersTooLarge,
     /// The endpoint could escape the API's base path or is malformed. 400 `invalid_endpoint`.
     InvalidEndpoint,
     /// A caller-supplied header cannot be forwarded. 400 `invalid_header`.
@@ -41,6 +49,9 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::UnknownApi => 404,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::AuthUnavailable => 503,
             ErrorKind::Forbidden | ErrorKind::EgressDenied => 403,
             ErrorKind::InvalidEndpoint | ErrorKind::InvalidHeader | ErrorKind::InvalidArguments => {
                 400
@@ -60,6 +71,9 @@ impl ErrorKind {
         match self {
             ErrorKind::UnknownApi => "unknown_api",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::AuthUnavailable => "auth_unavailable",
             ErrorKind::InvalidEndpoint => "invalid_endpoint",
             ErrorKind::InvalidHeader => "invalid_header",
             ErrorKind::InvalidArguments => "invalid_arguments",
@@ -78,6 +92,9 @@ impl ErrorKind {
         match self {
             ErrorKind::UnknownApi => "Unknown API",
             ErrorKind::Forbidden => "Forbidden",
+            ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::HeadersTooLarge => "Request header fields too large",
+            ErrorKind::AuthUnavailable => "Authentication unavailable",
             ErrorKind::InvalidEndpoint => "Invalid endpoint",
             ErrorKind::InvalidHeader => "Invalid header",
             ErrorKind::InvalidArguments => "Invalid arguments",
@@ -102,6 +119,9 @@ pub struct GatewayError {
     pub message: String,
     /// Set on `RateLimited`: which policy refused, and when to retry.
     pub rate_limit: Option<Box<RateLimitDenial>>,
+    /// A finer machine-readable reason within the kind, e.g. `token_expired` for
+    /// `unauthorized` or `ip_denied` for `forbidden`.
+    pub reason: Option<&'static str>,
 }
 
 /// The details of a rate-limit denial, shown the same way on both doors.
@@ -118,7 +138,14 @@ impl GatewayError {
             kind,
             message: message.into(),
             rate_limit: None,
+            reason: None,
         }
+    }
+
+    /// Sets the finer `reason`.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     /// A `rate_limited` error; the message says when to retry.
@@ -131,11 +158,15 @@ impl GatewayError {
                 ceil_secs(denial.retry_after)
             ),
             rate_limit: Some(Box::new(denial)),
+            reason: None,
         }
     }
 
-    /// Adds `retry_after_s` and `policy` for a rate-limit denial.
+    /// Adds `reason`, and `retry_after_s` and `policy` for a rate-limit denial.
     fn with_rate_limit(&self, mut v: Value) -> Value {
+        if let Some(r) = self.reason {
+            v["reason"] = json!(r);
+        }
         if let Some(d) = &self.rate_limit {
             v["retry_after_s"] = json!(ceil_secs(d.retry_after));
             v["policy"] = json!(d.policy);
@@ -178,6 +209,8 @@ macro_rules! ctor {
 ctor! {
     unknown_api => UnknownApi,
     forbidden => Forbidden,
+    unauthorized => Unauthorized,
+    headers_too_large => HeadersTooLarge,
     invalid_endpoint => InvalidEndpoint,
     invalid_header => InvalidHeader,
     invalid_arguments => InvalidArguments,
@@ -199,6 +232,9 @@ mod tests {
         let kinds = [
             UnknownApi,
             Forbidden,
+            Unauthorized,
+            HeadersTooLarge,
+            AuthUnavailable,
             InvalidEndpoint,
             InvalidHeader,
             InvalidArguments,

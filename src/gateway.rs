@@ -11,15 +11,16 @@ use crate::policy::Pipeline;
 pub struct Gateway {
     pub config: Arc<Config>,
     pub pipeline: Pipeline,
-    pub egress: Egress,
+    pub egress: Arc<Egress>,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let config = Arc::new(config);
+        let egress = Arc::new(Egress::new());
         Ok(Arc::new(Gateway {
-            pipeline: Pipeline::new(config.clone())?,
-            egress: Egress::new(),
+            pipeline: Pipeline::new(config.clone(), egress.clone())?,
+            egress,
             config,
         }))
     }

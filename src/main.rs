@@ -1,4 +1,4 @@
-//! The `api-gateway-mcp` command line: `serve`, `stdio` and `check`.
+//! The `api-gateway-mcp` command line: `serve`, `stdio`, `check` and `hash-key`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,59 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Generate a strong API key (256 random bits) and print it with the hash that goes into
+    /// `[[auth.api_keys]]`. The key itself is never stored by the gateway.
+    HashKey {
+        /// Hash an existing key read from stdin instead of generating one.
+        #[arg(long)]
+        stdin: bool,
+        /// Print key_hmac = HMAC-SHA256(pepper, key) with the pepper from this environment
+        /// variable (the one `auth.api_key_pepper` reads), instead of key_sha256.
+        #[arg(long, value_name = "VAR")]
+        pepper_env: Option<String>,
+        /// The `name` for the printed config entry.
+        #[arg(long, default_value = "my-key")]
+        name: String,
+    },
+}
+
+fn hash_key(stdin: bool, pepper_env: Option<String>, name: &str) -> Result<(), String> {
+    use api_gateway_mcp::auth::apikey;
+    let pepper = match pepper_env {
+        Some(var) => Some(
+            std::env::var(&var)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| format!("environment variable {var} is not set"))?,
+        ),
+        None => None,
+    };
+    let (key, digest) = if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        let key = line.trim().to_string();
+        if key.is_empty() {
+            return Err("no key on stdin".into());
+        }
+        let digest = hex::encode(apikey::digest(&key, pepper.as_deref()));
+        (None, digest)
+    } else {
+        let (k, d) = apikey::generate(pepper.as_deref())?;
+        (Some(k), d)
+    };
+    let field = if pepper.is_some() {
+        "key_hmac"
+    } else {
+        "key_sha256"
+    };
+    if let Some(k) = key {
+        eprintln!("# Give api_key to the client (shown once); put the entry below in the config.");
+        println!("api_key = \"{k}\"");
+    }
+    println!("[[auth.api_keys]]\nname = \"{name}\"\n{field} = \"{digest}\"\nroles = []");
+    Ok(())
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, ConfigErrors> {
@@ -68,6 +121,17 @@ fn main() -> ExitCode {
                 for e in &errors.0 {
                     println!("  {e}");
                 }
+                ExitCode::from(1)
+            }
+        },
+        Command::HashKey {
+            stdin,
+            pepper_env,
+            name,
+        } => match hash_key(stdin, pepper_env, &name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hash-key: {e}");
                 ExitCode::from(1)
             }
         },

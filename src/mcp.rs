@@ -6,7 +6,6 @@
 //! machine-readable `error` code; protocol errors are kept for unknown tools and malformed
 //! arguments.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,11 +32,7 @@ use crate::config::{Credential, CredentialPlacement};
 use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::policy::{CallRequest, Door};
-
-/// The client address of an HTTP MCP request, attached by the bridge.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<IpAddr>);
+use crate::policy::{CallRequest, Caller, CallerRequest, Door};
 
 /// Methods the `api_gateway` tool accepts, in schema order.
 const TOOL_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -46,6 +41,8 @@ const TOOL_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 #[derive(Clone)]
 pub struct GatewayMcp {
     gateway: Arc<Gateway>,
+    /// The caller of a stdio session; HTTP requests carry theirs in the request extensions.
+    local_caller: Option<Arc<Caller>>,
 }
 
 /// Arguments of the `api_gateway` tool.
@@ -70,26 +67,66 @@ fn default_method() -> String {
 
 impl GatewayMcp {
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        GatewayMcp { gateway }
+        GatewayMcp {
+            gateway,
+            local_caller: None,
+        }
     }
 
-    fn tools(&self) -> Vec<Tool> {
-        let config = &self.gateway.config;
-        let names: Vec<&str> = config.apis.iter().map(|a| a.name.as_str()).collect();
+    /// The caller of this request: attached by the HTTP bridge, or the stdio session's.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Option<Arc<Caller>> {
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Arc<Caller>>())
+            .cloned()
+            .or_else(|| self.local_caller.clone())
+    }
+
+    /// The APIs this caller may use, each with the methods it may use on it.
+    fn visible_apis(&self, caller: &Caller) -> Vec<(&Arc<crate::config::Api>, Vec<Method>)> {
+        let access = self.gateway.pipeline.access();
+        self.gateway
+            .config
+            .apis
+            .iter()
+            .map(|a| (a, access.visible_methods(&caller.principal, a)))
+            .filter(|(_, m)| !m.is_empty())
+            .collect()
+    }
+
+    /// The tools, as this caller sees them: the `api` enum and the method list hold only what
+    /// its roles permit, and `api_gateway` is left out when nothing is permitted.
+    fn tools(&self, caller: &Caller) -> Vec<Tool> {
+        Self::tools_for(&self.visible_apis(caller))
+    }
+
+    /// Every tool over every configured API.
+    fn all_tools(&self) -> Vec<Tool> {
+        let all: Vec<_> = self
+            .gateway
+            .config
+            .apis
+            .iter()
+            .map(|a| (a, a.methods.clone()))
+            .collect();
+        Self::tools_for(&all)
+    }
+
+    fn tools_for(visible: &[(&Arc<crate::config::Api>, Vec<Method>)]) -> Vec<Tool> {
+        let names: Vec<&str> = visible.iter().map(|(a, _)| a.name.as_str()).collect();
         let methods: Vec<&str> = TOOL_METHODS
             .iter()
             .copied()
             .filter(|m| {
-                config
-                    .apis
+                visible
                     .iter()
-                    .any(|a| a.methods.iter().any(|am| am.as_str() == *m))
+                    .any(|(_, ms)| ms.iter().any(|am| am.as_str() == *m))
             })
             .collect();
-        let catalogue: Vec<String> = config
-            .apis
+        let catalogue: Vec<String> = visible
             .iter()
-            .map(|a| format!("- {}: {}", a.name, a.description))
+            .map(|(a, _)| format!("- {}: {}", a.name, a.description))
             .collect();
         let input = json!({
             "type": "object",
@@ -120,7 +157,8 @@ impl GatewayMcp {
                 "error": {"type": "string", "description": "Machine-readable reason, on isError results only"},
                 "message": {"type": "string"},
                 "retry_after_s": {"type": "integer", "description": "With error rate_limited: seconds until a retry is admitted"},
-                "policy": {"type": "string", "description": "With error rate_limited: the policy that refused"}
+                "policy": {"type": "string", "description": "With error rate_limited: the policy that refused"},
+                "reason": {"type": "string", "description": "A finer machine-readable reason, e.g. token_expired or ip_denied"}
             },
             "required": ["status"]
         });
@@ -154,21 +192,22 @@ impl GatewayMcp {
                 .idempotent(true)
                 .open_world(false),
         );
+        if names.is_empty() {
+            return vec![list];
+        }
         vec![call, list]
     }
 
-    fn list_apis(&self) -> CallToolResult {
+    fn list_apis(&self, caller: &Caller) -> CallToolResult {
         let limits = &self.gateway.config.rate_limits;
         let apis: Vec<Value> = self
-            .gateway
-            .config
-            .apis
-            .iter()
-            .map(|a| {
+            .visible_apis(caller)
+            .into_iter()
+            .map(|(a, methods)| {
                 json!({
                     "name": a.name,
                     "description": a.description,
-                    "methods": a.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
+                    "methods": methods.iter().map(Method::as_str).collect::<Vec<_>>(),
                     "paths": a.paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     "deny_paths": a.deny_paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     "rate_limit": a.rate_limit.as_ref().or(limits.default.as_ref()).map(policy_json),
@@ -182,7 +221,7 @@ impl GatewayMcp {
     async fn api_gateway(
         &self,
         args: ApiGatewayArgs,
-        client_ip: Option<IpAddr>,
+        caller: &Caller,
     ) -> Result<Value, GatewayError> {
         let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
             .ok()
@@ -280,7 +319,7 @@ impl GatewayMcp {
                 content_length: body.as_ref().map(|b| b.len() as u64),
                 has_body: body.is_some(),
                 content_type: content_type.as_deref(),
-                client_ip,
+                caller,
             })
             .await?;
         let api = decision.api;
@@ -349,6 +388,12 @@ fn policy_json(p: &crate::ratelimit::Policy) -> Value {
     json!({"name": p.name, "requests": p.requests, "window_s": p.window.as_secs_f64(), "burst": p.burst})
 }
 
+/// A request reached a handler without an identified caller: a wiring bug, never a client's
+/// doing, so it is refused rather than treated as anonymous.
+fn no_caller() -> McpError {
+    McpError::internal_error("the caller was not identified", None)
+}
+
 fn as_object(v: Value) -> JsonObject {
     match v {
         Value::Object(m) => m,
@@ -369,16 +414,19 @@ impl ServerHandler for GatewayMcp {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
         Ok(ListToolsResult {
-            tools: self.tools(),
+            tools: self.tools(&caller),
             ..Default::default()
         })
     }
 
+    /// The unfiltered definition (rmcp uses it to validate results); what a caller may use
+    /// is decided per call.
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.tools().into_iter().find(|t| t.name == name)
+        self.all_tools().into_iter().find(|t| t.name == name)
     }
 
     async fn call_tool(
@@ -386,19 +434,15 @@ impl ServerHandler for GatewayMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let client_ip = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|p| p.extensions.get::<ClientAddr>())
-            .and_then(|c| c.0);
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
         let args = Value::Object(request.arguments.unwrap_or_default());
         match request.name.as_ref() {
-            "list_apis" => Ok(self.list_apis().into()),
+            "list_apis" => Ok(self.list_apis(&caller).into()),
             "api_gateway" => {
                 let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
                     McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
                 })?;
-                let result = match self.api_gateway(args, client_ip).await {
+                let result = match self.api_gateway(args, &caller).await {
                     Ok(v) => CallToolResult::structured(v),
                     Err(e) => {
                         tracing::info!(error = e.kind.code(), "api_gateway call refused or failed");
@@ -416,11 +460,27 @@ impl ServerHandler for GatewayMcp {
 }
 
 /// Serves the tools over stdin/stdout until the client closes the stream.
+///
+/// The session's caller is identified once, before serving, from `API_GATEWAY_MCP_TOKEN` or
+/// `API_GATEWAY_MCP_API_KEY`; bad credentials stop the process with the reason.
 pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
-    let running = GatewayMcp::new(gateway)
-        .serve(rmcp::transport::stdio())
-        .await?;
+    let caller = gateway
+        .pipeline
+        .identify_local(&|name| std::env::var(name).ok())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "stdio caller not authenticated ({}): {}",
+                e.reason.unwrap_or(e.kind.code()),
+                e.message
+            )
+        })?;
+    let handler = GatewayMcp {
+        gateway,
+        local_caller: Some(Arc::new(caller)),
+    };
+    let running = handler.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
 }
@@ -429,6 +489,15 @@ pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
 pub struct McpHttpApp {
     service: StreamableHttpService<GatewayMcp, LocalSessionManager>,
     max_request_bytes: usize,
+    gateway: Arc<Gateway>,
+}
+
+fn host_of(session: &ServerSession) -> Option<&str> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
 }
 
 impl McpHttpApp {
@@ -445,7 +514,7 @@ impl McpHttpApp {
             http_cfg = http_cfg.enforce_origin_validation();
         }
         let max_request_bytes = cfg.max_request_bytes;
-        let handler = GatewayMcp::new(gateway);
+        let handler = GatewayMcp::new(gateway.clone());
         let service = StreamableHttpService::new(
             move || Ok(handler.clone()),
             Arc::new(LocalSessionManager::default()),
@@ -454,7 +523,42 @@ impl McpHttpApp {
         McpHttpApp {
             service,
             max_request_bytes,
+            gateway,
         }
+    }
+
+    /// Writes a gateway error as problem+json; a 401 carries `WWW-Authenticate` pointing at
+    /// the protected-resource metadata.
+    async fn respond_error(&self, session: &mut ServerSession, e: &GatewayError) {
+        let body = e.problem_json().to_string();
+        let Ok(mut h) = ResponseHeader::build(e.kind.status(), Some(4)) else {
+            return;
+        };
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/problem+json");
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        if e.kind == crate::error::ErrorKind::Unauthorized {
+            let url = crate::auth::metadata_url(&self.gateway.config, host_of(session));
+            let _ = h.insert_header(
+                http::header::WWW_AUTHENTICATE,
+                crate::auth::www_authenticate(e, &url),
+            );
+        }
+        let _ = session.write_response_header(Box::new(h)).await;
+        let _ = session.write_response_body(Bytes::from(body), true).await;
+    }
+
+    /// RFC 9728 metadata, at the well-known path and at its `/mcp`-suffixed form.
+    async fn respond_metadata(&self, session: &mut ServerSession) {
+        let body =
+            crate::auth::resource_metadata(&self.gateway.config, host_of(session)).to_string();
+        let Ok(mut h) = ResponseHeader::build(200, Some(3)) else {
+            return;
+        };
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        let _ = h.insert_header(http::header::CACHE_CONTROL, "max-age=300");
+        let _ = session.write_response_header(Box::new(h)).await;
+        let _ = session.write_response_body(Bytes::from(body), true).await;
     }
 
     async fn respond_plain(session: &mut ServerSession, status: u16, body: &'static str) {
@@ -481,6 +585,12 @@ impl HttpServerApp for McpHttpApp {
             _ => return None,
         }
         let path = session.req_header().uri.path().to_string();
+        if path == crate::auth::METADATA_PATH
+            || path == format!("{}/mcp", crate::auth::METADATA_PATH)
+        {
+            self.respond_metadata(&mut session).await;
+            return crate::admin::finish(session).await;
+        }
         if path != "/mcp" && path != "/mcp/" {
             Self::respond_plain(&mut session, 404, "not found: the MCP endpoint is /mcp\n").await;
             return crate::admin::finish(session).await;
@@ -502,12 +612,36 @@ impl HttpServerApp for McpHttpApp {
             }
         }
 
-        let client = ClientAddr(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-        );
+        let body = body.freeze();
+        let head = session.req_header();
+        let identified = self
+            .gateway
+            .pipeline
+            .identify(&CallerRequest {
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: &head.method,
+                path: head.uri.path(),
+                query: head.uri.query().unwrap_or(""),
+                headers: &head.headers,
+                body: Some(&body),
+            })
+            .await;
+        let caller = match identified {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::info!(
+                    error = e.kind.code(),
+                    reason = e.reason.unwrap_or(""),
+                    door = "mcp",
+                    "request refused"
+                );
+                self.respond_error(&mut session, &e).await;
+                return crate::admin::finish(session).await;
+            }
+        };
         let head = session.req_header();
         let mut builder = http::Request::builder()
             .method(head.method.clone())
@@ -515,11 +649,11 @@ impl HttpServerApp for McpHttpApp {
         for (k, v) in head.headers.iter() {
             builder = builder.header(k, v);
         }
-        let Ok(mut request) = builder.body(Full::new(body.freeze())) else {
+        let Ok(mut request) = builder.body(Full::new(body)) else {
             Self::respond_plain(&mut session, 400, "malformed request\n").await;
             return None;
         };
-        request.extensions_mut().insert(client);
+        request.extensions_mut().insert(caller);
 
         let response = match tower_service::Service::call(&mut self.service.clone(), request).await
         {

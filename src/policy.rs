@@ -5,12 +5,41 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderMap, Method};
 
+use crate::auth::signature::{SignatureVerifier, Verified};
+use crate::auth::{unauthorized, Authenticator, Principal, PrincipalKind};
 use crate::config::{Api, Config, RequestGuards};
-use crate::egress::EndpointPath;
+use crate::egress::{Egress, EndpointPath};
 use crate::error::{GatewayError, RateLimitDenial};
 use crate::ratelimit::{Limiter, PolicyState, RateLimitDecision, RedisLimiter};
+
+pub mod access;
+pub use access::Access;
+
+/// Who is calling, as established once per HTTP request (or once per stdio session).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The client's address (behind trusted proxies, the forwarded one).
+    pub client_ip: Option<IpAddr>,
+    /// A verified request signature, if the request carried one.
+    pub signature: Option<Verified>,
+}
+
+/// The HTTP request a caller is identified from.
+pub struct CallerRequest<'a> {
+    /// The TCP peer's address.
+    pub peer: Option<IpAddr>,
+    pub method: &'a Method,
+    /// The request path and query as received (for signatures).
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The whole body, when the door has already read it (the MCP door); its digest is then
+    /// checked against a signature at once. `None`: the door checks it while streaming.
+    pub body: Option<&'a [u8]>,
+}
 
 /// Which front door a call came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +62,7 @@ pub struct CallRequest<'a> {
     /// Whether the request carries a body at all (declared length > 0 or chunked).
     pub has_body: bool,
     pub content_type: Option<&'a str>,
-    pub client_ip: Option<IpAddr>,
+    pub caller: &'a Caller,
 }
 
 /// An allowed call: the API it goes to and its validated endpoint.
@@ -52,35 +81,138 @@ pub type Decision = Result<Allowed, GatewayError>;
 pub struct Pipeline {
     config: Arc<Config>,
     limiter: Limiter,
+    auth: Authenticator,
+    signatures: SignatureVerifier,
 }
 
 impl Pipeline {
     /// Fails only when the Redis client cannot be created (an invalid URL); Redis itself is
     /// contacted lazily, so the gateway starts while Redis is down.
-    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+    pub fn new(config: Arc<Config>, egress: Arc<Egress>) -> Result<Self, String> {
         let limiter = match &config.rate_limits.redis {
             Some(settings) => Limiter::Redis(Box::new(RedisLimiter::new(settings.clone())?)),
             None => Limiter::memory(),
         };
-        Ok(Pipeline { config, limiter })
+        Ok(Pipeline {
+            auth: Authenticator::new(config.clone(), egress)?,
+            signatures: SignatureVerifier::new(),
+            config,
+            limiter,
+        })
     }
 
-    /// Judges one call. The checks run in this order, and the first failure wins:
-    /// 1. the API exists (404 `unknown_api`);
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Role-based access, for the doors' listings (`tools/list`, `list_apis`).
+    pub fn access(&self) -> Access<'_> {
+        Access {
+            rbac: &self.config.rbac,
+        }
+    }
+
+    /// Establishes who is calling, in this order:
+    /// 1. the client address (forwarded headers count only from `security.trusted_proxies`),
+    ///    then `security.ip_deny` and `security.ip_allow` (403 `ip_denied`);
+    /// 2. header count and size limits (431) and smuggling shapes (400 `ambiguous_framing`);
+    /// 3. authentication (401 with a reason; anonymous only when `auth.required = false`);
+    /// 4. the request signature, when present or required (401 `signature_*`).
+    pub async fn identify(&self, req: &CallerRequest<'_>) -> Result<Caller, GatewayError> {
+        let cfg = &self.config;
+        let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
+        access::check_ip(&cfg.ip_rules, client_ip)?;
+        access::check_headers(&cfg.header_limits, req.headers)?;
+        let principal = self.auth.authenticate(req.headers).await?;
+        let signature = self
+            .signatures
+            .verify(
+                &cfg.signatures,
+                &self.limiter,
+                req.method.as_str(),
+                req.path,
+                req.query,
+                req.headers,
+            )
+            .await?;
+        match (&signature, req.body) {
+            (None, _) if cfg.signatures.required => {
+                return Err(unauthorized(
+                    "signature_missing",
+                    "this gateway requires signed requests (X-Signature headers)",
+                ))
+            }
+            (Some(v), Some(body)) => check_body_digest(v, body)?,
+            _ => {}
+        }
+        Ok(Caller {
+            principal,
+            client_ip,
+            signature,
+        })
+    }
+
+    /// The caller of a stdio session: a local process the operator started, identified by
+    /// the `API_GATEWAY_MCP_TOKEN` or `API_GATEWAY_MCP_API_KEY` environment variable (or
+    /// anonymous when `auth.required = false`). IP rules do not apply to a local pipe.
+    pub async fn identify_local(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Caller, GatewayError> {
+        let mut headers = HeaderMap::new();
+        let bad = |_| unauthorized("malformed_credentials", "the credential is not valid text");
+        if let Some(t) = env("API_GATEWAY_MCP_TOKEN").filter(|t| !t.is_empty()) {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().map_err(bad)?,
+            );
+        }
+        if let Some(k) = env("API_GATEWAY_MCP_API_KEY").filter(|k| !k.is_empty()) {
+            headers.insert("x-api-key", k.parse().map_err(bad)?);
+        }
+        Ok(Caller {
+            principal: self.auth.authenticate(&headers).await?,
+            client_ip: None,
+            signature: None,
+        })
+    }
+
+    /// Judges one call of an identified caller. The checks run in this order, and the first
+    /// failure wins:
+    /// 1. the API exists and is visible to the caller (404 `unknown_api`; with RBAC, 403
+    ///    `not_permitted`, the same for a hidden API as for a missing one);
     /// 2. the endpoint is a safe path under the API's base (400 `invalid_endpoint`);
     /// 3. the method is allowed for the API (403);
     /// 4. the path is not denied and is allowed (403; deny patterns win);
-    /// 5. the declared body size (413) and content type (415) pass the request guards;
-    /// 6. rate limits (429): the API's policy (or `rate_limits.default`) and `per_user`, all
-    ///    checked together and last, so a call refused for any other reason costs no quota.
-    ///
-    /// Authentication, RBAC and IP rules will slot in between 1 and 3.
+    /// 5. RBAC: the caller's roles (and its API key's `allowed_apis`) permit the call; deny
+    ///    rules win (403 `not_permitted`);
+    /// 6. a signature, when the API requires one (401 `signature_missing`);
+    /// 7. the declared body size (413) and content type (415) pass the request guards;
+    /// 8. rate limits (429): the API's policy (or `rate_limits.default`), endpoint policies,
+    ///    the API key's own policy and `per_user`, all checked together and last, so a call
+    ///    refused for any other reason costs no quota.
     pub async fn evaluate(&self, req: &CallRequest<'_>) -> Decision {
-        let api = self.config.api(req.api).ok_or_else(|| {
-            GatewayError::unknown_api(format!(
-                "no API named {:?} is configured; call list_apis for the catalogue",
-                truncate(req.api, 64)
-            ))
+        let principal = &req.caller.principal;
+        let access = self.access();
+        let hides = self.config.rbac.enabled() || principal.allowed_apis.is_some();
+        let api = match self.config.api(req.api) {
+            // With RBAC (or a key's allowed_apis), an API the caller cannot use and an API
+            // that does not exist look the same: nothing about what exists is revealed.
+            Some(api) if hides && access.visible_methods(principal, api).is_empty() => None,
+            found => found,
+        };
+        let api = api.ok_or_else(|| {
+            let name = truncate(req.api, 64);
+            if hides {
+                GatewayError::forbidden(format!(
+                    "API {name:?} is not available to you; call list_apis for what you may use"
+                ))
+                .with_reason("not_permitted")
+            } else {
+                GatewayError::unknown_api(format!(
+                    "no API named {name:?} is configured; call list_apis for the catalogue"
+                ))
+            }
         })?;
 
         let endpoint = EndpointPath::parse(req.endpoint)?;
@@ -109,6 +241,26 @@ impl Pipeline {
             )));
         }
 
+        if !access.permits(principal, &api.name, req.method, &segments) {
+            return Err(GatewayError::forbidden(format!(
+                "{} {} on API {:?} is not permitted for your roles",
+                req.method,
+                endpoint.path(),
+                api.name
+            ))
+            .with_reason("not_permitted"));
+        }
+
+        if api.require_signature && req.caller.signature.is_none() {
+            return Err(unauthorized(
+                "signature_missing",
+                format!(
+                    "calls to API {:?} must be signed (X-Signature headers)",
+                    api.name
+                ),
+            ));
+        }
+
         check_body(&self.config.request, req)?;
 
         let rate_limits = self.check_rate_limits(api, &segments, req).await?;
@@ -135,12 +287,22 @@ impl Pipeline {
                 checks.push((format!("ep:{}:{i}", api.name), p));
             }
         }
+        let principal = &req.caller.principal;
+        if let Some(p) = &principal.key_rate_limit {
+            checks.push((principal.id.clone(), p));
+        }
         if let Some(p) = &limits.per_user {
-            // Until authentication exists every caller is anonymous, told apart by address.
-            let who = req
-                .client_ip
-                .map_or_else(|| "local".to_string(), |ip| ip.to_string());
-            checks.push((format!("user:anonymous@{who}"), p));
+            // Anonymous callers are told apart by address.
+            let who = if principal.kind == PrincipalKind::Anonymous {
+                let ip = req
+                    .caller
+                    .client_ip
+                    .map_or_else(|| "local".to_string(), |ip| ip.to_string());
+                format!("anonymous@{ip}")
+            } else {
+                principal.id.clone()
+            };
+            checks.push((format!("user:{who}"), p));
         }
         if checks.is_empty() {
             return Ok(Vec::new());
@@ -162,6 +324,19 @@ impl Pipeline {
             })),
         }
     }
+}
+
+/// Checks a fully read body against the digest its signature covers.
+pub fn check_body_digest(v: &Verified, body: &[u8]) -> Result<(), GatewayError> {
+    use sha2::Digest;
+    let actual: [u8; 32] = sha2::Sha256::digest(body).into();
+    if actual != v.content_sha256 {
+        return Err(unauthorized(
+            "signature_invalid",
+            "the body does not match X-Content-SHA256",
+        ));
+    }
+    Ok(())
 }
 
 fn check_body(guards: &RequestGuards, req: &CallRequest<'_>) -> Result<(), GatewayError> {

@@ -22,11 +22,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::auth;
 use crate::config::Api;
 use crate::egress::{self, Egress};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
-use crate::policy::{CallRequest, Door};
+use crate::policy::{CallRequest, CallerRequest, Door};
 use crate::ratelimit::{self, PolicyState};
 
 /// The proxy door.
@@ -45,6 +46,10 @@ pub struct ProxyCtx {
     started: Instant,
     target: Option<Target>,
     body_bytes: u64,
+    /// For a signed request: the digest its signature covers, and the body hashed so far.
+    body_digest: Option<([u8; 32], sha2::Sha256)>,
+    /// A refusal decided while streaming the body, shown by `fail_to_proxy`.
+    refusal: Option<GatewayError>,
 }
 
 struct Target {
@@ -81,7 +86,7 @@ fn insert_rate_limit_headers(
 }
 
 /// Headers that carry the caller's own credentials to the gateway. They are consumed here and
-/// never forwarded upstream.
+/// never forwarded upstream (nor are the signature headers, see [`auth::signature::HEADERS`]).
 const CALLER_CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
@@ -89,13 +94,22 @@ const CALLER_CREDENTIAL_HEADERS: &[&str] = &[
     "x-api-key",
 ];
 
-async fn write_problem(
-    session: &mut Session,
-    e: &GatewayError,
-    legacy_rate_headers: bool,
-) -> Result<()> {
+async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gateway) -> Result<()> {
+    let legacy_rate_headers = gateway.config.rate_limits.legacy_headers;
     let body = Bytes::from(e.problem_json().to_string());
-    let mut h = ResponseHeader::build(e.kind.status(), Some(6))?;
+    let mut h = ResponseHeader::build(e.kind.status(), Some(7))?;
+    if e.kind == ErrorKind::Unauthorized {
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok());
+        let url = auth::metadata_url(&gateway.config, host);
+        h.insert_header(
+            http::header::WWW_AUTHENTICATE,
+            auth::www_authenticate(e, &url),
+        )?;
+    }
     h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -111,9 +125,34 @@ async fn write_problem(
 }
 
 impl ProxyDoor {
-    /// Routes and judges the request; returns the upstream target or the caller-facing error.
-    async fn admit(&self, session: &Session) -> std::result::Result<Target, GatewayError> {
+    /// Identifies the caller, routes and judges the request; returns the upstream target or
+    /// the caller-facing error.
+    async fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut ProxyCtx,
+    ) -> std::result::Result<Target, GatewayError> {
         let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let caller = self
+            .gateway
+            .pipeline
+            .identify(&CallerRequest {
+                peer,
+                method: &req.method,
+                path: req.uri.path(),
+                query: req.uri.query().unwrap_or(""),
+                headers: &req.headers,
+                body: None,
+            })
+            .await?;
+        if let Some(v) = &caller.signature {
+            use sha2::Digest;
+            ctx.body_digest = Some((v.content_sha256, sha2::Sha256::new()));
+        }
         let path = req.uri.path();
         let (api_name, rest) = match path.trim_start_matches('/').split_once('/') {
             Some((a, r)) => (a, r),
@@ -137,6 +176,13 @@ impl ProxyDoor {
             None => None,
         };
         let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        if !chunked && content_length.unwrap_or(0) == 0 {
+            // No body will stream, so a signature's body digest is checked now.
+            if let Some(v) = &caller.signature {
+                crate::policy::check_body_digest(v, b"")?;
+            }
+            ctx.body_digest = None;
+        }
         let decision = self
             .gateway
             .pipeline
@@ -148,10 +194,7 @@ impl ProxyDoor {
                 content_length,
                 has_body: chunked || content_length.is_some_and(|n| n > 0),
                 content_type: header_str(http::header::CONTENT_TYPE),
-                client_ip: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
+                caller: &caller,
             })
             .await?;
         let addr = self.gateway.egress.resolve(&decision.api).await?;
@@ -175,19 +218,26 @@ impl ProxyHttp for ProxyDoor {
             started: Instant::now(),
             target: None,
             body_bytes: 0,
+            body_digest: None,
+            refusal: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         ctx.started = Instant::now();
-        match self.admit(session).await {
+        match self.admit(session, ctx).await {
             Ok(t) => {
                 ctx.target = Some(t);
                 Ok(false)
             }
             Err(e) => {
-                tracing::info!(error = e.kind.code(), door = "proxy", "request refused");
-                write_problem(session, &e, self.gateway.config.rate_limits.legacy_headers).await?;
+                tracing::info!(
+                    error = e.kind.code(),
+                    reason = e.reason.unwrap_or(""),
+                    door = "proxy",
+                    "request refused"
+                );
+                write_problem(session, &e, &self.gateway).await?;
                 Ok(true)
             }
         }
@@ -221,7 +271,10 @@ impl ProxyHttp for ProxyDoor {
             .map_err(|_| Error::explain(InternalError, "upstream URI did not parse"))?;
         upstream.set_uri(uri);
         upstream.insert_header(http::header::HOST, t.api.base.host_header())?;
-        for h in CALLER_CREDENTIAL_HEADERS {
+        for h in CALLER_CREDENTIAL_HEADERS
+            .iter()
+            .chain(auth::signature::HEADERS)
+        {
             upstream.remove_header(*h);
         }
         // Forwarding metadata from the caller is not trusted or passed on.
@@ -243,7 +296,7 @@ impl ProxyHttp for ProxyDoor {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         if let Some(b) = body {
@@ -254,6 +307,23 @@ impl ProxyHttp for ProxyDoor {
                     HTTPStatus(413),
                     format!("request body exceeds {limit} bytes"),
                 );
+            }
+            if let Some((_, hasher)) = &mut ctx.body_digest {
+                sha2::Digest::update(hasher, b);
+            }
+        }
+        // A signed body is checked before its last chunk leaves: on a mismatch the upstream
+        // never receives a complete request.
+        if end_of_stream {
+            if let Some((expected, hasher)) = ctx.body_digest.take() {
+                let actual: [u8; 32] = sha2::Digest::finalize(hasher).into();
+                if actual != expected {
+                    ctx.refusal = Some(auth::unauthorized(
+                        "signature_invalid",
+                        "the body does not match X-Content-SHA256",
+                    ));
+                    return Error::e_explain(HTTPStatus(401), "body digest mismatch");
+                }
             }
         }
         Ok(())
@@ -327,6 +397,7 @@ impl ProxyHttp for ProxyDoor {
         ctx: &mut ProxyCtx,
     ) -> FailToProxy {
         let err = match (e.etype(), &ctx.target) {
+            _ if ctx.refusal.is_some() => ctx.refusal.take().expect("checked"),
             (HTTPStatus(413), _) => GatewayError::payload_too_large(format!(
                 "request body exceeds the limit of {} bytes",
                 self.gateway.config.request.max_body_size
@@ -350,7 +421,7 @@ impl ProxyHttp for ProxyDoor {
         let status = err.kind.status();
         // If the response head was already sent there is nothing sane left to write.
         if session.response_written().is_none() {
-            let _ = write_problem(session, &err, false).await;
+            let _ = write_problem(session, &err, &self.gateway).await;
         }
         FailToProxy {
             error_code: status,

@@ -39,6 +39,14 @@ impl Limiter {
         }
     }
 
+    /// The Redis backend, when one is configured (it also stores signature nonces).
+    pub fn redis(&self) -> Option<&RedisLimiter> {
+        match self {
+            Limiter::Redis(r) => Some(r),
+            Limiter::Memory { .. } => None,
+        }
+    }
+
     /// Checks and commits every `(key, policy)` pair together.
     pub async fn check(
         &self,

@@ -16,7 +16,10 @@ async fn allowed_call_reaches_upstream_with_injected_credential_and_no_caller_to
     let gw = Gateway::start(up.port);
     let r = client()
         .get(gw.proxy_url("/local/items/42?x=1&y=two"))
-        .header("Authorization", "Bearer agent-own-token")
+        .header(
+            "Authorization",
+            format!("Bearer {}", jwt(serde_json::json!({}))),
+        )
         .header("Cookie", "session=agent")
         .header("X-Upstream-Key", "caller-forged-value")
         .header("X-Forwarded-For", "6.6.6.6")

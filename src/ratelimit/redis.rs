@@ -212,6 +212,43 @@ impl RedisLimiter {
         }
     }
 
+    /// Records a signature nonce for `ttl`: `Ok(true)` when it was unused. `Err(deny)` when
+    /// Redis cannot answer; `deny` is true when `on_error = "deny"` (refuse the call), false
+    /// when the caller should fall back to its local nonce memory.
+    pub async fn claim_nonce(&self, key: &str, ttl: Duration) -> Result<bool, bool> {
+        let deny = matches!(self.settings.on_error, OnError::Deny);
+        if self.elapsed_ns() < self.open_until_ns.load(Ordering::Relaxed) {
+            return Err(deny);
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET")
+            .arg(format!("{{agm}}:nonce:{key}"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .to_owned();
+        match tokio::time::timeout(
+            self.settings.timeout,
+            cmd.query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                Ok(reply.is_some())
+            }
+            Ok(Err(e)) => {
+                self.record_failure(&e.to_string());
+                Err(deny)
+            }
+            Err(_) => {
+                self.record_failure("timed out");
+                Err(deny)
+            }
+        }
+    }
+
     fn record_failure(&self, why: &str) {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= FAILURES_TO_OPEN {

@@ -233,12 +233,23 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
+/// A loopback port that was free a moment ago and that no other caller in this test process
+/// has been given. The kernel may hand the same port to two `bind(0)` calls once the first
+/// socket is closed, and two tests racing for one port saw each other's servers; the ledger
+/// rules that out within a test binary (binaries run one after another).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_with(Default::default).insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn bin() -> &'static str {
@@ -256,13 +267,73 @@ pub fn refusing_port() -> (socket2::Socket, u16) {
     (s, port)
 }
 
-/// The `[server]` and `[auth]` sections for a gateway on `(mcp, proxy, admin)` ports.
-pub fn server_section((mcp, proxy, admin): (u16, u16, u16), threads: usize) -> String {
+/// The `[server]` and `[auth]` sections for a gateway on `(mcp, proxy, admin)` ports. Auth is
+/// optional (anonymous callers get in), but a presented JWT ([`jwt`]) or [`API_KEY`] is
+/// verified.
+pub fn server_section(ports: (u16, u16, u16), threads: usize) -> String {
+    format!("{}{}", listen_section(ports, threads), auth_section(false))
+}
+
+/// Only the `[server]` section.
+pub fn listen_section((mcp, proxy, admin): (u16, u16, u16), threads: usize) -> String {
     format!(
         "[server]\nmcp_listen = \"127.0.0.1:{mcp}\"\nproxy_listen = \"127.0.0.1:{proxy}\"\n\
-         admin_listen = \"127.0.0.1:{admin}\"\nthreads = {threads}\nshutdown_grace = \"1s\"\n\n\
-         [auth]\nrequired = false\n"
+         admin_listen = \"127.0.0.1:{admin}\"\nthreads = {threads}\nshutdown_grace = \"1s\"\n\n"
     )
+}
+
+pub const JWT_SECRET: &str = "suite-jwt-secret-0123456789abcdef-0123";
+pub const JWT_ISSUER: &str = "https://issuer.test";
+pub const JWT_AUDIENCE: &str = "api-gateway-mcp";
+pub const API_KEY: &str = "agm_suite-key-0123456789abcdefghijklmnopqrstuv";
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// `[auth]` with an HS256 issuer and one API key (`suite`, role `reader`).
+pub fn auth_section(required: bool) -> String {
+    format!(
+        "[auth]\nrequired = {required}\nmethods = [\"bearer_token\", \"api_key\"]\n\
+         [auth.jwt]\nsecret = \"{JWT_SECRET}\"\nissuer = \"{JWT_ISSUER}\"\n\
+         audience = \"{JWT_AUDIENCE}\"\nalgorithms = [\"HS256\"]\n\
+         [[auth.api_keys]]\nname = \"suite\"\nkey_sha256 = \"{}\"\nroles = [\"reader\"]\n\n",
+        sha256_hex(API_KEY)
+    )
+}
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token from the suite's issuer: `sub`, `iss`, `aud`, `iat` and a 5-minute `exp`,
+/// with `extra` claims merged over them (a `null` removes a claim).
+pub fn jwt(extra: serde_json::Value) -> String {
+    jwt_signed(extra, JWT_SECRET)
+}
+
+pub fn jwt_signed(extra: serde_json::Value, secret: &str) -> String {
+    let mut claims = serde_json::json!({
+        "sub": "alice", "iss": JWT_ISSUER, "aud": JWT_AUDIENCE,
+        "iat": now_s(), "exp": now_s() + 300,
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(&k);
+        } else {
+            claims[k] = v;
+        }
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// An `[[apis]]` entry for a GET-only API on the loopback test upstream, plus `extra` lines.

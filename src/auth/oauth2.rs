@@ -1,0 +1,196 @@
+//! Opaque bearer tokens checked by OAuth 2.0 token introspection (RFC 7662). Answers are
+//! cached for `cache_ttl` (never past the token's own `exp`), keyed by the token's SHA-256 so
+//! that no token is held in memory as text. Negative answers are cached too, so a flood of
+//! bad tokens does not become a flood of introspection calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{roles_from_claims, unauthorized, Principal, PrincipalKind};
+use crate::config::{Api, OAuth2};
+use crate::egress::{Egress, OutboundRequest};
+use crate::error::{ErrorKind, GatewayError};
+
+/// Entries kept at most; the cache is cleared of expired entries (or wholly) beyond this.
+const MAX_ENTRIES: usize = 10_000;
+
+type Verdict = Result<Principal, GatewayError>;
+
+pub struct Introspector {
+    cfg: OAuth2,
+    target: Api,
+    egress: Arc<Egress>,
+    cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+}
+
+impl Introspector {
+    pub fn new(cfg: OAuth2, egress: Arc<Egress>) -> Result<Self, String> {
+        let target = Api::internal(
+            "oauth2-introspection",
+            &cfg.introspection_url,
+            cfg.allow_private_network,
+            cfg.timeout,
+        )
+        .map_err(|e| format!("auth.oauth2.introspection_url: {e}"))?;
+        Ok(Introspector {
+            cfg,
+            target,
+            egress,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn introspect(&self, token: &str) -> Verdict {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((until, v)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            if *until > now {
+                return v.clone();
+            }
+        }
+        let (verdict, ttl) = match self.call(token).await {
+            Ok(v) => v,
+            // The identity provider being down is not the caller's fault, and is not cached.
+            Err(e) => return Err(e),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_ENTRIES {
+            cache.retain(|_, (until, _)| *until > now);
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (now + ttl, verdict.clone()));
+        verdict
+    }
+
+    async fn call(&self, token: &str) -> Result<(Verdict, Duration), GatewayError> {
+        let form = format!(
+            "token={}&token_type_hint=access_token",
+            utf8_percent_encode(token, NON_ALPHANUMERIC)
+        );
+        let mut headers = vec![(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        )];
+        if let Some(id) = &self.cfg.client_id {
+            // RFC 6749 §2.3.1: form-encode the id and secret, then Basic.
+            let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+            let pair = format!(
+                "{}:{}",
+                enc(id),
+                enc(self.cfg.client_secret.as_deref().unwrap_or(""))
+            );
+            let value = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                headers.push((http::header::AUTHORIZATION, v));
+            }
+        }
+        let path = if self.target.base.path.is_empty() {
+            "/".to_string()
+        } else {
+            self.target.base.path.clone()
+        };
+        let unavailable = || {
+            GatewayError::new(
+                ErrorKind::AuthUnavailable,
+                "the token introspection endpoint is unavailable; retry later",
+            )
+            .with_reason("introspection_unavailable")
+        };
+        let resp = self
+            .egress
+            .fetch(
+                &self.target,
+                OutboundRequest {
+                    method: http::Method::POST,
+                    path_and_query: path,
+                    headers,
+                    body: Some(Bytes::from(form)),
+                },
+                256 << 10,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "token introspection failed");
+                unavailable()
+            })?;
+        if resp.status != 200 {
+            tracing::warn!(status = resp.status, "token introspection refused");
+            return Err(unavailable());
+        }
+        let body: Value = serde_json::from_slice(&resp.body).map_err(|_| unavailable())?;
+        Ok(self.judge(&body))
+    }
+
+    /// Turns an introspection response into a verdict and how long it may be cached.
+    fn judge(&self, body: &Value) -> (Verdict, Duration) {
+        let negative_ttl = self.cfg.cache_ttl.min(Duration::from_secs(5));
+        if body.get("active").and_then(Value::as_bool) != Some(true) {
+            return (
+                Err(unauthorized("inactive_token", "the token is not active")),
+                negative_ttl,
+            );
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let exp = body.get("exp").and_then(Value::as_u64);
+        if exp.is_some_and(|e| e <= now) {
+            return (
+                Err(unauthorized("token_expired", "the token has expired")),
+                negative_ttl,
+            );
+        }
+        if !self.cfg.audience.is_empty() {
+            let ok = match body.get("aud") {
+                Some(Value::String(a)) => self.cfg.audience.contains(a),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| self.cfg.audience.iter().any(|x| x == a)),
+                _ => false,
+            };
+            if !ok {
+                return (
+                    Err(unauthorized(
+                        "invalid_audience",
+                        "the token was not issued for this gateway (aud)",
+                    )),
+                    negative_ttl,
+                );
+            }
+        }
+        let who = ["sub", "username", "client_id"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_str))
+            .unwrap_or("unknown");
+        let ttl = match exp {
+            Some(e) => self.cfg.cache_ttl.min(Duration::from_secs(e - now)),
+            None => self.cfg.cache_ttl,
+        };
+        (
+            Ok(Principal {
+                id: format!("oauth2:{who}"),
+                kind: PrincipalKind::OAuth2,
+                roles: roles_from_claims(body, self.cfg.roles_claim.as_deref()),
+                allowed_apis: None,
+                key_rate_limit: None,
+            }),
+            ttl,
+        )
+    }
+}

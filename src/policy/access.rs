@@ -1,0 +1,373 @@
+//! The caller-facing checks of the pipeline: the client address behind trusted proxies, IP
+//! allow/deny, header limits and request-smuggling shapes, and RBAC.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method};
+
+use crate::auth::Principal;
+use crate::config::{Api, HeaderLimits, IpRules, Rbac, Role};
+use crate::error::GatewayError;
+
+/// The client's address. The peer's own address, unless the peer is a trusted proxy: then
+/// `X-Forwarded-For` (else `Forwarded`) is read from the right, skipping trusted proxies, and
+/// the first untrusted hop is the client. IPv4-mapped IPv6 addresses become IPv4.
+pub fn client_ip(
+    rules: &IpRules,
+    peer: Option<IpAddr>,
+    headers: Option<&HeaderMap>,
+) -> Option<IpAddr> {
+    let peer = peer.map(|ip| ip.to_canonical())?;
+    let trusted = |ip: &IpAddr| rules.trusted_proxies.iter().any(|n| n.contains(ip));
+    let Some(headers) = headers else {
+        return Some(peer);
+    };
+    if !trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !xff.is_empty() {
+        for part in xff.iter().flat_map(|v| v.split(',')) {
+            match parse_hop(part) {
+                Some(ip) => hops.push(ip),
+                // An unparseable hop ends the trustworthy part of the chain.
+                None => hops.clear(),
+            }
+        }
+    } else {
+        for v in headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            for element in v.split(',') {
+                for pair in element.split(';') {
+                    if let Some((k, val)) = pair.split_once('=') {
+                        if k.trim().eq_ignore_ascii_case("for") {
+                            match parse_hop(val) {
+                                Some(ip) => hops.push(ip),
+                                None => hops.clear(),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for ip in hops.iter().rev() {
+        if !trusted(ip) {
+            return Some(*ip);
+        }
+    }
+    // Every hop was a trusted proxy (or none was given): the leftmost is the best we know.
+    Some(hops.first().copied().unwrap_or(peer))
+}
+
+/// One hop: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:443"`, `2001:db8::1`.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest
+            .split(']')
+            .next()?
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical());
+    }
+    s.rsplit_once(':')
+        .and_then(|(h, _)| h.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+}
+
+/// `security.ip_deny` first, then `security.ip_allow` (when set, only those may call).
+pub fn check_ip(rules: &IpRules, ip: Option<IpAddr>) -> Result<(), GatewayError> {
+    let denied = || {
+        GatewayError::forbidden("calls from this address are not allowed").with_reason("ip_denied")
+    };
+    match ip {
+        Some(ip) => {
+            if rules.deny.iter().any(|n| n.contains(&ip)) {
+                return Err(denied());
+            }
+            if !rules.allow.is_empty() && !rules.allow.iter().any(|n| n.contains(&ip)) {
+                return Err(denied());
+            }
+            Ok(())
+        }
+        None if rules.allow.is_empty() && rules.deny.is_empty() => Ok(()),
+        None => Err(denied()),
+    }
+}
+
+/// Header count and size limits, and the framing shapes used for request smuggling: both
+/// `Content-Length` and `Transfer-Encoding`, several `Content-Length` values, or a
+/// `Transfer-Encoding` other than `chunked`.
+pub fn check_headers(limits: &HeaderLimits, headers: &HeaderMap) -> Result<(), GatewayError> {
+    if headers.len() > limits.max_headers {
+        return Err(GatewayError::headers_too_large(format!(
+            "at most {} request headers are accepted",
+            limits.max_headers
+        )));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(GatewayError::headers_too_large(format!(
+            "request headers may total at most {} bytes",
+            limits.max_header_bytes
+        )));
+    }
+    let smuggling = |why: &str| GatewayError::invalid_header(why).with_reason("ambiguous_framing");
+    let lengths: Vec<&http::HeaderValue> = headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    let te: Vec<&http::HeaderValue> = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    if !lengths.is_empty() && !te.is_empty() {
+        return Err(smuggling(
+            "a request must not carry both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+        return Err(smuggling("a request must carry at most one Content-Length"));
+    }
+    if te.len() > 1
+        || te.iter().any(|v| {
+            !v.to_str()
+                .is_ok_and(|s| s.trim().eq_ignore_ascii_case("chunked"))
+        })
+    {
+        return Err(smuggling("Transfer-Encoding must be exactly \"chunked\""));
+    }
+    Ok(())
+}
+
+/// Role-based access over the configured APIs.
+pub struct Access<'a> {
+    pub rbac: &'a Rbac,
+}
+
+impl Access<'_> {
+    fn roles<'r>(&'r self, p: &'r Principal) -> impl Iterator<Item = &'r Role> + 'r {
+        self.rbac
+            .roles
+            .iter()
+            .filter(move |r| p.roles.contains(&r.name))
+    }
+
+    fn key_allows_api(p: &Principal, api: &str) -> bool {
+        p.allowed_apis
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|a| a == api))
+    }
+
+    /// An API key with `allowed_apis` and no roles: the list itself is its grant.
+    fn key_list_is_grant(p: &Principal) -> bool {
+        p.roles.is_empty() && p.allowed_apis.is_some()
+    }
+
+    /// Whether the principal may call `method` on this path of the API. Deny rules win.
+    pub fn permits(&self, p: &Principal, api: &str, method: &Method, segments: &[&str]) -> bool {
+        if !Self::key_allows_api(p, api) {
+            return false;
+        }
+        if !self.rbac.enabled() {
+            return true;
+        }
+        if self
+            .roles(p)
+            .any(|r| r.deny.iter().any(|g| g.covers(api, method, segments)))
+        {
+            return false;
+        }
+        self.roles(p)
+            .any(|r| r.allow.iter().any(|g| g.covers(api, method, segments)))
+            || Self::key_list_is_grant(p)
+    }
+
+    /// The API's methods this principal may use somewhere on it: what `tools/list` and
+    /// `list_apis` show. Empty means the API is hidden from the principal.
+    pub fn visible_methods(&self, p: &Principal, api: &Api) -> Vec<Method> {
+        if !Self::key_allows_api(p, &api.name) {
+            return Vec::new();
+        }
+        if !self.rbac.enabled() || Self::key_list_is_grant(p) {
+            return api.methods.clone();
+        }
+        api.methods
+            .iter()
+            .filter(|m| {
+                let allowed = self.roles(p).any(|r| {
+                    r.allow.iter().any(|g| {
+                        g.covers_api(&api.name) && (g.methods.is_empty() || g.methods.contains(m))
+                    })
+                });
+                // A deny rule that covers the whole API for this method hides it.
+                let wholly_denied = self.roles(p).any(|r| {
+                    r.deny.iter().any(|g| {
+                        g.covers_api(&api.name)
+                            && g.paths.is_empty()
+                            && (g.methods.is_empty() || g.methods.contains(m))
+                    })
+                });
+                allowed && !wholly_denied
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::PrincipalKind;
+    use crate::config::Grant;
+    use crate::policy::PathPattern;
+
+    fn rules(allow: &[&str], deny: &[&str], trusted: &[&str]) -> IpRules {
+        let nets = |l: &[&str]| l.iter().map(|s| s.parse().unwrap()).collect();
+        IpRules {
+            allow: nets(allow),
+            deny: nets(deny),
+            trusted_proxies: nets(trusted),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_proxies() {
+        let r = rules(&[], &[], &["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.1.1.1".parse().unwrap());
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            client_ip(&r, Some(ip("198.51.100.1")), Some(&h)),
+            Some(ip("198.51.100.1"))
+        );
+        // From a trusted proxy, the rightmost untrusted hop is the client.
+        assert_eq!(
+            client_ip(&r, Some(ip("10.0.0.2")), Some(&h)),
+            Some(ip("203.0.113.9"))
+        );
+        let mut f = HeaderMap::new();
+        f.insert(
+            "forwarded",
+            "for=\"[2001:db8::7]:443\";proto=https".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip(&r, Some(ip("10.0.0.2")), Some(&f)),
+            Some(ip("2001:db8::7"))
+        );
+        // IPv4-mapped peers are normalised.
+        assert_eq!(
+            client_ip(&r, Some(ip("::ffff:192.0.2.1")), None),
+            Some(ip("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn deny_is_checked_before_allow() {
+        let r = rules(&["10.0.0.0/8", "2001:db8::/32"], &["10.9.0.0/16"], &[]);
+        assert!(check_ip(&r, Some(ip("10.1.2.3"))).is_ok());
+        assert!(check_ip(&r, Some(ip("2001:db8::1"))).is_ok());
+        assert_eq!(
+            check_ip(&r, Some(ip("10.9.1.1"))).unwrap_err().reason,
+            Some("ip_denied")
+        );
+        assert!(check_ip(&r, Some(ip("192.0.2.1"))).is_err());
+        assert!(check_ip(&r, None).is_err());
+        assert!(check_ip(&rules(&[], &[], &[]), None).is_ok());
+    }
+
+    #[test]
+    fn smuggling_shapes_and_limits() {
+        let limits = HeaderLimits {
+            max_headers: 4,
+            max_header_bytes: 200,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "5".parse().unwrap());
+        assert!(check_headers(&limits, &h).is_ok());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        assert_eq!(
+            check_headers(&limits, &h).unwrap_err().reason,
+            Some("ambiguous_framing")
+        );
+        h.remove("transfer-encoding");
+        h.append("content-length", "6".parse().unwrap());
+        assert_eq!(
+            check_headers(&limits, &h).unwrap_err().reason,
+            Some("ambiguous_framing")
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-big", "a".repeat(300).parse().unwrap());
+        assert_eq!(check_headers(&limits, &h).unwrap_err().kind.status(), 431);
+        let mut h = HeaderMap::new();
+        for i in 0..5 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        assert_eq!(check_headers(&limits, &h).unwrap_err().kind.status(), 431);
+    }
+
+    #[test]
+    fn rbac_deny_wins_and_key_lists_restrict() {
+        let grant = |api: &str, methods: &[Method], paths: &[&str]| Grant {
+            api: api.into(),
+            methods: methods.to_vec(),
+            paths: paths
+                .iter()
+                .map(|p| PathPattern::parse(p).unwrap())
+                .collect(),
+        };
+        let rbac = Rbac {
+            roles: vec![Role {
+                name: "reader".into(),
+                allow: vec![grant("*", &[Method::GET], &[])],
+                deny: vec![grant("github", &[], &["/admin/**"])],
+            }],
+        };
+        let a = Access { rbac: &rbac };
+        let mut p = Principal {
+            id: "u".into(),
+            kind: PrincipalKind::Jwt,
+            roles: vec!["reader".into()],
+            allowed_apis: None,
+            key_rate_limit: None,
+        };
+        assert!(a.permits(&p, "github", &Method::GET, &["user"]));
+        assert!(!a.permits(&p, "github", &Method::POST, &["user"]));
+        assert!(!a.permits(&p, "github", &Method::GET, &["admin", "x"]));
+        p.allowed_apis = Some(vec!["weather".into()]);
+        assert!(!a.permits(&p, "github", &Method::GET, &["user"]));
+        assert!(a.permits(&p, "weather", &Method::GET, &["now"]));
+        p.roles.clear();
+        assert!(
+            a.permits(&p, "weather", &Method::DELETE, &["now"]),
+            "a key's list is its grant"
+        );
+        p.allowed_apis = None;
+        assert!(
+            !a.permits(&p, "weather", &Method::GET, &["now"]),
+            "no roles, no grant"
+        );
+    }
+}
