@@ -614,6 +614,7 @@ impl HttpServerApp for McpHttpApp {
 
         let body = body.freeze();
         let head = session.req_header();
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let identified = self
             .gateway
             .pipeline
@@ -626,6 +627,7 @@ impl HttpServerApp for McpHttpApp {
                 path: head.uri.path(),
                 query: head.uri.query().unwrap_or(""),
                 headers: &head.headers,
+                raw_head: raw_head.as_deref(),
                 body: Some(&body),
             })
             .await;

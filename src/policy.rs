@@ -36,6 +36,8 @@ pub struct CallerRequest<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub headers: &'a HeaderMap,
+    /// The raw HTTP/1 request head, for framing checks the parsed headers cannot show.
+    pub raw_head: Option<&'a [u8]>,
     /// The whole body, when the door has already read it (the MCP door); its digest is then
     /// checked against a signature at once. `None`: the door checks it while streaming.
     pub body: Option<&'a [u8]>,
@@ -123,6 +125,7 @@ impl Pipeline {
         let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
         access::check_ip(&cfg.ip_rules, client_ip)?;
         access::check_headers(&cfg.header_limits, req.headers)?;
+        access::check_raw_framing(req.raw_head)?;
         let principal = self.auth.authenticate(req.headers).await?;
         let signature = self
             .signatures

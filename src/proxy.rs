@@ -99,12 +99,9 @@ async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gatewa
     let body = Bytes::from(e.problem_json().to_string());
     let mut h = ResponseHeader::build(e.kind.status(), Some(7))?;
     if e.kind == ErrorKind::Unauthorized {
-        let host = session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok());
-        let url = auth::metadata_url(&gateway.config, host);
+        // The metadata lives on the MCP listener, not on this one, so this request's Host
+        // says nothing about its address: `auth.resource` (or `server.mcp_listen`) does.
+        let url = auth::metadata_url(&gateway.config, None);
         h.insert_header(
             http::header::WWW_AUTHENTICATE,
             auth::www_authenticate(e, &url),
@@ -137,6 +134,7 @@ impl ProxyDoor {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let caller = self
             .gateway
             .pipeline
@@ -146,6 +144,7 @@ impl ProxyDoor {
                 path: req.uri.path(),
                 query: req.uri.query().unwrap_or(""),
                 headers: &req.headers,
+                raw_head: raw_head.as_deref(),
                 body: None,
             })
             .await?;

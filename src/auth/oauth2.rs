@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -22,6 +22,14 @@ use crate::error::{ErrorKind, GatewayError};
 const MAX_ENTRIES: usize = 10_000;
 
 type Verdict = Result<Principal, GatewayError>;
+
+/// `application/x-www-form-urlencoded` (WHATWG URL §5.2): everything but ASCII alphanumerics
+/// and `*-._` is percent-encoded.
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
 
 pub struct Introspector {
     cfg: OAuth2,
@@ -79,7 +87,7 @@ impl Introspector {
     async fn call(&self, token: &str) -> Result<(Verdict, Duration), GatewayError> {
         let form = format!(
             "token={}&token_type_hint=access_token",
-            utf8_percent_encode(token, NON_ALPHANUMERIC)
+            utf8_percent_encode(token, FORM)
         );
         let mut headers = vec![(
             http::header::CONTENT_TYPE,
@@ -87,7 +95,7 @@ impl Introspector {
         )];
         if let Some(id) = &self.cfg.client_id {
             // RFC 6749 §2.3.1: form-encode the id and secret, then Basic.
-            let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+            let enc = |s: &str| utf8_percent_encode(s, FORM).to_string();
             let pair = format!(
                 "{}:{}",
                 enc(id),

@@ -155,6 +155,29 @@ pub fn check_headers(limits: &HeaderLimits, headers: &HeaderMap) -> Result<(), G
     Ok(())
 }
 
+/// The smuggling shape a parser hides: Pingora, following RFC 9112 §6.3, drops
+/// `Content-Length` when `Transfer-Encoding` is present, so the parsed headers no longer show
+/// the conflict. The raw request head (HTTP/1) still does.
+pub fn check_raw_framing(raw_head: Option<&[u8]>) -> Result<(), GatewayError> {
+    let Some(raw) = raw_head else {
+        return Ok(());
+    };
+    let (mut cl, mut te) = (false, false);
+    for line in raw.split(|b| *b == b'\n') {
+        let name = line.split(|b| *b == b':').next().unwrap_or(b"");
+        let name = name.trim_ascii();
+        cl |= name.eq_ignore_ascii_case(b"content-length");
+        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    }
+    if cl && te {
+        return Err(GatewayError::invalid_header(
+            "a request must not carry both Content-Length and Transfer-Encoding",
+        )
+        .with_reason("ambiguous_framing"));
+    }
+    Ok(())
+}
+
 /// Role-based access over the configured APIs.
 pub struct Access<'a> {
     pub rbac: &'a Rbac,

@@ -45,8 +45,17 @@ pub struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+/// Answers a request with `(status, content type, body)`, or `None` for the default routes.
+pub type Handler = Arc<dyn Fn(&Seen) -> Option<(u16, String, Vec<u8>)> + Send + Sync>;
+
 impl Upstream {
     pub fn start() -> Upstream {
+        Self::start_with(Arc::new(|_: &Seen| None))
+    }
+
+    /// An upstream whose answers come from `handler` first (a JWKS document, an
+    /// introspection endpoint, a redirect), falling back to the default routes.
+    pub fn start_with(handler: Handler) -> Upstream {
         // Take the port through free_port's ledger so no gateway is ever handed the same one.
         let (listener, port) = loop {
             let port = free_port();
@@ -59,7 +68,8 @@ impl Upstream {
         thread::spawn(move || {
             for (i, conn) in listener.incoming().flatten().enumerate() {
                 let s = s.clone();
-                thread::spawn(move || serve_conn(i, conn, s));
+                let h = handler.clone();
+                thread::spawn(move || serve_conn(i, conn, s, h));
             }
         });
         Upstream { port, seen }
@@ -78,7 +88,7 @@ impl Upstream {
     }
 }
 
-fn serve_conn(conn_id: usize, mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+fn serve_conn(conn_id: usize, mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: Handler) {
     let mut buf = Vec::new();
     loop {
         // Read one request head.
@@ -143,9 +153,25 @@ fn serve_conn(conn_id: usize, mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) 
         seen.lock().unwrap().push(req.clone());
 
         let path = target.split('?').next().unwrap_or("");
-        let (status, ctype, extra_headers, payload): (u16, &str, String, Vec<u8>) = if path
-            .ends_with("/hang")
+        let custom = handler(&req);
+        let (status, ctype, extra_headers, payload): (u16, &str, String, Vec<u8>) = if let Some((
+            st,
+            ct,
+            body,
+        )) = &custom
         {
+            if ct.starts_with("redirect:") {
+                let to = &ct["redirect:".len()..];
+                (
+                    *st,
+                    "text/plain",
+                    format!("Location: {to}\r\n"),
+                    body.clone(),
+                )
+            } else {
+                (*st, ct.as_str(), String::new(), body.clone())
+            }
+        } else if path.ends_with("/hang") {
             thread::sleep(Duration::from_secs(30));
             return;
         } else if path.ends_with("/slow-stream") {
@@ -532,15 +558,26 @@ pub struct McpSession {
     url: String,
     session: Option<String>,
     next_id: u64,
+    /// Sent with every request (credentials, for instance).
+    headers: Vec<(String, String)>,
 }
 
 impl McpSession {
     pub async fn connect(url: &str) -> McpSession {
+        Self::connect_with(url, &[]).await
+    }
+
+    /// Connects sending `headers` on every request.
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> McpSession {
         let mut s = McpSession {
             client: reqwest::Client::new(),
             url: url.to_string(),
             session: None,
             next_id: 1,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let init = s
             .request(
@@ -564,6 +601,9 @@ impl McpSession {
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .json(&body);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
         if let Some(sid) = &self.session {
             req = req
                 .header("mcp-session-id", sid)
