@@ -160,8 +160,7 @@ fn serve_conn(conn_id: usize, mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, 
             body,
         )) = &custom
         {
-            if ct.starts_with("redirect:") {
-                let to = &ct["redirect:".len()..];
+            if let Some(to) = ct.strip_prefix("redirect:") {
                 (
                     *st,
                     "text/plain",
