@@ -87,6 +87,8 @@ struct RawConfig {
     #[serde(default)]
     rbac: access::RawRbac,
     #[serde(default)]
+    egress: RawEgress,
+    #[serde(default)]
     security: RawSecurity,
     #[serde(default)]
     rate_limits: RawRateLimits,
@@ -140,6 +142,12 @@ struct RawMcp {
     max_response_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     legacy_sessions: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    nameservers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +260,8 @@ pub struct Config {
     pub ip_rules: IpRules,
     pub header_limits: HeaderLimits,
     pub signatures: Signatures,
+    /// DNS servers for upstream names (`egress.nameservers`); empty = the system resolver.
+    pub nameservers: Vec<SocketAddr>,
     pub request: RequestGuards,
     pub rate_limits: RateLimits,
     pub apis: Vec<Arc<Api>>,
@@ -312,7 +322,7 @@ pub struct RequestGuards {
 }
 
 /// One allow-listed upstream API.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Api {
     pub name: String,
     pub base: BaseUrl,
@@ -425,6 +435,46 @@ impl Config {
             ConfigErrors(vec![err(path, e.into_inner().to_string())])
         })?;
         validate(raw)
+    }
+
+    /// The API a URL belongs to (same scheme, host and port, under its base path), with the
+    /// endpoint relative to that base. Used to re-check redirect targets. When several APIs
+    /// share the base, `prefer` (the API being called) wins, then the longest base path.
+    pub fn api_for_url(&self, url: &url::Url, prefer: &str) -> Option<(&Arc<Api>, String)> {
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let host = match url.host()? {
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => ip.to_string(),
+        };
+        let port = url.port_or_known_default()?;
+        let path = url.path();
+        self.apis
+            .iter()
+            .filter(|a| {
+                a.base.tls == tls && a.base.host.eq_ignore_ascii_case(&host) && a.base.port == port
+            })
+            .filter_map(|a| {
+                let rest = path.strip_prefix(a.base.path.as_str())?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((a, rest))
+            })
+            .max_by_key(|(a, _)| (a.name == prefer, a.base.path.len()))
+            .map(|(a, rest)| {
+                let mut endpoint = if rest.is_empty() {
+                    "/".to_string()
+                } else {
+                    rest.to_string()
+                };
+                if let Some(q) = url.query() {
+                    endpoint.push('?');
+                    endpoint.push_str(q);
+                }
+                (a, endpoint)
+            })
     }
 
     /// Looks an API up by its name or its base URL as written in config.
@@ -765,6 +815,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
+    let mut nameservers = Vec::new();
+    for (i, ns) in raw
+        .egress
+        .nameservers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let parsed = ns.parse::<SocketAddr>().or_else(|_| {
+            ns.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) => nameservers.push(a),
+            Err(_) => errors.push(err(
+                format!("egress.nameservers[{i}]"),
+                format!("{ns:?} is not an IP address or IP:port"),
+            )),
+        }
+    }
     if apis.iter().any(|a| a.require_signature) && signatures.keys.is_empty() {
         errors.push(err(
             "security.signatures",
@@ -801,6 +871,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             ip_rules,
             header_limits,
             signatures,
+            nameservers,
             request,
             rate_limits,
             apis,

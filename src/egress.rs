@@ -330,6 +330,14 @@ pub fn blocked_reason(ip: IpAddr) -> Option<&'static str> {
                 Some("documentation address")
             } else if s[0] == 0x2001 && s[1] == 0 {
                 Some("Teredo address")
+            } else if s[0] == 0x2001 && s[1] < 0x0200 {
+                // 2001::/23: IETF protocol assignments (benchmarking, ORCHID, AMT, ...).
+                Some("IETF protocol assignment address")
+            } else if s[0] == 0x3fff && s[1] < 0x1000 {
+                // 3fff::/20 (RFC 9637).
+                Some("documentation address")
+            } else if s[0] == 0x5f00 {
+                Some("segment-routing (SRv6) address")
             } else if s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0 {
                 Some("discard-only address")
             } else if s[..6] == [0, 0, 0, 0, 0, 0] {
@@ -355,6 +363,8 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("carrier-grade NAT address")
     } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
         Some("IETF protocol assignment address")
+    } else if o[0] == 192 && o[1] == 88 && o[2] == 99 {
+        Some("6to4 relay anycast address")
     } else if ip.is_documentation() {
         Some("documentation address")
     } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
@@ -371,7 +381,7 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
 }
 
 /// A request for [`Egress::send`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OutboundRequest {
     pub method: Method,
     /// From [`upstream_path_and_query`].
@@ -396,6 +406,8 @@ pub struct UpstreamResponse {
 /// The egress client: DNS + SSRF guard, and the MCP door's pooled connector.
 pub struct Egress {
     connector: Connector,
+    /// Resolver for `egress.nameservers`; `None` uses the system resolver.
+    resolver: Option<hickory_resolver::TokioResolver>,
 }
 
 impl Default for Egress {
@@ -408,6 +420,54 @@ impl Egress {
     pub fn new() -> Self {
         Egress {
             connector: Connector::new(None),
+            resolver: None,
+        }
+    }
+
+    /// Resolves API hosts through these DNS servers (UDP, then TCP) instead of the system
+    /// resolver. Every answer still passes the SSRF guard.
+    pub fn with_nameservers(servers: &[SocketAddr]) -> Self {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+        if servers.is_empty() {
+            return Self::new();
+        }
+        let configs = servers
+            .iter()
+            .map(|a| {
+                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                for c in &mut ns.connections {
+                    c.port = a.port();
+                }
+                ns
+            })
+            .collect();
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 1;
+        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+        let resolver = hickory_resolver::TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(configs),
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .ok();
+        Egress {
+            connector: Connector::new(None),
+            resolver,
+        }
+    }
+
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        match &self.resolver {
+            Some(r) => {
+                let answer = r
+                    .lookup_ip(host)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok(answer.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+            }
+            None => Ok(tokio::net::lookup_host((host, port)).await?.collect()),
         }
     }
 
@@ -418,9 +478,9 @@ impl Egress {
         let addrs: Vec<SocketAddr> = match api.base.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, api.base.port)],
             Err(_) => {
-                let lookup = tokio::net::lookup_host((api.base.host.as_str(), api.base.port));
+                let lookup = self.lookup(&api.base.host, api.base.port);
                 match tokio::time::timeout(api.connect_timeout, lookup).await {
-                    Ok(Ok(it)) => it.collect(),
+                    Ok(Ok(addrs)) => addrs,
                     Ok(Err(_)) => {
                         return Err(GatewayError::upstream_error(format!(
                             "the host of API {:?} could not be resolved",
@@ -824,5 +884,185 @@ mod tests {
             assert!(is_reserved_header(&HeaderName::from_static(h)), "{h}");
         }
         assert!(!is_reserved_header(&HeaderName::from_static("accept")));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::config::{Api, Credential, CredentialPlacement};
+        use ipnet::IpNet;
+        use proptest::prelude::*;
+
+        fn api() -> Api {
+            let mut a = Api::internal(
+                "t",
+                "https://api.example.com/base/v1",
+                false,
+                Duration::from_secs(1),
+            )
+            .unwrap();
+            a.credential = Some(Credential {
+                placement: CredentialPlacement::Query("appid".into()),
+                value: "SECRET".into(),
+            });
+            a
+        }
+
+        /// Endpoints built from the pieces attackers use.
+        fn hostile_endpoint() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just("%2e".to_string()),
+                Just("%2E%2e".to_string()),
+                Just("%252e".to_string()),
+                Just("%2f".to_string()),
+                Just("%5c".to_string()),
+                Just("\\".to_string()),
+                Just("@".to_string()),
+                Just("?".to_string()),
+                Just("&appid=x".to_string()),
+                Just("#".to_string()),
+                Just(";".to_string()),
+                Just("%".to_string()),
+                Just("%00".to_string()),
+                Just("http:".to_string()),
+                Just("//evil.test".to_string()),
+                Just("\u{ff0e}".to_string()),
+                "[a-z0-9_-]{1,6}",
+            ];
+            proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever the endpoint, an accepted one never leaves the API's host or base
+            /// path, even after a URL parser normalises it, and never overrides the
+            /// injected credential.
+            #[test]
+            fn url_builder_never_leaves_the_base(raw in hostile_endpoint()) {
+                let a = api();
+                if let Ok(e) = EndpointPath::parse(&raw) {
+                    let pq = upstream_path_and_query(&a, &e, &[("appid".into(), "forged".into())]);
+                    prop_assert!(pq.starts_with("/base/v1/") || pq == "/base/v1" || pq.starts_with("/base/v1?"), "{pq}");
+                    let u = url::Url::parse("https://api.example.com").unwrap().join(&pq).unwrap();
+                    prop_assert_eq!(u.host_str(), Some("api.example.com"));
+                    prop_assert!(u.path().starts_with("/base/v1"), "{} from {:?}", u.path(), raw);
+                    let appids: Vec<String> = u
+                        .query_pairs()
+                        .filter(|(k, _)| k == "appid")
+                        .map(|(_, v)| v.into_owned())
+                        .collect();
+                    prop_assert_eq!(appids, vec!["SECRET".to_string()]);
+                }
+            }
+        }
+
+        /// The special-purpose table (RFC 6890 and successors, IANA registries): every
+        /// address in these ranges is refused, everything else is dialable.
+        const TABLE: &[&str] = &[
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "192.88.99.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "168.63.129.16/32",
+            "::/128",
+            "::1/128",
+            "::/96",
+            "100::/64",
+            "2001::/23",
+            "2001:db8::/32",
+            "3fff::/20",
+            "5f00::/16",
+            "fc00::/7",
+            "fe80::/10",
+            "fec0::/10",
+            "ff00::/8",
+            "64:ff9b:1::/48",
+        ];
+
+        /// The oracle: the table, with IPv4 embedded in IPv4-mapped, NAT64 (64:ff9b::/96)
+        /// and 6to4 (2002::/16) addresses judged as that IPv4 address.
+        fn oracle(ip: IpAddr) -> bool {
+            let nets: Vec<IpNet> = TABLE.iter().map(|s| s.parse().unwrap()).collect();
+            let ip = match ip {
+                IpAddr::V6(v6) => {
+                    let s = v6.segments();
+                    if let Some(v4) = v6.to_ipv4_mapped() {
+                        IpAddr::V4(v4)
+                    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                        IpAddr::V4(Ipv4Addr::new(
+                            (s[6] >> 8) as u8,
+                            s[6] as u8,
+                            (s[7] >> 8) as u8,
+                            s[7] as u8,
+                        ))
+                    } else if s[0] == 0x2002 {
+                        IpAddr::V4(Ipv4Addr::new(
+                            (s[1] >> 8) as u8,
+                            s[1] as u8,
+                            (s[2] >> 8) as u8,
+                            s[2] as u8,
+                        ))
+                    } else {
+                        ip
+                    }
+                }
+                v4 => v4,
+            };
+            nets.iter().any(|n| n.contains(&ip))
+        }
+
+        /// Addresses inside a random table range, inside the embedding prefixes, or anywhere.
+        fn address() -> impl Strategy<Value = IpAddr> {
+            let in_table = (0..TABLE.len(), any::<u128>()).prop_map(|(i, r)| {
+                match TABLE[i].parse::<IpNet>().unwrap() {
+                    IpNet::V4(n) => {
+                        let host = (r as u32) & !u32::from(n.netmask());
+                        IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | host))
+                    }
+                    IpNet::V6(n) => {
+                        let host = r & !u128::from(n.netmask());
+                        IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n.network()) | host))
+                    }
+                }
+            });
+            let embedded = (any::<u32>(), 0..3u8).prop_map(|(v4, kind)| {
+                let v4 = u128::from(v4);
+                let v6 = match kind {
+                    0 => 0xffff_0000_0000u128 | v4,
+                    1 => (0x0064_ff9bu128 << 96) | v4,
+                    _ => (0x2002u128 << 112) | (v4 << 80),
+                };
+                IpAddr::V6(std::net::Ipv6Addr::from(v6))
+            });
+            prop_oneof![
+                in_table,
+                embedded,
+                any::<u32>().prop_map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+                any::<u128>().prop_map(|v| IpAddr::V6(std::net::Ipv6Addr::from(v))),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20000))]
+
+            #[test]
+            fn ip_classifier_matches_the_table(ip in address()) {
+                prop_assert_eq!(blocked_reason(ip).is_some(), oracle(ip), "{}", ip);
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let config = Arc::new(config);
-        let egress = Arc::new(Egress::new());
+        let egress = Arc::new(Egress::with_nameservers(&config.nameservers));
         Ok(Arc::new(Gateway {
             pipeline: Pipeline::new(config.clone(), egress.clone())?,
             egress,

@@ -167,7 +167,7 @@ impl GatewayMcp {
             "api_gateway",
             format!(
                 "Call an allow-listed HTTP API through the gateway. Credentials are injected for you; \
-                 redirects are returned, not followed. Available APIs:\n{}",
+                 redirects are returned unless the API is configured to follow them. Available APIs:\n{}",
                 catalogue.join("\n")
             ),
             as_object(input),
@@ -328,21 +328,84 @@ impl GatewayMcp {
         let max_body = api
             .max_response_bytes
             .unwrap_or(self.gateway.config.mcp.max_response_bytes);
-        let resp = self
+        let mut request = OutboundRequest {
+            method,
+            path_and_query,
+            headers,
+            body,
+        };
+        let mut resp = self
             .gateway
             .egress
-            .send(
-                &api,
-                addr,
-                OutboundRequest {
-                    method,
-                    path_and_query,
-                    headers,
-                    body,
-                },
-                max_body,
-            )
+            .send(&api, addr, request.clone(), max_body)
             .await?;
+
+        // Redirects, when the API allows them: each hop is re-checked like a new call (the
+        // target must be an allow-listed API and path the caller may use, and its address
+        // passes the SSRF guard); the API's credential is dropped on a cross-origin hop.
+        let mut hop_api: Arc<crate::config::Api> = api.clone();
+        let mut hops = 0;
+        while hops < api.follow_redirects && matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
+            let Some(location) = resp
+                .headers
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            else {
+                break;
+            };
+            hops += 1;
+            let scheme = if hop_api.base.tls { "https" } else { "http" };
+            let here = url::Url::parse(&format!(
+                "{scheme}://{}{}",
+                hop_api.base.host_header(),
+                request.path_and_query
+            ))
+            .map_err(|_| GatewayError::internal("could not rebuild the request URL"))?;
+            let denied = || {
+                GatewayError::forbidden(
+                    "the upstream redirected to a destination that is not allowed",
+                )
+                .with_reason("redirect_denied")
+            };
+            let next = here.join(location).map_err(|_| denied())?;
+            let (next_api, endpoint) = self
+                .gateway
+                .config
+                .api_for_url(&next, &api.name)
+                .ok_or_else(denied)?;
+            if matches!(resp.status, 301 | 302 | 303) && request.method != Method::HEAD {
+                // As browsers do: the redirected request is a GET without a body.
+                request.method = Method::GET;
+                request.body = None;
+                request
+                    .headers
+                    .retain(|(k, _)| k != http::header::CONTENT_TYPE);
+            }
+            let endpoint = self
+                .gateway
+                .pipeline
+                .check_target(&caller.principal, next_api, &request.method, &endpoint)
+                .map_err(|e| denied().with_reason(e.reason.unwrap_or("redirect_denied")))?;
+            let same_origin = next_api.base.tls == api.base.tls
+                && next_api.base.host.eq_ignore_ascii_case(&api.base.host)
+                && next_api.base.port == api.base.port;
+            let mut next_hop = (**next_api).clone();
+            next_hop.credential = if same_origin {
+                api.credential.clone()
+            } else {
+                None
+            };
+            next_hop.timeout = api.timeout;
+            let next_hop = Arc::new(next_hop);
+            let addr = self.gateway.egress.resolve(&next_hop).await?;
+            request.path_and_query = egress::upstream_path_and_query(&next_hop, &endpoint, &[]);
+            resp = self
+                .gateway
+                .egress
+                .send(&next_hop, addr, request.clone(), max_body)
+                .await?;
+            hop_api = next_hop;
+        }
 
         let mut safe = Map::new();
         for name in SAFE_RESPONSE_HEADERS {

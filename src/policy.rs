@@ -218,41 +218,8 @@ impl Pipeline {
             }
         })?;
 
-        let endpoint = EndpointPath::parse(req.endpoint)?;
-
-        if !api.methods.contains(req.method) {
-            return Err(GatewayError::forbidden(format!(
-                "method {} is not allowed for API {:?}; allowed: {}",
-                req.method,
-                api.name,
-                api.methods
-                    .iter()
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-
+        let endpoint = self.check_target(principal, api, req.method, req.endpoint)?;
         let segments = endpoint.decoded_segments();
-        if api.deny_paths.iter().any(|p| p.matches(&segments))
-            || !api.paths.iter().any(|p| p.matches(&segments))
-        {
-            return Err(GatewayError::forbidden(format!(
-                "path {} is not allowed for API {:?}",
-                endpoint.path(),
-                api.name
-            )));
-        }
-
-        if !access.permits(principal, &api.name, req.method, &segments) {
-            return Err(GatewayError::forbidden(format!(
-                "{} {} on API {:?} is not permitted for your roles",
-                req.method,
-                endpoint.path(),
-                api.name
-            ))
-            .with_reason("not_permitted"));
-        }
 
         if api.require_signature && req.caller.signature.is_none() {
             return Err(unauthorized(
@@ -272,6 +239,54 @@ impl Pipeline {
             endpoint,
             rate_limits,
         })
+    }
+
+    /// Steps 2–5 of [`Pipeline::evaluate`] for one destination: the endpoint is safe, and the
+    /// API's method and path rules and the caller's roles allow it. Also used to re-check
+    /// each redirect hop.
+    pub fn check_target(
+        &self,
+        principal: &Principal,
+        api: &Api,
+        method: &Method,
+        endpoint: &str,
+    ) -> Result<EndpointPath, GatewayError> {
+        let endpoint = EndpointPath::parse(endpoint)?;
+        if !api.methods.contains(method) {
+            return Err(GatewayError::forbidden(format!(
+                "method {} is not allowed for API {:?}; allowed: {}",
+                method,
+                api.name,
+                api.methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let segments = endpoint.decoded_segments();
+        if api.deny_paths.iter().any(|p| p.matches(&segments))
+            || !api.paths.iter().any(|p| p.matches(&segments))
+        {
+            return Err(GatewayError::forbidden(format!(
+                "path {} is not allowed for API {:?}",
+                endpoint.path(),
+                api.name
+            )));
+        }
+        if !self
+            .access()
+            .permits(principal, &api.name, method, &segments)
+        {
+            return Err(GatewayError::forbidden(format!(
+                "{} {} on API {:?} is not permitted for your roles",
+                method,
+                endpoint.path(),
+                api.name
+            ))
+            .with_reason("not_permitted"));
+        }
+        Ok(endpoint)
     }
 
     async fn check_rate_limits(

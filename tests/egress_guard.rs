@@ -137,3 +137,172 @@ async fn hostname_resolving_to_loopback_is_refused_without_allow_private_network
     assert_eq!(r["structuredContent"]["error"], "egress_denied", "{r}");
     assert_eq!(up.count(), 0);
 }
+
+/// Names resolved through `egress.nameservers` (a real DNS server in the test) pass the same
+/// SSRF guard: a metadata address, or any private answer among public ones, is refused on
+/// both doors; an allowed private API resolves and works.
+#[tokio::test]
+async fn private_answers_from_dns_are_refused() {
+    let up = Upstream::start();
+    let dns = DnsServer::start(vec![
+        (
+            "metadata.evil.test",
+            vec!["169.254.169.254".parse().unwrap()],
+        ),
+        (
+            "mixed.evil.test",
+            vec![
+                "93.184.216.34".parse().unwrap(),
+                "10.0.0.7".parse().unwrap(),
+            ],
+        ),
+        ("internal.test", vec!["127.0.0.1".parse().unwrap()]),
+    ]);
+    let apis = format!(
+        "[egress]\nnameservers = [\"127.0.0.1:{dns}\"]\n\n\
+         [[apis]]\nname = \"meta\"\nbase_url = \"http://metadata.evil.test:{up}\"\npaths = [\"/**\"]\n\n\
+         [[apis]]\nname = \"mixed\"\nbase_url = \"http://mixed.evil.test:{up}\"\npaths = [\"/**\"]\n\n\
+         [[apis]]\nname = \"internal\"\nbase_url = \"http://internal.test:{up}\"\npaths = [\"/**\"]\nallow_private_network = true\n",
+        dns = dns.port,
+        up = up.port
+    );
+    let gw = start_with_apis(&apis);
+    for api in ["meta", "mixed"] {
+        let r = reqwest::get(gw.proxy_url(&format!("/{api}/latest/meta-data/")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{api}");
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["error"], "egress_denied", "{api}: {p}");
+    }
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "meta", "endpoint": "/latest/meta-data/"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["error"], "egress_denied", "{r}");
+    assert_eq!(up.count(), 0);
+    assert!(
+        dns.queries.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the names must have been resolved by the configured DNS server"
+    );
+
+    let r = reqwest::get(gw.proxy_url("/internal/x")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a name the operator allowed resolves and works"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+/// Redirects on the MCP door: not followed by default; when an API allows them, each hop is
+/// re-checked: a hop to a destination outside the allow-list is refused, a same-origin hop
+/// keeps the credential and a cross-origin hop to another allowed API drops it.
+#[tokio::test]
+async fn redirects_are_rechecked_and_drop_credentials_across_origins() {
+    use std::sync::Arc;
+    let up_port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let p = up_port.clone();
+    let up = Upstream::start_with(Arc::new(move |req: &Seen| {
+        let port = p.load(std::sync::atomic::Ordering::SeqCst);
+        let to = match req.target.as_str() {
+            "/a/to-metadata" => "http://169.254.169.254/latest/meta-data/".to_string(),
+            "/a/same-origin" => "/a/landing".to_string(),
+            "/a/cross-origin" => format!("http://localhost:{port}/b/landing"),
+            "/a/to-denied-path" => "/a/private/x".to_string(),
+            "/a/loop" => "/a/loop".to_string(),
+            _ => return None,
+        };
+        Some((302, format!("redirect:{to}"), b"moved".to_vec()))
+    }));
+    up_port.store(up.port, std::sync::atomic::Ordering::SeqCst);
+    let apis = format!(
+        "[[apis]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:{0}/a\"\nallow_private_network = true\n\
+         paths = [\"/**\"]\ndeny_paths = [\"/private/**\"]\nfollow_redirects = 3\n\
+         credentials = {{ header = \"X-Upstream-Key\", value = \"${{AGM_TEST_SECRET}}\" }}\n\n\
+         [[apis]]\nname = \"b\"\nbase_url = \"http://localhost:{0}/b\"\nallow_private_network = true\npaths = [\"/**\"]\n\n\
+         [[apis]]\nname = \"nofollow\"\nbase_url = \"http://127.0.0.1:{0}/a\"\nallow_private_network = true\npaths = [\"/**\"]\n",
+        up.port
+    );
+    let gw = start_with_apis(&apis);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "a", "endpoint": "/to-metadata"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["error"], "forbidden", "{r}");
+    assert_eq!(r["structuredContent"]["reason"], "redirect_denied", "{r}");
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "a", "endpoint": "/to-denied-path"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["error"], "forbidden", "{r}");
+
+    up.clear();
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "a", "endpoint": "/same-origin"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["status"], 200, "{r}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].target, "/a/landing");
+    assert_eq!(
+        seen[1].header("x-upstream-key"),
+        Some(SECRET),
+        "same origin keeps it"
+    );
+
+    up.clear();
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "a", "endpoint": "/cross-origin"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["status"], 200, "{r}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].target, "/b/landing");
+    assert_eq!(
+        seen[1].header("x-upstream-key"),
+        None,
+        "credential dropped cross-origin"
+    );
+
+    up.clear();
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "a", "endpoint": "/loop"}),
+        )
+        .await;
+    assert_eq!(
+        r["structuredContent"]["status"], 302,
+        "stops after 3 hops: {r}"
+    );
+    assert_eq!(up.count(), 4, "the first request and 3 hops");
+
+    up.clear();
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "nofollow", "endpoint": "/same-origin"}),
+        )
+        .await;
+    assert_eq!(
+        r["structuredContent"]["status"], 302,
+        "not followed by default: {r}"
+    );
+    assert_eq!(up.count(), 1);
+}

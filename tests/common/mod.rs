@@ -662,3 +662,68 @@ pub fn parse_rpc_response(text: &str, id: u64) -> Option<serde_json::Value> {
         .filter_map(|c| serde_json::from_str::<serde_json::Value>(c).ok())
         .find(|v| v.get("id").and_then(|i| i.as_u64()) == Some(id))
 }
+
+/// A real DNS server on a loopback UDP port, answering A queries from a fixed table (and
+/// AAAA queries with no records), for tests of the egress resolver path.
+pub struct DnsServer {
+    pub port: u16,
+    pub queries: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DnsServer {
+    pub fn start(records: Vec<(&'static str, Vec<std::net::Ipv4Addr>)>) -> DnsServer {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q = queries.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                q.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(resp) = dns_answer(&buf[..n], &records) {
+                    let _ = sock.send_to(&resp, from);
+                }
+            }
+        });
+        DnsServer { port, queries }
+    }
+}
+
+fn dns_answer(q: &[u8], records: &[(&str, Vec<std::net::Ipv4Addr>)]) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    // The question: labels, then QTYPE and QCLASS.
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let question_end = i + 4;
+    let name = labels.join(".");
+    let found = records.iter().find(|(n, _)| *n == name);
+    let answers: Vec<std::net::Ipv4Addr> = match (found, qtype) {
+        (Some((_, ips)), 1) => ips.clone(),
+        _ => Vec::new(),
+    };
+    let rcode = if found.is_some() { 0 } else { 3 }; // NXDOMAIN for unknown names
+    let mut out = Vec::new();
+    out.extend_from_slice(&q[0..2]); // id
+    out.extend_from_slice(&[0x81, 0x80 | rcode]); // response, RD, RA
+    out.extend_from_slice(&[0, 1]); // QDCOUNT
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]); // NSCOUNT, ARCOUNT
+    out.extend_from_slice(q.get(12..question_end)?);
+    for ip in answers {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+        out.extend_from_slice(&ip.octets());
+    }
+    Some(out)
+}
