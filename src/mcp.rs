@@ -373,7 +373,7 @@ impl GatewayMcp {
                 .config
                 .api_for_url(&next, &api.name)
                 .ok_or_else(denied)?;
-            if matches!(resp.status, 301 | 302 | 303) && request.method != Method::HEAD {
+            if matches!(resp.status, 301..=303) && request.method != Method::HEAD {
                 // As browsers do: the redirected request is a GET without a body.
                 request.method = Method::GET;
                 request.body = None;
