@@ -841,13 +841,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             "an API sets require_signature = true but no signing keys are configured",
         ));
     }
-    for (i, k) in auth.api_keys.iter().enumerate() {
-        for (j, a) in k.allowed_apis.iter().flatten().enumerate() {
-            if !names.contains(a) {
-                errors.push(err(
+    let mut auth = auth;
+    for (i, k) in auth.api_keys.iter_mut().enumerate() {
+        // Entries name an API or, as in the product brief, give its base URL.
+        for (j, a) in k.allowed_apis.iter_mut().flatten().enumerate() {
+            let trimmed = a.trim_end_matches('/').to_string();
+            match apis
+                .iter()
+                .find(|api| api.name == *a || api.base.original.trim_end_matches('/') == trimmed)
+            {
+                Some(api) => *a = api.name.clone(),
+                None => errors.push(err(
                     format!("auth.api_keys[{i}].allowed_apis[{j}]"),
-                    format!("no API named {a:?} is configured"),
-                ));
+                    format!("no API named {a:?} (or with that base_url) is configured"),
+                )),
             }
         }
         if rbac.enabled() {

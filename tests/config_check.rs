@@ -9,6 +9,21 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("GITHUB_TOKEN", "gh-test"),
     ("STRIPE_SECRET_KEY", "sk-test"),
     ("TWILIO_BASIC_AUTH", "dHdpbGlv"),
+    ("JWT_SECRET", "0123456789abcdef0123456789abcdef-jwt"),
+    (
+        "WEATHER_API_KEY_SHA256",
+        "1111111111111111111111111111111111111111111111111111111111111111",
+    ),
+    (
+        "GITHUB_API_KEY_SHA256",
+        "2222222222222222222222222222222222222222222222222222222222222222",
+    ),
+    (
+        "CI_KEY_SHA256",
+        "3333333333333333333333333333333333333333333333333333333333333333",
+    ),
+    ("SIGNING_SECRET", "0123456789abcdef0123456789abcdef-sig"),
+    ("INTROSPECTION_CLIENT_SECRET", "client-secret"),
 ];
 
 fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
@@ -82,6 +97,24 @@ fn broken_configs_name_the_key_path() {
         (format!("{BASE}[rate_limits]\nstore = {{ kind = \"etcd\" }}\n{API}"), "rate_limits.store.kind"),
         (format!("{BASE}[rate_limits]\nper_user = {{ requests = 5, window = \"1m\", jitter = 1 }}\n{API}"), "rate_limits.per_user"),
         (API.to_string(), "auth.required"),
+        (format!("[auth]\nmethods = [\"kerberos\"]\n{API}"), "auth.methods[0]"),
+        (format!("[auth]\nmethods = [\"bearer_token\"]\n{API}"), "auth.jwt"),
+        (format!("[auth.jwt]\nsecret = \"0123456789abcdef0123456789abcdef\"\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"none\"]\n{API}"), "auth.jwt.algorithms[0]"),
+        (format!("[auth.jwt]\nsecret = \"short\"\nissuer = \"i\"\naudience = \"a\"\n{API}"), "auth.jwt.secret"),
+        (format!("[auth.jwt]\nsecret = \"0123456789abcdef0123456789abcdef\"\nissuer = \"i\"\n{API}"), "auth.jwt.audience"),
+        (format!("[auth.jwt]\njwks_url = \"https://idp\"\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\n{API}"), "auth.jwt.algorithms"),
+        (format!("[auth.jwt]\npublic_keys = [\"not a pem\"]\nissuer = \"i\"\naudience = \"a\"\n{API}"), "auth.jwt.public_keys[0]"),
+        (format!("[[auth.api_keys]]\nname = \"k\"\nkey_sha256 = \"plaintext-key\"\n{API}"), "auth.api_keys[0].key_sha256"),
+        (format!("[[auth.api_keys]]\nname = \"k\"\nkey_sha256 = \"{}\"\nallowed_apis = [\"nope\"]\n{API}", "a".repeat(64)), "auth.api_keys[0].allowed_apis[0]"),
+        (format!("{BASE}[[rbac.roles]]\nname = \"r\"\nallow = [{{ api = \"ghost\" }}]\n{API}"), "rbac.roles[0].allow[0].api"),
+        (format!("{BASE}[[rbac.roles]]\nname = \"r\"\nallow = [{{ api = \"a\", methods = [\"BREW\"] }}]\n{API}"), "rbac.roles[0].allow[0].methods[0]"),
+        (format!("{BASE}[security]\nip_allow = [\"10.0.0.0/33\"]\n{API}"), "security.ip_allow[0]"),
+        (format!("{BASE}[security]\ntrusted_proxies = [\"proxy\"]\n{API}"), "security.trusted_proxies[0]"),
+        (format!("{BASE}[security.signatures]\nkeys = [{{ id = \"k\", secret = \"short\" }}]\n{API}"), "security.signatures.keys[0].secret"),
+        (format!("{BASE}{API}require_signature = true\n"), "security.signatures"),
+        (format!("{BASE}{API}follow_redirects = 5\n"), "apis[0].follow_redirects"),
+        (format!("{BASE}[egress]\nnameservers = [\"dns.google\"]\n{API}"), "egress.nameservers[0]"),
+        (format!("{BASE}[security.request]\nmax_headers = 0\n{API}"), "security.request.max_headers"),
         (BASE.to_string(), "apis"),
         ("this is = = not toml".to_string(), "invalid TOML"),
     ];

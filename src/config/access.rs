@@ -691,11 +691,17 @@ pub(super) fn validate_rbac(
                 }
                 let mut methods = Vec::new();
                 for (m, name) in raw.methods.unwrap_or_default().iter().enumerate() {
-                    match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
-                        Ok(x) => methods.push(x),
-                        Err(_) => errors.push(err(
+                    let upper = name.to_ascii_uppercase();
+                    match Method::from_bytes(upper.as_bytes()) {
+                        Ok(x) if super::SUPPORTED_METHODS.contains(&upper.as_str()) => {
+                            methods.push(x)
+                        }
+                        _ => errors.push(err(
                             format!("{gp}.methods[{m}]"),
-                            format!("{name:?} is not an HTTP method"),
+                            format!(
+                                "{name:?} is not one of {}",
+                                super::SUPPORTED_METHODS.join(", ")
+                            ),
                         )),
                     }
                 }
