@@ -420,6 +420,9 @@ impl ProxyHttp for ProxyDoor {
         let status = err.kind.status();
         // If the response head was already sent there is nothing sane left to write.
         if session.response_written().is_none() {
+            // The connection is not reused (the request body may be unread), so say so:
+            // a client must not send its next request on it.
+            session.set_keepalive(None);
             let _ = write_problem(session, &err, &self.gateway).await;
         }
         FailToProxy {

@@ -522,23 +522,23 @@ fn signed_post(
     ts: u64,
     nonce: &str,
 ) -> reqwest::RequestBuilder {
-    let digest = sha256_hex(signed_body);
-    let canonical = format!("AGM-HMAC-SHA256\nk1\n{ts}\n{nonce}\nPOST\n{path}\n\n{digest}");
-    let sig = {
-        use hmac::Mac;
-        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(SIG_SECRET.as_bytes()).unwrap();
-        m.update(canonical.as_bytes());
-        hex::encode(m.finalize().into_bytes())
-    };
-    c.post(url)
+    let mut req = c
+        .post(url)
         .header("authorization", format!("ApiKey {WRITER_KEY}"))
-        .header("content-type", "application/json")
-        .header("x-signature-key-id", "k1")
-        .header("x-signature-timestamp", ts.to_string())
-        .header("x-signature-nonce", nonce)
-        .header("x-content-sha256", digest)
-        .header("x-signature", sig)
-        .body(body)
+        .header("content-type", "application/json");
+    for (k, v) in signature_headers(
+        "k1",
+        SIG_SECRET,
+        "POST",
+        path,
+        "",
+        signed_body.as_bytes(),
+        ts,
+        nonce,
+    ) {
+        req = req.header(k, v);
+    }
+    req.body(body)
 }
 
 /// Request signatures: valid, replayed, stale, tampered body and missing, on an API that

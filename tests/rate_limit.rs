@@ -159,3 +159,73 @@ async fn endpoint_limits_apply_only_to_matching_paths() {
         assert_eq!(r.status(), 200);
     }
 }
+
+/// Per-principal limits: `per_user` counts each authenticated principal separately (two
+/// users do not share a budget), and an API key's own `rate_limit` applies on top, named
+/// `key.NAME`, on both doors.
+#[tokio::test]
+async fn per_user_and_per_key_limits_follow_the_principal() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|ports| {
+        let listen = listen_section(ports, 2);
+        let auth = auth_section(true);
+        let key_hash = sha256_hex("agm_limited-key-0123456789abcdefghijklmnop");
+        let local = loopback_get_api("local", up.port, "");
+        format!(
+            "{listen}{auth}[[auth.api_keys]]\nname = \"limited\"\nkey_sha256 = \"{key_hash}\"\n\
+             rate_limit = {{ requests = 2, window = \"1m\" }}\n\n\
+             [rate_limits]\nper_user = {{ requests = 3, window = \"1m\" }}\n\n{local}"
+        )
+    });
+    let c = reqwest::Client::new();
+    let get = |authz: String| {
+        c.get(gw.proxy_url("/local/x"))
+            .header("authorization", authz)
+            .send()
+    };
+    let alice = format!("Bearer {}", jwt(json!({"sub": "alice"})));
+    let bob = format!("Bearer {}", jwt(json!({"sub": "bob"})));
+    for _ in 0..3 {
+        assert_eq!(get(alice.clone()).await.unwrap().status(), 200);
+    }
+    let r = get(alice.clone()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["policy"], "per_user");
+    // Bob has his own budget; a fresh token for alice does not reset hers.
+    assert_eq!(get(bob.clone()).await.unwrap().status(), 200);
+    let alice_again = format!("Bearer {}", jwt(json!({"sub": "alice", "jti": "2"})));
+    assert_eq!(get(alice_again).await.unwrap().status(), 429);
+
+    // The key's own limit (2) bites before per_user (3), and is reported by name.
+    let key = "ApiKey agm_limited-key-0123456789abcdefghijklmnop".to_string();
+    for _ in 0..2 {
+        let r = get(key.clone()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let policy = r.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(policy.contains("\"key.limited\";q=2;w=60"), "{policy}");
+    }
+    let r = get(key.clone()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["policy"], "key.limited");
+
+    // The MCP door shares the same counters.
+    let mut s = McpSession::connect_with(&gw.mcp_url(), &[("authorization", &bob)]).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+        .await;
+    assert_eq!(r["structuredContent"]["error"], "rate_limited", "{r}");
+    assert_eq!(r["structuredContent"]["policy"], "per_user");
+}

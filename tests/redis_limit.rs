@@ -288,3 +288,43 @@ async fn paused_redis_does_not_stall_and_deny_fails_closed() {
     );
     redis.signal("-CONT");
 }
+
+/// Signature nonces live in Redis when the limiter does: a signed request accepted by one
+/// replica is a replay at another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_nonces_are_shared_across_replicas() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let secret = "shared-signing-secret-0123456789abcdef";
+    let make = |ports| {
+        format!(
+            "{}\n[security.signatures]\nrequired = true\nkeys = [{{ id = \"k\", secret = \"{secret}\" }}]\n",
+            config(up.port, redis.port, r#"{ requests = 1000, window = "1m" }"#, r#", timeout = "2s""#, ports)
+        )
+    };
+    let a = Gateway::start_generated(make);
+    let b = Gateway::start_generated(make);
+    let c = reqwest::Client::new();
+    let signed = |gw: &Gateway, nonce: &str| {
+        let mut req = c.get(gw.proxy_url("/local/x"));
+        for (k, v) in signature_headers("k", secret, "GET", "/local/x", "", b"", now_s(), nonce) {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    assert_eq!(
+        signed(&a, "nonce-shared-000001").await.unwrap().status(),
+        200
+    );
+    let r = signed(&b, "nonce-shared-000001").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "signature_replayed");
+    assert_eq!(
+        signed(&b, "nonce-shared-000002").await.unwrap().status(),
+        200
+    );
+    let keys = redis.cmd(&["KEYS", "{agm}:nonce:*"]);
+    assert!(keys.contains("nonce-shared-000001"), "{keys}");
+    assert_eq!(up.count(), 2);
+}

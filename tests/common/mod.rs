@@ -727,3 +727,31 @@ fn dns_answer(q: &[u8], records: &[(&str, Vec<std::net::Ipv4Addr>)]) -> Option<V
     }
     Some(out)
 }
+
+/// The `X-Signature*` headers for a request, per the canonical string in the README.
+#[allow(clippy::too_many_arguments)]
+pub fn signature_headers(
+    key_id: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    ts: u64,
+    nonce: &str,
+) -> Vec<(&'static str, String)> {
+    use hmac::Mac;
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(body));
+    let canonical =
+        format!("AGM-HMAC-SHA256\n{key_id}\n{ts}\n{nonce}\n{method}\n{path}\n{query}\n{digest}");
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(canonical.as_bytes());
+    vec![
+        ("x-signature-key-id", key_id.to_string()),
+        ("x-signature-timestamp", ts.to_string()),
+        ("x-signature-nonce", nonce.to_string()),
+        ("x-content-sha256", digest),
+        ("x-signature", hex::encode(m.finalize().into_bytes())),
+    ]
+}
