@@ -85,19 +85,11 @@ fn assert_client_result(v: &Value, up: &Upstream, marker: &str) {
 }
 
 fn ts(args: &[&str]) -> Output {
-    let t = tools();
-    // ESM resolves packages next to the script, so run a copy inside the install dir.
-    let script = t.join("node/ts_client.mjs");
-    std::fs::copy(clients_dir().join("ts_client.mjs"), &script).unwrap();
-    let mut cmd = Command::new(t.join("node-bin"));
-    cmd.arg(&script).args(args);
-    run(cmd)
+    ts_env(args, &[])
 }
 
 fn py(args: &[&str]) -> Output {
-    let mut cmd = Command::new(tools().join("venv/bin/python"));
-    cmd.arg(clients_dir().join("py_client.py")).args(args);
-    run(cmd)
+    py_env(args, &[])
 }
 
 #[test]
@@ -245,4 +237,109 @@ fn inspector_cli_over_stdio() {
         ],
         &up,
     );
+}
+
+/// The standard test config with authentication required.
+fn auth_required(config: String) -> String {
+    let optional = "[auth]\nrequired = false\n";
+    assert!(config.contains(optional));
+    config.replace(optional, "[auth]\nrequired = true\n")
+}
+
+fn with_env(mut out: Command, vars: &[(&str, &str)]) -> Output {
+    out.envs(vars.iter().copied());
+    run(out)
+}
+
+fn py_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(tools().join("venv/bin/python"));
+    cmd.arg(clients_dir().join("py_client.py")).args(args);
+    with_env(cmd, vars)
+}
+
+fn ts_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let t = tools();
+    let script = t.join("node/ts_client.mjs");
+    std::fs::copy(clients_dir().join("ts_client.mjs"), &script).unwrap();
+    let mut cmd = Command::new(t.join("node-bin"));
+    cmd.arg(&script).args(args);
+    with_env(cmd, vars)
+}
+
+/// With `auth.required = true`, every real client gets in with a bearer token (over HTTP as
+/// `Authorization`, over stdio from API_GATEWAY_MCP_TOKEN), is refused without one, and its
+/// token never reaches the upstream.
+#[test]
+fn real_clients_authenticate_with_bearer_tokens() {
+    let token = jwt(serde_json::json!({"sub": "agent-7"}));
+    let bearer = [("MCP_BEARER", token.as_str())];
+
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|(m, p, a)| auth_required(test_config(up.port, m, p, a)));
+    let v = last_json_line(&py_env(&["http", &gw.mcp_url(), "auto"], &bearer));
+    assert_client_result(&v, &up, "from-python");
+    up.clear();
+    let v = last_json_line(&ts_env(&["http", &gw.mcp_url()], &bearer));
+    assert_client_result(&v, &up, "from-ts");
+    up.clear();
+
+    let refused = py_env(&["http", &gw.mcp_url(), "legacy"], &[]);
+    assert!(
+        !refused.status.success(),
+        "a client without a token must be refused"
+    );
+    let refused = ts_env(&["http", &gw.mcp_url()], &[]);
+    assert!(
+        !refused.status.success(),
+        "a client without a token must be refused"
+    );
+    assert_eq!(up.count(), 0);
+
+    // The Inspector CLI with --header.
+    let home = tempfile::tempdir().unwrap();
+    let header = format!("Authorization: Bearer {token}");
+    let out = inspector(
+        &[&gw.mcp_url(), "--transport", "http", "--header", &header],
+        &["--method", "tools/list"],
+        &home,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("api_gateway"),
+        "{stdout}"
+    );
+    let out = inspector(
+        &[&gw.mcp_url(), "--transport", "http"],
+        &["--method", "tools/list"],
+        &home,
+    );
+    assert!(
+        !out.status.success(),
+        "the Inspector without a token must be refused"
+    );
+
+    // Stdio: the token comes from the environment the client gives the server.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stdio-auth.toml");
+    let text = auth_required(test_config(up.port, free_port(), free_port(), free_port()))
+        .replace("${AGM_TEST_SECRET}", SECRET);
+    std::fs::write(&path, text).unwrap();
+    let v = last_json_line(&py_env(
+        &["stdio", "auto", bin(), path.to_str().unwrap()],
+        &bearer,
+    ));
+    assert_client_result(&v, &up, "from-python");
+    up.clear();
+    let v = last_json_line(&ts_env(&["stdio", bin(), path.to_str().unwrap()], &bearer));
+    assert_client_result(&v, &up, "from-ts");
+    let refused = py_env(&["stdio", "legacy", bin(), path.to_str().unwrap()], &[]);
+    assert!(
+        !refused.status.success(),
+        "a stdio server without credentials must refuse to serve"
+    );
+
+    for s in up.seen() {
+        assert_eq!(s.header("authorization"), None);
+        assert!(!format!("{s:?}").contains(&token));
+    }
 }
