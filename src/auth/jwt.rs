@@ -225,18 +225,21 @@ impl JwtVerifier {
                 )
             }
         })?;
-        let iss = jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token)
-            .ok()
-            .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string));
-        let issuer = match (&iss, self.issuers.as_slice()) {
-            (_, []) => {
+        let issuer = match self.issuers.as_slice() {
+            [] => {
                 return Err(unauthorized(
                     "method_not_enabled",
                     "bearer tokens are not accepted",
                 ))
             }
-            (Some(iss), list) => list.iter().find(|i| i.cfg.issuer == *iss),
-            (None, _) => None,
+            // One issuer: no need to peek; validation checks `iss` against it.
+            [only] => Some(only),
+            list => {
+                let iss = jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token)
+                    .ok()
+                    .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string));
+                iss.and_then(|iss| list.iter().find(|i| i.cfg.issuer == iss))
+            }
         }
         .ok_or_else(|| unauthorized("invalid_issuer", "the token's issuer is not trusted"))?;
 
@@ -478,5 +481,53 @@ mod tests {
         );
         assert_eq!(reason(&v, &none).await, "algorithm_not_allowed");
         assert_eq!(reason(&v, "not-a-token").await, "malformed_token");
+    }
+
+    #[tokio::test]
+    async fn several_issuers_each_with_their_own_keys() {
+        let issuer = |iss: &str, secret: &str| JwtIssuer {
+            issuer: iss.into(),
+            audience: vec!["gw".into()],
+            algorithms: vec![Algorithm::HS256],
+            keys: JwtKeys::Secret(DecodingKey::from_secret(secret.as_bytes())),
+            leeway: Duration::from_secs(5),
+            max_lifetime: None,
+            roles_claim: None,
+        };
+        let other = "ffffffffffffffffffffffffffffffff";
+        let v = JwtVerifier::new(
+            &[
+                issuer("https://a.test", SECRET),
+                issuer("https://b.test", other),
+            ],
+            Arc::new(Egress::new()),
+        )
+        .unwrap();
+        let claims = |iss: &str| json!({"sub": "s", "iss": iss, "aud": "gw", "exp": now() + 60});
+        assert!(v
+            .verify(&token(claims("https://a.test"), Algorithm::HS256, SECRET))
+            .await
+            .is_ok());
+        assert!(v
+            .verify(&token(claims("https://b.test"), Algorithm::HS256, other))
+            .await
+            .is_ok());
+        // Issuer b's token signed with issuer a's key is forged, and an unknown issuer is refused.
+        assert_eq!(
+            reason(
+                &v,
+                &token(claims("https://b.test"), Algorithm::HS256, SECRET)
+            )
+            .await,
+            "invalid_signature"
+        );
+        assert_eq!(
+            reason(
+                &v,
+                &token(claims("https://c.test"), Algorithm::HS256, SECRET)
+            )
+            .await,
+            "invalid_issuer"
+        );
     }
 }

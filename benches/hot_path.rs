@@ -1,0 +1,187 @@
+//! Micro-benchmarks of the per-request hot path: what authentication, RBAC and the rest of
+//! the policy pipeline cost each call. Run with `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use api_gateway_mcp::config::Config;
+use api_gateway_mcp::egress::{self, Egress, EndpointPath};
+use api_gateway_mcp::policy::{CallRequest, Caller, CallerRequest, Door, Pipeline};
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, Method};
+
+const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef-0123";
+const API_KEY: &str = "agm_bench-key-0123456789abcdefghijklmnopqrstuv";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// A config with JWT and API-key auth, 20 RBAC roles, IP rules, and 10 APIs.
+fn config(required: bool, rbac: bool) -> Config {
+    let mut text = format!(
+        "[auth]\nrequired = {required}\nmethods = [\"bearer_token\", \"api_key\"]\n\
+         [auth.jwt]\nsecret = \"{JWT_SECRET}\"\nissuer = \"https://issuer.test\"\n\
+         audience = \"gw\"\nalgorithms = [\"HS256\"]\n\
+         [[auth.api_keys]]\nname = \"bench\"\nkey_sha256 = \"{}\"\nroles = [\"role-19\"]\n\
+         [security]\nip_allow = [\"10.0.0.0/8\", \"127.0.0.0/8\"]\nip_deny = [\"10.9.0.0/16\"]\n",
+        sha256_hex(API_KEY)
+    );
+    for i in 0..10 {
+        text.push_str(&format!(
+            "[[apis]]\nname = \"api{i}\"\nbase_url = \"https://api{i}.example.com/v1\"\n\
+             methods = [\"GET\", \"POST\"]\npaths = [\"/users/*\", \"/repos/**\", \"/search\"]\n\
+             deny_paths = [\"/repos/*/admin/**\"]\n"
+        ));
+    }
+    if rbac {
+        for i in 0..20 {
+            text.push_str(&format!(
+                "[[rbac.roles]]\nname = \"role-{i}\"\nallow = [{{ api = \"api{}\", methods = [\"GET\"], paths = [\"/repos/**\"] }}]\n\
+                 deny = [{{ api = \"api{}\", paths = [\"/repos/secret/**\"] }}]\n",
+                i % 10,
+                i % 10
+            ));
+        }
+    }
+    Config::parse(&text, &|_| None).expect("bench config is valid")
+}
+
+fn token() -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "alice", "iss": "https://issuer.test", "aud": "gw",
+                            "exp": now + 3600, "iat": now, "roles": ["role-9", "role-19"]}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn pipeline(required: bool, rbac: bool) -> Pipeline {
+    Pipeline::new(Arc::new(config(required, rbac)), Arc::new(Egress::new())).unwrap()
+}
+
+fn headers(authz: Option<String>, api_key: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", "gw.local".parse().unwrap());
+    h.insert("accept", "application/json".parse().unwrap());
+    h.insert("user-agent", "bench/1.0".parse().unwrap());
+    if let Some(a) = authz {
+        h.insert("authorization", a.parse().unwrap());
+    }
+    if let Some(k) = api_key {
+        h.insert("x-api-key", k.parse().unwrap());
+    }
+    h
+}
+
+async fn identify(p: &Pipeline, h: &HeaderMap) -> Caller {
+    p.identify(&CallerRequest {
+        peer: Some("127.0.0.1".parse().unwrap()),
+        method: &Method::GET,
+        path: "/api9/repos/o/r",
+        query: "",
+        headers: h,
+        raw_head: None,
+        body: None,
+    })
+    .await
+    .unwrap()
+}
+
+async fn evaluate(p: &Pipeline, caller: &Caller) {
+    let d = p
+        .evaluate(&CallRequest {
+            door: Door::Proxy,
+            api: "api9",
+            method: &Method::GET,
+            endpoint: "/repos/o/r/issues?state=open",
+            content_length: None,
+            has_body: false,
+            content_type: None,
+            caller,
+        })
+        .await;
+    assert!(d.is_ok());
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Authentication alone.
+    let anon = pipeline(false, false);
+    let authed = pipeline(true, true);
+    let bearer = headers(Some(format!("Bearer {}", token())), None);
+    let keyed = headers(None, Some(API_KEY));
+    let none = headers(None, None);
+    let mut g = c.benchmark_group("identify");
+    g.bench_function("anonymous", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(identify(&anon, &none).await) })
+    });
+    g.bench_function("jwt_hs256", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(identify(&authed, &bearer).await) })
+    });
+    g.bench_function("api_key", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(identify(&authed, &keyed).await) })
+    });
+    g.finish();
+
+    // The policy decision (allow-lists, RBAC, limits off) for an identified caller.
+    let anon_caller = rt.block_on(identify(&anon, &none));
+    let jwt_caller = rt.block_on(identify(&authed, &bearer));
+    let mut g = c.benchmark_group("evaluate");
+    g.bench_function("no_rbac", |b| {
+        b.to_async(&rt)
+            .iter(|| async { evaluate(&anon, &anon_caller).await })
+    });
+    g.bench_function("rbac_20_roles", |b| {
+        b.to_async(&rt)
+            .iter(|| async { evaluate(&authed, &jwt_caller).await })
+    });
+    g.finish();
+
+    // The whole per-request access cost: identify + evaluate.
+    let mut g = c.benchmark_group("identify_and_evaluate");
+    g.bench_function("anonymous_no_rbac", |b| {
+        b.to_async(&rt).iter(|| async {
+            let caller = identify(&anon, &none).await;
+            evaluate(&anon, &caller).await
+        })
+    });
+    g.bench_function("jwt_rbac", |b| {
+        b.to_async(&rt).iter(|| async {
+            let caller = identify(&authed, &bearer).await;
+            evaluate(&authed, &caller).await
+        })
+    });
+    g.bench_function("api_key_rbac", |b| {
+        b.to_async(&rt).iter(|| async {
+            let caller = identify(&authed, &keyed).await;
+            evaluate(&authed, &caller).await
+        })
+    });
+    g.finish();
+
+    // URL building: endpoint validation and the upstream path.
+    let cfg = config(false, false);
+    let api = cfg.api("api3").unwrap().clone();
+    c.bench_function("url_build", |b| {
+        b.iter(|| {
+            let e =
+                EndpointPath::parse(black_box("/repos/owner/name/issues?state=open&per_page=50"))
+                    .unwrap();
+            black_box(egress::upstream_path_and_query(&api, &e, &[]))
+        })
+    });
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);
