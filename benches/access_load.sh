@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What access control costs under load: the proxy door with no authentication, with an API
+# key, and with a JWT (HS256) plus RBAC, against a local nginx serving a small JSON file.
+#
+#   cargo build --release && benches/access_load.sh [seconds per run, default 8]
+#
+# Needs nginx and wrk (apt-get install nginx-light wrk). Prints one line per configuration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-8}"
+bin=target/release/api-gateway-mcp
+work=$(mktemp -d)
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  if [ -f "$work/nginx.pid" ]; then
+    local pid; pid=$(cat "$work/nginx.pid"); kill "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+chmod 755 "$work"; mkdir -p "$work/www" "$work/logs"
+echo '{"ok":true,"n":42}' > "$work/www/data.json"
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/logs/error.log;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:18181; root $work/www; } }
+CONF
+nginx -p "$work" -c nginx.conf
+
+key="agm_load-test-key-0123456789abcdefghijklmnopqrs"
+secret="load-test-jwt-secret-0123456789abcdef"
+key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+token=$(python3 - "$secret" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b = lambda d: base64.urlsafe_b64encode(json.dumps(d, separators=(",", ":")).encode()).rstrip(b"=")
+now = int(time.time())
+msg = b({"alg": "HS256", "typ": "JWT"}) + b"." + b({"sub": "load", "iss": "https://issuer.test",
+      "aud": "api-gateway-mcp", "iat": now, "exp": now + 3600, "roles": ["reader"]})
+sig = base64.urlsafe_b64encode(hmac.new(sys.argv[1].encode(), msg, hashlib.sha256).digest()).rstrip(b"=")
+print((msg + b"." + sig).decode())
+PY
+)
+
+run() { # name, auth section, header
+  cat > "$work/gw.toml" <<CONF
+[server]
+mcp_listen = "127.0.0.1:13000"
+proxy_listen = "127.0.0.1:18080"
+admin_listen = "127.0.0.1:19090"
+threads = 2
+$2
+[[apis]]
+name = "local"
+base_url = "http://127.0.0.1:18181"
+allow_private_network = true
+paths = ["/**"]
+CONF
+  "$bin" serve -c "$work/gw.toml" 2>/dev/null &
+  local pid=$!
+  until curl -sf http://127.0.0.1:19090/readyz >/dev/null; do sleep 0.05; done
+  local args=(-t1 -c32 -d"${secs}s" --latency)
+  [ -n "$3" ] && args+=(-H "$3")
+  local code; code=$(curl -s -o /dev/null -w "%{http_code}" ${3:+-H "$3"} http://127.0.0.1:18080/local/data.json)
+  [ "$code" = 200 ] || { echo "$1: status $code"; kill $pid; return 1; }
+  local out; out=$(wrk "${args[@]}" http://127.0.0.1:18080/local/data.json)
+  printf '%-22s %10s req/s  p50 %-8s p99 %s\n' "$1" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+    "$(awk '$1=="50%" {print $2}' <<<"$out")" "$(awk '$1=="99%" {print $2}' <<<"$out")"
+  kill $pid; wait $pid 2>/dev/null || true
+}
+
+rbac='[[rbac.roles]]
+name = "reader"
+allow = [{ api = "local", methods = ["GET"] }]'
+run "no auth" $'[auth]\nrequired = false' ""
+run "api key + rbac" "[auth]
+methods = [\"api_key\"]
+[[auth.api_keys]]
+name = \"load\"
+key_sha256 = \"$key_sha\"
+roles = [\"reader\"]
+$rbac" "X-API-Key: $key"
+run "jwt hs256 + rbac" "[auth]
+methods = [\"bearer_token\"]
+[auth.jwt]
+secret = \"$secret\"
+issuer = \"https://issuer.test\"
+audience = \"api-gateway-mcp\"
+$rbac" "Authorization: Bearer $token"
