@@ -553,6 +553,31 @@ pub struct McpHttpApp {
     service: StreamableHttpService<GatewayMcp, LocalSessionManager>,
     max_request_bytes: usize,
     gateway: Arc<Gateway>,
+    /// Which principal created each legacy session: a session id is usable only by it, so a
+    /// leaked id cannot be used (for instance to read its event stream) by another caller.
+    owners: std::sync::Mutex<SessionOwners>,
+}
+
+/// Session id → principal id, bounded: the oldest entries go first.
+#[derive(Default)]
+struct SessionOwners {
+    by_id: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const MAX_TRACKED_SESSIONS: usize = 100_000;
+
+impl SessionOwners {
+    fn insert(&mut self, session: String, principal: String) {
+        if self.by_id.insert(session.clone(), principal).is_none() {
+            self.order.push_back(session);
+        }
+        while self.order.len() > MAX_TRACKED_SESSIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
 }
 
 fn host_of(session: &ServerSession) -> Option<&str> {
@@ -587,6 +612,7 @@ impl McpHttpApp {
             service,
             max_request_bytes,
             gateway,
+            owners: std::sync::Mutex::new(SessionOwners::default()),
         }
     }
 
@@ -718,6 +744,32 @@ impl HttpServerApp for McpHttpApp {
             Self::respond_plain(&mut session, 400, "malformed request\n").await;
             return None;
         };
+        let session_id = request
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let not_owned = session_id.as_ref().is_some_and(|id| {
+            self.owners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_id
+                .get(id)
+                .is_some_and(|owner| *owner != caller.principal.id)
+        });
+        if not_owned {
+            let e = GatewayError::forbidden("this MCP session belongs to another caller")
+                .with_reason("session_not_owned");
+            tracing::info!(
+                door = "mcp",
+                reason = "session_not_owned",
+                "request refused"
+            );
+            self.respond_error(&mut session, &e).await;
+            return crate::admin::finish(session).await;
+        }
+        let principal_id = caller.principal.id.clone();
+        let closing = request.method() == http::Method::DELETE;
         request.extensions_mut().insert(caller);
 
         let response = match tower_service::Service::call(&mut self.service.clone(), request).await
@@ -725,6 +777,24 @@ impl HttpServerApp for McpHttpApp {
             Ok(r) => r,
             Err(never) => match never {},
         };
+        {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(created) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                if session_id.is_none() {
+                    owners.insert(created.to_string(), principal_id);
+                }
+            }
+            if closing && response.status().is_success() {
+                if let Some(id) = &session_id {
+                    owners.by_id.remove(id);
+                    owners.order.retain(|x| x != id);
+                }
+            }
+        }
         let (parts, mut body) = response.into_parts();
         let mut header = ResponseHeader::from(parts);
         let streaming = header.headers.get(http::header::CONTENT_LENGTH).is_none();

@@ -729,3 +729,38 @@ async fn protected_resource_metadata_is_served() {
         assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
     }
 }
+
+/// An MCP session belongs to the caller that created it: the same session id with another
+/// caller's (valid) credentials is refused, so a leaked session id is useless to others.
+#[tokio::test]
+async fn sessions_belong_to_the_caller_that_created_them() {
+    let up = Upstream::start();
+    let gw = start(&up, "");
+    let writer = format!("ApiKey {WRITER_KEY}");
+    let reader = bearer(&jwt(json!({"roles": ["reader"]})));
+    let mut s = McpSession::connect_with(&gw.mcp_url(), &[("authorization", &writer)]).await;
+    let r = s
+        .call("api_gateway", json!({"api": "weather", "endpoint": "/now"}))
+        .await;
+    assert_eq!(r["isError"], false, "the writer may call weather: {r}");
+    let sid = s.session_id().expect("a legacy session id");
+
+    let c = reqwest::Client::new();
+    let r = c
+        .post(gw.mcp_url())
+        .header("authorization", &reader)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "api_gateway", "arguments": {"api": "weather", "endpoint": "/now"}}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = problem(r).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("session_not_owned"))
+    );
+    assert_eq!(up.count(), 1, "only the owner's call reached the upstream");
+}

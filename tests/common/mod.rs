@@ -618,6 +618,11 @@ impl McpSession {
         assert!(r.status().is_success(), "{method}: {}", r.status());
     }
 
+    /// The legacy session id, once `initialize` has answered.
+    pub fn session_id(&self) -> Option<String> {
+        self.session.clone()
+    }
+
     /// Sends a request and returns the JSON-RPC response message.
     pub async fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         let id = self.next_id;
