@@ -743,10 +743,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             }
             "redis" => {
                 let url = store.url.unwrap_or_default();
-                if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                if !["redis://", "rediss://", "redis+unix://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
                     errors.push(err(
                         "rate_limits.store.url",
-                        format!("{url:?} must be a redis:// URL (rediss:// is not supported yet)"),
+                        format!("{url:?} must be a redis:// or rediss:// (TLS) URL"),
                     ));
                 }
                 let share = store.local_share.unwrap_or(1.0);

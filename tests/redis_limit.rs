@@ -328,3 +328,133 @@ async fn signature_nonces_are_shared_across_replicas() {
     assert!(keys.contains("nonce-shared-000001"), "{keys}");
     assert_eq!(up.count(), 2);
 }
+
+/// `rediss://` with a username and password: TLS verified against a CA the gateway is told
+/// to trust (`SSL_CERT_FILE`), ACL authentication, and the shared limit enforced through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_username_and_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]);
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("server.pem"),
+    ]);
+
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &p("server.pem"),
+            "--tls-key-file",
+            &p("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &p("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--user", "default", "off"])
+        .args(["--user", "agm", "on", ">s3cret-pass", "~*", "&*", "+@all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let up = Upstream::start();
+    let ca = p("ca.pem");
+    let make = |ports| {
+        let server = server_section(ports, 1);
+        let local = loopback_get_api(
+            "local",
+            up.port,
+            r#"rate_limit = { requests = 3, window = "1m" }"#,
+        );
+        format!(
+            "{server}\n[rate_limits]\nstore = {{ kind = \"redis\", url = \"rediss://agm:s3cret-pass@127.0.0.1:{port}\", \
+             timeout = \"2s\", on_error = \"deny\" }}\n\n{local}"
+        )
+    };
+    let gw = Gateway::start_generated_env(make, &[("SSL_CERT_FILE", &ca)]);
+    let c = reqwest::Client::new();
+    let url = gw.proxy_url("/local/x");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get_status(&c, &url).await);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 3, "the limit holds through the TLS store: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "on_error = deny would give 503: {statuses:?}"
+    );
+
+    // A gateway that does not trust the CA cannot use the store and (on_error = deny) says so.
+    let untrusting = Gateway::start_generated_env(make, &[("SSL_CERT_FILE", "/nonexistent.pem")]);
+    assert_eq!(get_status(&c, &untrusting.proxy_url("/local/x")).await, 503);
+    let _ = child.kill();
+    let _ = child.wait();
+}

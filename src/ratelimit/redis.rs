@@ -35,7 +35,8 @@ pub enum OnError {
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:pass@]host:port[/db]`.
+    /// `redis://[user:pass@]host:port[/db]`, or `rediss://…` for TLS (verified against the
+    /// system roots, or the bundle `SSL_CERT_FILE` names).
     pub url: String,
     /// Hard budget for one decision. Default 25 ms.
     pub timeout: Duration,

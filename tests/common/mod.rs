@@ -442,16 +442,28 @@ impl Gateway {
     /// taken by another process between `free_port` and the gateway's bind; the gateway then
     /// exits at once ("cannot listen"), and this retries with new ports.
     pub fn start_generated(make: impl Fn((u16, u16, u16)) -> String) -> Gateway {
+        Self::start_generated_env(make, &[])
+    }
+
+    /// As [`Gateway::start_generated`], with extra environment variables for the process.
+    pub fn start_generated_env(
+        make: impl Fn((u16, u16, u16)) -> String,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         for _ in 0..5 {
             let ports = (free_port(), free_port(), free_port());
-            if let Some(g) = Self::try_start(make(ports), ports) {
+            if let Some(g) = Self::try_start(make(ports), ports, env) {
                 return g;
             }
         }
         panic!("gateway did not start after 5 attempts");
     }
 
-    fn try_start(config: String, (mcp, proxy, admin): (u16, u16, u16)) -> Option<Gateway> {
+    fn try_start(
+        config: String,
+        (mcp, proxy, admin): (u16, u16, u16),
+        env: &[(&str, &str)],
+    ) -> Option<Gateway> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -460,6 +472,7 @@ impl Gateway {
             .arg(&config_path)
             .env("AGM_TEST_SECRET", SECRET)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
