@@ -183,5 +183,78 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches);
+/// Rate-limit decisions: the memory backend, and the Redis backend against a redis-server
+/// spawned here (skipped when redis-server is not installed).
+fn limiter_benches(c: &mut Criterion) {
+    use api_gateway_mcp::ratelimit::{Limiter, OnError, Policy, RedisLimiter, RedisSettings};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = Policy {
+        name: "api.bench".into(),
+        requests: u32::MAX / 2,
+        window: std::time::Duration::from_secs(60),
+        burst: u32::MAX / 2,
+    };
+    let user = Policy {
+        name: "per_user".into(),
+        ..api.clone()
+    };
+    let checks = vec![
+        ("api:bench".to_string(), &api),
+        ("user:alice".to_string(), &user),
+    ];
+    let memory = Limiter::memory();
+    let mut g = c.benchmark_group("limiter");
+    g.bench_function("memory_two_policies", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(memory.check(&checks).await.is_ok()) })
+    });
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut server) = server else {
+        eprintln!("redis-server not found: skipping limiter/redis_two_policies");
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let redis = Limiter::Redis(Box::new(
+        RedisLimiter::new(RedisSettings {
+            url: format!("redis://127.0.0.1:{port}"),
+            timeout: std::time::Duration::from_secs(1),
+            cooldown: std::time::Duration::from_secs(1),
+            on_error: OnError::Deny,
+        })
+        .unwrap(),
+    ));
+    g.bench_function("redis_two_policies", |b| {
+        b.to_async(&rt)
+            .iter(|| async { assert!(redis.check(&checks).await.is_ok()) })
+    });
+    g.finish();
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+criterion_group!(hot_path, benches, limiter_benches);
 criterion_main!(hot_path);
