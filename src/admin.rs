@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz` (the process is up) and `/readyz` (config loaded, doors
-//! serving). Metrics join here in a later change.
+//! The admin listener: `/healthz` (the process is up), `/readyz` (config loaded, doors
+//! serving) and `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
 
@@ -53,6 +53,14 @@ impl HttpServerApp for AdminApp {
     ) -> Option<ReusedHttpStream> {
         if !matches!(session.read_request().await, Ok(true)) {
             return None;
+        }
+        if session.req_header().uri.path() == "/metrics" {
+            let body = Bytes::from(crate::telemetry::metrics().render());
+            let ct = "text/plain; version=0.0.4; charset=utf-8";
+            if !respond(&mut session, 200, ct, body).await {
+                return None;
+            }
+            return finish(session).await;
         }
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, "{\"status\":\"ok\"}".to_string()),

@@ -15,3 +15,4 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+pub mod telemetry;

@@ -505,10 +505,35 @@ impl ServerHandler for GatewayMcp {
                 let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
                     McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
                 })?;
-                let result = match self.api_gateway(args, &caller).await {
+                let started = std::time::Instant::now();
+                let api_label = self
+                    .gateway
+                    .config
+                    .api(&args.api)
+                    .map_or("unknown", |a| a.name.as_str())
+                    .to_string();
+                let method = args.method.to_ascii_uppercase();
+                let outcome = self.api_gateway(args, &caller).await;
+                let (status, error) = match &outcome {
+                    Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
+                    Err(e) => (e.kind.status(), Some(e)),
+                };
+                crate::telemetry::metrics().call(
+                    Door::Mcp,
+                    &api_label,
+                    &method,
+                    status,
+                    started.elapsed(),
+                    error,
+                );
+                let result = match outcome {
                     Ok(v) => CallToolResult::structured(v),
                     Err(e) => {
-                        tracing::info!(error = e.kind.code(), "api_gateway call refused or failed");
+                        tracing::info!(
+                            error = e.kind.code(),
+                            reason = e.reason.unwrap_or(""),
+                            "api_gateway call refused or failed"
+                        );
                         CallToolResult::structured_error(e.tool_error_json())
                     }
                 };
@@ -729,6 +754,7 @@ impl HttpServerApp for McpHttpApp {
                     door = "mcp",
                     "request refused"
                 );
+                crate::telemetry::metrics().refusal(Door::Mcp, None, &e);
                 self.respond_error(&mut session, &e).await;
                 return crate::admin::finish(session).await;
             }

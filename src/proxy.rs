@@ -50,6 +50,8 @@ pub struct ProxyCtx {
     body_digest: Option<([u8; 32], sha2::Sha256)>,
     /// A refusal decided while streaming the body, shown by `fail_to_proxy`.
     refusal: Option<GatewayError>,
+    /// The error the caller was answered with, for metrics.
+    answered: Option<GatewayError>,
 }
 
 struct Target {
@@ -219,6 +221,7 @@ impl ProxyHttp for ProxyDoor {
             body_bytes: 0,
             body_digest: None,
             refusal: None,
+            answered: None,
         }
     }
 
@@ -237,6 +240,7 @@ impl ProxyHttp for ProxyDoor {
                     "request refused"
                 );
                 write_problem(session, &e, &self.gateway).await?;
+                ctx.answered = Some(e);
                 Ok(true)
             }
         }
@@ -425,9 +429,41 @@ impl ProxyHttp for ProxyDoor {
             session.set_keepalive(None);
             let _ = write_problem(session, &err, &self.gateway).await;
         }
+        ctx.answered = Some(err);
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ProxyCtx) {
+        let req = session.req_header();
+        // A configured API name, or `unknown`: the label set stays bounded.
+        let api = match &ctx.target {
+            Some(t) => t.api.name.as_str(),
+            None => {
+                let first = req.uri.path().trim_start_matches('/');
+                let first = first.split('/').next().unwrap_or("");
+                self.gateway
+                    .config
+                    .apis
+                    .iter()
+                    .find(|a| a.name == first)
+                    .map_or("unknown", |a| a.name.as_str())
+            }
+        };
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.answered.as_ref().map(|e| e.kind.status()))
+            .unwrap_or(0);
+        crate::telemetry::metrics().call(
+            Door::Proxy,
+            api,
+            req.method.as_str(),
+            status,
+            ctx.started.elapsed(),
+            ctx.answered.as_ref(),
+        );
     }
 }

@@ -231,6 +231,12 @@ async fn killed_redis_falls_back_within_budget_and_recovers() {
         slowest < Duration::from_millis(1500),
         "a call stalled for {slowest:?}"
     );
+    // Each fallback decision is counted, and the store is reported down.
+    assert_eq!(
+        metric(&gw, "api_rate_limiter_fallbacks_total{on_error=\"local\"}").await,
+        30.0
+    );
+    assert_eq!(metric(&gw, "api_rate_limiter_store_up").await, 0.0);
 
     let redis = Redis::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -242,6 +248,7 @@ async fn killed_redis_falls_back_within_budget_and_recovers() {
         assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(metric(&gw, "api_rate_limiter_store_up").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,6 +183,7 @@ impl RedisLimiter {
                         tracing::info!(
                             "Redis rate-limit store is reachable again; shared limits resume"
                         );
+                        crate::telemetry::metrics().limiter_store_up.set(1);
                     }
                     if let RateLimitDecision::Denied {
                         retry_after,
@@ -198,6 +199,15 @@ impl RedisLimiter {
                 Err(_) => self.record_failure("timed out"),
             }
         }
+        let mode = match self.settings.on_error {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+            OnError::Local(_) => "local",
+        };
+        crate::telemetry::metrics()
+            .limiter_fallbacks
+            .with_label_values(&[mode])
+            .inc();
         match self.settings.on_error {
             OnError::Allow => Ok(RateLimitDecision::Allowed { states: Vec::new() }),
             OnError::Deny => Err(StoreUnavailable::Deny),
@@ -236,7 +246,9 @@ impl RedisLimiter {
         .await
         {
             Ok(Ok(reply)) => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+                if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
+                    crate::telemetry::metrics().limiter_store_up.set(1);
+                }
                 Ok(reply.is_some())
             }
             Ok(Err(e)) => {
@@ -256,6 +268,7 @@ impl RedisLimiter {
             let until = self.elapsed_ns() + self.settings.cooldown.as_nanos() as u64;
             self.open_until_ns.store(until, Ordering::Relaxed);
             if n == FAILURES_TO_OPEN {
+                crate::telemetry::metrics().limiter_store_up.set(0);
                 tracing::warn!(
                     error = why,
                     on_error = ?self.settings.on_error,

@@ -1,0 +1,259 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+//!
+//! One process-wide registry. Label values are bounded: `api` is a configured API name (or
+//! `unknown`), `method` one of the supported methods (or `other`), `door` `mcp` or `proxy`,
+//! `error` and `reason` come from the gateway's own fixed vocabulary.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::policy::Door;
+
+pub struct Metrics {
+    registry: Registry,
+    /// `api_calls_total{api,method,status,door}`: every call judged by the pipeline.
+    pub calls: IntCounterVec,
+    /// `api_response_time_seconds{api,door}`: from the call's arrival to its answer.
+    pub response_time: HistogramVec,
+    /// `api_errors_total{api,door,error}`: calls that ended in a gateway error code.
+    pub errors: IntCounterVec,
+    /// `api_rate_limit_violations_total{api,policy,door}`.
+    pub rate_limited: IntCounterVec,
+    /// `api_auth_failures_total{reason,door}`.
+    pub auth_failures: IntCounterVec,
+    /// `api_ip_blocks_total{door}`.
+    pub ip_blocks: IntCounterVec,
+    /// `api_token_expired_total{door}`: token-expiry events.
+    pub token_expired: IntCounterVec,
+    /// `api_policy_denials_total{reason,door}`: 403s and 4xx refusals by reason, SSRF included.
+    pub policy_denials: IntCounterVec,
+    /// `api_rate_limiter_fallbacks_total{on_error}`: decisions made without the shared store.
+    pub limiter_fallbacks: IntCounterVec,
+    /// `api_rate_limiter_store_up`: 1 while the shared store answers, 0 while it does not.
+    pub limiter_store_up: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let response_time = HistogramVec::new(
+            HistogramOpts::new(
+                "api_response_time_seconds",
+                "Time from a call's arrival to its answer, upstream included",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["api", "door"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(response_time.clone()))
+            .expect("unique metric");
+        let limiter_store_up = IntGauge::new(
+            "api_rate_limiter_store_up",
+            "1 while the shared rate-limit store answers, 0 while calls fall back",
+        )
+        .expect("valid metric");
+        limiter_store_up.set(1);
+        r.register(Box::new(limiter_store_up.clone()))
+            .expect("unique metric");
+        Metrics {
+            calls: counter(
+                &r,
+                "api_calls_total",
+                "Calls through either door, by API, method, status and door",
+                &["api", "method", "status", "door"],
+            ),
+            response_time,
+            errors: counter(
+                &r,
+                "api_errors_total",
+                "Calls that ended in a gateway error, by its code",
+                &["api", "door", "error"],
+            ),
+            rate_limited: counter(
+                &r,
+                "api_rate_limit_violations_total",
+                "Calls refused by a rate-limit policy",
+                &["api", "policy", "door"],
+            ),
+            auth_failures: counter(
+                &r,
+                "api_auth_failures_total",
+                "Authentication failures by reason",
+                &["reason", "door"],
+            ),
+            ip_blocks: counter(
+                &r,
+                "api_ip_blocks_total",
+                "Requests refused by the IP rules",
+                &["door"],
+            ),
+            token_expired: counter(
+                &r,
+                "api_token_expired_total",
+                "Expired tokens presented",
+                &["door"],
+            ),
+            policy_denials: counter(
+                &r,
+                "api_policy_denials_total",
+                "Calls refused by policy (allow-lists, RBAC, SSRF, guards), by reason",
+                &["reason", "door"],
+            ),
+            limiter_fallbacks: counter(
+                &r,
+                "api_rate_limiter_fallbacks_total",
+                "Rate-limit decisions made without the shared store, by on_error mode",
+                &["on_error"],
+            ),
+            limiter_store_up,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Records one judged call: its outcome, its latency and, for a refusal, why.
+    pub fn call(
+        &self,
+        door: Door,
+        api: &str,
+        method: &str,
+        status: u16,
+        elapsed: Duration,
+        error: Option<&GatewayError>,
+    ) {
+        let label = door_label(door);
+        self.calls
+            .with_label_values(&[api, method_label(method), status_label(status), label])
+            .inc();
+        self.response_time
+            .with_label_values(&[api, label])
+            .observe(elapsed.as_secs_f64());
+        if let Some(e) = error {
+            self.refusal(door, Some(api), e);
+        }
+    }
+
+    /// Counts a refusal by its kind and reason (also for requests refused before any API was
+    /// named, such as a 401 at the MCP endpoint).
+    pub fn refusal(&self, door: Door, api: Option<&str>, e: &GatewayError) {
+        let door = door_label(door);
+        let api = api.unwrap_or("none");
+        self.errors
+            .with_label_values(&[api, door, e.kind.code()])
+            .inc();
+        let reason = e.reason.unwrap_or(e.kind.code());
+        match e.kind {
+            ErrorKind::Unauthorized => {
+                self.auth_failures.with_label_values(&[reason, door]).inc();
+                if reason == "token_expired" {
+                    self.token_expired.with_label_values(&[door]).inc();
+                }
+            }
+            ErrorKind::RateLimited => {
+                let policy = e
+                    .rate_limit
+                    .as_ref()
+                    .map_or("unknown", |d| d.policy.as_str());
+                self.rate_limited
+                    .with_label_values(&[api, policy, door])
+                    .inc();
+            }
+            ErrorKind::Forbidden
+            | ErrorKind::EgressDenied
+            | ErrorKind::InvalidEndpoint
+            | ErrorKind::InvalidHeader
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::UnknownApi => {
+                if reason == "ip_denied" {
+                    self.ip_blocks.with_label_values(&[door]).inc();
+                }
+                self.policy_denials.with_label_values(&[reason, door]).inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn door_label(d: Door) -> &'static str {
+    match d {
+        Door::Mcp => "mcp",
+        Door::Proxy => "proxy",
+    }
+}
+
+fn method_label(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Status codes as static labels (the set is finite; anything odd is `other`).
+fn status_label(s: u16) -> &'static str {
+    const CODES: &[(u16, &str)] = &[
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (206, "206"),
+        (301, "301"),
+        (302, "302"),
+        (303, "303"),
+        (304, "304"),
+        (307, "307"),
+        (308, "308"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (409, "409"),
+        (410, "410"),
+        (413, "413"),
+        (415, "415"),
+        (422, "422"),
+        (429, "429"),
+        (431, "431"),
+        (500, "500"),
+        (501, "501"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    CODES
+        .iter()
+        .find(|(c, _)| *c == s)
+        .map_or("other", |(_, l)| l)
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}

@@ -1,0 +1,137 @@
+//! Prometheus metrics on the admin listener, driven through both doors.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn calls_refusals_and_latency_are_counted_per_door() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    }
+    assert_eq!(
+        c.delete(gw.proxy_url("/local/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let expired = jwt(json!({"exp": now_s() - 120, "iat": now_s() - 600}));
+    let r = c
+        .get(gw.proxy_url("/local/x"))
+        .header("authorization", format!("Bearer {expired}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(get_status(&c, &gw.proxy_url("/guarded/x")).await, 403);
+    assert_eq!(get_status(&c, &gw.proxy_url("/no-such-api/x")).await, 404);
+
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/y"}))
+        .await;
+    assert_eq!(r["isError"], false);
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "local", "endpoint": "/../etc"}),
+        )
+        .await;
+    assert_eq!(r["isError"], true);
+    // An MCP request refused before any tool (a bad token) is counted too.
+    let r = c
+        .post(gw.mcp_url())
+        .header("authorization", format!("Bearer {expired}"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let m = |series: &'static str| metric(&gw, series);
+    assert_eq!(
+        m("api_calls_total{api=\"local\",door=\"proxy\",method=\"GET\",status=\"200\"}").await,
+        2.0
+    );
+    assert_eq!(
+        m("api_calls_total{api=\"local\",door=\"proxy\",method=\"DELETE\",status=\"403\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("api_calls_total{api=\"local\",door=\"mcp\",method=\"GET\",status=\"200\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("api_calls_total{api=\"unknown\",door=\"proxy\",method=\"GET\",status=\"404\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("api_response_time_seconds_count{api=\"local\",door=\"proxy\"}").await,
+        4.0
+    );
+    assert_eq!(
+        m("api_errors_total{api=\"local\",door=\"mcp\",error=\"invalid_endpoint\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("api_auth_failures_total{door=\"proxy\",reason=\"token_expired\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("api_auth_failures_total{door=\"mcp\",reason=\"token_expired\"}").await,
+        1.0
+    );
+    assert_eq!(m("api_token_expired_total{door=\"proxy\"}").await, 1.0);
+    assert_eq!(
+        m("api_policy_denials_total{door=\"proxy\",reason=\"egress_denied\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("api_policy_denials_total{door=\"proxy\",reason=\"forbidden\"}").await,
+        1.0
+    );
+    // Secrets never become label values.
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains(&expired) && !text.contains(SECRET));
+}
+
+#[tokio::test]
+async fn rate_limit_violations_are_counted_by_policy() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}{}",
+            server_section(ports, 1),
+            loopback_get_api(
+                "local",
+                up.port,
+                r#"rate_limit = { requests = 2, window = "1m" }"#
+            )
+        )
+    });
+    let c = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get_status(&c, &gw.proxy_url("/local/x")).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429, 429]);
+    assert_eq!(
+        metric(
+            &gw,
+            "api_rate_limit_violations_total{api=\"local\",door=\"proxy\",policy=\"api.local\"}"
+        )
+        .await,
+        3.0
+    );
+}
