@@ -2,12 +2,14 @@
 # What access control costs under load: the proxy door with no authentication, with an API
 # key, and with a JWT (HS256) plus RBAC, against a local nginx serving a small JSON file.
 #
-#   cargo build --release && benches/access_load.sh [seconds per run, default 8]
+#   cargo build --release && benches/access_load.sh [seconds per run, default 8] [auth|limiter]
 #
-# Needs nginx and wrk (apt-get install nginx-light wrk). Prints one line per configuration.
+# `limiter` compares the rate limiter off, in memory and in Redis (a redis-server started here)
+# instead. Needs nginx, wrk and redis-server. Prints one line per configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-8}"
+mode="${2:-auth}"
 bin=target/release/api-gateway-mcp
 work=$(mktemp -d)
 cleanup() {
@@ -70,6 +72,23 @@ CONF
     "$(awk '$1=="50%" {print $2}' <<<"$out")" "$(awk '$1=="99%" {print $2}' <<<"$out")"
   kill $pid; wait $pid 2>/dev/null || true
 }
+
+if [ "$mode" = limiter ]; then
+  redis-server --port 16390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --pidfile "$work/redis.pid" --logfile "$work/logs/redis.log"
+  until redis-cli -p 16390 ping >/dev/null 2>&1; do sleep 0.05; done
+  trap 'kill $(cat "$work/redis.pid") 2>/dev/null; cleanup' EXIT
+  run "limiter off" $'[auth]\nrequired = false' ""
+  run "memory limiter" $'[auth]\nrequired = false\n[rate_limits]\ndefault = { requests = 100000000, window = "1m" }' ""
+  redis-cli -p 16390 config resetstat >/dev/null
+  cpu0=$(redis-cli -p 16390 info cpu | awk -F: '/used_cpu_(sys|user):/ {s+=$2} END {print s}')
+  run "redis limiter" $'[auth]\nrequired = false\n[rate_limits]\ndefault = { requests = 100000000, window = "1m" }\nstore = { kind = "redis", url = "redis://127.0.0.1:16390", timeout = "50ms" }' ""
+  cpu1=$(redis-cli -p 16390 info cpu | awk -F: '/used_cpu_(sys|user):/ {s+=$2} END {print s}')
+  # Where the Redis time goes: the script's own cost per call, and Redis's share of the CPU.
+  redis-cli -p 16390 info commandstats | tr -d '\r' | awk -F'[:,=]' '/cmdstat_evalsha/ {printf "  redis: %s script calls, %s us each inside Redis\n", $3, $7}'
+  awk -v a="$cpu0" -v b="$cpu1" -v s="$secs" 'BEGIN {printf "  redis: %.0f%% of one core over the run\n", (b-a)/s*100}'
+  exit 0
+fi
 
 rbac='[[rbac.roles]]
 name = "reader"

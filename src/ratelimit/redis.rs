@@ -81,6 +81,11 @@ for i = 1, n do
   tats[i], counts[i] = tat, cnt
 end
 local out = {denied, maxwait}
+local seq = 0
+if denied == 0 then
+  seq = redis.call('INCR', KEYS[#KEYS])
+  if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
+end
 for i = 1, n do
   local window, interval = tonumber(ARGV[i*4-3]), tonumber(ARGV[i*4-2])
   local burst, requests = tonumber(ARGV[i*4-1]), tonumber(ARGV[i*4])
@@ -89,13 +94,11 @@ for i = 1, n do
   if denied == 0 then
     tat = tat + interval
     cnt = cnt + 1
-    local seq = redis.call('INCR', KEYS[#KEYS])
     redis.call('ZADD', logk, now, now .. ':' .. seq)
-    redis.call('ZREMRANGEBYRANK', logk, 0, -(requests + 1))
+    if cnt > requests then redis.call('ZREMRANGEBYRANK', logk, 0, -(requests + 1)) end
     local ttl = math.ceil(window / 1000) + 1000
     redis.call('SET', tatk, tat, 'PX', ttl)
     redis.call('PEXPIRE', logk, ttl)
-    redis.call('PEXPIRE', KEYS[#KEYS], 60000)
   end
   local tau = interval * (burst - 1)
   local burst_left = 0
