@@ -193,6 +193,7 @@ struct RawApi {
     #[serde(default)]
     require_signature: bool,
     follow_redirects: Option<u8>,
+    cost_per_call: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +349,8 @@ pub struct Api {
     pub require_signature: bool,
     /// Redirects followed on the MCP door (0 = returned to the caller). At most 3.
     pub follow_redirects: u8,
+    /// What one call costs, for the `api_cost_total` business metric.
+    pub cost_per_call: Option<f64>,
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -1104,6 +1107,11 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         ));
     }
 
+    if a.cost_per_call
+        .is_some_and(|c| !(c.is_finite() && c >= 0.0))
+    {
+        errors.push(err(format!("{p}.cost_per_call"), "must be a number ≥ 0"));
+    }
     let follow_redirects = a.follow_redirects.unwrap_or(0);
     if follow_redirects > 3 {
         errors.push(err(
@@ -1116,6 +1124,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         return None;
     }
     Some(Api {
+        cost_per_call: a.cost_per_call,
         require_signature: a.require_signature,
         follow_redirects,
         description: a
@@ -1162,6 +1171,7 @@ impl Api {
             endpoint_rate_limits: Vec::new(),
             require_signature: false,
             follow_redirects: 0,
+            cost_per_call: None,
         })
     }
 }

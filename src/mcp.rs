@@ -339,6 +339,7 @@ impl GatewayMcp {
             .egress
             .send(&api, addr, request.clone(), max_body)
             .await?;
+        crate::telemetry::metrics().upstream(Door::Mcp, &api, resp.reused);
 
         // Redirects, when the API allows them: each hop is re-checked like a new call (the
         // target must be an allow-listed API and path the caller may use, and its address

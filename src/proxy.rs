@@ -436,6 +436,22 @@ impl ProxyHttp for ProxyDoor {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut ProxyCtx,
+    ) -> Result<()> {
+        if let Some(t) = &ctx.target {
+            crate::telemetry::metrics().upstream(Door::Proxy, &t.api, reused);
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ProxyCtx) {
         let req = session.req_header();
         // A configured API name, or `unknown`: the label set stays bounded.

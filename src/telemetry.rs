@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::{ErrorKind, GatewayError};
@@ -36,6 +37,11 @@ pub struct Metrics {
     pub limiter_fallbacks: IntCounterVec,
     /// `api_rate_limiter_store_up`: 1 while the shared store answers, 0 while it does not.
     pub limiter_store_up: IntGauge,
+    /// `api_upstream_requests_total{api,door,reused}`: upstream requests, by whether they went
+    /// over a pooled connection.
+    pub upstream_requests: IntCounterVec,
+    /// `api_cost_total{api}`: the sum of `cost_per_call` over the calls that reached the API.
+    pub cost: CounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -119,6 +125,24 @@ impl Metrics {
                 &["on_error"],
             ),
             limiter_store_up,
+            upstream_requests: counter(
+                &r,
+                "api_upstream_requests_total",
+                "Upstream requests by whether a pooled connection was reused",
+                &["api", "door", "reused"],
+            ),
+            cost: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "api_cost_total",
+                        "Sum of cost_per_call over calls that reached the API",
+                    ),
+                    &["api"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             registry: r,
         }
     }
@@ -149,6 +173,22 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
         if let Some(e) = error {
             self.refusal(door, Some(api), e);
+        }
+    }
+
+    /// Records one request sent upstream: connection reuse, and the API's cost per call.
+    pub fn upstream(&self, door: Door, api: &crate::config::Api, reused: bool) {
+        self.upstream_requests
+            .with_label_values(&[
+                api.name.as_str(),
+                door_label(door),
+                if reused { "true" } else { "false" },
+            ])
+            .inc();
+        if let Some(cost) = api.cost_per_call {
+            self.cost
+                .with_label_values(&[api.name.as_str()])
+                .inc_by(cost);
         }
     }
 

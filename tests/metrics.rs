@@ -96,6 +96,17 @@ async fn calls_refusals_and_latency_are_counted_per_door() {
         m("api_policy_denials_total{door=\"proxy\",reason=\"forbidden\"}").await,
         1.0
     );
+    // Only the calls that reached the upstream count as upstream requests; the proxy door's
+    // second call goes over the pooled connection of the first.
+    let fresh =
+        m("api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"false\"}").await;
+    let reused =
+        m("api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"true\"}").await;
+    assert_eq!((fresh, reused), (1.0, 1.0));
+    let mcp_total = m("api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"false\"}")
+        .await
+        + m("api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"true\"}").await;
+    assert_eq!(mcp_total, 1.0);
     // Secrets never become label values.
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
         .await
@@ -116,7 +127,7 @@ async fn rate_limit_violations_are_counted_by_policy() {
             loopback_get_api(
                 "local",
                 up.port,
-                r#"rate_limit = { requests = 2, window = "1m" }"#
+                "rate_limit = { requests = 2, window = \"1m\" }\ncost_per_call = 0.25"
             )
         )
     });
@@ -134,4 +145,6 @@ async fn rate_limit_violations_are_counted_by_policy() {
         .await,
         3.0
     );
+    // Business metric: only admitted calls cost anything.
+    assert_eq!(metric(&gw, "api_cost_total{api=\"local\"}").await, 0.5);
 }
