@@ -89,6 +89,8 @@ struct RawConfig {
     #[serde(default)]
     egress: RawEgress,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     security: RawSecurity,
     #[serde(default)]
     rate_limits: RawRateLimits,
@@ -142,6 +144,40 @@ struct RawMcp {
     max_response_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     legacy_sessions: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    enabled: Option<bool>,
+    sink: Option<String>,
+    path: Option<String>,
+    retention: Option<HumanDuration>,
+    on_failure: Option<String>,
+    buffer: Option<usize>,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// JSON lines appended to a file (relative paths are resolved against the config file's
+    /// directory).
+    File(std::path::PathBuf),
+    /// JSON lines on stdout (not with the stdio transport, which owns stdout).
+    Stdout,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub sink: AuditSink,
+    /// Records older than this are purged from the head of the file.
+    pub retention: Option<Duration>,
+    /// `on_failure = "block"`: refuse calls while the sink cannot be written.
+    pub block_on_failure: bool,
+    /// Events queued for the writer before the queue counts as full.
+    pub buffer: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +299,7 @@ pub struct Config {
     pub signatures: Signatures,
     /// DNS servers for upstream names (`egress.nameservers`); empty = the system resolver.
     pub nameservers: Vec<SocketAddr>,
+    pub audit: AuditConfig,
     pub request: RequestGuards,
     pub rate_limits: RateLimits,
     pub apis: Vec<Arc<Api>>,
@@ -416,7 +453,16 @@ impl Config {
                 format!("cannot read {}: {e}", path.display()),
             )])
         })?;
-        Self::parse(&text, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(&text, &|name| std::env::var(name).ok())?;
+        // A relative audit path lives next to the config file.
+        if let AuditSink::File(p) = &mut config.audit.sink {
+            if p.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text. `env` looks up variables for `${VAR}`.
@@ -821,6 +867,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
+    let audit = validate_audit(raw.audit, &mut errors);
     let mut nameservers = Vec::new();
     for (i, ns) in raw
         .egress
@@ -885,12 +932,63 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             header_limits,
             signatures,
             nameservers,
+            audit,
             request,
             rate_limits,
             apis,
         })
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+fn validate_audit(a: RawAudit, errors: &mut Vec<ConfigError>) -> AuditConfig {
+    let sink = match a.sink.as_deref().unwrap_or("file") {
+        "file" => AuditSink::File(a.path.unwrap_or_else(|| "audit.jsonl".into()).into()),
+        "stdout" => {
+            if a.path.is_some() {
+                errors.push(err("audit.path", "only applies to sink = \"file\""));
+            }
+            AuditSink::Stdout
+        }
+        "sqlite" => {
+            errors.push(err(
+                "audit.sink",
+                "\"sqlite\" is not available in this version; use \"file\" or \"stdout\"",
+            ));
+            AuditSink::Stdout
+        }
+        other => {
+            errors.push(err(
+                "audit.sink",
+                format!("{other:?} is not one of \"file\", \"stdout\", \"sqlite\""),
+            ));
+            AuditSink::Stdout
+        }
+    };
+    if a.retention.is_some() && sink == AuditSink::Stdout {
+        errors.push(err("audit.retention", "needs a stored sink (\"file\")"));
+    }
+    if a.retention.is_some_and(|r| r.0 < Duration::from_secs(60)) {
+        errors.push(err("audit.retention", "must be at least \"1m\""));
+    }
+    let block_on_failure = match a.on_failure.as_deref().unwrap_or("continue") {
+        "continue" => false,
+        "block" => true,
+        other => {
+            errors.push(err(
+                "audit.on_failure",
+                format!("{other:?} is not one of \"continue\", \"block\""),
+            ));
+            false
+        }
+    };
+    AuditConfig {
+        enabled: a.enabled.unwrap_or(true),
+        sink,
+        retention: a.retention.map(|d| d.0),
+        block_on_failure,
+        buffer: positive(errors, "audit.buffer", a.buffer, 10_000),
     }
 }
 

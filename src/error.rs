@@ -18,6 +18,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// The identity provider (token introspection) cannot be reached. 503 `auth_unavailable`.
     AuthUnavailable,
+    /// The audit log cannot be written and `audit.on_failure = "block"`. 503
+    /// `audit_unavailable`.
+    AuditUnavailable,
     /// Too many request headers, or too many header bytes. 431 `headers_too_large`.
     HeadersTooLarge,
     /// The endpoint could escape the API's base path or is malformed. 400 `invalid_endpoint`.
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 401,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::AuthUnavailable => 503,
+            ErrorKind::AuditUnavailable => 503,
             ErrorKind::Forbidden | ErrorKind::EgressDenied => 403,
             ErrorKind::InvalidEndpoint | ErrorKind::InvalidHeader | ErrorKind::InvalidArguments => {
                 400
@@ -74,6 +78,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::AuthUnavailable => "auth_unavailable",
+            ErrorKind::AuditUnavailable => "audit_unavailable",
             ErrorKind::InvalidEndpoint => "invalid_endpoint",
             ErrorKind::InvalidHeader => "invalid_header",
             ErrorKind::InvalidArguments => "invalid_arguments",
@@ -95,6 +100,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "Unauthorized",
             ErrorKind::HeadersTooLarge => "Request header fields too large",
             ErrorKind::AuthUnavailable => "Authentication unavailable",
+            ErrorKind::AuditUnavailable => "Audit log unavailable",
             ErrorKind::InvalidEndpoint => "Invalid endpoint",
             ErrorKind::InvalidHeader => "Invalid header",
             ErrorKind::InvalidArguments => "Invalid arguments",
@@ -235,6 +241,7 @@ mod tests {
             Unauthorized,
             HeadersTooLarge,
             AuthUnavailable,
+            AuditUnavailable,
             InvalidEndpoint,
             InvalidHeader,
             InvalidArguments,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::audit::Auditor;
 use crate::config::Config;
 use crate::egress::Egress;
 use crate::policy::Pipeline;
@@ -12,6 +13,8 @@ pub struct Gateway {
     pub config: Arc<Config>,
     pub pipeline: Pipeline,
     pub egress: Arc<Egress>,
+    /// The audit writer, unless `audit.enabled = false`.
+    pub audit: Option<Auditor>,
 }
 
 impl Gateway {
@@ -20,8 +23,28 @@ impl Gateway {
         let egress = Arc::new(Egress::with_nameservers(&config.nameservers));
         Ok(Arc::new(Gateway {
             pipeline: Pipeline::new(config.clone(), egress.clone())?,
+            audit: Auditor::start(&config.audit)?,
             egress,
             config,
         }))
+    }
+
+    /// Queues an audit event (when auditing is on).
+    pub fn audit(&self, event: crate::audit::AuditEvent) {
+        if let Some(a) = &self.audit {
+            a.record(event);
+        }
+    }
+
+    /// Refuses a call that could not be audited, when `audit.on_failure = "block"`.
+    pub fn audit_admit(&self) -> Result<(), crate::error::GatewayError> {
+        self.audit.as_ref().map_or(Ok(()), |a| a.admit())
+    }
+
+    /// Writes every queued audit record; called once the doors have stopped.
+    pub fn shutdown(&self) {
+        if let Some(a) = &self.audit {
+            a.shutdown();
+        }
     }
 }

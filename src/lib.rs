@@ -5,6 +5,7 @@
 //! single Pingora server.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod egress;

@@ -35,6 +35,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Audit-trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Generate a strong API key (256 random bits) and print it with the hash that goes into
     /// `[[auth.api_keys]]`. The key itself is never stored by the gateway.
     HashKey {
@@ -49,6 +54,55 @@ enum Command {
         #[arg(long, default_value = "my-key")]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit file's hash chain: exits 0 when intact, 1 naming the first bad record
+    /// when one was edited, dropped or reordered.
+    Verify {
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// SQLite audit database (the SQLite sink is not available in this version).
+        #[arg(long, value_name = "PATH")]
+        sqlite: Option<PathBuf>,
+    },
+}
+
+fn audit_verify(file: Option<PathBuf>, sqlite: Option<PathBuf>) -> ExitCode {
+    use api_gateway_mcp::audit::{verify_file, Verdict};
+    let path = match (file, sqlite) {
+        (Some(f), None) => f,
+        (None, Some(_)) => {
+            eprintln!("audit verify: the SQLite sink is not available in this version");
+            return ExitCode::from(2);
+        }
+        _ => {
+            eprintln!("audit verify: give exactly one of --file or --sqlite");
+            return ExitCode::from(2);
+        }
+    };
+    match verify_file(&path) {
+        Ok(Verdict::Intact { records, first_seq }) => {
+            if first_seq > 1 {
+                println!(
+                    "OK: {records} records, chain intact from record {first_seq} (earlier records were purged by retention)"
+                );
+            } else {
+                println!("OK: {records} records, chain intact");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Verdict::Broken { line, seq, why }) => {
+            let which = seq.map_or(String::new(), |s| format!(" (record {s})"));
+            println!("BROKEN at line {line}{which}: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("audit verify: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn hash_key(stdin: bool, pepper_env: Option<String>, name: &str) -> Result<(), String> {
@@ -124,6 +178,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Audit {
+            command: AuditCommand::Verify { file, sqlite },
+        } => audit_verify(file, sqlite),
         Command::HashKey {
             stdin,
             pepper_env,

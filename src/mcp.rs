@@ -65,6 +65,16 @@ fn default_method() -> String {
     "GET".into()
 }
 
+/// What the audit record needs to know about a call, filled in as it proceeds.
+#[derive(Default)]
+struct CallStats {
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_ms: Option<f64>,
+    rate_limit: Option<Value>,
+    cost: Option<f64>,
+}
+
 impl GatewayMcp {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         GatewayMcp {
@@ -222,6 +232,7 @@ impl GatewayMcp {
         &self,
         args: ApiGatewayArgs,
         caller: &Caller,
+        stats: &mut CallStats,
     ) -> Result<Value, GatewayError> {
         let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
             .ok()
@@ -322,8 +333,12 @@ impl GatewayMcp {
                 caller,
             })
             .await?;
+        self.gateway.audit_admit()?;
+        stats.rate_limit = crate::ratelimit::tightest_json(&decision.rate_limits);
+        stats.bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
         let api = decision.api;
         let addr = self.gateway.egress.resolve(&api).await?;
+        let upstream_started = std::time::Instant::now();
         let path_and_query = egress::upstream_path_and_query(&api, &decision.endpoint, &query);
         let max_body = api
             .max_response_bytes
@@ -439,6 +454,9 @@ impl GatewayMcp {
         } else {
             Value::String(String::from_utf8_lossy(&body).into_owned())
         };
+        stats.upstream_ms = Some(upstream_started.elapsed().as_secs_f64() * 1000.0);
+        stats.bytes_out = body.len() as u64;
+        stats.cost = api.cost_per_call;
         Ok(json!({
             "status": resp.status,
             "headers": safe,
@@ -514,7 +532,16 @@ impl ServerHandler for GatewayMcp {
                     .map_or("unknown", |a| a.name.as_str())
                     .to_string();
                 let method = args.method.to_ascii_uppercase();
-                let outcome = self.api_gateway(args, &caller).await;
+                let mut event = crate::audit::AuditEvent::new(
+                    Door::Mcp,
+                    Some(&caller),
+                    &method,
+                    &args.endpoint,
+                );
+                event.tool = Some("api_gateway");
+                event.api = api_label.clone();
+                let mut stats = CallStats::default();
+                let outcome = self.api_gateway(args, &caller, &mut stats).await;
                 let (status, error) = match &outcome {
                     Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
                     Err(e) => (e.kind.status(), Some(e)),
@@ -527,6 +554,16 @@ impl ServerHandler for GatewayMcp {
                     started.elapsed(),
                     error,
                 );
+                event.bytes_in = stats.bytes_in;
+                event.bytes_out = stats.bytes_out;
+                event.upstream_ms = stats.upstream_ms;
+                event.rate_limit = stats.rate_limit;
+                event.cost = stats.cost;
+                event.status = status;
+                if let Some(e) = error {
+                    event.failed(e);
+                }
+                self.gateway.audit(event);
                 let result = match outcome {
                     Ok(v) => CallToolResult::structured(v),
                     Err(e) => {
@@ -756,6 +793,15 @@ impl HttpServerApp for McpHttpApp {
                     "request refused"
                 );
                 crate::telemetry::metrics().refusal(Door::Mcp, None, &e);
+                let head = session.req_header();
+                let mut event = crate::audit::AuditEvent::new(
+                    Door::Mcp,
+                    None,
+                    head.method.as_str(),
+                    head.uri.path(),
+                );
+                event.failed(&e);
+                self.gateway.audit(event);
                 self.respond_error(&mut session, &e).await;
                 return crate::admin::finish(session).await;
             }
@@ -792,6 +838,15 @@ impl HttpServerApp for McpHttpApp {
                 reason = "session_not_owned",
                 "request refused"
             );
+            crate::telemetry::metrics().refusal(Door::Mcp, None, &e);
+            let mut event = crate::audit::AuditEvent::new(
+                Door::Mcp,
+                Some(&caller),
+                request.method().as_str(),
+                request.uri().path(),
+            );
+            event.failed(&e);
+            self.gateway.audit(event);
             self.respond_error(&mut session, &e).await;
             return crate::admin::finish(session).await;
         }

@@ -50,8 +50,12 @@ pub struct ProxyCtx {
     body_digest: Option<([u8; 32], sha2::Sha256)>,
     /// A refusal decided while streaming the body, shown by `fail_to_proxy`.
     refusal: Option<GatewayError>,
-    /// The error the caller was answered with, for metrics.
+    /// The error the caller was answered with, for metrics and audit.
     answered: Option<GatewayError>,
+    /// Who called, once identified.
+    caller: Option<crate::policy::Caller>,
+    /// When the upstream exchange began.
+    upstream_started: Option<Instant>,
 }
 
 struct Target {
@@ -150,6 +154,7 @@ impl ProxyDoor {
                 body: None,
             })
             .await?;
+        ctx.caller = Some(caller.clone());
         if let Some(v) = &caller.signature {
             use sha2::Digest;
             ctx.body_digest = Some((v.content_sha256, sha2::Sha256::new()));
@@ -222,12 +227,19 @@ impl ProxyHttp for ProxyDoor {
             body_digest: None,
             refusal: None,
             answered: None,
+            caller: None,
+            upstream_started: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         ctx.started = Instant::now();
-        match self.admit(session, ctx).await {
+        let admitted = match self.admit(session, ctx).await {
+            // A call that could not be audited is refused when audit.on_failure = "block".
+            Ok(t) => self.gateway.audit_admit().map(|()| t),
+            Err(e) => Err(e),
+        };
+        match admitted {
             Ok(t) => {
                 ctx.target = Some(t);
                 Ok(false)
@@ -255,6 +267,7 @@ impl ProxyHttp for ProxyDoor {
             .target
             .as_ref()
             .ok_or_else(|| Error::explain(InternalError, "no target after request_filter"))?;
+        ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(Egress::peer(&t.api, t.addr)))
     }
 
@@ -481,5 +494,32 @@ impl ProxyHttp for ProxyDoor {
             ctx.started.elapsed(),
             ctx.answered.as_ref(),
         );
+
+        let target = match req.uri.query() {
+            Some(q) => format!("{}?{q}", req.uri.path()),
+            None => req.uri.path().to_string(),
+        };
+        let mut event = crate::audit::AuditEvent::new(
+            Door::Proxy,
+            ctx.caller.as_ref(),
+            req.method.as_str(),
+            &target,
+        );
+        event.api = api.to_string();
+        event.status = status;
+        event.bytes_in = session.body_bytes_read() as u64;
+        event.bytes_out = session.body_bytes_sent() as u64;
+        event.upstream_ms = ctx
+            .upstream_started
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+        if let Some(t) = &ctx.target {
+            event.cost = t.api.cost_per_call;
+            event.rate_limit = crate::ratelimit::tightest_json(&t.rate_limits);
+        }
+        if let Some(e) = &ctx.answered {
+            event.failed(e);
+            event.cost = None;
+        }
+        self.gateway.audit(event);
     }
 }

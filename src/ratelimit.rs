@@ -271,6 +271,14 @@ pub fn ceil_secs(d: Duration) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000) as u64
 }
 
+/// The policy with the least room left, for the audit record: `{policy, remaining}`.
+pub fn tightest_json(states: &[PolicyState]) -> Option<serde_json::Value> {
+    states
+        .iter()
+        .min_by_key(|s| s.remaining)
+        .map(|s| serde_json::json!({"policy": s.name, "remaining": s.remaining}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

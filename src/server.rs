@@ -61,7 +61,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     );
     mcp.add_tcp(&cfg.server.mcp_listen.to_string());
 
-    let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway));
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway.clone()));
     admin.add_tcp(&cfg.server.admin_listen.to_string());
     admin.threads = Some(1);
 
@@ -76,15 +76,24 @@ pub fn serve(config: Config) -> Result<(), String> {
     server.add_service(mcp);
     server.add_service(admin);
     server.run(RunArgs::default());
+    // The doors have drained: write every queued audit record before exiting.
+    gateway.shutdown();
     Ok(())
 }
 
 /// Serves MCP over stdin/stdout on its own runtime.
 pub fn stdio(config: Config) -> anyhow::Result<()> {
+    if config.audit.enabled && config.audit.sink == crate::config::AuditSink::Stdout {
+        anyhow::bail!(
+            "audit.sink: \"stdout\" cannot be used with the stdio transport, which owns stdout; use \"file\""
+        );
+    }
     let gateway: Arc<Gateway> = Gateway::new(config).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(crate::mcp::serve_stdio(gateway))
+    let result = rt.block_on(crate::mcp::serve_stdio(gateway.clone()));
+    gateway.shutdown();
+    result
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     /// `api_cost_total{api}`: the sum of `cost_per_call` over the calls that reached the API.
     pub cost: CounterVec,
+    /// `api_audit_sink_errors_total{kind}`: audit records that could not be written.
+    pub audit_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -143,6 +145,12 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            audit_errors: counter(
+                &r,
+                "api_audit_sink_errors_total",
+                "Audit records that could not be written, by kind",
+                &["kind"],
+            ),
             registry: r,
         }
     }

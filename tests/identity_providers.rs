@@ -115,11 +115,17 @@ async fn jwks_cache_cooldown_and_last_good_keys() {
             .send()
     };
     // A cold cache hit by 20 callers at once: one fetch serves them all (single-flight).
-    let cold: Vec<_> = (0..20).map(|_| get(rs256(&good, "k1", json!({})))).collect();
+    let cold: Vec<_> = (0..20)
+        .map(|_| get(rs256(&good, "k1", json!({}))))
+        .collect();
     for r in futures::future::join_all(cold).await {
         assert_eq!(r.unwrap().status(), 200);
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "concurrent misses must share one fetch");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "concurrent misses must share one fetch"
+    );
 
     // A flood of unknown kids, concurrently: all refused, and no fetch storm.
     let flood: Vec<_> = (0..40)

@@ -1,0 +1,242 @@
+//! The audit trail: one hash-chained record per call through either door, flushed on
+//! graceful shutdown, checked by `api-gateway-mcp audit verify`.
+
+mod common;
+use common::*;
+
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn audit_path(gw: &Gateway) -> std::path::PathBuf {
+    gw.config_path.parent().unwrap().join("audit.jsonl")
+}
+
+/// SIGTERM, then wait for the process to exit (it drains the doors and the audit queue).
+fn terminate(gw: &mut Gateway) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            assert!(status.success(), "graceful shutdown exits 0: {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn verify(path: &std::path::Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["audit", "verify", "--file"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+fn records(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// 1,000 concurrent calls across both doors, allowed and refused: exactly 1,000 records after
+/// a graceful shutdown, an intact chain, and no secret anywhere in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_is_audited_once_and_the_chain_verifies() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start(up.port);
+    let token = jwt(json!({"sub": "auditor"}));
+    let c = reqwest::Client::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let (c, sem, url, token) = (
+            c.clone(),
+            sem.clone(),
+            gw.proxy_url("/local/x?q=1"),
+            token.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let req = if i % 6 == 0 {
+                c.delete(&url)
+            } else {
+                c.get(&url)
+            };
+            req.header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut mcp_tasks = Vec::new();
+    for _ in 0..10 {
+        let url = gw.mcp_url();
+        mcp_tasks.push(tokio::spawn(async move {
+            let mut s = McpSession::connect(&url).await;
+            let mut refused = 0;
+            for j in 0..40 {
+                let endpoint = if j % 4 == 0 { "/../etc" } else { "/y" };
+                let r = s
+                    .call("api_gateway", json!({"api": "local", "endpoint": endpoint}))
+                    .await;
+                if r["isError"] == true {
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    let mut denied = 0;
+    for t in tasks {
+        if t.await.unwrap() == 403 {
+            denied += 1;
+        }
+    }
+    for t in mcp_tasks {
+        denied += t.await.unwrap();
+    }
+    assert_eq!(denied, 100 + 100);
+    terminate(&mut gw);
+
+    let path = audit_path(&gw);
+    let recs = records(&path);
+    assert_eq!(
+        recs.len(),
+        1000,
+        "one record per call, none lost at shutdown"
+    );
+    let count = |door: &str, decision: &str| {
+        recs.iter()
+            .filter(|r| r["event"]["door"] == door && r["event"]["decision"] == decision)
+            .count()
+    };
+    assert_eq!(count("proxy", "allow"), 500);
+    assert_eq!(count("proxy", "deny"), 100);
+    assert_eq!(count("mcp", "allow"), 300);
+    assert_eq!(count("mcp", "deny"), 100);
+    let sample = recs
+        .iter()
+        .find(|r| r["event"]["door"] == "proxy" && r["event"]["decision"] == "allow")
+        .unwrap();
+    let e = &sample["event"];
+    assert_eq!(e["principal"], "jwt:auditor");
+    assert_eq!(e["api"], "local");
+    assert_eq!(e["path"], "/local/x?q=*", "query values are redacted");
+    assert_eq!(e["status"], 200);
+    assert_eq!(e["client_ip"], "127.0.0.1");
+    assert!(e["upstream_ms"].as_f64().is_some() && e["bytes_out"].as_u64().unwrap() > 0);
+    let denial = recs
+        .iter()
+        .find(|r| r["event"]["door"] == "mcp" && r["event"]["decision"] == "deny")
+        .unwrap();
+    assert_eq!(denial["event"]["error"], "invalid_endpoint");
+    assert_eq!(denial["event"]["tool"], "api_gateway");
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains(&token) && !text.contains(SECRET),
+        "no secret is audited"
+    );
+    let (code, out) = verify(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1000 records"), "{out}");
+}
+
+/// The verifier names the first bad record when one is edited, dropped or two are swapped.
+#[tokio::test]
+async fn the_verifier_catches_edits_drops_and_swaps() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start(up.port);
+    let c = reqwest::Client::new();
+    for _ in 0..6 {
+        assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    }
+    terminate(&mut gw);
+    let path = audit_path(&gw);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(verify(&path).0, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ls: Vec<String>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, ls.join("\n") + "\n").unwrap();
+        p
+    };
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+
+    let mut edited = owned.clone();
+    edited[2] = edited[2].replace("\"status\":200", "\"status\":500");
+    assert_ne!(edited[2], owned[2]);
+    let (code, out) = verify(&write("edited.jsonl", edited));
+    assert_eq!((code, out.contains("line 3")), (1, true), "{out}");
+    assert!(out.contains("edited"), "{out}");
+
+    let mut dropped = owned.clone();
+    dropped.remove(3);
+    let (code, out) = verify(&write("dropped.jsonl", dropped));
+    assert_eq!((code, out.contains("line 4")), (1, true), "{out}");
+
+    let mut swapped = owned.clone();
+    swapped.swap(1, 4);
+    let (code, out) = verify(&write("swapped.jsonl", swapped));
+    assert_eq!((code, out.contains("line 2")), (1, true), "{out}");
+}
+
+/// A sink that cannot be written: with on_failure = "block" calls are refused (503
+/// audit_unavailable); with "continue" they pass and every lost record is counted.
+#[tokio::test]
+async fn an_unwritable_sink_blocks_or_is_counted() {
+    let up = Upstream::start();
+    let c = reqwest::Client::new();
+    for mode in ["block", "continue"] {
+        let gw = Gateway::start_generated(|ports| {
+            format!(
+                "{}[audit]\npath = \"/nonexistent-dir-for-agm-tests/audit.jsonl\"\non_failure = \"{mode}\"\n\n{}",
+                server_section(ports, 1),
+                loopback_get_api("local", up.port, "")
+            )
+        });
+        // The first record fails to write; wait until the writer has noticed.
+        let _ = get_status(&c, &gw.proxy_url("/local/x")).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metric(&gw, "api_audit_sink_errors_total{kind=\"write_failed\"}").await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: the write failure was not counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = c.get(gw.proxy_url("/local/x")).send().await.unwrap();
+        if mode == "block" {
+            assert_eq!(r.status(), 503);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "audit_unavailable");
+            let mut s = McpSession::connect(&gw.mcp_url()).await;
+            let r = s
+                .call("api_gateway", json!({"api": "local", "endpoint": "/x"}))
+                .await;
+            assert_eq!(r["structuredContent"]["error"], "audit_unavailable", "{r}");
+        } else {
+            assert_eq!(r.status(), 200);
+        }
+    }
+}
