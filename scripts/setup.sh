@@ -16,14 +16,18 @@ INSPECTOR_VERSION=2.12.0
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: cmake builds Pingora's zlib-ng; openssl makes and serves the untrusted
-# certificate in the TLS-verification test; redis-server backs the shared rate-limit tests.
+# certificate in the TLS-verification test; redis-server backs the shared rate-limit tests;
+# prometheus brings promtool.
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# promtool (from Debian's prometheus package) checks the alert rules and the /metrics output.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
-  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 venv="$tools/venv"

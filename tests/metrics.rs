@@ -148,3 +148,54 @@ async fn rate_limit_violations_are_counted_by_policy() {
     // Business metric: only admitted calls cost anything.
     assert_eq!(metric(&gw, "api_cost_total{api=\"local\"}").await, 0.5);
 }
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (scripts/setup.sh installs Debian's prometheus)");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `promtool check metrics` accepts a live scrape; the alert rules are valid and their unit
+/// tests (deploy/prometheus/alerts_test.yaml) pass.
+#[tokio::test]
+async fn promtool_accepts_the_metrics_and_the_alert_rules() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let c = reqwest::Client::new();
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    assert_eq!(get_status(&c, &gw.proxy_url("/guarded/x")).await, 403);
+    let scrape = reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(scrape.contains("api_calls_total"), "{scrape}");
+    let (ok, out) = promtool(&["check", "metrics"], Some(&scrape));
+    assert!(ok, "promtool check metrics: {out}");
+    let (ok, out) = promtool(&["check", "rules", "alerts.yaml"], None);
+    assert!(ok && out.contains("6 rules found"), "{out}");
+    let (ok, out) = promtool(&["test", "rules", "alerts_test.yaml"], None);
+    assert!(ok, "{out}");
+}
