@@ -2,10 +2,10 @@
 # What access control costs under load: the proxy door with no authentication, with an API
 # key, and with a JWT (HS256) plus RBAC, against a local nginx serving a small JSON file.
 #
-#   cargo build --release && benches/access_load.sh [seconds per run, default 8] [auth|limiter]
+#   cargo build --release && benches/access_load.sh [seconds per run, default 8] [auth|limiter|audit]
 #
 # `limiter` compares the rate limiter off, in memory and in Redis (a redis-server started here)
-# instead. Needs nginx, wrk and redis-server. Prints one line per configuration.
+# instead; `audit` compares the audit trail off and on (file sink). Needs nginx, wrk and redis-server. Prints one line per configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-8}"
@@ -72,6 +72,14 @@ CONF
     "$(awk '$1=="50%" {print $2}' <<<"$out")" "$(awk '$1=="99%" {print $2}' <<<"$out")"
   kill $pid; wait $pid 2>/dev/null || true
 }
+
+if [ "$mode" = audit ]; then
+  run "audit off" $'[auth]\nrequired = false\n[audit]\nenabled = false' ""
+  run "audit file sink" $'[auth]\nrequired = false\n[audit]\nsink = "file"' ""
+  echo "  audit: $(wc -l < "$work/audit.jsonl") records written"
+  "$bin" audit verify --file "$work/audit.jsonl" | sed 's/^/  audit: /'
+  exit 0
+fi
 
 if [ "$mode" = limiter ]; then
   redis-server --port 16390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
