@@ -155,6 +155,33 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric family this gateway exports (also the ones with no samples
+    /// yet), for checks of dashboards and alert rules.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let mut names: Vec<String> = [
+            self.calls.desc(),
+            self.response_time.desc(),
+            self.errors.desc(),
+            self.rate_limited.desc(),
+            self.auth_failures.desc(),
+            self.ip_blocks.desc(),
+            self.token_expired.desc(),
+            self.policy_denials.desc(),
+            self.limiter_fallbacks.desc(),
+            self.limiter_store_up.desc(),
+            self.upstream_requests.desc(),
+            self.cost.desc(),
+            self.audit_errors.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.fq_name.clone())
+        .collect();
+        names.sort();
+        names
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

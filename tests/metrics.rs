@@ -198,4 +198,81 @@ async fn promtool_accepts_the_metrics_and_the_alert_rules() {
     assert!(ok && out.contains("6 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "alerts_test.yaml"], None);
     assert!(ok, "{out}");
+    // Every metric the rules use is one the gateway exports.
+    let names = api_gateway_mcp::telemetry::metrics().names();
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/alerts.yaml"
+    ))
+    .unwrap();
+    for line in rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:") || l.contains("(api_"))
+    {
+        for name in line
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("api_") && w.len() > 4)
+        {
+            let base = name.trim_end_matches("_bucket");
+            assert!(
+                names.iter().any(|n| n == base),
+                "{name} in the alert rules is not exported"
+            );
+        }
+    }
+}
+
+/// The Grafana dashboard's queries are valid PromQL (checked by promtool as recording rules)
+/// and use only metrics the gateway exports.
+#[tokio::test]
+async fn the_dashboard_queries_are_valid_and_use_exported_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/api-gateway-mcp.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().replace("$api", ".*"))
+        .collect();
+    assert!(
+        exprs.len() >= 15,
+        "performance, security and business panels"
+    );
+
+    let names = api_gateway_mcp::telemetry::metrics().names();
+    let exported: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    assert!(exported.contains("api_calls_total") && exported.len() >= 13);
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("api_") && w.len() > 4)
+        {
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            assert!(exported.contains(base), "{name} in {e:?} is not exported");
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"record": format!("dashboard:panel_{i}"), "expr": e}))
+        .collect();
+    let file = dir.path().join("dashboard_rules.json");
+    // JSON is YAML, so promtool reads this as a rules file.
+    std::fs::write(
+        &file,
+        json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], None);
+    assert!(ok, "{out}");
 }
