@@ -1,5 +1,6 @@
 //! The audit trail: one event per call through either door and one per refusal, written as
-//! hash-chained JSON lines by a background writer in batches.
+//! hash-chained records (JSON lines, or rows of an SQLite table) by a background writer in
+//! batches.
 //!
 //! Each line is `{"seq":N,"prev":"<hex>","hash":"<hex>","event":{…}}` where
 //! `hash = SHA-256("{seq}|{prev}|{event as written}")` and `prev` is the previous line's hash
@@ -246,6 +247,25 @@ fn sink_error(kind: &'static str) {
 enum Target {
     Stdout,
     File(PathBuf),
+    /// The connection is opened by the writer thread (a connection is not shared).
+    Sqlite(PathBuf, Option<rusqlite::Connection>),
+}
+
+const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS audit (
+    seq   INTEGER PRIMARY KEY,
+    prev  TEXT NOT NULL,
+    hash  TEXT NOT NULL,
+    ts    TEXT NOT NULL,
+    event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);";
+
+fn open_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    conn.execute_batch(SQLITE_SCHEMA)?;
+    Ok(conn)
 }
 
 struct Sink {
@@ -259,10 +279,24 @@ impl Sink {
         let target = match &cfg.sink {
             AuditSink::Stdout => Target::Stdout,
             AuditSink::File(p) => Target::File(p.clone()),
+            AuditSink::Sqlite(p) => Target::Sqlite(p.clone(), None),
         };
-        // Continue the chain of an existing file.
+        // Continue the chain of an existing file or database.
         let (seq, prev) = match &target {
             Target::File(p) => last_link(p)?,
+            Target::Sqlite(p, _) => {
+                let conn =
+                    open_sqlite(p).map_err(|e| format!("audit.path {}: {e}", p.display()))?;
+                conn.query_row(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+                )
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok((0, GENESIS.to_string())),
+                    e => Err(format!("audit.path {}: {e}", p.display())),
+                })?
+            }
             Target::Stdout => (0, GENESIS.to_string()),
         };
         Ok(Sink { target, seq, prev })
@@ -274,11 +308,14 @@ impl Sink {
             if let Some(r) = retention {
                 if last_purge.elapsed() >= Duration::from_secs(3600) {
                     last_purge = std::time::Instant::now();
-                    if let Target::File(p) = &self.target {
-                        if let Err(e) = purge(p, r) {
-                            tracing::error!(error = %e, "audit retention purge failed");
-                            sink_error("purge_failed");
-                        }
+                    let purged = match &mut self.target {
+                        Target::File(p) => purge(p, r),
+                        Target::Sqlite(p, conn) => purge_sqlite(p, conn, r),
+                        Target::Stdout => Ok(()),
+                    };
+                    if let Err(e) = purged {
+                        tracing::error!(error = %e, "audit retention purge failed");
+                        sink_error("purge_failed");
                     }
                 }
             }
@@ -314,6 +351,7 @@ impl Sink {
 
     fn write(&mut self, batch: &[AuditEvent]) -> std::io::Result<()> {
         let mut out = String::new();
+        let mut rows = Vec::with_capacity(batch.len());
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         for e in batch {
             let event = serde_json::to_string(&serde_json::to_value(e)?)?;
@@ -322,9 +360,34 @@ impl Sink {
             out.push_str(&format!(
                 "{{\"seq\":{seq},\"prev\":\"{prev}\",\"hash\":\"{hash}\",\"event\":{event}}}\n"
             ));
+            rows.push((seq, prev.clone(), hash.clone(), e.ts.clone(), event));
             prev = hash;
         }
-        match &self.target {
+        match &mut self.target {
+            Target::Sqlite(p, conn) => {
+                let io = |e: rusqlite::Error| std::io::Error::other(e.to_string());
+                if conn.is_none() {
+                    *conn = Some(open_sqlite(p).map_err(io)?);
+                }
+                let c = conn.as_mut().expect("opened above");
+                let result = (|| {
+                    let tx = c.transaction()?;
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "INSERT INTO audit (seq, prev, hash, ts, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?;
+                        for (seq, prev, hash, ts, event) in &rows {
+                            stmt.execute(rusqlite::params![*seq as i64, prev, hash, ts, event])?;
+                        }
+                    }
+                    tx.commit()
+                })();
+                if let Err(e) = result {
+                    // Reopen on the next batch.
+                    *conn = None;
+                    return Err(io(e));
+                }
+            }
             Target::Stdout => {
                 let mut s = std::io::stdout().lock();
                 s.write_all(out.as_bytes())?;
@@ -411,6 +474,26 @@ fn purge(path: &Path, retention: Duration) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+fn purge_sqlite(
+    path: &Path,
+    conn: &mut Option<rusqlite::Connection>,
+    retention: Duration,
+) -> std::io::Result<()> {
+    let io = |e: rusqlite::Error| std::io::Error::other(e.to_string());
+    if conn.is_none() {
+        *conn = Some(open_sqlite(path).map_err(io)?);
+    }
+    let cutoff = (SystemTime::now() - retention)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    conn.as_ref()
+        .expect("opened above")
+        .execute("DELETE FROM audit WHERE ts < ?1", [rfc3339(cutoff, 0)])
+        .map(|_| ())
+        .map_err(io)
+}
+
 /// The result of checking a chain.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -431,62 +514,132 @@ pub fn verify_file(path: &Path) -> Result<Verdict, String> {
 }
 
 pub fn verify_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Verdict {
-    let mut prev: Option<(u64, String)> = None;
+    let records = lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let n = i + 1;
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                return Err((n, None, "not a JSON audit record"));
+            };
+            let (Some(seq), Some(prev), Some(hash)) =
+                (v["seq"].as_u64(), v["prev"].as_str(), v["hash"].as_str())
+            else {
+                return Err((n, None, "missing seq, prev or hash"));
+            };
+            // The hash covers the event's bytes exactly as written (the last member of the line),
+            // so no re-serialisation (float formatting, key order) can change it.
+            let event = match (line.find(",\"event\":"), line.trim_end().strip_suffix('}')) {
+                (Some(at), Some(body)) if at + 9 <= body.len() => body[at + 9..].to_string(),
+                _ => return Err((n, Some(seq), "unreadable event")),
+            };
+            Ok(Record {
+                position: n,
+                seq,
+                prev: prev.to_string(),
+                hash: hash.to_string(),
+                event,
+            })
+        });
+    verify_records(records)
+}
+
+/// Checks an SQLite audit database, in row order (`rowid` = `seq`, as written).
+pub fn verify_sqlite(path: &Path) -> Result<Verdict, String> {
+    if !path.exists() {
+        return Err(format!("{}: no such file", path.display()));
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut stmt = conn
+        .prepare("SELECT seq, prev, hash, event FROM audit ORDER BY rowid")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let rows: Vec<Record> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .enumerate()
+        .map(|(i, r)| {
+            r.map(|(seq, prev, hash, event)| Record {
+                position: i + 1,
+                seq: seq as u64,
+                prev,
+                hash,
+                event,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(verify_records(rows.into_iter().map(Ok)))
+}
+
+/// One stored record, with its position (line or row number) in the store.
+struct Record {
+    position: usize,
+    seq: u64,
+    prev: String,
+    hash: String,
+    event: String,
+}
+
+type Unreadable = (usize, Option<u64>, &'static str);
+
+fn verify_records(records: impl Iterator<Item = Result<Record, Unreadable>>) -> Verdict {
+    let mut last: Option<(u64, String)> = None;
     let mut first_seq = 0;
-    let mut records = 0;
-    for (i, line) in lines.enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
+    let mut count = 0;
+    for r in records {
+        let r = match r {
+            Ok(r) => r,
+            Err((line, seq, why)) => {
+                return Verdict::Broken {
+                    line,
+                    seq,
+                    why: why.to_string(),
+                }
+            }
+        };
+        let broken = |why: String| Verdict::Broken {
+            line: r.position,
+            seq: Some(r.seq),
+            why,
+        };
+        if line_hash(r.seq, &r.prev, &r.event) != r.hash {
+            return broken("the record was edited: its hash does not match".into());
         }
-        let broken = |seq: Option<u64>, why: &str| Verdict::Broken {
-            line: n,
-            seq,
-            why: why.to_string(),
-        };
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            return broken(None, "not a JSON audit record");
-        };
-        let (Some(seq), Some(p), Some(hash)) =
-            (v["seq"].as_u64(), v["prev"].as_str(), v["hash"].as_str())
-        else {
-            return broken(None, "missing seq, prev or hash");
-        };
-        // The hash covers the event's bytes exactly as written (the last member of the line),
-        // so no re-serialisation (float formatting, key order) can change it.
-        let event = match (line.find(",\"event\":"), line.trim_end().strip_suffix('}')) {
-            (Some(at), Some(body)) if at + 9 <= body.len() => &body[at + 9..],
-            _ => return broken(Some(seq), "unreadable event"),
-        };
-        if line_hash(seq, p, event) != hash {
-            return broken(Some(seq), "the record was edited: its hash does not match");
-        }
-        match &prev {
+        match &last {
             None => {
-                first_seq = seq;
-                if seq == 1 && p != GENESIS {
-                    return broken(Some(seq), "the first record does not start a chain");
+                first_seq = r.seq;
+                if r.seq == 1 && r.prev != GENESIS {
+                    return broken("the first record does not start a chain".into());
                 }
             }
             Some((pseq, phash)) => {
-                if seq != pseq + 1 {
-                    return broken(
-                        Some(seq),
-                        &format!(
-                            "expected record {} here: records were dropped or reordered",
-                            pseq + 1
-                        ),
-                    );
+                if r.seq != pseq + 1 {
+                    return broken(format!(
+                        "expected record {} here: records were dropped or reordered",
+                        pseq + 1
+                    ));
                 }
-                if p != phash {
-                    return broken(Some(seq), "it does not link to the record before it");
+                if r.prev != *phash {
+                    return broken("it does not link to the record before it".into());
                 }
             }
         }
-        prev = Some((seq, hash.to_string()));
-        records += 1;
+        last = Some((r.seq, r.hash));
+        count += 1;
     }
-    Verdict::Intact { records, first_seq }
+    Verdict::Intact {
+        records: count,
+        first_seq,
+    }
 }
 
 #[cfg(test)]

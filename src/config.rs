@@ -165,6 +165,8 @@ pub enum AuditSink {
     File(std::path::PathBuf),
     /// JSON lines on stdout (not with the stdio transport, which owns stdout).
     Stdout,
+    /// Rows of an embedded SQLite database, queryable with `json_extract(event, '$.api')`.
+    Sqlite(std::path::PathBuf),
 }
 
 /// `[audit]`.
@@ -455,7 +457,7 @@ impl Config {
         })?;
         let mut config = Self::parse(&text, &|name| std::env::var(name).ok())?;
         // A relative audit path lives next to the config file.
-        if let AuditSink::File(p) = &mut config.audit.sink {
+        if let AuditSink::File(p) | AuditSink::Sqlite(p) = &mut config.audit.sink {
             if p.is_relative() {
                 if let Some(dir) = path.parent() {
                     *p = dir.join(&*p);
@@ -951,13 +953,7 @@ fn validate_audit(a: RawAudit, errors: &mut Vec<ConfigError>) -> AuditConfig {
             }
             AuditSink::Stdout
         }
-        "sqlite" => {
-            errors.push(err(
-                "audit.sink",
-                "\"sqlite\" is not available in this version; use \"file\" or \"stdout\"",
-            ));
-            AuditSink::Stdout
-        }
+        "sqlite" => AuditSink::Sqlite(a.path.unwrap_or_else(|| "audit.db".into()).into()),
         other => {
             errors.push(err(
                 "audit.sink",
@@ -967,7 +963,10 @@ fn validate_audit(a: RawAudit, errors: &mut Vec<ConfigError>) -> AuditConfig {
         }
     };
     if a.retention.is_some() && sink == AuditSink::Stdout {
-        errors.push(err("audit.retention", "needs a stored sink (\"file\")"));
+        errors.push(err(
+            "audit.retention",
+            "needs a stored sink (\"file\" or \"sqlite\")",
+        ));
     }
     if a.retention.is_some_and(|r| r.0 < Duration::from_secs(60)) {
         errors.push(err("audit.retention", "must be at least \"1m\""));

@@ -63,26 +63,23 @@ enum AuditCommand {
     Verify {
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
-        /// SQLite audit database (the SQLite sink is not available in this version).
+        /// An SQLite audit database (`audit.sink = "sqlite"`).
         #[arg(long, value_name = "PATH")]
         sqlite: Option<PathBuf>,
     },
 }
 
 fn audit_verify(file: Option<PathBuf>, sqlite: Option<PathBuf>) -> ExitCode {
-    use api_gateway_mcp::audit::{verify_file, Verdict};
-    let path = match (file, sqlite) {
-        (Some(f), None) => f,
-        (None, Some(_)) => {
-            eprintln!("audit verify: the SQLite sink is not available in this version");
-            return ExitCode::from(2);
-        }
+    use api_gateway_mcp::audit::{verify_file, verify_sqlite, Verdict};
+    let verdict = match (file, sqlite) {
+        (Some(f), None) => verify_file(&f),
+        (None, Some(db)) => verify_sqlite(&db),
         _ => {
             eprintln!("audit verify: give exactly one of --file or --sqlite");
             return ExitCode::from(2);
         }
     };
-    match verify_file(&path) {
+    match verdict {
         Ok(Verdict::Intact { records, first_seq }) => {
             if first_seq > 1 {
                 println!(

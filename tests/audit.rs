@@ -33,18 +33,6 @@ fn terminate(gw: &mut Gateway) {
     }
 }
 
-fn verify(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(bin())
-        .args(["audit", "verify", "--file"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
-}
-
 fn records(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -55,10 +43,67 @@ fn records(path: &std::path::Path) -> Vec<Value> {
 
 /// 1,000 concurrent calls across both doors, allowed and refused: exactly 1,000 records after
 /// a graceful shutdown, an intact chain, and no secret anywhere in the file.
+/// The records of a stopped gateway, from its file or its database.
+fn stored_records(gw: &Gateway, sqlite: bool) -> (Vec<Value>, std::path::PathBuf) {
+    if !sqlite {
+        let p = audit_path(gw);
+        return (records(&p), p);
+    }
+    let p = gw.config_path.parent().unwrap().join("audit.db");
+    let conn = rusqlite::Connection::open(&p).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT seq, prev, hash, event FROM audit ORDER BY seq")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(json!({
+                "seq": r.get::<_, i64>(0)?,
+                "prev": r.get::<_, String>(1)?,
+                "hash": r.get::<_, String>(2)?,
+                "event": serde_json::from_str::<Value>(&r.get::<_, String>(3)?).unwrap(),
+            }))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (rows, p)
+}
+
+fn verify_store(path: &std::path::Path, sqlite: bool) -> (i32, String) {
+    let out = Command::new(bin())
+        .args([
+            "audit",
+            "verify",
+            if sqlite { "--sqlite" } else { "--file" },
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_call_is_audited_once_and_the_chain_verifies() {
+    thousand_calls(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_is_audited_once_in_sqlite_too() {
+    thousand_calls(true).await;
+}
+
+async fn thousand_calls(sqlite: bool) {
     let up = Upstream::start();
-    let mut gw = Gateway::start(up.port);
+    let audit = if sqlite {
+        "\n[audit]\nsink = \"sqlite\"\n"
+    } else {
+        ""
+    };
+    let mut gw =
+        Gateway::start_generated(|(m, p, a)| format!("{}{audit}", test_config(up.port, m, p, a)));
     let token = jwt(json!({"sub": "auditor"}));
     let c = reqwest::Client::new();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
@@ -115,8 +160,7 @@ async fn every_call_is_audited_once_and_the_chain_verifies() {
     assert_eq!(denied, 100 + 100);
     terminate(&mut gw);
 
-    let path = audit_path(&gw);
-    let recs = records(&path);
+    let (recs, path) = stored_records(&gw, sqlite);
     assert_eq!(
         recs.len(),
         1000,
@@ -149,14 +193,71 @@ async fn every_call_is_audited_once_and_the_chain_verifies() {
     assert_eq!(denial["event"]["error"], "invalid_endpoint");
     assert_eq!(denial["event"]["tool"], "api_gateway");
 
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
     assert!(
         !text.contains(&token) && !text.contains(SECRET),
         "no secret is audited"
     );
-    let (code, out) = verify(&path);
+    let (code, out) = verify_store(&path, sqlite);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1000 records"), "{out}");
+}
+
+/// SQLite: the records are queryable with SQL, and the verifier catches an edited row, a
+/// deleted row and two swapped rows.
+#[tokio::test]
+async fn the_sqlite_store_is_queryable_and_tampering_is_caught() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start_generated(|(m, p, a)| {
+        format!(
+            "{}\n[audit]\nsink = \"sqlite\"\nretention = \"30d\"\n",
+            test_config(up.port, m, p, a)
+        )
+    });
+    let c = reqwest::Client::new();
+    for _ in 0..8 {
+        assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    }
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/secret/x")).await, 403);
+    terminate(&mut gw);
+    let db = gw.config_path.parent().unwrap().join("audit.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let denied: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE json_extract(event, '$.decision') = 'deny'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(denied, 1);
+    drop(conn);
+    assert_eq!(verify_store(&db, true).0, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let tampered = |name: &str, sql: &str| {
+        let copy = dir.path().join(name);
+        std::fs::copy(&db, &copy).unwrap();
+        rusqlite::Connection::open(&copy)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        verify_store(&copy, true)
+    };
+    let (code, out) = tampered(
+        "edited.db",
+        "UPDATE audit SET event = replace(event, '\"status\":200', '\"status\":500') WHERE seq = 5;",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 5") && out.contains("edited"), "{out}");
+    let (code, out) = tampered("deleted.db", "DELETE FROM audit WHERE seq = 7;");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("record 8"), "{out}");
+    let (code, out) = tampered(
+        "swapped.db",
+        "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; \
+         UPDATE audit SET seq = 4 WHERE seq = -3;",
+    );
+    assert_eq!(code, 1, "{out}");
 }
 
 /// The verifier names the first bad record when one is edited, dropped or two are swapped.
@@ -173,7 +274,7 @@ async fn the_verifier_catches_edits_drops_and_swaps() {
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 6);
-    assert_eq!(verify(&path).0, 0);
+    assert_eq!(verify_store(&path, false).0, 0);
 
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, ls: Vec<String>| {
@@ -186,18 +287,18 @@ async fn the_verifier_catches_edits_drops_and_swaps() {
     let mut edited = owned.clone();
     edited[2] = edited[2].replace("\"status\":200", "\"status\":500");
     assert_ne!(edited[2], owned[2]);
-    let (code, out) = verify(&write("edited.jsonl", edited));
+    let (code, out) = verify_store(&write("edited.jsonl", edited), false);
     assert_eq!((code, out.contains("line 3")), (1, true), "{out}");
     assert!(out.contains("edited"), "{out}");
 
     let mut dropped = owned.clone();
     dropped.remove(3);
-    let (code, out) = verify(&write("dropped.jsonl", dropped));
+    let (code, out) = verify_store(&write("dropped.jsonl", dropped), false);
     assert_eq!((code, out.contains("line 4")), (1, true), "{out}");
 
     let mut swapped = owned.clone();
     swapped.swap(1, 4);
-    let (code, out) = verify(&write("swapped.jsonl", swapped));
+    let (code, out) = verify_store(&write("swapped.jsonl", swapped), false);
     assert_eq!((code, out.contains("line 2")), (1, true), "{out}");
 }
 

@@ -115,7 +115,6 @@ fn broken_configs_name_the_key_path() {
         (format!("{BASE}{API}follow_redirects = 5\n"), "apis[0].follow_redirects"),
         (format!("{BASE}[egress]\nnameservers = [\"dns.google\"]\n{API}"), "egress.nameservers[0]"),
         (format!("{BASE}[security.request]\nmax_headers = 0\n{API}"), "security.request.max_headers"),
-        (format!("{BASE}[audit]\nsink = \"sqlite\"\n{API}"), "audit.sink"),
         (format!("{BASE}[audit]\nsink = \"kafka\"\n{API}"), "audit.sink"),
         (format!("{BASE}[audit]\non_failure = \"shrug\"\n{API}"), "audit.on_failure"),
         (format!("{BASE}[audit]\nsink = \"stdout\"\nretention = \"90d\"\n{API}"), "audit.retention"),
