@@ -78,6 +78,8 @@ if [ "$mode" = audit ]; then
   run "audit file sink" $'[auth]\nrequired = false\n[audit]\nsink = "file"' ""
   echo "  audit: $(wc -l < "$work/audit.jsonl") records written"
   "$bin" audit verify --file "$work/audit.jsonl" | sed 's/^/  audit: /'
+  run "audit sqlite sink" $'[auth]\nrequired = false\n[audit]\nsink = "sqlite"' ""
+  "$bin" audit verify --sqlite "$work/audit.db" | sed 's/^/  audit: /'
   exit 0
 fi
 
