@@ -31,6 +31,9 @@ pub struct AuditEvent {
     /// RFC 3339 UTC with milliseconds.
     pub ts: String,
     pub request_id: String,
+    /// The W3C trace id (the caller's, or one started here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub door: &'static str,
     /// The MCP tool, on the MCP door.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +70,7 @@ impl AuditEvent {
         AuditEvent {
             ts: rfc3339_now(),
             request_id: request_id(),
+            trace_id: caller.map(|c| c.trace.trace_id_hex()),
             door: match door {
                 Door::Mcp => "mcp",
                 Door::Proxy => "proxy",

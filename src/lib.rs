@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
+pub mod trace;

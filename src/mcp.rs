@@ -343,6 +343,12 @@ impl GatewayMcp {
         let max_body = api
             .max_response_bytes
             .unwrap_or(self.gateway.config.mcp.max_response_bytes);
+        // The caller's trace continues upstream with this hop's span id.
+        let mut headers = headers;
+        headers.retain(|(k, _)| k != "traceparent");
+        if let Ok(tp) = http::HeaderValue::from_str(&caller.trace.child_traceparent()) {
+            headers.push((http::HeaderName::from_static("traceparent"), tp));
+        }
         let mut request = OutboundRequest {
             method,
             path_and_query,

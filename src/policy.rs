@@ -25,6 +25,8 @@ pub struct Caller {
     pub client_ip: Option<IpAddr>,
     /// A verified request signature, if the request carried one.
     pub signature: Option<Verified>,
+    /// The caller's W3C trace context, or a new trace.
+    pub trace: crate::trace::TraceContext,
 }
 
 /// The HTTP request a caller is identified from.
@@ -152,6 +154,7 @@ impl Pipeline {
             principal,
             client_ip,
             signature,
+            trace: crate::trace::TraceContext::from_headers(req.headers),
         })
     }
 
@@ -177,6 +180,7 @@ impl Pipeline {
             principal: self.auth.authenticate(&headers).await?,
             client_ip: None,
             signature: None,
+            trace: crate::trace::TraceContext::new_root(),
         })
     }
 

@@ -305,6 +305,10 @@ impl ProxyHttp for ProxyDoor {
         for k in forwarded {
             upstream.remove_header(&k);
         }
+        // The caller's trace continues upstream with this hop's span id.
+        if let Some(c) = &ctx.caller {
+            upstream.insert_header("traceparent", c.trace.child_traceparent())?;
+        }
         egress::inject_credential_header(&t.api, upstream)
     }
 

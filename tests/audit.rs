@@ -341,3 +341,52 @@ async fn an_unwritable_sink_blocks_or_is_counted() {
         }
     }
 }
+
+/// A caller's W3C `traceparent` continues upstream (same trace id, a new span id) on both
+/// doors, and the trace id is in the audit record; without one, a new trace is started.
+#[tokio::test]
+async fn trace_context_reaches_the_upstream_and_the_audit_record() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start(up.port);
+    let c = reqwest::Client::new();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+    let r = c
+        .get(gw.proxy_url("/local/traced"))
+        .header("traceparent", &tp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut s = McpSession::connect_with(&gw.mcp_url(), &[("traceparent", &tp)]).await;
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "local", "endpoint": "/traced-mcp"}),
+        )
+        .await;
+    assert_eq!(r["isError"], false);
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/untraced")).await, 200);
+
+    let seen = up.seen();
+    for target in ["/base/traced", "/base/traced-mcp"] {
+        let req = seen.iter().find(|s| s.target == target).unwrap();
+        let got = req.header("traceparent").unwrap();
+        assert!(got.starts_with(&format!("00-{trace}-")), "{target}: {got}");
+        assert_ne!(got, tp, "{target}: the hop has its own span id");
+    }
+    let fresh = seen.iter().find(|s| s.target == "/base/untraced").unwrap();
+    let fresh_tp = fresh.header("traceparent").unwrap().to_string();
+    assert_eq!(fresh_tp.len(), 55, "{fresh_tp}");
+
+    terminate(&mut gw);
+    let recs = records(&audit_path(&gw));
+    let traced: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"]["trace_id"] == trace)
+        .collect();
+    assert_eq!(traced.len(), 2, "both doors record the caller's trace id");
+    assert!(recs
+        .iter()
+        .any(|r| r["event"]["trace_id"].as_str() == Some(&fresh_tp[3..35])));
+}
