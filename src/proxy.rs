@@ -128,6 +128,43 @@ async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gatewa
 }
 
 impl ProxyDoor {
+    /// The gateway path for an upstream `Location` that lands in an allow-listed API.
+    fn gateway_location(&self, t: &Target, location: &str) -> Option<String> {
+        let scheme = if t.api.base.tls { "https" } else { "http" };
+        let here = url::Url::parse(&format!(
+            "{scheme}://{}{}",
+            t.api.base.host_header(),
+            t.path_and_query
+        ))
+        .ok()?;
+        let mut next = here.join(location).ok()?;
+        // Never hand an injected query credential back to the caller.
+        let hidden: Vec<&str> = [&t.api]
+            .into_iter()
+            .chain(self.gateway.config.apis.iter())
+            .filter_map(|a| match &a.credential {
+                Some(crate::config::Credential {
+                    placement: crate::config::CredentialPlacement::Query(name),
+                    ..
+                }) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        if next.query().is_some() && !hidden.is_empty() {
+            let kept: Vec<(String, String)> = next
+                .query_pairs()
+                .filter(|(k, _)| !hidden.contains(&k.as_ref()))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            next.set_query(None);
+            if !kept.is_empty() {
+                next.query_pairs_mut().extend_pairs(kept);
+            }
+        }
+        let (api, endpoint) = self.gateway.config.api_for_url(&next, &t.api.name)?;
+        Some(format!("/{}{endpoint}", api.name))
+    }
+
     /// Identifies the caller, routes and judges the request; returns the upstream target or
     /// the caller-facing error.
     async fn admit(
@@ -377,6 +414,16 @@ impl ProxyHttp for ProxyDoor {
             &t.rate_limits,
             self.gateway.config.rate_limits.legacy_headers,
         )?;
+        // A redirect into an allow-listed API points back through the gateway, so a client
+        // that follows it stays under policy (and never learns the upstream's address).
+        let rewritten = response
+            .headers
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|loc| self.gateway_location(t, loc));
+        if let Some(loc) = rewritten {
+            response.insert_header(http::header::LOCATION, loc)?;
+        }
         if t.api.credential.is_none() {
             return Ok(());
         }

@@ -349,3 +349,41 @@ async fn response_body_streams_through() {
     }
     assert_eq!(rest, b"second");
 }
+
+/// A redirect that lands in an allow-listed API is rewritten to go back through the gateway
+/// (absolute or relative); a redirect elsewhere is returned as it is.
+#[tokio::test]
+async fn redirects_into_an_api_point_back_through_the_gateway() {
+    use std::sync::Arc;
+    let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let p = port.clone();
+    let up = Upstream::start_with(Arc::new(move |req: &Seen| {
+        let port = p.load(std::sync::atomic::Ordering::SeqCst);
+        let to = match req.target.split('?').next().unwrap_or("") {
+            "/base/absolute" => format!("http://127.0.0.1:{port}/base/landing?x=1"),
+            "/base/relative" => "/base/other".to_string(),
+            "/base/sibling" => "elsewhere/x".to_string(),
+            "/next" => format!("/next2?page=2&appid={QUERY_SECRET}"),
+            _ => return None,
+        };
+        Some((302, format!("redirect:{to}"), b"moved".to_vec()))
+    }));
+    port.store(up.port, std::sync::atomic::Ordering::SeqCst);
+    let gw = Gateway::start(up.port);
+    let location = |path: &'static str| {
+        let url = gw.proxy_url(path);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            assert_eq!(r.status(), 302);
+            r.headers()["location"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(location("/local/absolute").await, "/local/landing?x=1");
+    assert_eq!(location("/local/relative").await, "/local/other");
+    assert_eq!(location("/local/sibling").await, "/local/elsewhere/x");
+    assert!(location("/local/redirect")
+        .await
+        .contains("169.254.169.254"));
+    // The query-credential API: its injected appid never comes back in a rewritten Location.
+    assert_eq!(location("/qapi/next").await, "/qapi/next2?page=2");
+}
