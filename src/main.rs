@@ -35,6 +35,13 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Exit 0 when the gateway's admin listener answers /healthz (for container health
+    /// checks in images without a shell or curl).
+    Health {
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
     /// Audit-trail tools.
     Audit {
         #[command(subcommand)]
@@ -98,6 +105,38 @@ fn audit_verify(file: Option<PathBuf>, sqlite: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             eprintln!("audit verify: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn health(admin: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let check = || -> Result<bool, String> {
+        let addr = admin
+            .to_socket_addrs()
+            .map_err(|e| format!("{admin}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{admin}: no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("{admin}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: health\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    match check() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("health: {admin} did not answer 200");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("health: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -175,6 +214,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Health { admin } => health(&admin),
         Command::Audit {
             command: AuditCommand::Verify { file, sqlite },
         } => audit_verify(file, sqlite),
