@@ -64,6 +64,14 @@ impl HttpServerApp for AdminApp {
         }
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, "{\"status\":\"ok\"}".to_string()),
+            "/readyz"
+                if !self
+                    .gateway
+                    .ready
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                (503, "{\"status\":\"draining\"}".to_string())
+            }
             "/readyz" => (
                 200,
                 format!(

@@ -134,6 +134,7 @@ struct RawServer {
     admin_listen: Option<String>,
     threads: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
+    drain_delay: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +334,9 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long a graceful shutdown (SIGTERM) lets calls in flight finish. Default 5 s.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the gateway keeps serving with `/readyz` failing, so load
+    /// balancers stop sending new calls before the listeners close. Default 0 s.
+    pub drain_delay: Duration,
 }
 
 /// MCP door settings.
@@ -680,6 +684,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .server
             .shutdown_grace
             .map_or(Duration::from_secs(5), |d| d.0),
+        drain_delay: raw.server.drain_delay.map_or(Duration::ZERO, |d| d.0),
     };
 
     let mut allowed_hosts = raw.mcp.allowed_hosts.unwrap_or_else(|| {

@@ -15,6 +15,8 @@ pub struct Gateway {
     pub egress: Arc<Egress>,
     /// The audit writer, unless `audit.enabled = false`.
     pub audit: Option<Auditor>,
+    /// False once a graceful shutdown has begun: `/readyz` then fails.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -24,6 +26,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             pipeline: Pipeline::new(config.clone(), egress.clone())?,
             audit: Auditor::start(&config.audit)?,
+            ready: std::sync::atomic::AtomicBool::new(true),
             egress,
             config,
         }))

@@ -75,10 +75,49 @@ pub fn serve(config: Config) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(mcp);
     server.add_service(admin);
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingSignals {
+            gateway: gateway.clone(),
+            delay: cfg.server.drain_delay,
+        }),
+    });
     // The doors have drained: write every queued audit record before exiting.
     gateway.shutdown();
     Ok(())
+}
+
+/// Pingora's Unix signals, plus a drain phase: on SIGTERM `/readyz` fails at once, the doors
+/// keep serving for `server.drain_delay` (so load balancers stop routing here), and only
+/// then does Pingora close the listeners and drain calls in flight.
+struct DrainingSignals {
+    gateway: Arc<Gateway>,
+    delay: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for DrainingSignals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; SIGTERM will not drain first");
+            return pingora::server::UnixShutdownSignalWatch.recv().await;
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = term.recv() => {
+                self.gateway.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(delay = ?self.delay, "SIGTERM: /readyz fails; draining");
+                tokio::time::sleep(self.delay).await;
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
 }
 
 /// Serves MCP over stdin/stdout on its own runtime.

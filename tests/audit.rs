@@ -12,27 +12,6 @@ fn audit_path(gw: &Gateway) -> std::path::PathBuf {
     gw.config_path.parent().unwrap().join("audit.jsonl")
 }
 
-/// SIGTERM, then wait for the process to exit (it drains the doors and the audit queue).
-fn terminate(gw: &mut Gateway) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &gw.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = gw.child.try_wait().unwrap() {
-            assert!(status.success(), "graceful shutdown exits 0: {status}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn records(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()

@@ -130,3 +130,55 @@ fn the_image_is_non_root_and_its_health_check_works() {
     let (_hold, dead) = refusing_port();
     assert_eq!(status(format!("127.0.0.1:{dead}")), Some(1));
 }
+
+/// SIGTERM: `/readyz` fails at once while the doors keep serving for `server.drain_delay`, a
+/// call in flight completes, and the process exits 0.
+#[tokio::test]
+async fn sigterm_fails_readiness_then_drains_and_exits_cleanly() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}{}",
+            server_section(ports, 1).replace(
+                "shutdown_grace = \"1s\"",
+                "shutdown_grace = \"3s\"\ndrain_delay = \"1500ms\""
+            ),
+            loopback_get_api("local", up.port, "")
+        )
+    });
+    let c = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{}/readyz", gw.admin);
+    assert_eq!(get_status(&c, &ready).await, 200);
+    // A slow call in flight (600 ms between its two chunks).
+    let slow = tokio::spawn({
+        let url = gw.proxy_url("/local/slow-stream");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Draining: not ready, but still serving new calls.
+    assert_eq!(get_status(&c, &ready).await, 503);
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    assert_eq!(slow.await.unwrap(), (200, "firstsecond".to_string()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
