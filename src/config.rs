@@ -134,6 +134,8 @@ struct RawServer {
     admin_listen: Option<String>,
     threads: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
+    /// The same setting under the name the deployment docs use.
+    grace_period: Option<HumanDuration>,
     drain_delay: Option<HumanDuration>,
 }
 
@@ -680,10 +682,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         proxy_listen,
         admin_listen,
         threads,
-        shutdown_grace: raw
-            .server
-            .shutdown_grace
-            .map_or(Duration::from_secs(5), |d| d.0),
+        shutdown_grace: {
+            if raw.server.shutdown_grace.is_some() && raw.server.grace_period.is_some() {
+                errors.push(err(
+                    "server.grace_period",
+                    "set grace_period or its older name shutdown_grace, not both",
+                ));
+            }
+            raw.server
+                .grace_period
+                .or(raw.server.shutdown_grace)
+                .map_or(Duration::from_secs(5), |d| d.0)
+        },
         drain_delay: raw.server.drain_delay.map_or(Duration::ZERO, |d| d.0),
     };
 

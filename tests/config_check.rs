@@ -85,6 +85,7 @@ fn broken_configs_name_the_key_path() {
         (format!("[server]\nmcp_listen = \"nowhere\"\n{BASE}{API}"), "server.mcp_listen"),
         (format!("[server]\nmcp_listen = \"127.0.0.1:7000\"\nproxy_listen = \"127.0.0.1:7000\"\n{BASE}{API}"), "server.proxy_listen"),
         (format!("[server]\nthreads = 0\n{BASE}{API}"), "server.threads"),
+        (format!("[server]\ngrace_period = \"5s\"\nshutdown_grace = \"5s\"\n{BASE}{API}"), "server.grace_period"),
         (format!("[server]\nlisten = \"x\"\n{BASE}{API}"), "server"),
         (format!("[mcp]\nallowed_origins = [\"example.com\"]\n{BASE}{API}"), "mcp.allowed_origins[0]"),
         (format!("{BASE}[security.request]\nallowed_content_types = [\"json\"]\n{API}"), "security.request.allowed_content_types[0]"),
