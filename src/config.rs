@@ -412,6 +412,26 @@ pub struct BaseUrl {
 }
 
 impl BaseUrl {
+    /// The base path as a request target (`/` for the root), for the gateway's own requests
+    /// to an identity provider.
+    pub fn request_path(&self) -> String {
+        if self.path.is_empty() {
+            "/".to_string()
+        } else {
+            self.path.clone()
+        }
+    }
+
+    /// The absolute URL of a request sent to this base (for resolving redirects).
+    pub fn url_of(&self, path_and_query: &str) -> Option<url::Url> {
+        let scheme = if self.tls { "https" } else { "http" };
+        url::Url::parse(&format!(
+            "{scheme}://{}{path_and_query}",
+            self.host_header()
+        ))
+        .ok()
+    }
+
     /// The value for the upstream `Host` header: the host, plus the port if not the default.
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {

@@ -376,13 +376,10 @@ impl GatewayMcp {
                 break;
             };
             hops += 1;
-            let scheme = if hop_api.base.tls { "https" } else { "http" };
-            let here = url::Url::parse(&format!(
-                "{scheme}://{}{}",
-                hop_api.base.host_header(),
-                request.path_and_query
-            ))
-            .map_err(|_| GatewayError::internal("could not rebuild the request URL"))?;
+            let here = hop_api
+                .base
+                .url_of(&request.path_and_query)
+                .ok_or_else(|| GatewayError::internal("could not rebuild the request URL"))?;
             let denied = || {
                 GatewayError::forbidden(
                     "the upstream redirected to a destination that is not allowed",

@@ -130,13 +130,7 @@ async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gatewa
 impl ProxyDoor {
     /// The gateway path for an upstream `Location` that lands in an allow-listed API.
     fn gateway_location(&self, t: &Target, location: &str) -> Option<String> {
-        let scheme = if t.api.base.tls { "https" } else { "http" };
-        let here = url::Url::parse(&format!(
-            "{scheme}://{}{}",
-            t.api.base.host_header(),
-            t.path_and_query
-        ))
-        .ok()?;
+        let here = t.api.base.url_of(&t.path_and_query)?;
         let mut next = here.join(location).ok()?;
         // Never hand an injected query credential back to the caller.
         let hidden: Vec<&str> = [&t.api]

@@ -106,11 +106,7 @@ impl JwksCache {
 
     #[allow(clippy::type_complexity)]
     async fn fetch(&self) -> Result<(HashMap<String, KeyEntry>, Vec<KeyEntry>), String> {
-        let path = if self.target.base.path.is_empty() {
-            "/".to_string()
-        } else {
-            self.target.base.path.clone()
-        };
+        let path = self.target.base.request_path();
         let resp = self
             .egress
             .fetch(

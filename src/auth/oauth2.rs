@@ -109,11 +109,7 @@ impl Introspector {
                 headers.push((http::header::AUTHORIZATION, v));
             }
         }
-        let path = if self.target.base.path.is_empty() {
-            "/".to_string()
-        } else {
-            self.target.base.path.clone()
-        };
+        let path = self.target.base.request_path();
         let unavailable = || {
             GatewayError::new(
                 ErrorKind::AuthUnavailable,
