@@ -702,6 +702,30 @@ impl McpHttpApp {
         let _ = session.write_response_body(Bytes::from(body), true).await;
     }
 
+    /// Refuses an HTTP request before it reaches rmcp: logged, counted, audited, and
+    /// answered as problem+json (with `WWW-Authenticate` on a 401).
+    async fn refuse(
+        &self,
+        mut session: ServerSession,
+        caller: Option<&Caller>,
+        e: &GatewayError,
+    ) -> Option<ReusedHttpStream> {
+        tracing::info!(
+            error = e.kind.code(),
+            reason = e.reason.unwrap_or(""),
+            door = "mcp",
+            "request refused"
+        );
+        crate::telemetry::metrics().refusal(Door::Mcp, None, e);
+        let head = session.req_header();
+        let mut event =
+            crate::audit::AuditEvent::new(Door::Mcp, caller, head.method.as_str(), head.uri.path());
+        event.failed(e);
+        self.gateway.audit(event);
+        self.respond_error(&mut session, e).await;
+        crate::admin::finish(session).await
+    }
+
     /// RFC 9728 metadata, at the well-known path and at its `/mcp`-suffixed form.
     async fn respond_metadata(&self, session: &mut ServerSession) {
         let body =
@@ -788,26 +812,7 @@ impl HttpServerApp for McpHttpApp {
             .await;
         let caller = match identified {
             Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::info!(
-                    error = e.kind.code(),
-                    reason = e.reason.unwrap_or(""),
-                    door = "mcp",
-                    "request refused"
-                );
-                crate::telemetry::metrics().refusal(Door::Mcp, None, &e);
-                let head = session.req_header();
-                let mut event = crate::audit::AuditEvent::new(
-                    Door::Mcp,
-                    None,
-                    head.method.as_str(),
-                    head.uri.path(),
-                );
-                event.failed(&e);
-                self.gateway.audit(event);
-                self.respond_error(&mut session, &e).await;
-                return crate::admin::finish(session).await;
-            }
+            Err(e) => return self.refuse(session, None, &e).await,
         };
         let head = session.req_header();
         let mut builder = http::Request::builder()
@@ -836,22 +841,7 @@ impl HttpServerApp for McpHttpApp {
         if not_owned {
             let e = GatewayError::forbidden("this MCP session belongs to another caller")
                 .with_reason("session_not_owned");
-            tracing::info!(
-                door = "mcp",
-                reason = "session_not_owned",
-                "request refused"
-            );
-            crate::telemetry::metrics().refusal(Door::Mcp, None, &e);
-            let mut event = crate::audit::AuditEvent::new(
-                Door::Mcp,
-                Some(&caller),
-                request.method().as_str(),
-                request.uri().path(),
-            );
-            event.failed(&e);
-            self.gateway.audit(event);
-            self.respond_error(&mut session, &e).await;
-            return crate::admin::finish(session).await;
+            return self.refuse(session, Some(&caller), &e).await;
         }
         let principal_id = caller.principal.id.clone();
         let closing = request.method() == http::Method::DELETE;
