@@ -182,12 +182,7 @@ impl RedisLimiter {
         if !breaker_open {
             match tokio::time::timeout(self.settings.timeout, self.invoke(checks)).await {
                 Ok(Ok(decision)) => {
-                    if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
-                        tracing::info!(
-                            "Redis rate-limit store is reachable again; shared limits resume"
-                        );
-                        crate::telemetry::metrics().limiter_store_up.set(1);
-                    }
+                    self.record_success();
                     if let RateLimitDecision::Denied {
                         retry_after,
                         ref policy,
@@ -249,9 +244,7 @@ impl RedisLimiter {
         .await
         {
             Ok(Ok(reply)) => {
-                if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
-                    crate::telemetry::metrics().limiter_store_up.set(1);
-                }
+                self.record_success();
                 Ok(reply.is_some())
             }
             Ok(Err(e)) => {
@@ -262,6 +255,14 @@ impl RedisLimiter {
                 self.record_failure("timed out");
                 Err(deny)
             }
+        }
+    }
+
+    /// Closes the breaker after an answer; a recovery is logged once and shown in the gauge.
+    fn record_success(&self) {
+        if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
+            tracing::info!("Redis rate-limit store is reachable again; shared limits resume");
+            crate::telemetry::metrics().limiter_store_up.set(1);
         }
     }
 
