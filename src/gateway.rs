@@ -32,10 +32,16 @@ impl Gateway {
         }))
     }
 
-    /// Queues an audit event (when auditing is on).
-    pub fn audit(&self, event: crate::audit::AuditEvent) {
+    /// Whether calls are audited (`audit.enabled`).
+    pub fn auditing(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// Queues an audit event. `make` runs only when auditing is on, so a gateway with
+    /// `audit.enabled = false` builds no events on its hot path.
+    pub fn audit(&self, make: impl FnOnce() -> crate::audit::AuditEvent) {
         if let Some(a) = &self.audit {
-            a.record(event);
+            a.record(make());
         }
     }
 

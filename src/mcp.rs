@@ -535,14 +535,18 @@ impl ServerHandler for GatewayMcp {
                     .map_or("unknown", |a| a.name.as_str())
                     .to_string();
                 let method = args.method.to_ascii_uppercase();
-                let mut event = crate::audit::AuditEvent::new(
-                    Door::Mcp,
-                    Some(&caller),
-                    &method,
-                    &args.endpoint,
-                );
-                event.tool = Some("api_gateway");
-                event.api = api_label.clone();
+                // Started now, so its timestamp is the call's arrival.
+                let event = self.gateway.auditing().then(|| {
+                    let mut e = crate::audit::AuditEvent::new(
+                        Door::Mcp,
+                        Some(&caller),
+                        &method,
+                        &args.endpoint,
+                    );
+                    e.tool = Some("api_gateway");
+                    e.api = api_label.clone();
+                    e
+                });
                 let mut stats = CallStats::default();
                 let outcome = self.api_gateway(args, &caller, &mut stats).await;
                 let (status, error) = match &outcome {
@@ -557,16 +561,18 @@ impl ServerHandler for GatewayMcp {
                     started.elapsed(),
                     error,
                 );
-                event.bytes_in = stats.bytes_in;
-                event.bytes_out = stats.bytes_out;
-                event.upstream_ms = stats.upstream_ms;
-                event.rate_limit = stats.rate_limit;
-                event.cost = stats.cost;
-                event.status = status;
-                if let Some(e) = error {
-                    event.failed(e);
+                if let Some(mut event) = event {
+                    event.bytes_in = stats.bytes_in;
+                    event.bytes_out = stats.bytes_out;
+                    event.upstream_ms = stats.upstream_ms;
+                    event.rate_limit = stats.rate_limit;
+                    event.cost = stats.cost;
+                    event.status = status;
+                    if let Some(e) = error {
+                        event.failed(e);
+                    }
+                    self.gateway.audit(|| event);
                 }
-                self.gateway.audit(event);
                 let result = match outcome {
                     Ok(v) => CallToolResult::structured(v),
                     Err(e) => {
@@ -717,11 +723,17 @@ impl McpHttpApp {
             "request refused"
         );
         crate::telemetry::metrics().refusal(Door::Mcp, None, e);
-        let head = session.req_header();
-        let mut event =
-            crate::audit::AuditEvent::new(Door::Mcp, caller, head.method.as_str(), head.uri.path());
-        event.failed(e);
-        self.gateway.audit(event);
+        self.gateway.audit(|| {
+            let head = session.req_header();
+            let mut event = crate::audit::AuditEvent::new(
+                Door::Mcp,
+                caller,
+                head.method.as_str(),
+                head.uri.path(),
+            );
+            event.failed(e);
+            event
+        });
         self.respond_error(&mut session, e).await;
         crate::admin::finish(session).await
     }

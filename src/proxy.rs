@@ -540,31 +540,33 @@ impl ProxyHttp for ProxyDoor {
             ctx.answered.as_ref(),
         );
 
-        let target = match req.uri.query() {
-            Some(q) => format!("{}?{q}", req.uri.path()),
-            None => req.uri.path().to_string(),
-        };
-        let mut event = crate::audit::AuditEvent::new(
-            Door::Proxy,
-            ctx.caller.as_ref(),
-            req.method.as_str(),
-            &target,
-        );
-        event.api = api.to_string();
-        event.status = status;
-        event.bytes_in = session.body_bytes_read() as u64;
-        event.bytes_out = session.body_bytes_sent() as u64;
-        event.upstream_ms = ctx
-            .upstream_started
-            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
-        if let Some(t) = &ctx.target {
-            event.cost = t.api.cost_per_call;
-            event.rate_limit = crate::ratelimit::tightest_json(&t.rate_limits);
-        }
-        if let Some(e) = &ctx.answered {
-            event.failed(e);
-            event.cost = None;
-        }
-        self.gateway.audit(event);
+        self.gateway.audit(|| {
+            let target = match req.uri.query() {
+                Some(q) => format!("{}?{q}", req.uri.path()),
+                None => req.uri.path().to_string(),
+            };
+            let mut event = crate::audit::AuditEvent::new(
+                Door::Proxy,
+                ctx.caller.as_ref(),
+                req.method.as_str(),
+                &target,
+            );
+            event.api = api.to_string();
+            event.status = status;
+            event.bytes_in = session.body_bytes_read() as u64;
+            event.bytes_out = session.body_bytes_sent() as u64;
+            event.upstream_ms = ctx
+                .upstream_started
+                .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+            if let Some(t) = &ctx.target {
+                event.cost = t.api.cost_per_call;
+                event.rate_limit = crate::ratelimit::tightest_json(&t.rate_limits);
+            }
+            if let Some(e) = &ctx.answered {
+                event.failed(e);
+                event.cost = None;
+            }
+            event
+        });
     }
 }
