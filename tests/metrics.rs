@@ -108,12 +108,7 @@ async fn calls_refusals_and_latency_are_counted_per_door() {
         + m("api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"true\"}").await;
     assert_eq!(mcp_total, 1.0);
     // Secrets never become label values.
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&gw).await;
     assert!(!text.contains(&expired) && !text.contains(SECRET));
 }
 
@@ -185,12 +180,7 @@ async fn promtool_accepts_the_metrics_and_the_alert_rules() {
     let c = reqwest::Client::new();
     assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
     assert_eq!(get_status(&c, &gw.proxy_url("/guarded/x")).await, 403);
-    let scrape = reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = scrape(&gw).await;
     assert!(scrape.contains("api_calls_total"), "{scrape}");
     let (ok, out) = promtool(&["check", "metrics"], Some(&scrape));
     assert!(ok, "promtool check metrics: {out}");

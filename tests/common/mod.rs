@@ -774,17 +774,23 @@ pub fn signature_headers(
     ]
 }
 
-/// The value of one sample line of the gateway's `/metrics`, e.g.
-/// `metric(&gw, "api_calls_total{api=\"local\",door=\"proxy\",method=\"GET\",status=\"200\"}")`;
-/// 0 when the series does not exist yet.
-pub async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
+/// The gateway's `/metrics` text.
+pub async fn scrape(gw: &Gateway) -> String {
+    reqwest::get(format!("http://127.0.0.1:{}/metrics", gw.admin))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The value of one sample line of the gateway's `/metrics`, e.g.
+/// `metric(&gw, "api_calls_total{api=\"local\",door=\"proxy\",method=\"GET\",status=\"200\"}")`;
+/// 0 when the series does not exist yet.
+pub async fn metric(gw: &Gateway, series: &str) -> f64 {
+    scrape(gw)
+        .await
+        .lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.trim().parse().ok())
