@@ -54,58 +54,111 @@ async fn calls_refusals_and_latency_are_counted_per_door() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let m = |series: &'static str| metric(&gw, series);
+    let m = |series: &'static str, want: f64| counter_at(&gw, series, want);
     assert_eq!(
-        m("api_calls_total{api=\"local\",door=\"proxy\",method=\"GET\",status=\"200\"}").await,
+        m(
+            "api_calls_total{api=\"local\",door=\"proxy\",method=\"GET\",status=\"200\"}",
+            2.0
+        )
+        .await,
         2.0
     );
     assert_eq!(
-        m("api_calls_total{api=\"local\",door=\"proxy\",method=\"DELETE\",status=\"403\"}").await,
+        m(
+            "api_calls_total{api=\"local\",door=\"proxy\",method=\"DELETE\",status=\"403\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("api_calls_total{api=\"local\",door=\"mcp\",method=\"GET\",status=\"200\"}").await,
+        m(
+            "api_calls_total{api=\"local\",door=\"mcp\",method=\"GET\",status=\"200\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("api_calls_total{api=\"unknown\",door=\"proxy\",method=\"GET\",status=\"404\"}").await,
+        m(
+            "api_calls_total{api=\"unknown\",door=\"proxy\",method=\"GET\",status=\"404\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("api_response_time_seconds_count{api=\"local\",door=\"proxy\"}").await,
+        m(
+            "api_response_time_seconds_count{api=\"local\",door=\"proxy\"}",
+            4.0
+        )
+        .await,
         4.0
     );
     assert_eq!(
-        m("api_errors_total{api=\"local\",door=\"mcp\",error=\"invalid_endpoint\"}").await,
+        m(
+            "api_errors_total{api=\"local\",door=\"mcp\",error=\"invalid_endpoint\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("api_auth_failures_total{door=\"proxy\",reason=\"token_expired\"}").await,
+        m(
+            "api_auth_failures_total{door=\"proxy\",reason=\"token_expired\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("api_auth_failures_total{door=\"mcp\",reason=\"token_expired\"}").await,
+        m(
+            "api_auth_failures_total{door=\"mcp\",reason=\"token_expired\"}",
+            1.0
+        )
+        .await,
         1.0
     );
-    assert_eq!(m("api_token_expired_total{door=\"proxy\"}").await, 1.0);
+    assert_eq!(m("api_token_expired_total{door=\"proxy\"}", 1.0).await, 1.0);
     assert_eq!(
-        m("api_policy_denials_total{door=\"proxy\",reason=\"egress_denied\"}").await,
+        m(
+            "api_policy_denials_total{door=\"proxy\",reason=\"egress_denied\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("api_policy_denials_total{door=\"proxy\",reason=\"forbidden\"}").await,
+        m(
+            "api_policy_denials_total{door=\"proxy\",reason=\"forbidden\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     // Only the calls that reached the upstream count as upstream requests; the proxy door's
     // second call goes over the pooled connection of the first.
-    let fresh =
-        m("api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"false\"}").await;
-    let reused =
-        m("api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"true\"}").await;
+    let fresh = m(
+        "api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"false\"}",
+        1.0,
+    )
+    .await;
+    let reused = m(
+        "api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"true\"}",
+        1.0,
+    )
+    .await;
     assert_eq!((fresh, reused), (1.0, 1.0));
-    let mcp_total = m("api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"false\"}")
-        .await
-        + m("api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"true\"}").await;
+    let mcp_total = metric(
+        &gw,
+        "api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"false\"}",
+    )
+    .await
+        + metric(
+            &gw,
+            "api_upstream_requests_total{api=\"local\",door=\"mcp\",reused=\"true\"}",
+        )
+        .await;
     assert_eq!(mcp_total, 1.0);
     // Secrets never become label values.
     let text = scrape(&gw).await;
@@ -133,15 +186,19 @@ async fn rate_limit_violations_are_counted_by_policy() {
     }
     assert_eq!(statuses, vec![200, 200, 429, 429, 429]);
     assert_eq!(
-        metric(
+        counter_at(
             &gw,
-            "api_rate_limit_violations_total{api=\"local\",door=\"proxy\",policy=\"api.local\"}"
+            "api_rate_limit_violations_total{api=\"local\",door=\"proxy\",policy=\"api.local\"}",
+            3.0
         )
         .await,
         3.0
     );
     // Business metric: only admitted calls cost anything.
-    assert_eq!(metric(&gw, "api_cost_total{api=\"local\"}").await, 0.5);
+    assert_eq!(
+        counter_at(&gw, "api_cost_total{api=\"local\"}", 0.5).await,
+        0.5
+    );
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {

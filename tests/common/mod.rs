@@ -798,6 +798,20 @@ pub async fn metric(gw: &Gateway, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The value of a counter once it has reached `want`, or its value after 5 s. Both doors
+/// record metrics after the response has gone out, so a scrape right after the last response
+/// can run ahead of the last increment; the caller still asserts the exact value.
+pub async fn counter_at(gw: &Gateway, series: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(gw, series).await;
+        if v >= want || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// SIGTERM, then wait for the process to exit (it drains the doors and the audit queue).
 pub fn terminate(gw: &mut Gateway) {
     let ok = Command::new("kill")
