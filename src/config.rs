@@ -23,10 +23,12 @@ use crate::policy::PathPattern;
 use crate::ratelimit::{OnError, Policy, RedisSettings};
 
 mod access;
+mod telemetry;
 pub use access::{
     ApiKey, AuthConfig, AuthMethod, Grant, HeaderLimits, IpRules, JwtIssuer, JwtKeys, OAuth2, Rbac,
     Role, Signatures,
 };
+pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
 
 /// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/minimal.toml");
@@ -96,6 +98,10 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     apis: Vec<RawApi>,
+    #[serde(default)]
+    tracing: telemetry::RawTracing,
+    #[serde(default)]
+    metrics: telemetry::RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +314,8 @@ pub struct Config {
     pub request: RequestGuards,
     pub rate_limits: RateLimits,
     pub apis: Vec<Arc<Api>>,
+    pub tracing: TracingConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// Rate-limit policies that are not tied to one API.
@@ -511,7 +519,7 @@ impl Config {
             let path = if path == "." { String::new() } else { path };
             ConfigErrors(vec![err(path, e.into_inner().to_string())])
         })?;
-        validate(raw)
+        validate(raw, env)
     }
 
     /// The API a URL belongs to (same scheme, host and port, under its base path), with the
@@ -651,7 +659,8 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// The methods the `api_gateway` tool and the proxy door can forward.
 pub const SUPPORTED_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+/// `env` also supplies the standard `OTEL_*` variables `[tracing]` falls back on.
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
     let mut listen = |key: &str, v: Option<String>, default: &str| -> SocketAddr {
@@ -905,6 +914,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
     let audit = validate_audit(raw.audit, &mut errors);
+    let tracing = telemetry::validate_tracing(raw.tracing, env, &mut errors);
+    let metrics = telemetry::validate_metrics(raw.metrics, &mut errors);
     let mut nameservers = Vec::new();
     for (i, ns) in raw
         .egress
@@ -973,6 +984,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             request,
             rate_limits,
             apis,
+            tracing,
+            metrics,
         })
     } else {
         Err(ConfigErrors(errors))

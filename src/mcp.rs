@@ -73,9 +73,48 @@ struct CallStats {
     upstream_ms: Option<f64>,
     rate_limit: Option<Value>,
     cost: Option<f64>,
+    /// The call's server span (and its upstream client span), when tracing is on.
+    span: Option<crate::telemetry::otlp::CallSpan>,
 }
 
 impl GatewayMcp {
+    /// Starts the call's server span, named after the MCP conventions (`tools/call
+    /// api_gateway`). A call that starts a trace hands its trace id to the caller it returns,
+    /// so audit records and spans agree.
+    fn start_span(
+        &self,
+        caller: Arc<Caller>,
+        context: &RequestContext<RoleServer>,
+        api: &str,
+        stats: &mut CallStats,
+    ) -> Arc<Caller> {
+        use opentelemetry::KeyValue;
+        if self.gateway.tracing.is_none() {
+            return caller;
+        }
+        let mut c = (*caller).clone();
+        let http = self.local_caller.is_none();
+        stats.span =
+            self.gateway
+                .server_span("tools/call api_gateway".into(), &mut c.trace, || {
+                    let mut attrs = vec![
+                        KeyValue::new("mcp.method.name", "tools/call"),
+                        KeyValue::new("gen_ai.tool.name", "api_gateway"),
+                        KeyValue::new("gen_ai.operation.name", "execute_tool"),
+                        KeyValue::new("jsonrpc.request.id", context.id.to_string()),
+                        KeyValue::new("network.transport", if http { "tcp" } else { "pipe" }),
+                        KeyValue::new("api_gateway.door", "mcp"),
+                        KeyValue::new("api_gateway.api", api.to_string()),
+                        KeyValue::new("api_gateway.principal", c.principal.id.clone()),
+                    ];
+                    if let Some(ip) = c.client_ip {
+                        attrs.push(KeyValue::new("client.address", ip.to_string()));
+                    }
+                    attrs
+                });
+        Arc::new(c)
+    }
+
     pub fn new(gateway: Arc<Gateway>) -> Self {
         GatewayMcp {
             gateway,
@@ -228,6 +267,29 @@ impl GatewayMcp {
         CallToolResult::structured(json!({ "apis": apis }))
     }
 
+    /// The caller's trace continues upstream, under the request's client span.
+    fn set_traceparent(
+        &self,
+        request: &mut OutboundRequest,
+        caller: &Caller,
+        stats: &mut CallStats,
+        api: &crate::config::Api,
+    ) {
+        let tp = self.gateway.upstream_traceparent(
+            stats.span.as_mut(),
+            &caller.trace,
+            request.method.as_str(),
+            api,
+            &request.path_and_query,
+        );
+        request.headers.retain(|(k, _)| k != "traceparent");
+        if let Ok(tp) = http::HeaderValue::from_str(&tp) {
+            request
+                .headers
+                .push((http::HeaderName::from_static("traceparent"), tp));
+        }
+    }
+
     async fn api_gateway(
         &self,
         args: ApiGatewayArgs,
@@ -343,24 +405,24 @@ impl GatewayMcp {
         let max_body = api
             .max_response_bytes
             .unwrap_or(self.gateway.config.mcp.max_response_bytes);
-        // The caller's trace continues upstream with this hop's span id.
-        let mut headers = headers;
-        headers.retain(|(k, _)| k != "traceparent");
-        if let Ok(tp) = http::HeaderValue::from_str(&caller.trace.child_traceparent()) {
-            headers.push((http::HeaderName::from_static("traceparent"), tp));
-        }
         let mut request = OutboundRequest {
             method,
             path_and_query,
             headers,
             body,
         };
+        self.set_traceparent(&mut request, caller, stats, &api);
         let mut resp = self
             .gateway
             .egress
             .send(&api, addr, request.clone(), max_body)
             .await?;
-        crate::telemetry::metrics().upstream(Door::Mcp, &api, resp.reused);
+        crate::telemetry::metrics().upstream(
+            Door::Mcp,
+            &api,
+            resp.reused,
+            Some(&caller.principal.id),
+        );
 
         // Redirects, when the API allows them: each hop is re-checked like a new call (the
         // target must be an allow-listed API and path the caller may use, and its address
@@ -418,6 +480,10 @@ impl GatewayMcp {
             let next_hop = Arc::new(next_hop);
             let addr = self.gateway.egress.resolve(&next_hop).await?;
             request.path_and_query = egress::upstream_path_and_query(&next_hop, &endpoint, &[]);
+            if let Some(s) = stats.span.as_mut() {
+                s.upstream_answered(resp.status);
+            }
+            self.set_traceparent(&mut request, caller, stats, &next_hop);
             resp = self
                 .gateway
                 .egress
@@ -426,6 +492,9 @@ impl GatewayMcp {
             hop_api = next_hop;
         }
 
+        if let Some(s) = stats.span.as_mut() {
+            s.upstream_answered(resp.status);
+        }
         let mut safe = Map::new();
         for name in SAFE_RESPONSE_HEADERS {
             if let Some(v) = resp.headers.get(*name).and_then(|v| v.to_str().ok()) {
@@ -535,6 +604,8 @@ impl ServerHandler for GatewayMcp {
                     .map_or("unknown", |a| a.name.as_str())
                     .to_string();
                 let method = args.method.to_ascii_uppercase();
+                let mut stats = CallStats::default();
+                let caller = self.start_span(caller, &context, &api_label, &mut stats);
                 // Started now, so its timestamp is the call's arrival.
                 let event = self.gateway.auditing().then(|| {
                     let mut e = crate::audit::AuditEvent::new(
@@ -547,7 +618,6 @@ impl ServerHandler for GatewayMcp {
                     e.api = api_label.clone();
                     e
                 });
-                let mut stats = CallStats::default();
                 let outcome = self.api_gateway(args, &caller, &mut stats).await;
                 let (status, error) = match &outcome {
                     Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
@@ -561,6 +631,9 @@ impl ServerHandler for GatewayMcp {
                     started.elapsed(),
                     error,
                 );
+                if let Some(span) = stats.span.take() {
+                    span.end(0, error);
+                }
                 if let Some(mut event) = event {
                     event.bytes_in = stats.bytes_in;
                     event.bytes_out = stats.bytes_out;

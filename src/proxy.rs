@@ -56,6 +56,8 @@ pub struct ProxyCtx {
     caller: Option<crate::policy::Caller>,
     /// When the upstream exchange began.
     upstream_started: Option<Instant>,
+    /// The call's server span (and its upstream client span), when tracing is on.
+    span: Option<crate::telemetry::otlp::CallSpan>,
 }
 
 struct Target {
@@ -159,6 +161,49 @@ impl ProxyDoor {
         Some(format!("/{}{endpoint}", api.name))
     }
 
+    /// The call's server span, named `{method} {route}` after the HTTP conventions; the route
+    /// names a configured API or nothing, so span names stay few.
+    fn start_span(&self, session: &Session) -> Option<crate::telemetry::otlp::CallSpan> {
+        use opentelemetry::KeyValue;
+        self.gateway.tracing.as_ref()?;
+        let req = session.req_header();
+        let mut trace = crate::trace::TraceContext::from_headers(&req.headers);
+        let first = req.uri.path().trim_start_matches('/');
+        let first = first.split('/').next().unwrap_or("");
+        let route = self
+            .gateway
+            .config
+            .api(first)
+            .map(|a| format!("/{}/{{path}}", a.name));
+        let method = req.method.as_str();
+        let name = match &route {
+            Some(r) => format!("{method} {r}"),
+            None => method.to_string(),
+        };
+        self.gateway.server_span(name, &mut trace, || {
+            let mut attrs = vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("url.path", req.uri.path().to_string()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("api_gateway.door", "proxy"),
+            ];
+            if let Some(r) = route {
+                attrs.push(KeyValue::new("http.route", r));
+            }
+            if let Some(a) = session.client_addr().and_then(|a| a.as_inet()) {
+                attrs.push(KeyValue::new("network.peer.address", a.ip().to_string()));
+            }
+            if let Some(ua) = req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+            }
+            attrs
+        })
+    }
+
     /// Identifies the caller, routes and judges the request; returns the upstream target or
     /// the caller-facing error.
     async fn admit(
@@ -185,6 +230,15 @@ impl ProxyDoor {
                 body: None,
             })
             .await?;
+        let mut caller = caller;
+        if let Some(s) = ctx.span.as_mut() {
+            // A trace started here: the span's trace id is the one audit records carry.
+            caller.trace.trace_id = s.trace_id();
+            s.set(opentelemetry::KeyValue::new(
+                "api_gateway.principal",
+                caller.principal.id.clone(),
+            ));
+        }
         ctx.caller = Some(caller.clone());
         if let Some(v) = &caller.signature {
             use sha2::Digest;
@@ -260,11 +314,13 @@ impl ProxyHttp for ProxyDoor {
             answered: None,
             caller: None,
             upstream_started: None,
+            span: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         ctx.started = Instant::now();
+        ctx.span = self.start_span(session);
         let admitted = match self.admit(session, ctx).await {
             // A call that could not be audited is refused when audit.on_failure = "block".
             Ok(t) => self.gateway.audit_admit().map(|()| t),
@@ -336,9 +392,16 @@ impl ProxyHttp for ProxyDoor {
         for k in forwarded {
             upstream.remove_header(&k);
         }
-        // The caller's trace continues upstream with this hop's span id.
+        // The caller's trace continues upstream, under this hop's client span.
         if let Some(c) = &ctx.caller {
-            upstream.insert_header("traceparent", c.trace.child_traceparent())?;
+            let tp = self.gateway.upstream_traceparent(
+                ctx.span.as_mut(),
+                &c.trace,
+                upstream.method.as_str(),
+                &t.api,
+                &t.path_and_query,
+            );
+            upstream.insert_header("traceparent", tp)?;
         }
         egress::inject_credential_header(&t.api, upstream)
     }
@@ -403,6 +466,9 @@ impl ProxyHttp for ProxyDoor {
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         let Some(t) = &ctx.target else { return Ok(()) };
+        if let Some(s) = ctx.span.as_mut() {
+            s.upstream_answered(response.status.as_u16());
+        }
         insert_rate_limit_headers(
             response,
             &t.rate_limits,
@@ -505,7 +571,8 @@ impl ProxyHttp for ProxyDoor {
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         if let Some(t) = &ctx.target {
-            crate::telemetry::metrics().upstream(Door::Proxy, &t.api, reused);
+            let principal = ctx.caller.as_ref().map(|c| c.principal.id.as_str());
+            crate::telemetry::metrics().upstream(Door::Proxy, &t.api, reused, principal);
         }
         Ok(())
     }
@@ -539,6 +606,15 @@ impl ProxyHttp for ProxyDoor {
             ctx.started.elapsed(),
             ctx.answered.as_ref(),
         );
+        if let Some(mut span) = ctx.span.take() {
+            if ctx.target.is_some() {
+                span.set(opentelemetry::KeyValue::new(
+                    "api_gateway.api",
+                    api.to_string(),
+                ));
+            }
+            span.end(status, ctx.answered.as_ref());
+        }
 
         self.gateway.audit(|| {
             let target = match req.uri.query() {

@@ -4,7 +4,10 @@
 //! `unknown`), `method` one of the supported methods (or `other`), `door` `mcp` or `proxy`,
 //! `error` and `reason` come from the gateway's own fixed vocabulary.
 
-use std::sync::LazyLock;
+pub mod otlp;
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus::{
@@ -44,6 +47,21 @@ pub struct Metrics {
     pub cost: CounterVec,
     /// `api_audit_sink_errors_total{kind}`: audit records that could not be written.
     pub audit_errors: IntCounterVec,
+    /// `api_principal_calls_total{principal,api}`: upstream calls per principal, only with
+    /// `metrics.principal_label = true`.
+    pub principal_calls: IntCounterVec,
+    /// `api_principal_cost_total{principal,api}`: their cost.
+    pub principal_cost: CounterVec,
+    /// `api_trace_spans_dropped_total`: spans in OTLP exports the collector did not accept.
+    pub trace_spans_dropped: prometheus::IntCounter,
+    /// The principals that have a label value of their own; past `max_principals`, the rest
+    /// share `other`. `None`: the principal label is off.
+    principals: Mutex<Option<Principals>>,
+}
+
+struct Principals {
+    max: usize,
+    seen: HashSet<String>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -151,6 +169,34 @@ impl Metrics {
                 "Audit records that could not be written, by kind",
                 &["kind"],
             ),
+            principal_calls: counter(
+                &r,
+                "api_principal_calls_total",
+                "Upstream calls per principal (opt-in, capped: the rest are \"other\")",
+                &["principal", "api"],
+            ),
+            principal_cost: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "api_principal_cost_total",
+                        "Sum of cost_per_call per principal (opt-in, capped)",
+                    ),
+                    &["principal", "api"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            trace_spans_dropped: {
+                let c = prometheus::IntCounter::new(
+                    "api_trace_spans_dropped_total",
+                    "Spans in OTLP exports that failed (collector down or refusing)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            principals: Mutex::new(None),
             registry: r,
         }
     }
@@ -173,6 +219,9 @@ impl Metrics {
             self.upstream_requests.desc(),
             self.cost.desc(),
             self.audit_errors.desc(),
+            self.principal_calls.desc(),
+            self.principal_cost.desc(),
+            self.trace_spans_dropped.desc(),
         ]
         .into_iter()
         .flatten()
@@ -211,8 +260,46 @@ impl Metrics {
         }
     }
 
-    /// Records one request sent upstream: connection reuse, and the API's cost per call.
-    pub fn upstream(&self, door: Door, api: &crate::config::Api, reused: bool) {
+    /// Applies `[metrics]`: whether calls are also counted per principal, and for how many.
+    pub fn configure(&self, cfg: &crate::config::MetricsConfig) {
+        let mut p = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        *p = cfg.principal_label.then(|| Principals {
+            max: cfg.max_principals,
+            seen: HashSet::new(),
+        });
+    }
+
+    /// The label value for a principal: its id while fewer than `max_principals` have one,
+    /// `other` after; `None` while the principal label is off.
+    fn principal_label(&self, id: &str) -> Option<String> {
+        let mut guard = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        let p = guard.as_mut()?;
+        if p.seen.contains(id) {
+            return Some(id.to_string());
+        }
+        if p.seen.len() < p.max && id != "other" {
+            p.seen.insert(id.to_string());
+            return Some(id.to_string());
+        }
+        Some("other".to_string())
+    }
+
+    /// Records one request sent upstream: connection reuse, the API's cost per call and,
+    /// when configured, both per principal.
+    pub fn upstream(
+        &self,
+        door: Door,
+        api: &crate::config::Api,
+        reused: bool,
+        principal: Option<&str>,
+    ) {
+        if let Some(label) = principal.and_then(|p| self.principal_label(p)) {
+            let labels = [label.as_str(), api.name.as_str()];
+            self.principal_calls.with_label_values(&labels).inc();
+            if let Some(cost) = api.cost_per_call {
+                self.principal_cost.with_label_values(&labels).inc_by(cost);
+            }
+        }
         self.upstream_requests
             .with_label_values(&[
                 api.name.as_str(),

@@ -323,3 +323,94 @@ async fn the_dashboard_queries_are_valid_and_use_exported_metrics() {
     let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], None);
     assert!(ok, "{out}");
 }
+
+/// `metrics.principal_label`: calls and cost per principal, with the label capped at
+/// `max_principals` values; later principals share `other`.
+#[tokio::test]
+async fn principal_label_is_opt_in_and_capped() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}[metrics]\nprincipal_label = true\nmax_principals = 1\n\n{}",
+            server_section(ports, 1),
+            loopback_get_api("local", up.port, "cost_per_call = 0.5")
+        )
+    });
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = c
+            .get(gw.proxy_url("/local/x"))
+            .header("x-api-key", API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .get(gw.proxy_url("/local/x"))
+        .bearer_auth(jwt(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    let m = |series: &'static str, want: f64| counter_at(&gw, series, want);
+    assert_eq!(
+        m(
+            "api_principal_calls_total{api=\"local\",principal=\"key:suite\"}",
+            2.0
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        m(
+            "api_principal_cost_total{api=\"local\",principal=\"key:suite\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+    // alice and anonymous came after the cap: one shared series.
+    assert_eq!(
+        m(
+            "api_principal_calls_total{api=\"local\",principal=\"other\"}",
+            2.0
+        )
+        .await,
+        2.0
+    );
+    let text = scrape(&gw).await;
+    assert!(!text.contains("alice") && !text.contains("principal=\"anonymous\""));
+}
+
+/// Without the opt-in, no per-principal series exists.
+#[tokio::test]
+async fn principal_label_is_off_by_default() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}{}",
+            server_section(ports, 1),
+            loopback_get_api("local", up.port, "")
+        )
+    });
+    let c = reqwest::Client::new();
+    let r = c
+        .get(gw.proxy_url("/local/x"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        counter_at(
+            &gw,
+            "api_upstream_requests_total{api=\"local\",door=\"proxy\",reused=\"false\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+    assert!(!scrape(&gw).await.contains("principal=\"key:suite\""));
+}
