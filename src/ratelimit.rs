@@ -108,18 +108,135 @@ pub enum RateLimitDecision {
     },
 }
 
+/// The largest `requests` whose ceiling is kept as an exact log of admission times. Above
+/// it, a log would cost memory per admission (8 bytes here, ~100 in a Redis sorted set) and
+/// time per decision, so the ceiling is counted in [`SLOTS`] slots instead.
+pub const EXACT_LOG_MAX: u32 = 1000;
+
+/// Slots per window for policies above [`EXACT_LOG_MAX`].
+pub const SLOTS: u64 = 64;
+
+/// How a policy keeps its sliding-window ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ceiling {
+    /// `burst = 1`: GCRA alone spaces admissions at least `window / requests` apart, so no
+    /// window can hold more than `requests`; nothing else is kept.
+    Gcra,
+    /// An exact log of admission times (`requests ≤ EXACT_LOG_MAX`).
+    Log,
+    /// Admissions counted per slot of `window / SLOTS` (rounded up). A request is admitted
+    /// only if every slot that overlaps the window holds fewer than `requests` in all, so no
+    /// window ever holds more than `requests`. The cost of the approximation is one slot: the
+    /// oldest slot counts whole until it has left the window entirely, so after the ceiling
+    /// is reached admissions resume at most one slot width (`window / 64`) later than an
+    /// exact log would allow, and `Retry-After` says exactly when.
+    Slots,
+}
+
+impl Policy {
+    pub fn ceiling(&self) -> Ceiling {
+        if self.burst == 1 {
+            Ceiling::Gcra
+        } else if self.requests <= EXACT_LOG_MAX {
+            Ceiling::Log
+        } else {
+            Ceiling::Slots
+        }
+    }
+
+    /// The slot width of [`Ceiling::Slots`], in ns.
+    fn slot_ns(&self) -> u64 {
+        self.window_ns().div_ceil(SLOTS).max(1)
+    }
+}
+
+/// Admission counts in consecutive slots, oldest first.
+#[derive(Debug, Default)]
+struct SlotCounts {
+    /// The slot index (time / slot width) of `counts[0]`.
+    base: u64,
+    counts: VecDeque<u32>,
+    total: u64,
+}
+
+impl SlotCounts {
+    /// Drops the slots that lie wholly before the window ending at `now`.
+    fn prune(&mut self, now: u64, window: u64, slot: u64) {
+        let first = now.saturating_sub(window) / slot;
+        while self.base < first && !self.counts.is_empty() {
+            self.total -= u64::from(self.counts.pop_front().unwrap_or(0));
+            self.base += 1;
+        }
+        if self.counts.is_empty() {
+            self.base = first;
+        }
+    }
+
+    /// How long until fewer than `requests` are counted (zero: now). Call after `prune`.
+    fn wait(&self, requests: u32, now: u64, window: u64, slot: u64) -> u64 {
+        let mut left = self.total;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if left < u64::from(requests) {
+                return if i == 0 {
+                    0
+                } else {
+                    // Slot base+i-1 leaves the window once the window starts at its end.
+                    ((self.base + i as u64) * slot + window).saturating_sub(now)
+                };
+            }
+            left -= u64::from(c);
+        }
+        if left < u64::from(requests) && !self.counts.is_empty() {
+            ((self.base + self.counts.len() as u64) * slot + window).saturating_sub(now)
+        } else {
+            0
+        }
+    }
+
+    fn commit(&mut self, now: u64, slot: u64) {
+        let i = now / slot;
+        if self.counts.is_empty() {
+            self.base = i;
+        }
+        let at = (i - self.base) as usize;
+        if self.counts.len() <= at {
+            self.counts.resize(at + 1, 0);
+        }
+        self.counts[at] += 1;
+        self.total += 1;
+    }
+
+    /// Time until the oldest counted admission's slot leaves the window.
+    fn reset(&self, now: u64, window: u64, slot: u64) -> u64 {
+        match self.counts.iter().position(|&c| c > 0) {
+            Some(i) => ((self.base + i as u64 + 1) * slot + window).saturating_sub(now),
+            None => 0,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Bucket {
     /// GCRA theoretical arrival time, in ns on the limiter's clock.
     tat: u64,
-    /// Admission times inside the current window, oldest first; at most `requests` long.
+    /// [`Ceiling::Log`]: admission times inside the current window, oldest first; at most
+    /// `requests` long.
     log: VecDeque<u64>,
+    /// [`Ceiling::Slots`]: admissions per slot.
+    slots: SlotCounts,
 }
 
 impl Bucket {
-    fn prune(&mut self, now: u64, window: u64) {
-        while self.log.front().is_some_and(|&t| t + window <= now) {
-            self.log.pop_front();
+    fn prune(&mut self, p: &Policy, now: u64) {
+        let window = p.window_ns();
+        match p.ceiling() {
+            Ceiling::Gcra => {}
+            Ceiling::Log => {
+                while self.log.front().is_some_and(|&t| t + window <= now) {
+                    self.log.pop_front();
+                }
+            }
+            Ceiling::Slots => self.slots.prune(now, window, p.slot_ns()),
         }
     }
 
@@ -129,20 +246,29 @@ impl Bucket {
         let tau = t * u64::from(p.burst - 1);
         let tat = self.tat.max(now);
         let gcra_wait = (tat - now).saturating_sub(tau);
-        let log_wait = if self.log.len() >= p.requests as usize {
-            let oldest_that_must_leave = self.log[self.log.len() - p.requests as usize];
-            (oldest_that_must_leave + p.window_ns()).saturating_sub(now)
-        } else {
-            0
+        let ceiling_wait = match p.ceiling() {
+            Ceiling::Gcra => 0,
+            Ceiling::Log if self.log.len() >= p.requests as usize => {
+                let oldest_that_must_leave = self.log[self.log.len() - p.requests as usize];
+                (oldest_that_must_leave + p.window_ns()).saturating_sub(now)
+            }
+            Ceiling::Log => 0,
+            Ceiling::Slots => self.slots.wait(p.requests, now, p.window_ns(), p.slot_ns()),
         };
-        gcra_wait.max(log_wait)
+        gcra_wait.max(ceiling_wait)
     }
 
     fn commit(&mut self, p: &Policy, now: u64) {
         self.tat = self.tat.max(now) + p.interval_ns();
-        self.log.push_back(now);
-        while self.log.len() > p.requests as usize {
-            self.log.pop_front();
+        match p.ceiling() {
+            Ceiling::Gcra => {}
+            Ceiling::Log => {
+                self.log.push_back(now);
+                while self.log.len() > p.requests as usize {
+                    self.log.pop_front();
+                }
+            }
+            Ceiling::Slots => self.slots.commit(now, p.slot_ns()),
         }
     }
 
@@ -155,22 +281,30 @@ impl Bucket {
         } else {
             (now + tau - tat) / t + 1
         };
-        let window_left = u64::from(p.requests).saturating_sub(self.log.len() as u64);
+        let window = p.window_ns();
+        let (counted, reset) = match p.ceiling() {
+            // The full burst is back once the schedule has caught up with the clock.
+            Ceiling::Gcra => (0, (tat - now).min(window)),
+            Ceiling::Log => (
+                self.log.len() as u64,
+                self.log
+                    .front()
+                    .map_or(0, |&oldest| (oldest + window).saturating_sub(now)),
+            ),
+            Ceiling::Slots => (self.slots.total, self.slots.reset(now, window, p.slot_ns())),
+        };
+        let window_left = u64::from(p.requests).saturating_sub(counted);
         PolicyState {
             name: p.name.clone(),
             requests: p.requests,
             window: p.window,
             remaining: burst_left.min(window_left) as u32,
-            reset: Duration::from_nanos(
-                self.log
-                    .front()
-                    .map_or(0, |&oldest| (oldest + p.window_ns()).saturating_sub(now)),
-            ),
+            reset: Duration::from_nanos(reset),
         }
     }
 
     fn idle(&self, now: u64) -> bool {
-        self.log.is_empty() && self.tat <= now
+        self.log.is_empty() && self.slots.total == 0 && self.tat <= now
     }
 }
 
@@ -201,7 +335,7 @@ impl MemoryLimiter {
         inner.decisions += 1;
         if inner.decisions.is_multiple_of(SWEEP_EVERY) {
             inner.buckets.retain(|_, (p, b)| {
-                b.prune(now_ns, p.window_ns());
+                b.prune(p, now_ns);
                 !b.idle(now_ns)
             });
         }
@@ -215,7 +349,7 @@ impl MemoryLimiter {
                 // The policy changed (a reload); start this key afresh under the new one.
                 *entry = ((*policy).clone(), Bucket::default());
             }
-            entry.1.prune(now_ns, policy.window_ns());
+            entry.1.prune(policy, now_ns);
             let wait = entry.1.wait(policy, now_ns);
             if wait > 0 && denied.as_ref().is_none_or(|(_, w)| wait > *w) {
                 denied = Some((policy.name.clone(), wait));
@@ -430,6 +564,158 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The slot counter against an exact log fed the same admissions: it never admits where
+    /// the log would not, and refuses for at most one slot longer.
+    #[test]
+    fn slot_ceiling_is_safe_and_at_most_one_slot_late() {
+        let mut seed = 7;
+        for case in 0..40 {
+            let requests = 1 + (lcg(&mut seed) % 3000) as u32;
+            let window = (1 + lcg(&mut seed) % 120) * S;
+            let slot = window.div_ceil(SLOTS);
+            let mut slots = SlotCounts::default();
+            let mut log: Vec<u64> = Vec::new();
+            let mut lo = 0;
+            let mut now = lcg(&mut seed) % (10 * S);
+            for _ in 0..6000 {
+                // Bursts of simultaneous arrivals, and gaps up to a third of the window.
+                if lcg(&mut seed).is_multiple_of(3) {
+                    now += lcg(&mut seed) % (window / 3);
+                }
+                slots.prune(now, window, slot);
+                let wait = slots.wait(requests, now, window, slot);
+                while lo < log.len() && log[lo] + window <= now {
+                    lo += 1;
+                }
+                let in_window = log.len() - lo;
+                let exact = if in_window >= requests as usize {
+                    let oldest = log[log.len() - requests as usize];
+                    oldest + window - now
+                } else {
+                    0
+                };
+                assert!(wait >= exact, "case {case}: admits where the log would not");
+                assert!(
+                    wait <= exact + slot,
+                    "case {case}: {wait} ns is more than one slot ({slot}) past {exact}"
+                );
+                if wait == 0 {
+                    slots.commit(now, slot);
+                    log.push(now);
+                } else {
+                    // The retry at `now + wait` is admitted by the counter itself.
+                    let mut probe = SlotCounts {
+                        base: slots.base,
+                        counts: slots.counts.clone(),
+                        total: slots.total,
+                    };
+                    probe.prune(now + wait, window, slot);
+                    assert_eq!(probe.wait(requests, now + wait, window, slot), 0);
+                    if wait > 1 {
+                        let mut early = SlotCounts {
+                            base: slots.base,
+                            counts: slots.counts.clone(),
+                            total: slots.total,
+                        };
+                        early.prune(now + wait - 1, window, slot);
+                        assert!(early.wait(requests, now + wait - 1, window, slot) > 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same properties as `property_random_arrivals`, for policies above
+    /// `EXACT_LOG_MAX` (counted in slots) and with `burst = 1` (GCRA alone).
+    #[test]
+    fn property_random_arrivals_large_and_unit_burst() {
+        let mut seed = 99;
+        for case in 0..24 {
+            let (requests, burst) = if case % 2 == 0 {
+                let r = EXACT_LOG_MAX + 1 + (lcg(&mut seed) % 2000) as u32;
+                (r, 1 + (lcg(&mut seed) % u64::from(r)) as u32)
+            } else {
+                (1 + (lcg(&mut seed) % 3000) as u32, 1)
+            };
+            let window = 1 + lcg(&mut seed) % 60;
+            let p = policy(requests, window, burst);
+            assert_eq!(
+                p.ceiling(),
+                if burst == 1 {
+                    Ceiling::Gcra
+                } else {
+                    Ceiling::Slots
+                }
+            );
+            let l = MemoryLimiter::new();
+            let mut now = 0u64;
+            let mut admitted: Vec<u64> = Vec::new();
+            for _ in 0..(3 * requests as usize).min(6000) {
+                if lcg(&mut seed).is_multiple_of(3) {
+                    now += lcg(&mut seed) % (3 * window * S / u64::from(requests) + 1);
+                }
+                match check(&l, &p, now) {
+                    RateLimitDecision::Allowed { .. } => admitted.push(now),
+                    RateLimitDecision::Denied { retry_after, .. } => {
+                        let at = now + retry_after.as_nanos() as u64;
+                        if retry_after.as_nanos() > 1 {
+                            assert!(
+                                matches!(check(&l, &p, at - 1), RateLimitDecision::Denied { .. }),
+                                "case {case}: admitted before Retry-After"
+                            );
+                        }
+                        assert!(
+                            matches!(check(&l, &p, at), RateLimitDecision::Allowed { .. }),
+                            "case {case}: not admitted at Retry-After"
+                        );
+                        admitted.push(at);
+                        now = at;
+                    }
+                }
+            }
+            let w = window * S;
+            let mut j = 0;
+            for (i, &t) in admitted.iter().enumerate() {
+                while j < admitted.len() && admitted[j] < t + w {
+                    j += 1;
+                }
+                assert!(
+                    j - i <= requests as usize,
+                    "case {case}: {} > {requests} in a window",
+                    j - i
+                );
+                let same_instant = admitted[i..].iter().take_while(|&&u| u == t).count();
+                assert!(same_instant <= burst as usize, "case {case}: burst");
+            }
+        }
+    }
+
+    /// A ceiling of 5000 per minute takes a few hundred bytes per key, not one entry per
+    /// admission.
+    #[test]
+    fn large_policies_keep_slots_not_a_log() {
+        let l = MemoryLimiter::new();
+        let p = policy(5000, 60, 5000);
+        for i in 0..5000 {
+            assert!(matches!(
+                check(&l, &p, i * 1000),
+                RateLimitDecision::Allowed { .. }
+            ));
+        }
+        let RateLimitDecision::Denied { retry_after, .. } = check(&l, &p, 5000 * 1000) else {
+            panic!("5001st admitted")
+        };
+        // Everything sits in slot 0 (0.94 s wide): free again once it has left the window.
+        assert_eq!(
+            retry_after.as_nanos() as u64,
+            60 * S + (60 * S).div_ceil(SLOTS) - 5_000_000
+        );
+        let inner = l.inner.lock().unwrap();
+        let (_, b) = &inner.buckets["k"];
+        assert!(b.log.is_empty());
+        assert_eq!((b.slots.counts.len(), b.slots.total), (1, 5000));
     }
 
     #[test]

@@ -106,36 +106,7 @@ fn start(up: &Upstream, redis: u16, limit: &str, store_extra: &str) -> Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_limit_exactly() {
-    let redis = Redis::start();
-    let up = Upstream::start();
-    let limit = r#"{ requests = 100, window = "1m" }"#;
-    let extra = r#", timeout = "2s""#;
-    let gws: Vec<Gateway> = (0..3)
-        .map(|_| start(&up, redis.port, limit, extra))
-        .collect();
-    let client = reqwest::Client::new();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let url = gws[i % 3].proxy_url("/local/x");
-        let (c, sem) = (client.clone(), sem.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire().await.unwrap();
-            get_status(&c, &url).await
-        }));
-    }
-    let mut ok = 0;
-    let mut limited = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            200 => ok += 1,
-            429 => limited += 1,
-            other => panic!("unexpected status {other}"),
-        }
-    }
-    assert_eq!(ok, 100, "admitted across replicas");
-    assert_eq!(limited, 900);
-    assert_eq!(up.count(), 100);
+    let redis = three_replicas(100, 1000).await;
     // Blocked callers are answered from the local "blocked until" cache, not Redis.
     let stats = redis.cmd(&["INFO", "commandstats"]);
     let script_calls: u64 = stats
@@ -155,6 +126,54 @@ async fn three_replicas_share_one_limit_exactly() {
         script_calls < 1000,
         "every blocked call went to Redis: {script_calls}"
     );
+}
+
+/// Above 1000 requests per window the ceiling is counted in slots (a hash of at most 64
+/// counters, not a sorted set of every admission); the shared limit is still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_a_large_limit_exactly() {
+    let redis = three_replicas(1200, 1500).await;
+    let keys = redis.cmd(&["KEYS", "{agm}:slots:*"]);
+    assert!(keys.contains("{agm}:slots:api:local"), "{keys}");
+    assert!(!redis.cmd(&["KEYS", "{agm}:log:*"]).contains("api:local"));
+    let hlen = redis.cmd(&["HLEN", "{agm}:slots:api:local"]);
+    let hlen: u64 = hlen.trim().trim_start_matches(':').parse().unwrap();
+    assert!(hlen <= 2 + 64, "{hlen} fields");
+}
+
+/// `requests` admitted of `total` concurrent calls spread over three gateways sharing Redis.
+async fn three_replicas(requests: u32, total: usize) -> Redis {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let limit = format!("{{ requests = {requests}, window = \"1m\" }}");
+    let extra = r#", timeout = "2s""#;
+    let gws: Vec<Gateway> = (0..3)
+        .map(|_| start(&up, redis.port, &limit, extra))
+        .collect();
+    let client = reqwest::Client::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let url = gws[i % 3].proxy_url("/local/x");
+        let (c, sem) = (client.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            get_status(&c, &url).await
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, requests as usize, "admitted across replicas");
+    assert_eq!(limited, total - requests as usize);
+    assert_eq!(up.count(), requests as usize);
+    redis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,4 +483,123 @@ async fn rediss_with_username_and_password() {
     assert_eq!(get_status(&c, &untrusting.proxy_url("/local/x")).await, 503);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The script's three ways of keeping the ceiling, called directly: GCRA alone (`burst = 1`),
+/// the exact log, and slots above 1000 requests. Retry-After is exact for the first two and
+/// at most one slot (window / 64) past the exact answer for slots.
+#[test]
+fn script_modes_agree_with_the_memory_limiter() {
+    use api_gateway_mcp::ratelimit::{
+        Ceiling, Limiter, OnError, Policy, RateLimitDecision, RedisLimiter, RedisSettings,
+    };
+    let redis = Redis::start();
+    let shared = Limiter::Redis(Box::new(
+        RedisLimiter::new(RedisSettings {
+            url: format!("redis://127.0.0.1:{}", redis.port),
+            timeout: Duration::from_secs(2),
+            cooldown: Duration::from_secs(1),
+            on_error: OnError::Deny,
+        })
+        .unwrap(),
+    ));
+    let memory = Limiter::memory();
+    let hour = Duration::from_secs(3600);
+    // The Redis limiter owns a runtime, so it is built and dropped outside this one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cases = [
+            (
+                Policy {
+                    name: "unit".into(),
+                    requests: 5,
+                    window: hour,
+                    burst: 1,
+                },
+                Ceiling::Gcra,
+            ),
+            (
+                Policy {
+                    name: "log".into(),
+                    requests: 40,
+                    window: hour,
+                    burst: 40,
+                },
+                Ceiling::Log,
+            ),
+            (
+                Policy {
+                    name: "slots".into(),
+                    requests: 1500,
+                    window: hour,
+                    burst: 1500,
+                },
+                Ceiling::Slots,
+            ),
+        ];
+        for (p, ceiling) in &cases {
+            assert_eq!(p.ceiling(), *ceiling);
+            let key = format!("direct:{}", p.name);
+            let started = Instant::now();
+            for limiter in [&shared, &memory] {
+                let checks = [(key.clone(), p)];
+                let admitted_first = (0..p.burst)
+                    .map(|_| async { limiter.check(&checks).await })
+                    .collect::<Vec<_>>();
+                let mut admitted = 0;
+                for f in admitted_first {
+                    if matches!(f.await.unwrap(), RateLimitDecision::Allowed { .. }) {
+                        admitted += 1;
+                    }
+                }
+                assert_eq!(admitted, p.burst, "{}: back-to-back admissions", p.name);
+                let RateLimitDecision::Denied {
+                    retry_after,
+                    policy,
+                    states,
+                } = limiter.check(&checks).await.unwrap()
+                else {
+                    panic!("{}: admitted past the limit", p.name)
+                };
+                assert_eq!(policy, p.name);
+                assert_eq!(states[0].remaining, 0);
+                let elapsed = started.elapsed();
+                let (low, high) = match ceiling {
+                    // Next in the GCRA schedule: window / requests after the first admission.
+                    Ceiling::Gcra => (hour / 5 - elapsed, hour / 5),
+                    // The oldest admission leaves the window.
+                    Ceiling::Log => (hour - elapsed, hour),
+                    // …or, counted in slots, up to one slot later.
+                    Ceiling::Slots => (hour - elapsed, hour + hour / 64),
+                };
+                assert!(
+                    retry_after >= low && retry_after <= high,
+                    "{}: retry after {retry_after:?}, not within {low:?}..{high:?}",
+                    p.name
+                );
+            }
+        }
+    });
+    // What each mode keeps in Redis.
+    assert!(redis
+        .cmd(&["TYPE", "{agm}:log:direct:log"])
+        .contains("zset"));
+    assert!(redis
+        .cmd(&["TYPE", "{agm}:slots:direct:slots"])
+        .contains("hash"));
+    assert!(redis
+        .cmd(&["TYPE", "{agm}:log:direct:unit"])
+        .contains("none"));
+    assert!(
+        redis
+            .cmd(&["PTTL", "{agm}:slots:direct:slots"])
+            .trim_start_matches(':')
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{MemoryLimiter, Policy, PolicyState, RateLimitDecision};
+use super::{Ceiling, MemoryLimiter, Policy, PolicyState, RateLimitDecision};
 
 /// What to do while Redis cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,29 +53,71 @@ pub enum StoreUnavailable {
 }
 
 const SCRIPT: &str = r#"
--- KEYS: per policy, its GCRA key then its log key; then the sequence key.
--- ARGV: per policy: window_us, interval_us, burst, requests.
+-- KEYS: per policy, its GCRA key then its ceiling key; then the sequence key.
+-- ARGV: per policy: window_us, interval_us, burst, requests, mode, slot_us.
+-- mode 0: GCRA alone (burst = 1); 1: exact log in a sorted set; 2: counts per slot in a
+-- hash (fields: slot index mod 128, 'b' = oldest kept slot, 't' = total).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #ARGV / 4
+local n = #ARGV / 6
+local RING = 128
 local denied, maxwait = 0, 0
-local tats, counts = {}, {}
+local tats, counts, bases = {}, {}, {}
 for i = 1, n do
-  local window, interval = tonumber(ARGV[i*4-3]), tonumber(ARGV[i*4-2])
-  local burst, requests = tonumber(ARGV[i*4-1]), tonumber(ARGV[i*4])
-  local tatk, logk = KEYS[i*2-1], KEYS[i*2]
-  redis.call('ZREMRANGEBYSCORE', logk, '-inf', now - window)
+  local a = (i - 1) * 6
+  local window, interval = tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
+  local burst, requests = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+  local mode, slot = tonumber(ARGV[a+5]), tonumber(ARGV[a+6])
+  local tatk, ck = KEYS[i*2-1], KEYS[i*2]
   local tat = tonumber(redis.call('GET', tatk) or '0')
   if tat < now then tat = now end
   local gw = tat - now - interval * (burst - 1)
   if gw < 0 then gw = 0 end
-  local cnt = redis.call('ZCARD', logk)
-  local lw = 0
-  if cnt >= requests then
-    local e = redis.call('ZRANGE', logk, cnt - requests, cnt - requests, 'WITHSCORES')
-    lw = tonumber(e[2]) + window - now
-    if lw < 0 then lw = 0 end
+  local cnt, lw = 0, 0
+  if mode == 1 then
+    redis.call('ZREMRANGEBYSCORE', ck, '-inf', now - window)
+    cnt = redis.call('ZCARD', ck)
+    if cnt >= requests then
+      local e = redis.call('ZRANGE', ck, cnt - requests, cnt - requests, 'WITHSCORES')
+      lw = tonumber(e[2]) + window - now
+    end
+  elseif mode == 2 then
+    local first = math.floor((now - window) / slot)
+    local h = redis.call('HMGET', ck, 'b', 't')
+    local base, total = tonumber(h[1]), tonumber(h[2]) or 0
+    if base == nil then
+      base = first
+    elseif first - base > 65 then
+      -- Every kept slot is older than the window.
+      redis.call('DEL', ck)
+      base, total = first, 0
+    elseif base < first then
+      while base < first do
+        local c = tonumber(redis.call('HGET', ck, base % RING) or '0')
+        if c > 0 then
+          total = total - c
+          redis.call('HDEL', ck, base % RING)
+        end
+        base = base + 1
+      end
+      if total > 0 then
+        redis.call('HSET', ck, 'b', base, 't', total)
+      else
+        redis.call('DEL', ck)
+      end
+    end
+    cnt = total
+    if cnt >= requests then
+      local left, k = total, base
+      while left >= requests do
+        left = left - tonumber(redis.call('HGET', ck, k % RING) or '0')
+        k = k + 1
+      end
+      lw = k * slot + window - now
+    end
+    bases[i] = base
   end
+  if lw < 0 then lw = 0 end
   local w = math.max(gw, lw)
   if w > maxwait then maxwait = w; denied = i end
   tats[i], counts[i] = tat, cnt
@@ -87,27 +129,44 @@ if denied == 0 then
   if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
 end
 for i = 1, n do
-  local window, interval = tonumber(ARGV[i*4-3]), tonumber(ARGV[i*4-2])
-  local burst, requests = tonumber(ARGV[i*4-1]), tonumber(ARGV[i*4])
-  local tatk, logk = KEYS[i*2-1], KEYS[i*2]
+  local a = (i - 1) * 6
+  local window, interval = tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
+  local burst, requests = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+  local mode, slot = tonumber(ARGV[a+5]), tonumber(ARGV[a+6])
+  local tatk, ck = KEYS[i*2-1], KEYS[i*2]
   local tat, cnt = tats[i], counts[i]
+  local ttl = math.ceil(window / 1000) + 1000
   if denied == 0 then
     tat = tat + interval
-    cnt = cnt + 1
-    redis.call('ZADD', logk, now, now .. ':' .. seq)
-    if cnt > requests then redis.call('ZREMRANGEBYRANK', logk, 0, -(requests + 1)) end
-    local ttl = math.ceil(window / 1000) + 1000
     redis.call('SET', tatk, tat, 'PX', ttl)
-    redis.call('PEXPIRE', logk, ttl)
+    if mode == 1 then
+      cnt = cnt + 1
+      redis.call('ZADD', ck, now, now .. ':' .. seq)
+      if cnt > requests then redis.call('ZREMRANGEBYRANK', ck, 0, -(requests + 1)) end
+      redis.call('PEXPIRE', ck, ttl)
+    elseif mode == 2 then
+      cnt = cnt + 1
+      redis.call('HINCRBY', ck, math.floor(now / slot) % RING, 1)
+      redis.call('HSET', ck, 'b', bases[i], 't', cnt)
+      redis.call('PEXPIRE', ck, ttl)
+    end
   end
   local tau = interval * (burst - 1)
   local burst_left = 0
   if tat - now <= tau then burst_left = math.floor((now + tau - tat) / interval) + 1 end
-  local remaining = math.min(burst_left, requests - cnt)
+  local remaining = burst_left
+  if mode ~= 0 then remaining = math.min(burst_left, requests - cnt) end
   if remaining < 0 then remaining = 0 end
   local reset = 0
-  local oldest = redis.call('ZRANGE', logk, 0, 0, 'WITHSCORES')
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+  if mode == 0 then
+    reset = math.min(tat - now, window)
+  elseif mode == 1 then
+    local oldest = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')
+    if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+  elseif cnt > 0 then
+    -- The oldest kept slot's end: at most one slot early if that slot is empty.
+    reset = (bases[i] + 1) * slot + window - now
+  end
   if reset < 0 then reset = 0 end
   table.insert(out, remaining)
   table.insert(out, reset)
@@ -321,12 +380,21 @@ impl RedisLimiter {
     async fn invoke(&self, checks: &[(String, &Policy)]) -> redis::RedisResult<RateLimitDecision> {
         let mut inv = self.script.prepare_invoke();
         for (key, p) in checks {
+            let window_us = p.window.as_micros() as u64;
+            let (mode, ceiling_key) = match p.ceiling() {
+                Ceiling::Gcra => (0, "log"),
+                Ceiling::Log => (1, "log"),
+                // Its own key: a policy changed by a reload never meets a key of another type.
+                Ceiling::Slots => (2, "slots"),
+            };
             inv.key(format!("{{agm}}:gcra:{key}"));
-            inv.key(format!("{{agm}}:log:{key}"));
-            inv.arg(p.window.as_micros() as u64)
-                .arg(p.window.as_micros().div_ceil(u128::from(p.requests)) as u64)
+            inv.key(format!("{{agm}}:{ceiling_key}:{key}"));
+            inv.arg(window_us)
+                .arg(window_us.div_ceil(u64::from(p.requests)))
                 .arg(p.burst)
-                .arg(p.requests);
+                .arg(p.requests)
+                .arg(mode)
+                .arg(window_us.div_ceil(super::SLOTS).max(1));
         }
         inv.key("{agm}:seq");
         let mut conn = self.conn.clone();
