@@ -124,7 +124,11 @@ for i = 1, n do
 end
 local out = {denied, maxwait}
 local seq = 0
-if denied == 0 then
+local logged = false
+for i = 1, n do
+  if tonumber(ARGV[(i - 1) * 6 + 5]) == 1 then logged = true end
+end
+if denied == 0 and logged then
   seq = redis.call('INCR', KEYS[#KEYS])
   if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
 end
@@ -179,7 +183,13 @@ const FAILURES_TO_OPEN: u32 = 3;
 
 /// The Redis-backed limiter.
 pub struct RedisLimiter {
+    /// The connection of callers outside a Tokio runtime's worker (and the fallback).
     conn: ConnectionManager,
+    /// One connection per calling thread, driven by that thread's runtime: a decision then
+    /// costs no wake-up of another thread on the way out or back.
+    conns: std::sync::RwLock<HashMap<std::thread::ThreadId, ConnectionManager>>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     script: redis::Script,
     settings: RedisSettings,
     /// Local "blocked until" per key: a blocked caller costs no round trip.
@@ -209,10 +219,15 @@ impl RedisLimiter {
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(0);
         let conn = runtime
-            .block_on(async { ConnectionManager::new_lazy_with_config(client, config) })
+            .block_on(async {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            })
             .map_err(|e| format!("cannot create the Redis client: {e}"))?;
         Ok(RedisLimiter {
             conn,
+            conns: std::sync::RwLock::new(HashMap::new()),
+            client,
+            config,
             script: redis::Script::new(SCRIPT),
             settings,
             blocked: Mutex::new(HashMap::new()),
@@ -222,6 +237,32 @@ impl RedisLimiter {
             epoch: Instant::now(),
             _runtime: runtime,
         })
+    }
+
+    /// This thread's connection, made on first use inside the caller's runtime.
+    fn conn(&self) -> ConnectionManager {
+        let id = std::thread::current().id();
+        if let Some(c) = self
+            .conns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return c.clone();
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.conn.clone();
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(c) => {
+                self.conns
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, c.clone());
+                c
+            }
+            Err(_) => self.conn.clone(),
+        }
     }
 
     fn elapsed_ns(&self) -> u64 {
@@ -288,7 +329,7 @@ impl RedisLimiter {
         if self.elapsed_ns() < self.open_until_ns.load(Ordering::Relaxed) {
             return Err(deny);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let cmd = redis::cmd("SET")
             .arg(format!("{{agm}}:nonce:{key}"))
             .arg(1)
@@ -397,7 +438,7 @@ impl RedisLimiter {
                 .arg(window_us.div_ceil(super::SLOTS).max(1));
         }
         inv.key("{agm}:seq");
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
         let denied = out.first().copied().unwrap_or(0) as usize;
         let wait_us = out.get(1).copied().unwrap_or(0).max(0) as u64;
