@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# The gateway against nginx and the direct path, under wrk.
+#
+#   cargo build --release && benches/load.sh [seconds per run, default 10] [rounds, default 3]
+#
+# Needs nginx, wrk, redis-server and curl (Debian: apt-get install nginx wrk redis-server curl).
+# An nginx serving a small JSON document is the upstream. Each configuration runs once per
+# round, rounds interleaved so drift on the machine hits every configuration alike:
+#   a  direct        wrk -> upstream nginx
+#   b  nginx proxy   wrk -> nginx proxy_pass with upstream keepalive -> upstream
+#   c  proxy door    wrk -> gateway /local/... (API key + RBAC-free key, memory limiter) -> upstream
+#   d  proxy+redis   as c, the limiter in a local redis-server
+#   e  mcp door      wrk POSTs a stateless (2026-07-28) tools/call of api_gateway -> upstream
+# The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
+# Printed: per configuration the median of the rounds (req/s, p50, p99) and the process's CPU
+# (% of one core) and peak RSS; the ratios to a and b; then the gateway's start-to-ready time,
+# its idle RSS, and its RSS after a 256-connection run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+rounds="${2:-3}"
+conns=32
+bin=target/release/api-gateway-mcp
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+for tool in nginx wrk redis-server curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+done
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$work"/up/nginx.pid "$work"/px/nginx.pid "$work"/redis.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+  done
+  sleep 0.2
+  rm -rf "$work"
+}
+trap cleanup EXIT
+chmod 755 "$work"
+
+# The upstream: one nginx worker serving a small JSON document.
+mkdir -p "$work/up/www" "$work/up/logs" "$work/px/logs"
+echo '{"ok":true,"n":42}' > "$work/up/www/data.json"
+cat > "$work/up/nginx.conf" <<CONF
+worker_processes 1; daemon on; pid $work/up/nginx.pid; error_log $work/up/logs/error.log;
+events { worker_connections 4096; }
+http { access_log off; types { application/json json; }
+  server { listen 127.0.0.1:18181; root $work/up/www; keepalive_requests 1000000; } }
+CONF
+nginx -p "$work/up" -c nginx.conf
+# The peer baseline: nginx as a reverse proxy, as many workers as the gateway has threads.
+cat > "$work/px/nginx.conf" <<CONF
+worker_processes 2; daemon on; pid $work/px/nginx.pid; error_log $work/px/logs/error.log;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream backend { server 127.0.0.1:18181; keepalive 64; }
+  server { listen 127.0.0.1:18282; keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+nginx -p "$work/px" -c nginx.conf
+redis-server --port 16391 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+  --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+until redis-cli -p 16391 ping >/dev/null 2>&1; do sleep 0.05; done
+
+key="agm_load-test-key-0123456789abcdefghijklmnopqrs"
+key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+gateway_config() { # store line
+  cat <<CONF
+[server]
+mcp_listen = "127.0.0.1:13000"
+proxy_listen = "127.0.0.1:18080"
+admin_listen = "127.0.0.1:19090"
+threads = 2
+[auth]
+methods = ["api_key"]
+[[auth.api_keys]]
+name = "load"
+key_sha256 = "$key_sha"
+allowed_apis = ["local"]
+[audit]
+enabled = false
+[rate_limits]
+default = { requests = 100000000, window = "1m" }
+$1
+[[apis]]
+name = "local"
+base_url = "http://127.0.0.1:18181"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+CONF
+}
+gateway_config "" > "$work/memory.toml"
+gateway_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis.toml"
+
+# wrk script for the MCP door: a stateless tools/call, as a 2026-07-28 client sends it.
+cat > "$work/mcp.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+wrk.headers["Mcp-Method"] = "tools/call"
+wrk.headers["Mcp-Name"] = "api_gateway"
+wrk.headers["X-API-Key"] = "$key"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"api_gateway","arguments":{"api":"local","endpoint":"/data.json"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"1"}}}}'
+LUA
+
+now_ms() { date +%s%3N; }
+gw_pid=""
+ready_ms=""
+start_gateway() { # config file; sets gw_pid, and ready_ms: from exec to /readyz answering
+  local t0; t0=$(now_ms)
+  "$bin" serve -c "$1" >/dev/null 2>&1 &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  until curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1; do sleep 0.005; done
+  ready_ms=$(( $(now_ms) - t0 ))
+}
+probe() { # the proxy door answers 200 before it is measured
+  local out; out=$(curl -s -w ' %{http_code}' -H "X-API-Key: $key" http://127.0.0.1:18080/local/data.json)
+  [ "${out##* }" = 200 ] || { echo "proxy door: $out" >&2; exit 1; }
+}
+stop_gateway() { kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+ms() { # wrk latency ("812.00us", "1.23ms", "1.01s") to ms
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/ && v !~ /ms$/) n *= 1000; printf "%.3f", n }'
+}
+hz=$(getconf CLK_TCK)
+
+# One run: label, URL, the pids to measure ("" for none; CPU and peak RSS are summed over
+# them), then extra wrk arguments. Appends a line to $work/results.
+run() {
+  local label=$1 url=$2 pids_=$3
+  shift 3
+  local t0=0 p
+  for p in $pids_; do t0=$((t0 + $(ticks "$p"))); done
+  local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "$@" "$url")
+  local cpu=- rss=-
+  if [ -n "$pids_" ]; then
+    local t1=0; for p in $pids_; do t1=$((t1 + $(ticks "$p"))); done
+    cpu=$(awk -v a="$t0" -v b="$t1" -v s="$secs" -v hz="$hz" 'BEGIN {printf "%.0f", (b-a)/hz/s*100}')
+    rss=$(for p in $pids_; do cat "/proc/$p/status"; done | awk '/VmHWM/ {k += $2} END {printf "%.1f", k/1024}')
+  fi
+  local non2xx; non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+  [ -z "$non2xx" ] || { echo "$label: $non2xx non-2xx responses" >&2; echo "$out" >&2; exit 1; }
+  printf '%s %s %s %s %s %s\n' "$label" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+    "$(ms "$(awk '$1=="50%" {print $2}' <<<"$out")")" \
+    "$(ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" "$cpu" "$rss" >> "$work/results"
+}
+
+proxy_workers=$(pgrep -P "$(cat "$work/px/nginx.pid")" | tr '\n' ' ')
+for round in $(seq "$rounds"); do
+  run a_direct http://127.0.0.1:18181/data.json ""
+  run b_nginx_proxy http://127.0.0.1:18282/data.json "$proxy_workers"
+  start_gateway "$work/memory.toml"
+  probe
+  run c_proxy_door http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+  run e_mcp_door http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+  stop_gateway
+  start_gateway "$work/redis.toml"
+  probe
+  run d_proxy_redis http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+  stop_gateway
+done
+
+echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved; medians"
+printf '%-15s %10s %9s %9s %8s %9s %8s %8s\n' config "req/s" "p50 ms" "p99 ms" "cpu %" "rss MB" "vs a" "vs b"
+sort -k1,1 -s "$work/results" | awk '
+  { n[$1]++; r[$1, n[$1]] = $2; p5[$1, n[$1]] = $3; p9[$1, n[$1]] = $4; c[$1, n[$1]] = $5; m[$1, n[$1]] = $6 }
+  function med(arr, k, cnt,   i, j, t, v) {
+    for (i = 1; i <= cnt; i++) v[i] = arr[k, i]
+    for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
+    return v[int((cnt + 1) / 2)]
+  }
+  END {
+    split("a_direct b_nginx_proxy c_proxy_door d_proxy_redis e_mcp_door", order, " ")
+    a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
+    for (i = 1; i <= 5; i++) {
+      k = order[i]; if (!(k in n)) continue
+      rq = med(r, k, n[k])
+      printf "%-15s %10.0f %9.3f %9.3f %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
+    }
+  }'
+
+# Start-up, idle memory, and memory at 256 connections.
+start_gateway "$work/memory.toml"
+sleep 1
+idle=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
+wrk -t2 -c256 -d"${secs}s" -H "X-API-Key: $key" http://127.0.0.1:18080/local/data.json >/dev/null
+peak=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
+stop_gateway
+echo "gateway: ready ${ready_ms} ms after exec; idle RSS ${idle} MB; peak RSS ${peak} MB after 256 connections"
