@@ -256,5 +256,123 @@ fn limiter_benches(c: &mut Criterion) {
     let _ = server.wait();
 }
 
-criterion_group!(hot_path, benches, limiter_benches);
+criterion_group!(hot_path, benches, limiter_benches, mcp_benches);
 criterion_main!(hot_path);
+
+/// An upstream on a loopback port that answers every request on a kept-alive connection
+/// with the same small JSON document.
+fn fixed_upstream(rt: &tokio::runtime::Runtime) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                const BODY: &str = r#"{"ok":true,"n":42}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if sock.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The MCP door's JSON-RPC handling, in process: a stateless (2026-07-28) `tools/call`
+/// through rmcp's Streamable HTTP service and the gateway's tool handler, from the HTTP
+/// request to the encoded SSE response. `list_apis` is the handling alone; `api_gateway` adds
+/// the pipeline and one upstream request over a pooled loopback connection.
+fn mcp_benches(c: &mut Criterion) {
+    use api_gateway_mcp::gateway::Gateway;
+    use http_body_util::{BodyExt, Full};
+    // One thread drives everything, so the figures are CPU time rather than hand-offs
+    // between threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = fixed_upstream(&rt);
+    let config = Config::parse(
+        &format!(
+            "[auth]\nrequired = false\n[audit]\nenabled = false\n[[apis]]\nname = \"local\"\n\
+             base_url = \"http://127.0.0.1:{port}\"\nallow_private_network = true\n\
+             methods = [\"GET\"]\npaths = [\"/**\"]\n"
+        ),
+        &|_| None,
+    )
+    .unwrap();
+    let gateway = Gateway::new(config).unwrap();
+    let service = api_gateway_mcp::mcp::http_service(
+        gateway.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let caller = Arc::new(
+        rt.block_on(gateway.pipeline.identify_local(&|_| None))
+            .unwrap(),
+    );
+    let call = |tool: &str, args: serde_json::Value| {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": args, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"}}}
+        })
+        .to_string();
+        let tool = tool.to_string();
+        let service = service.clone();
+        let caller = caller.clone();
+        move || {
+            let mut request = http::Request::builder()
+                .method("POST")
+                .uri("http://127.0.0.1/mcp")
+                .header("host", "127.0.0.1")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", tool.as_str())
+                .body(Full::new(bytes::Bytes::from(body.clone())))
+                .unwrap();
+            request.extensions_mut().insert(caller.clone());
+            let mut service = service.clone();
+            async move {
+                let response = tower_service::Service::call(&mut service, request)
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let ok = body.windows(9).any(|w| w == b"\"result\":")
+                    && !body.windows(13).any(|w| w == b"\"isError\":true");
+                assert!(ok, "{}", String::from_utf8_lossy(&body));
+                black_box(body)
+            }
+        }
+    };
+    let list = call("list_apis", serde_json::json!({}));
+    let fetch = call(
+        "api_gateway",
+        serde_json::json!({"api": "local", "endpoint": "/data.json"}),
+    );
+    let mut g = c.benchmark_group("mcp");
+    g.bench_function("tools_call_list_apis", |b| b.to_async(&rt).iter(&list));
+    g.bench_function("tools_call_api_gateway", |b| b.to_async(&rt).iter(&fetch));
+    g.finish();
+}

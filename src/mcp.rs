@@ -43,6 +43,8 @@ pub struct GatewayMcp {
     gateway: Arc<Gateway>,
     /// The caller of a stdio session; HTTP requests carry theirs in the request extensions.
     local_caller: Option<Arc<Caller>>,
+    /// Every tool, unfiltered: what rmcp checks each call against. Built once.
+    all_tools: Arc<Vec<Tool>>,
 }
 
 /// Arguments of the `api_gateway` tool.
@@ -117,6 +119,7 @@ impl GatewayMcp {
 
     pub fn new(gateway: Arc<Gateway>) -> Self {
         GatewayMcp {
+            all_tools: Arc::new(Self::all_tools(&gateway)),
             gateway,
             local_caller: None,
         }
@@ -151,9 +154,8 @@ impl GatewayMcp {
     }
 
     /// Every tool over every configured API.
-    fn all_tools(&self) -> Vec<Tool> {
-        let all: Vec<_> = self
-            .gateway
+    fn all_tools(gateway: &Gateway) -> Vec<Tool> {
+        let all: Vec<_> = gateway
             .config
             .apis
             .iter()
@@ -580,7 +582,7 @@ impl ServerHandler for GatewayMcp {
     /// The unfiltered definition (rmcp uses it to validate results); what a caller may use
     /// is decided per call.
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.all_tools().into_iter().find(|t| t.name == name)
+        self.all_tools.iter().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
@@ -685,12 +687,37 @@ pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
             )
         })?;
     let handler = GatewayMcp {
-        gateway,
         local_caller: Some(Arc::new(caller)),
+        ..GatewayMcp::new(gateway)
     };
     let running = handler.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
+}
+
+/// rmcp's Streamable HTTP service over the gateway's tools, as `[mcp]` configures it. It
+/// expects each request to carry its identified [`Caller`] in the request extensions.
+pub fn http_service(
+    gateway: Arc<Gateway>,
+    cancel: CancellationToken,
+) -> StreamableHttpService<GatewayMcp, LocalSessionManager> {
+    let cfg = &gateway.config.mcp;
+    let mut http_cfg = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(cfg.allowed_hosts.clone())
+        .with_allowed_origins(cfg.allowed_origins.clone())
+        .with_legacy_session_mode(cfg.legacy_sessions)
+        .with_max_request_body_bytes(cfg.max_request_bytes)
+        .with_cancellation_token(cancel);
+    if cfg.allowed_origins.is_empty() {
+        // Secure default: with no configured origins, any browser Origin is refused.
+        http_cfg = http_cfg.enforce_origin_validation();
+    }
+    let handler = GatewayMcp::new(gateway);
+    StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::new(LocalSessionManager::default()),
+        http_cfg,
+    )
 }
 
 /// The Pingora service app that bridges HTTP sessions to rmcp's Streamable HTTP service.
@@ -735,27 +762,9 @@ fn host_of(session: &ServerSession) -> Option<&str> {
 
 impl McpHttpApp {
     pub fn new(gateway: Arc<Gateway>, cancel: CancellationToken) -> Self {
-        let cfg = &gateway.config.mcp;
-        let mut http_cfg = StreamableHttpServerConfig::default()
-            .with_allowed_hosts(cfg.allowed_hosts.clone())
-            .with_allowed_origins(cfg.allowed_origins.clone())
-            .with_legacy_session_mode(cfg.legacy_sessions)
-            .with_max_request_body_bytes(cfg.max_request_bytes)
-            .with_cancellation_token(cancel);
-        if cfg.allowed_origins.is_empty() {
-            // Secure default: with no configured origins, any browser Origin is refused.
-            http_cfg = http_cfg.enforce_origin_validation();
-        }
-        let max_request_bytes = cfg.max_request_bytes;
-        let handler = GatewayMcp::new(gateway.clone());
-        let service = StreamableHttpService::new(
-            move || Ok(handler.clone()),
-            Arc::new(LocalSessionManager::default()),
-            http_cfg,
-        );
         McpHttpApp {
-            service,
-            max_request_bytes,
+            service: http_service(gateway.clone(), cancel),
+            max_request_bytes: gateway.config.mcp.max_request_bytes,
             gateway,
             owners: std::sync::Mutex::new(SessionOwners::default()),
         }
@@ -959,7 +968,9 @@ impl HttpServerApp for McpHttpApp {
         let mut header = ResponseHeader::from(parts);
         let streaming = header.headers.get(http::header::CONTENT_LENGTH).is_none();
         if streaming {
-            header.remove_header(&http::header::CONTENT_LENGTH);
+            // Chunked, so the body's end is marked and the connection stays open for the
+            // next request (without it the body would run until the connection closes).
+            let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
         }
         if session
             .write_response_header(Box::new(header))

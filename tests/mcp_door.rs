@@ -320,3 +320,59 @@ async fn upstream_connections_are_pooled() {
         "five sequential calls should share one pooled connection: {conns:?}"
     );
 }
+
+/// A stateless (2026-07-28) client keeps its connection: the streamed response is chunked, so
+/// its end is marked and the next call goes over the same TCP connection.
+#[test]
+fn stateless_calls_share_one_kept_alive_connection() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.mcp)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    for i in 1..=3 {
+        let body = json!({
+            "jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": "api_gateway",
+                       "arguments": {"api": "local", "endpoint": format!("/kept/{i}")},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                 "io.modelcontextprotocol/clientCapabilities": {},
+                                 "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}
+        })
+        .to_string();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+             Mcp-Method: tools/call\r\nMcp-Name: api_gateway\r\nContent-Length: {}\r\n\r\n",
+            gw.mcp,
+            body.len()
+        );
+        conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16384];
+        // A chunked body ends with the zero-length chunk.
+        while !out.ends_with(b"0\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "call {i}: the connection was closed");
+            out.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"));
+        assert!(
+            text.contains(r#"\"isError\":false"#) || text.contains(r#""isError":false"#),
+            "{text}"
+        );
+    }
+    // All three reached the upstream, on behalf of one client connection.
+    assert_eq!(
+        up.seen()
+            .iter()
+            .filter(|r| r.target.starts_with("/base/kept/"))
+            .count(),
+        3
+    );
+}
