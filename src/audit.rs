@@ -132,7 +132,7 @@ pub fn redact_query(path: &str) -> String {
 
 fn request_id() -> String {
     let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
+    crate::trace::fill_random_id(&mut b);
     hex::encode(b)
 }
 

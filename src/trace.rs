@@ -26,7 +26,7 @@ impl TraceContext {
     pub fn new_root() -> TraceContext {
         let mut id = [0u8; 16];
         while id == [0u8; 16] {
-            let _ = getrandom::fill(&mut id);
+            fill_random_id(&mut id);
         }
         TraceContext {
             trace_id: id,
@@ -43,7 +43,7 @@ impl TraceContext {
     pub fn child_traceparent(&self) -> String {
         let mut span = [0u8; 8];
         while span == [0u8; 8] {
-            let _ = getrandom::fill(&mut span);
+            fill_random_id(&mut span);
         }
         format!(
             "00-{}-{}-{:02x}",
@@ -52,6 +52,42 @@ impl TraceContext {
             self.flags
         )
     }
+}
+
+/// Fills `buf` with random bytes for trace, span and request ids: a per-thread xoshiro256**
+/// generator seeded once from the OS, so an id costs no system call. Ids must be unique and
+/// unpredictable enough not to collide; they are not secrets (keys and nonces use the OS
+/// generator directly).
+pub fn fill_random_id(buf: &mut [u8]) {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<[u64; 4]> = Cell::new({
+            let mut seed = [0u8; 32];
+            while seed == [0u8; 32] {
+                let _ = getrandom::fill(&mut seed);
+            }
+            let mut s = [0u64; 4];
+            for (i, chunk) in seed.chunks_exact(8).enumerate() {
+                s[i] = u64::from_le_bytes(chunk.try_into().unwrap_or([1; 8]));
+            }
+            s
+        });
+    }
+    STATE.with(|state| {
+        let mut s = state.get();
+        for chunk in buf.chunks_mut(8) {
+            let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+            let t = s[1] << 17;
+            s[2] ^= s[0];
+            s[3] ^= s[1];
+            s[1] ^= s[2];
+            s[0] ^= s[3];
+            s[2] ^= t;
+            s[3] = s[3].rotate_left(45);
+            chunk.copy_from_slice(&out.to_le_bytes()[..chunk.len()]);
+        }
+        state.set(s);
+    });
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lower-case, ids not all zero.
@@ -83,6 +119,32 @@ fn parse(v: &str) -> Option<TraceContext> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn random_ids_differ_across_calls_and_threads() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let mut id = [0u8; 16];
+            super::fill_random_id(&mut id);
+            assert!(seen.insert(id), "a repeated id");
+        }
+        let other: Vec<[u8; 16]> = std::thread::spawn(|| {
+            (0..1000)
+                .map(|_| {
+                    let mut id = [0u8; 16];
+                    super::fill_random_id(&mut id);
+                    id
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        assert!(other.iter().all(|id| !seen.contains(id)));
+        // Odd lengths are filled too.
+        let mut odd = [0u8; 13];
+        super::fill_random_id(&mut odd);
+        assert_ne!(odd, [0u8; 13]);
+    }
+
     use super::*;
 
     #[test]
