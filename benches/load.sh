@@ -11,6 +11,7 @@
 #   c  proxy door    wrk -> gateway /local/... (API key + RBAC-free key, memory limiter) -> upstream
 #   d  proxy+redis   as c, the limiter in a local redis-server
 #   e  mcp door      wrk POSTs a stateless (2026-07-28) tools/call of api_gateway -> upstream
+#   f  traced        as c, with [tracing] on: two spans per call exported over OTLP/HTTP
 # The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
 # Printed: per configuration the median of the rounds (req/s, p50, p99) and the process's CPU
 # (% of one core) and peak RSS; the ratios to a and b; then the gateway's start-to-ready time,
@@ -45,7 +46,8 @@ cat > "$work/up/nginx.conf" <<CONF
 worker_processes 1; daemon on; pid $work/up/nginx.pid; error_log $work/up/logs/error.log;
 events { worker_connections 4096; }
 http { access_log off; types { application/json json; }
-  server { listen 127.0.0.1:18181; root $work/up/www; keepalive_requests 1000000; } }
+  server { listen 127.0.0.1:18181; root $work/up/www; keepalive_requests 1000000;
+    location = /v1/traces { return 200; } } }
 CONF
 nginx -p "$work/up" -c nginx.conf
 # The peer baseline: nginx as a reverse proxy, as many workers as the gateway has threads.
@@ -91,6 +93,9 @@ paths = ["/**"]
 CONF
 }
 gateway_config "" > "$work/memory.toml"
+# f: as c, with every call traced and its spans exported over OTLP/HTTP (the upstream nginx
+# answers the exports).
+{ gateway_config ""; printf '[tracing]\nendpoint = "http://127.0.0.1:18181"\n'; } > "$work/traced.toml"
 gateway_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis.toml"
 
 # wrk script for the MCP door: a stateless tools/call, as a 2026-07-28 client sends it.
@@ -162,6 +167,10 @@ for round in $(seq "$rounds"); do
   probe
   run d_proxy_redis http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
   stop_gateway
+  start_gateway "$work/traced.toml"
+  probe
+  run f_proxy_traced http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+  stop_gateway
 done
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
@@ -175,9 +184,9 @@ sort -k1,1 -s "$work/results" | awk '
     return v[int((cnt + 1) / 2)]
   }
   END {
-    split("a_direct b_nginx_proxy c_proxy_door d_proxy_redis e_mcp_door", order, " ")
+    split("a_direct b_nginx_proxy c_proxy_door d_proxy_redis e_mcp_door f_proxy_traced", order, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 5; i++) {
+    for (i = 1; i <= 6; i++) {
       k = order[i]; if (!(k in n)) continue
       rq = med(r, k, n[k])
       printf "%-15s %10.0f %9.3f %9.3f %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
