@@ -174,22 +174,21 @@ impl SlotCounts {
 
     /// How long until fewer than `requests` are counted (zero: now). Call after `prune`.
     fn wait(&self, requests: u32, now: u64, window: u64, slot: u64) -> u64 {
+        // Drop the oldest slots until fewer than `requests` remain counted.
         let mut left = self.total;
-        for (i, &c) in self.counts.iter().enumerate() {
+        let mut dropped = 0;
+        for &c in &self.counts {
             if left < u64::from(requests) {
-                return if i == 0 {
-                    0
-                } else {
-                    // Slot base+i-1 leaves the window once the window starts at its end.
-                    ((self.base + i as u64) * slot + window).saturating_sub(now)
-                };
+                break;
             }
             left -= u64::from(c);
+            dropped += 1;
         }
-        if left < u64::from(requests) && !self.counts.is_empty() {
-            ((self.base + self.counts.len() as u64) * slot + window).saturating_sub(now)
-        } else {
+        if dropped == 0 {
             0
+        } else {
+            // The last dropped slot leaves the window once the window starts at its end.
+            ((self.base + dropped) * slot + window).saturating_sub(now)
         }
     }
 
@@ -513,8 +512,63 @@ mod tests {
         );
     }
 
-    /// Random arrivals on a fake clock: no admission before Retry-After, admission exactly at
-    /// it, never more than `requests` in any window, never more than `burst` back to back.
+    /// Feeds `arrivals` requests to a fresh limiter on a fake clock, each after the step
+    /// `advance` draws (0: simultaneous), and checks: no admission before Retry-After,
+    /// admission exactly at it, never more than `requests` in any window, never more than
+    /// `burst` back to back.
+    fn check_random_arrivals(
+        case: usize,
+        p: &Policy,
+        arrivals: usize,
+        mut advance: impl FnMut() -> u64,
+    ) {
+        let l = MemoryLimiter::new();
+        let mut now = 0u64;
+        let mut admitted: Vec<u64> = Vec::new();
+        for _ in 0..arrivals {
+            now += advance();
+            match check(&l, p, now) {
+                RateLimitDecision::Allowed { .. } => admitted.push(now),
+                RateLimitDecision::Denied { retry_after, .. } => {
+                    let at = now + retry_after.as_nanos() as u64;
+                    if retry_after.as_nanos() > 1 {
+                        assert!(
+                            matches!(check(&l, p, at - 1), RateLimitDecision::Denied { .. }),
+                            "case {case}: admitted before Retry-After"
+                        );
+                    }
+                    assert!(
+                        matches!(check(&l, p, at), RateLimitDecision::Allowed { .. }),
+                        "case {case}: not admitted at Retry-After"
+                    );
+                    admitted.push(at);
+                    now = at;
+                }
+            }
+        }
+        let w = p.window_ns();
+        // Admission times only grow, so the end of each window is found by one forward scan.
+        let mut end = 0;
+        for (i, &t) in admitted.iter().enumerate() {
+            while end < admitted.len() && admitted[end] < t + w {
+                end += 1;
+            }
+            let in_window = end - i;
+            assert!(
+                in_window <= p.requests as usize,
+                "case {case}: {in_window} > {} in a window",
+                p.requests
+            );
+            let same_instant = admitted[i..].iter().take_while(|&&u| u == t).count();
+            assert!(
+                same_instant <= p.burst as usize,
+                "case {case}: {same_instant} > burst {}",
+                p.burst
+            );
+        }
+    }
+
+    /// Random arrivals with small limits (the exact log, or GCRA alone for `burst = 1`).
     #[test]
     fn property_random_arrivals() {
         let mut seed = 42;
@@ -523,46 +577,15 @@ mod tests {
             let burst = 1 + (lcg(&mut seed) % u64::from(requests)) as u32;
             let window = 1 + lcg(&mut seed) % 30;
             let p = policy(requests, window, burst);
-            let l = MemoryLimiter::new();
-            let mut now = 0u64;
-            let mut admitted: Vec<u64> = Vec::new();
-            for _ in 0..300 {
-                // A quarter of arrivals are simultaneous, so bursts are really exercised.
-                if !lcg(&mut seed).is_multiple_of(4) {
-                    now += lcg(&mut seed) % (2 * window * S / u64::from(requests) + 1);
+            let step = 2 * window * S / u64::from(requests) + 1;
+            // A quarter of arrivals are simultaneous, so bursts are really exercised.
+            check_random_arrivals(case, &p, 300, || {
+                if lcg(&mut seed).is_multiple_of(4) {
+                    0
+                } else {
+                    lcg(&mut seed) % step
                 }
-                match check(&l, &p, now) {
-                    RateLimitDecision::Allowed { .. } => admitted.push(now),
-                    RateLimitDecision::Denied { retry_after, .. } => {
-                        let at = now + retry_after.as_nanos() as u64;
-                        if retry_after.as_nanos() > 1 {
-                            assert!(
-                                matches!(check(&l, &p, at - 1), RateLimitDecision::Denied { .. }),
-                                "case {case}: admitted before Retry-After"
-                            );
-                        }
-                        assert!(
-                            matches!(check(&l, &p, at), RateLimitDecision::Allowed { .. }),
-                            "case {case}: not admitted at Retry-After"
-                        );
-                        admitted.push(at);
-                        now = at;
-                    }
-                }
-            }
-            let w = window * S;
-            for (i, &t) in admitted.iter().enumerate() {
-                let in_window = admitted[i..].iter().take_while(|&&u| u < t + w).count();
-                assert!(
-                    in_window <= requests as usize,
-                    "case {case}: {in_window} > {requests} in a window"
-                );
-                let same_instant = admitted[i..].iter().take_while(|&&u| u == t).count();
-                assert!(
-                    same_instant <= burst as usize,
-                    "case {case}: {same_instant} > burst {burst}"
-                );
-            }
+            });
         }
     }
 
@@ -627,8 +650,8 @@ mod tests {
         }
     }
 
-    /// The same properties as `property_random_arrivals`, for policies above
-    /// `EXACT_LOG_MAX` (counted in slots) and with `burst = 1` (GCRA alone).
+    /// The same properties for policies above `EXACT_LOG_MAX` (counted in slots) and with
+    /// `burst = 1` (GCRA alone).
     #[test]
     fn property_random_arrivals_large_and_unit_burst() {
         let mut seed = 99;
@@ -649,46 +672,16 @@ mod tests {
                     Ceiling::Slots
                 }
             );
-            let l = MemoryLimiter::new();
-            let mut now = 0u64;
-            let mut admitted: Vec<u64> = Vec::new();
-            for _ in 0..(3 * requests as usize).min(6000) {
+            let step = 3 * window * S / u64::from(requests) + 1;
+            // Two thirds of arrivals are simultaneous.
+            let arrivals = (3 * requests as usize).min(6000);
+            check_random_arrivals(case, &p, arrivals, || {
                 if lcg(&mut seed).is_multiple_of(3) {
-                    now += lcg(&mut seed) % (3 * window * S / u64::from(requests) + 1);
+                    lcg(&mut seed) % step
+                } else {
+                    0
                 }
-                match check(&l, &p, now) {
-                    RateLimitDecision::Allowed { .. } => admitted.push(now),
-                    RateLimitDecision::Denied { retry_after, .. } => {
-                        let at = now + retry_after.as_nanos() as u64;
-                        if retry_after.as_nanos() > 1 {
-                            assert!(
-                                matches!(check(&l, &p, at - 1), RateLimitDecision::Denied { .. }),
-                                "case {case}: admitted before Retry-After"
-                            );
-                        }
-                        assert!(
-                            matches!(check(&l, &p, at), RateLimitDecision::Allowed { .. }),
-                            "case {case}: not admitted at Retry-After"
-                        );
-                        admitted.push(at);
-                        now = at;
-                    }
-                }
-            }
-            let w = window * S;
-            let mut j = 0;
-            for (i, &t) in admitted.iter().enumerate() {
-                while j < admitted.len() && admitted[j] < t + w {
-                    j += 1;
-                }
-                assert!(
-                    j - i <= requests as usize,
-                    "case {case}: {} > {requests} in a window",
-                    j - i
-                );
-                let same_instant = admitted[i..].iter().take_while(|&&u| u == t).count();
-                assert!(same_instant <= burst as usize, "case {case}: burst");
-            }
+            });
         }
     }
 
