@@ -45,13 +45,17 @@ impl TraceContext {
         while span == [0u8; 8] {
             fill_random_id(&mut span);
         }
-        format!(
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(span),
-            self.flags
-        )
+        traceparent(self.trace_id, span, self.flags)
     }
+}
+
+/// A version-00 `traceparent` value: `00-<trace id>-<span id>-<flags>`, lower-case hex.
+pub fn traceparent(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> String {
+    format!(
+        "00-{}-{}-{flags:02x}",
+        hex::encode(trace_id),
+        hex::encode(span_id)
+    )
 }
 
 /// Fills `buf` with random bytes for trace, span and request ids: a per-thread xoshiro256**

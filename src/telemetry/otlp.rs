@@ -46,18 +46,22 @@ impl Tracing {
         if !cfg.enabled {
             return Ok(None);
         }
-        let timeout = cfg.timeout;
+        // What both transports take from `[tracing]` (unset: the OTEL_* variables decide).
+        fn endpoint_and_timeout<B: WithExportConfig>(mut b: B, cfg: &TracingConfig) -> B {
+            if let Some(e) = &cfg.endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if let Some(t) = cfg.timeout {
+                b = b.with_timeout(t);
+            }
+            b
+        }
         let (exporter, runtime) = match cfg.protocol {
             OtlpProtocol::HttpProtobuf => {
-                let mut b = opentelemetry_otlp::SpanExporter::builder()
+                let b = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-                if let Some(e) = &cfg.endpoint {
-                    b = b.with_endpoint(e.clone());
-                }
-                if let Some(t) = timeout {
-                    b = b.with_timeout(t);
-                }
+                let b = endpoint_and_timeout(b, cfg);
                 (b.build().map_err(|e| format!("tracing: {e}"))?, None)
             }
             OtlpProtocol::Grpc => {
@@ -68,13 +72,10 @@ impl Tracing {
                     .build()
                     .map_err(|e| format!("tracing: cannot start the gRPC runtime: {e}"))?;
                 let exporter = rt.block_on(async {
-                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                    if let Some(e) = &cfg.endpoint {
-                        b = b.with_endpoint(e.clone());
-                    }
-                    if let Some(t) = timeout {
-                        b = b.with_timeout(t);
-                    }
+                    let mut b = endpoint_and_timeout(
+                        opentelemetry_otlp::SpanExporter::builder().with_tonic(),
+                        cfg,
+                    );
                     if cfg
                         .endpoint
                         .as_deref()
@@ -211,11 +212,10 @@ impl CallSpan {
             .start_with_context(&tracing.tracer, &parent);
         let sc = span.span_context().clone();
         self.upstream = Some((span, None));
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
+        crate::trace::traceparent(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
         )
     }
 
