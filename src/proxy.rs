@@ -161,6 +161,12 @@ impl ProxyDoor {
         Some(format!("/{}{endpoint}", api.name))
     }
 
+    /// The configured API a proxy path names in its first segment (`/{api}/…`), if any.
+    fn routed_api(&self, path: &str) -> Option<&Arc<Api>> {
+        let name = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        self.gateway.config.apis.iter().find(|a| a.name == name)
+    }
+
     /// The call's server span, named `{method} {route}` after the HTTP conventions; the route
     /// names a configured API or nothing, so span names stay few.
     fn start_span(&self, session: &Session) -> Option<crate::telemetry::otlp::CallSpan> {
@@ -168,12 +174,8 @@ impl ProxyDoor {
         self.gateway.tracing.as_ref()?;
         let req = session.req_header();
         let mut trace = crate::trace::TraceContext::from_headers(&req.headers);
-        let first = req.uri.path().trim_start_matches('/');
-        let first = first.split('/').next().unwrap_or("");
         let route = self
-            .gateway
-            .config
-            .api(first)
+            .routed_api(req.uri.path())
             .map(|a| format!("/{}/{{path}}", a.name));
         let method = req.method.as_str();
         let name = match &route {
@@ -582,16 +584,9 @@ impl ProxyHttp for ProxyDoor {
         // A configured API name, or `unknown`: the label set stays bounded.
         let api = match &ctx.target {
             Some(t) => t.api.name.as_str(),
-            None => {
-                let first = req.uri.path().trim_start_matches('/');
-                let first = first.split('/').next().unwrap_or("");
-                self.gateway
-                    .config
-                    .apis
-                    .iter()
-                    .find(|a| a.name == first)
-                    .map_or("unknown", |a| a.name.as_str())
-            }
+            None => self
+                .routed_api(req.uri.path())
+                .map_or("unknown", |a| a.name.as_str()),
         };
         let status = session
             .response_written()
