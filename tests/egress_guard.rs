@@ -6,6 +6,33 @@ use common::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `path` on `api` is refused on both doors with `error`: a problem+json with `status` from
+/// the proxy door, an `isError` result from the MCP tool. Returns the tool result.
+async fn refused_on_both_doors(
+    gw: &Gateway,
+    api: &str,
+    path: &str,
+    status: u16,
+    error: &str,
+) -> serde_json::Value {
+    let r = reqwest::get(gw.proxy_url(&format!("/{api}{path}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), status, "{api}");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["error"], error, "{api}: {p}");
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": api, "endpoint": path}),
+        )
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["structuredContent"]["error"], error, "{api}: {r}");
+    r
+}
+
 fn start_with_apis(apis: &str) -> Gateway {
     Gateway::start_generated(|ports| format!("{}\n{apis}", server_section(ports, 1)))
 }
@@ -84,24 +111,8 @@ async fn untrusted_upstream_certificate_is_refused_on_both_doors() {
     );
     let gw = start_with_apis(&apis);
 
-    let r = reqwest::get(gw.proxy_url("/tls/")).await.unwrap();
-    assert_eq!(
-        r.status(),
-        502,
-        "a self-signed certificate must not be trusted"
-    );
-    let p: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(p["error"], "upstream_error");
-
-    let mut s = McpSession::connect(&gw.mcp_url()).await;
-    let r = s
-        .call(
-            "api_gateway",
-            serde_json::json!({"api": "tls", "endpoint": "/"}),
-        )
-        .await;
-    assert_eq!(r["isError"], true, "{r}");
-    assert_eq!(r["structuredContent"]["error"], "upstream_error");
+    // A self-signed certificate must not be trusted.
+    let r = refused_on_both_doors(&gw, "tls", "/", 502, "upstream_error").await;
     assert!(
         r["structuredContent"]["message"]
             .as_str()
@@ -120,21 +131,8 @@ async fn hostname_resolving_to_loopback_is_refused_without_allow_private_network
     );
     let gw = start_with_apis(&apis);
     for api in ["byname", "mapped"] {
-        let r = reqwest::get(gw.proxy_url(&format!("/{api}/x")))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 403, "{api}");
-        let p: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(p["error"], "egress_denied", "{api}: {p}");
+        refused_on_both_doors(&gw, api, "/x", 403, "egress_denied").await;
     }
-    let mut s = McpSession::connect(&gw.mcp_url()).await;
-    let r = s
-        .call(
-            "api_gateway",
-            serde_json::json!({"api": "byname", "endpoint": "/x"}),
-        )
-        .await;
-    assert_eq!(r["structuredContent"]["error"], "egress_denied", "{r}");
     assert_eq!(up.count(), 0);
 }
 
@@ -168,21 +166,8 @@ async fn private_answers_from_dns_are_refused() {
     );
     let gw = start_with_apis(&apis);
     for api in ["meta", "mixed"] {
-        let r = reqwest::get(gw.proxy_url(&format!("/{api}/latest/meta-data/")))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 403, "{api}");
-        let p: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(p["error"], "egress_denied", "{api}: {p}");
+        refused_on_both_doors(&gw, api, "/latest/meta-data/", 403, "egress_denied").await;
     }
-    let mut s = McpSession::connect(&gw.mcp_url()).await;
-    let r = s
-        .call(
-            "api_gateway",
-            serde_json::json!({"api": "meta", "endpoint": "/latest/meta-data/"}),
-        )
-        .await;
-    assert_eq!(r["structuredContent"]["error"], "egress_denied", "{r}");
     assert_eq!(up.count(), 0);
     assert!(
         dns.queries.load(std::sync::atomic::Ordering::SeqCst) >= 2,

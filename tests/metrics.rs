@@ -337,23 +337,16 @@ async fn principal_label_is_opt_in_and_capped() {
         )
     });
     let c = reqwest::Client::new();
+    let url = gw.proxy_url("/local/x");
     for _ in 0..2 {
-        let r = c
-            .get(gw.proxy_url("/local/x"))
-            .header("x-api-key", API_KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(get_status_with(&c, &url, ("x-api-key", API_KEY)).await, 200);
     }
-    let r = c
-        .get(gw.proxy_url("/local/x"))
-        .bearer_auth(jwt(json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(get_status(&c, &gw.proxy_url("/local/x")).await, 200);
+    let bearer = format!("Bearer {}", jwt(json!({})));
+    assert_eq!(
+        get_status_with(&c, &url, ("authorization", &bearer)).await,
+        200
+    );
+    assert_eq!(get_status(&c, &url).await, 200);
     let m = |series: &'static str, want: f64| counter_at(&gw, series, want);
     assert_eq!(
         m(
@@ -396,13 +389,8 @@ async fn principal_label_is_off_by_default() {
         )
     });
     let c = reqwest::Client::new();
-    let r = c
-        .get(gw.proxy_url("/local/x"))
-        .header("x-api-key", API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let url = gw.proxy_url("/local/x");
+    assert_eq!(get_status_with(&c, &url, ("x-api-key", API_KEY)).await, 200);
     assert_eq!(
         counter_at(
             &gw,

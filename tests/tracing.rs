@@ -272,12 +272,7 @@ type GrpcCall = (String, Vec<u8>);
 
 impl GrpcCollector {
     fn start() -> GrpcCollector {
-        let (listener, port) = loop {
-            let port = free_port();
-            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                break (l, port);
-            }
-        };
+        let (listener, port) = bind_free_port();
         listener.set_nonblocking(true).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let record = calls.clone();

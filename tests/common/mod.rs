@@ -56,13 +56,7 @@ impl Upstream {
     /// An upstream whose answers come from `handler` first (a JWKS document, an
     /// introspection endpoint, a redirect), falling back to the default routes.
     pub fn start_with(handler: Handler) -> Upstream {
-        // Take the port through free_port's ledger so no gateway is ever handed the same one.
-        let (listener, port) = loop {
-            let port = free_port();
-            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-                break (l, port);
-            }
-        };
+        let (listener, port) = bind_free_port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         thread::spawn(move || {
@@ -277,6 +271,17 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A listener on a free loopback port, taken through `free_port`'s ledger so no gateway is
+/// ever handed the same one.
+pub fn bind_free_port() -> (TcpListener, u16) {
+    loop {
+        let port = free_port();
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return (l, port);
+        }
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_api-gateway-mcp")
 }
@@ -372,6 +377,17 @@ pub fn loopback_get_api(name: &str, up: u16, extra: &str) -> String {
 /// GETs a URL and returns the status code.
 pub async fn get_status(c: &reqwest::Client, url: &str) -> u16 {
     c.get(url).send().await.unwrap().status().as_u16()
+}
+
+/// GETs a URL with one extra header (a credential, usually) and returns the status code.
+pub async fn get_status_with(c: &reqwest::Client, url: &str, header: (&str, &str)) -> u16 {
+    c.get(url)
+        .header(header.0, header.1)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// The standard test config: several APIs pointing at the test upstream.
