@@ -12,24 +12,16 @@ secs="${1:-8}"
 mode="${2:-auth}"
 bin=target/release/api-gateway-mcp
 work=$(mktemp -d)
+. benches/upstream.sh
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
-  if [ -f "$work/nginx.pid" ]; then
-    local pid; pid=$(cat "$work/nginx.pid"); kill "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-  fi
+  stop_upstream "$work/up"
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-chmod 755 "$work"; mkdir -p "$work/www" "$work/logs"
-echo '{"ok":true,"n":42}' > "$work/www/data.json"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/logs/error.log;
-events { worker_connections 1024; }
-http { access_log off; server { listen 127.0.0.1:18181; root $work/www; } }
-CONF
-nginx -p "$work" -c nginx.conf
+chmod 755 "$work"; mkdir -p "$work/logs"
+start_upstream "$work/up"
 
 key="agm_load-test-key-0123456789abcdefghijklmnopqrs"
 secret="load-test-jwt-secret-0123456789abcdef"

@@ -30,7 +30,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$work"/up/nginx.pid "$work"/px/nginx.pid "$work"/redis.pid; do
+  stop_upstream "$work/up"
+  for f in "$work"/px/nginx.pid "$work"/redis.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
   sleep 0.2
@@ -39,17 +40,10 @@ cleanup() {
 trap cleanup EXIT
 chmod 755 "$work"
 
-# The upstream: one nginx worker serving a small JSON document.
-mkdir -p "$work/up/www" "$work/up/logs" "$work/px/logs"
-echo '{"ok":true,"n":42}' > "$work/up/www/data.json"
-cat > "$work/up/nginx.conf" <<CONF
-worker_processes 1; daemon on; pid $work/up/nginx.pid; error_log $work/up/logs/error.log;
-events { worker_connections 4096; }
-http { access_log off; types { application/json json; }
-  server { listen 127.0.0.1:18181; root $work/up/www; keepalive_requests 1000000;
-    location = /v1/traces { return 200; } } }
-CONF
-nginx -p "$work/up" -c nginx.conf
+# The upstream, shared with access_load.sh.
+. benches/upstream.sh
+start_upstream "$work/up"
+mkdir -p "$work/px/logs"
 # The peer baseline: nginx as a reverse proxy, as many workers as the gateway has threads.
 cat > "$work/px/nginx.conf" <<CONF
 worker_processes 2; daemon on; pid $work/px/nginx.pid; error_log $work/px/logs/error.log;
