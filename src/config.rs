@@ -838,14 +838,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             }
             "redis" => {
                 let url = store.url.unwrap_or_default();
-                if !["redis://", "rediss://", "redis+unix://"]
-                    .iter()
-                    .any(|scheme| url.starts_with(scheme))
-                {
-                    errors.push(err(
-                        "rate_limits.store.url",
-                        format!("{url:?} must be a redis:// or rediss:// (TLS) URL"),
-                    ));
+                if let Err(e) = crate::ratelimit::redis::topology(&url) {
+                    errors.push(err("rate_limits.store.url", e));
                 }
                 let share = store.local_share.unwrap_or(1.0);
                 if !(share > 0.0 && share <= 1.0) {

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-mod redis;
+pub mod redis;
 pub use self::redis::{OnError, RedisLimiter, RedisSettings, StoreUnavailable};
 
 /// The configured rate-limit store.

@@ -18,7 +18,14 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Self::spawn(port, &[])
+    }
+
+    /// A `redis-server` on `port`, with `args` before the common ones (a config file first,
+    /// then options).
+    fn spawn(port: u16, args: &[&str]) -> Redis {
         let child = Command::new("redis-server")
+            .args(args)
             .args([
                 "--port",
                 &port.to_string(),
@@ -87,21 +94,25 @@ impl Drop for Redis {
     }
 }
 
-fn config(up: u16, redis: u16, limit: &str, store_extra: &str, ports: (u16, u16, u16)) -> String {
+fn config(up: u16, url: &str, limit: &str, store_extra: &str, ports: (u16, u16, u16)) -> String {
     let server = server_section(ports, 1);
     let local = loopback_get_api("local", up, &format!("rate_limit = {limit}"));
     format!(
         r#"
 {server}
 [rate_limits]
-store = {{ kind = "redis", url = "redis://127.0.0.1:{redis}"{store_extra} }}
+store = {{ kind = "redis", url = "{url}"{store_extra} }}
 
 {local}"#
     )
 }
 
 fn start(up: &Upstream, redis: u16, limit: &str, store_extra: &str) -> Gateway {
-    Gateway::start_generated(|ports| config(up.port, redis, limit, store_extra, ports))
+    start_url(up, &format!("redis://127.0.0.1:{redis}"), limit, store_extra)
+}
+
+fn start_url(up: &Upstream, url: &str, limit: &str, store_extra: &str) -> Gateway {
+    Gateway::start_generated(|ports| config(up.port, url, limit, store_extra, ports))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +336,7 @@ async fn signature_nonces_are_shared_across_replicas() {
     let make = |ports| {
         format!(
             "{}\n[security.signatures]\nrequired = true\nkeys = [{{ id = \"k\", secret = \"{secret}\" }}]\n",
-            config(up.port, redis.port, r#"{ requests = 1000, window = "1m" }"#, r#", timeout = "2s""#, ports)
+            config(up.port, &format!("redis://127.0.0.1:{}", redis.port), r#"{ requests = 1000, window = "1m" }"#, r#", timeout = "2s""#, ports)
         )
     };
     let a = Gateway::start_generated(make);
@@ -602,4 +613,171 @@ fn script_modes_agree_with_the_memory_limiter() {
             .unwrap()
             > 0
     );
+}
+
+/// Statuses of `n` sequential GETs of `/local/x`, spread round-robin over the gateways.
+async fn statuses(gws: &[&Gateway], n: usize) -> Vec<u16> {
+    let c = reqwest::Client::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(get_status(&c, &gws[i % gws.len()].proxy_url("/local/x")).await);
+    }
+    out
+}
+
+fn admitted(statuses: &[u16]) -> usize {
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    statuses.iter().filter(|s| **s == 200).count()
+}
+
+/// A real three-node Redis Cluster (`--cluster-enabled yes`, joined by `redis-cli --cluster
+/// create`). Two gateways share it through `redis+cluster://`; the script's several keys
+/// (per API and per user) all sit in `{agm}`'s slot, so no call meets CROSSSLOT, no call
+/// falls back, and the shared limit is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_enforces_shared_limits_without_crossslot() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Redis> = (0..3)
+        .map(|i| {
+            let port = free_port();
+            let conf = dir.path().join(format!("nodes-{i}.conf"));
+            Redis::spawn(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--dir",
+                    dir.path().to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli must be installed (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes
+        .iter()
+        .all(|n| n.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "the cluster never became ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let up = Upstream::start();
+    let url = format!("redis+cluster://{}", addrs.join(","));
+    let extra = r#", timeout = "2s", on_error = "deny""#;
+    let make = |ports| {
+        config(up.port, &url, r#"{ requests = 7, window = "1m" }"#, extra, ports)
+            .replace(
+                "[rate_limits]\n",
+                "[rate_limits]\nper_user = { requests = 1000, window = \"1m\" }\n",
+            )
+    };
+    let a = Gateway::start_generated(make);
+    let b = Gateway::start_generated(make);
+    let got = statuses(&[&a, &b], 20).await;
+    // on_error = "deny" would answer 503: every decision came from the cluster.
+    assert_eq!(admitted(&got), 7, "{got:?}");
+    assert_eq!(up.count(), 7);
+    for gw in [&a, &b] {
+        assert_eq!(
+            metric(gw, "api_rate_limiter_fallbacks_total{on_error=\"deny\"}").await,
+            0.0
+        );
+    }
+    // The counters live on exactly one node: the owner of {agm}'s slot.
+    let slot = nodes[0].cmd(&["CLUSTER", "KEYSLOT", "{agm}"]);
+    let with_keys: Vec<&Redis> = nodes.iter().filter(|n| n.dbsize() > 0).collect();
+    assert_eq!(with_keys.len(), 1, "keys spread over nodes");
+    let slot = slot.trim().trim_start_matches(':');
+    let in_slot = with_keys[0].cmd(&["CLUSTER", "COUNTKEYSINSLOT", slot]);
+    assert_eq!(
+        in_slot.trim().trim_start_matches(':').parse::<u64>().unwrap(),
+        with_keys[0].dbsize()
+    );
+    assert!(with_keys[0].dbsize() >= 3, "per-API and per-user keys");
+}
+
+/// A Sentinel names the master: `redis+sentinel://host:port/NAME`. The limit is enforced on
+/// the master it names; after `SENTINEL FAILOVER` promotes the replica, the gateway asks the
+/// Sentinel again and keeps counting on the new master, where the replicated counts carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_names_the_master_and_a_failover_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Redis::start();
+    let replica_port = free_port();
+    let replica = Redis::spawn(
+        replica_port,
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    let sentinel_port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor agm 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds agm 1000\n\
+             sentinel failover-timeout agm 5000\n",
+            master.port
+        ),
+    )
+    .unwrap();
+    let sentinel = Redis::spawn(sentinel_port, &[conf.to_str().unwrap(), "--sentinel"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !replica.cmd(&["INFO", "replication"]).contains("master_link_status:up")
+        || !sentinel
+            .cmd(&["SENTINEL", "REPLICAS", "agm"])
+            .contains(&replica_port.to_string())
+    {
+        assert!(Instant::now() < deadline, "replication or sentinel not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let up = Upstream::start();
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel_port}/agm");
+    let extra = r#", timeout = "1s", cooldown = "100ms", on_error = "deny""#;
+    let gw = start_url(&up, &url, r#"{ requests = 6, window = "1m" }"#, extra);
+    assert_eq!(admitted(&statuses(&[&gw], 3).await), 3);
+    assert!(master.dbsize() > 0, "counted on the master");
+
+    // Fail over: the replica becomes the master.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !replica.cmd(&["INFO", "replication"]).contains("role:master") {
+        let _ = sentinel.try_cmd(&["SENTINEL", "FAILOVER", "agm"]);
+        assert!(Instant::now() < deadline, "no failover");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Calls during the switch may be refused (on_error = "deny": 503); once the gateway
+    // follows the Sentinel, the three remaining admissions of the replicated count follow.
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut ok = 0;
+    loop {
+        match get_status(&c, &gw.proxy_url("/local/x")).await {
+            200 => ok += 1,
+            429 => break,
+            503 => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(Instant::now() < deadline, "never settled on the new master");
+    }
+    assert_eq!(ok, 3, "the count carried over to the new master");
 }

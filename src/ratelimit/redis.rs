@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 
 use super::{Ceiling, MemoryLimiter, Policy, PolicyState, RateLimitDecision};
 
@@ -183,13 +184,8 @@ const FAILURES_TO_OPEN: u32 = 3;
 
 /// The Redis-backed limiter.
 pub struct RedisLimiter {
-    /// The connection of callers outside a Tokio runtime's worker (and the fallback).
-    conn: ConnectionManager,
-    /// One connection per calling thread, driven by that thread's runtime: a decision then
-    /// costs no wake-up of another thread on the way out or back.
-    conns: std::sync::RwLock<HashMap<std::thread::ThreadId, ConnectionManager>>,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    /// How this gateway reaches Redis: one server, a Cluster, or the master a Sentinel names.
+    backend: Backend,
     script: redis::Script,
     settings: RedisSettings,
     /// Local "blocked until" per key: a blocked caller costs no round trip.
@@ -199,35 +195,222 @@ pub struct RedisLimiter {
     /// While `Instant` < this (as ns since `epoch`), Redis is not called.
     open_until_ns: AtomicU64,
     epoch: Instant,
-    /// Keeps the client's runtime alive.
-    _runtime: tokio::runtime::Runtime,
+    /// Keeps the client's runtime alive; Cluster and Sentinel connections are driven by it.
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Where Redis is, as `rate_limits.store.url` names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Topology {
+    /// `redis://…` or `rediss://…`: one server.
+    Standalone,
+    /// `redis+cluster://[user:pass@]h1:p1,h2:p2`: the seed nodes of a Redis Cluster, each as
+    /// a `redis://` URL with the credentials.
+    Cluster(Vec<String>),
+    /// `redis+sentinel://[user:pass@]s1:p1,s2:p2/master[/db]`: the Sentinels (plain URLs)
+    /// and the monitored master's name; `master_url` carries the credentials, database and
+    /// TLS mode for the master itself.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        master_url: String,
+    },
+}
+
+/// Parses the store URL's topology. Errors name what is wrong, for `check`.
+pub fn topology(url: &str) -> Result<Topology, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("{url:?} is not a URL"));
+    };
+    let (base, kind) = match scheme {
+        "redis" | "rediss" | "redis+unix" => return Ok(Topology::Standalone),
+        "redis+cluster" => ("redis", "cluster"),
+        "rediss+cluster" => ("rediss", "cluster"),
+        "redis+sentinel" => ("redis", "sentinel"),
+        "rediss+sentinel" => ("rediss", "sentinel"),
+        other => {
+            return Err(format!(
+                "{other:?} is not a Redis scheme; use redis://, rediss://, redis+cluster:// or redis+sentinel://"
+            ))
+        }
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err(format!("{scheme}:// needs a comma-separated list of host:port"));
+    }
+    // Errors name the host, never the URL: it may hold a password.
+    let check = |u: &str| {
+        redis::IntoConnectionInfo::into_connection_info(u)
+            .map(|_| ())
+            .map_err(|e| format!("{:?}: {e}", u.rsplit('@').next().unwrap_or(u)))
+    };
+    if kind == "cluster" {
+        if !path.is_empty() {
+            return Err("a Redis Cluster has no database number: drop the path".into());
+        }
+        let nodes: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{base}://{userinfo}{h}"))
+            .collect();
+        nodes.iter().try_for_each(|n| check(n))?;
+        return Ok(Topology::Cluster(nodes));
+    }
+    let (master, db) = path.split_once('/').unwrap_or((path, ""));
+    if master.is_empty() {
+        return Err(format!(
+            "{scheme}://…/NAME needs the master's name, as the Sentinels monitor it"
+        ));
+    }
+    let sentinels: Vec<String> = hosts.iter().map(|h| format!("{base}://{h}")).collect();
+    sentinels.iter().try_for_each(|n| check(n))?;
+    let master_url = format!("{base}://{userinfo}sentinel-master/{db}");
+    check(&master_url)?;
+    Ok(Topology::Sentinel {
+        sentinels,
+        master: master.to_string(),
+        master_url,
+    })
+}
+
+/// The client of each topology.
+enum Backend {
+    Standalone {
+        /// The connection of callers outside a Tokio runtime's worker (and the fallback).
+        conn: ConnectionManager,
+        /// One connection per calling thread, driven by that thread's runtime: a decision
+        /// then costs no wake-up of another thread on the way out or back.
+        conns: std::sync::RwLock<HashMap<std::thread::ThreadId, ConnectionManager>>,
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    /// The cluster connection routes each script to the node owning `{agm}`'s slot and
+    /// follows MOVED and ASK on its own.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: std::sync::RwLock<Option<ClusterConnection>>,
+    },
+    /// The master's connection, dropped on any error so the next call asks the Sentinels
+    /// again (a failover moves the master).
+    Sentinel {
+        client: std::sync::Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        conn: std::sync::RwLock<Option<MultiplexedConnection>>,
+        config: redis::AsyncConnectionConfig,
+    },
+}
+
+/// One connection of any topology, for the script and the nonce command alike.
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(MultiplexedConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Standalone(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+        }
+    }
 }
 
 impl RedisLimiter {
     /// Builds the client without connecting; the first decision connects.
     pub fn new(settings: RedisSettings) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("invalid Redis URL: {e}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("redis-limiter")
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the Redis client runtime: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(0);
-        let conn = runtime
-            .block_on(async {
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            })
-            .map_err(|e| format!("cannot create the Redis client: {e}"))?;
+        let t = settings.timeout;
+        let backend = match topology(&settings.url)? {
+            Topology::Standalone => {
+                let client = redis::Client::open(settings.url.as_str())
+                    .map_err(|e| format!("invalid Redis URL: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(t))
+                    .set_response_timeout(Some(t))
+                    .set_number_of_retries(0);
+                let conn = runtime
+                    .block_on(async {
+                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    })
+                    .map_err(|e| format!("cannot create the Redis client: {e}"))?;
+                Backend::Standalone {
+                    conn,
+                    conns: std::sync::RwLock::new(HashMap::new()),
+                    client,
+                    config,
+                }
+            }
+            Topology::Cluster(nodes) => Backend::Cluster {
+                client: redis::cluster::ClusterClient::builder(nodes)
+                    .connection_timeout(t)
+                    .response_timeout(t)
+                    .retries(1)
+                    .build()
+                    .map_err(|e| format!("invalid Redis Cluster URL: {e}"))?,
+                conn: std::sync::RwLock::new(None),
+            },
+            Topology::Sentinel {
+                sentinels,
+                master,
+                master_url,
+            } => {
+                let info = redis::IntoConnectionInfo::into_connection_info(master_url.as_str())
+                    .map_err(|e| format!("invalid Redis Sentinel URL: {e}"))?;
+                let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                if master_url.starts_with("rediss://") {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let client = redis::sentinel::SentinelClient::build(
+                    sentinels,
+                    master,
+                    Some(node),
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| format!("invalid Redis Sentinel URL: {e}"))?;
+                Backend::Sentinel {
+                    client: std::sync::Arc::new(tokio::sync::Mutex::new(client)),
+                    conn: std::sync::RwLock::new(None),
+                    config: redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(t))
+                        .set_response_timeout(Some(t)),
+                }
+            }
+        };
         Ok(RedisLimiter {
-            conn,
-            conns: std::sync::RwLock::new(HashMap::new()),
-            client,
-            config,
+            backend,
             script: redis::Script::new(SCRIPT),
             settings,
             blocked: Mutex::new(HashMap::new()),
@@ -235,33 +418,95 @@ impl RedisLimiter {
             consecutive_failures: AtomicU32::new(0),
             open_until_ns: AtomicU64::new(0),
             epoch: Instant::now(),
-            _runtime: runtime,
+            runtime,
         })
     }
 
-    /// This thread's connection, made on first use inside the caller's runtime.
-    fn conn(&self) -> ConnectionManager {
-        let id = std::thread::current().id();
-        if let Some(c) = self
-            .conns
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
-            return c.clone();
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.conn.clone();
-        }
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
-            Ok(c) => {
-                self.conns
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, c.clone());
-                c
+    /// A connection for this call: this thread's (standalone), or the shared one of a
+    /// Cluster or Sentinel master, connected on first use on the limiter's own runtime.
+    async fn conn(&self) -> redis::RedisResult<Conn> {
+        match &self.backend {
+            Backend::Standalone {
+                conn,
+                conns,
+                client,
+                config,
+            } => {
+                let id = std::thread::current().id();
+                if let Some(c) = conns.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                    return Ok(Conn::Standalone(c.clone()));
+                }
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Ok(Conn::Standalone(conn.clone()));
+                }
+                Ok(Conn::Standalone(
+                    match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+                        Ok(c) => {
+                            conns
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(id, c.clone());
+                            c
+                        }
+                        Err(_) => conn.clone(),
+                    },
+                ))
             }
-            Err(_) => self.conn.clone(),
+            Backend::Cluster { client, conn } => {
+                if let Some(c) = conn.read().unwrap_or_else(|e| e.into_inner()).clone() {
+                    return Ok(Conn::Cluster(c));
+                }
+                let client = client.clone();
+                let c = self
+                    .spawn(async move { client.get_async_connection().await })
+                    .await?;
+                *conn.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                Ok(Conn::Cluster(c))
+            }
+            Backend::Sentinel {
+                client,
+                conn,
+                config,
+            } => {
+                if let Some(c) = conn.read().unwrap_or_else(|e| e.into_inner()).clone() {
+                    return Ok(Conn::Sentinel(c));
+                }
+                let (client, config) = (client.clone(), config.clone());
+                let c = self
+                    .spawn(async move {
+                        client
+                            .lock()
+                            .await
+                            .get_async_connection_with_config(&config)
+                            .await
+                    })
+                    .await?;
+                *conn.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                Ok(Conn::Sentinel(c))
+            }
+        }
+    }
+
+    /// Runs a connect on the limiter's runtime, so the connection's driver task outlives the
+    /// calling service's runtime.
+    async fn spawn<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
+    ) -> redis::RedisResult<T> {
+        self.runtime.spawn(f).await.unwrap_or_else(|e| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis connect task failed",
+                e.to_string(),
+            )))
+        })
+    }
+
+    /// After a failed call, a Sentinel master's connection is dropped so the next call asks
+    /// the Sentinels where the master is now.
+    fn forget_connection(&self) {
+        if let Backend::Sentinel { conn, .. } = &self.backend {
+            *conn.write().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
@@ -329,7 +574,6 @@ impl RedisLimiter {
         if self.elapsed_ns() < self.open_until_ns.load(Ordering::Relaxed) {
             return Err(deny);
         }
-        let mut conn = self.conn();
         let cmd = redis::cmd("SET")
             .arg(format!("{{agm}}:nonce:{key}"))
             .arg(1)
@@ -337,11 +581,11 @@ impl RedisLimiter {
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .to_owned();
-        match tokio::time::timeout(
-            self.settings.timeout,
-            cmd.query_async::<Option<String>>(&mut conn),
-        )
-        .await
+        let query = async {
+            let mut conn = self.conn().await?;
+            cmd.query_async::<Option<String>>(&mut conn).await
+        };
+        match tokio::time::timeout(self.settings.timeout, query).await
         {
             Ok(Ok(reply)) => {
                 self.record_success();
@@ -367,6 +611,7 @@ impl RedisLimiter {
     }
 
     fn record_failure(&self, why: &str) {
+        self.forget_connection();
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= FAILURES_TO_OPEN {
             let until = self.elapsed_ns() + self.settings.cooldown.as_nanos() as u64;
@@ -438,7 +683,7 @@ impl RedisLimiter {
                 .arg(window_us.div_ceil(super::SLOTS).max(1));
         }
         inv.key("{agm}:seq");
-        let mut conn = self.conn();
+        let mut conn = self.conn().await?;
         let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
         let denied = out.first().copied().unwrap_or(0) as usize;
         let wait_us = out.get(1).copied().unwrap_or(0).max(0) as u64;
@@ -476,5 +721,41 @@ fn scale(p: &Policy, share: f64) -> Policy {
         requests,
         window: p.window,
         burst: ((f64::from(p.burst) * share).floor() as u32).clamp(1, requests),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_parses_each_url_form_and_names_what_is_wrong() {
+        assert_eq!(topology("redis://127.0.0.1:6379/2"), Ok(Topology::Standalone));
+        assert_eq!(
+            topology("rediss+cluster://u:pw@a:7000,b:7001"),
+            Ok(Topology::Cluster(vec![
+                "rediss://u:pw@a:7000".into(),
+                "rediss://u:pw@b:7001".into()
+            ]))
+        );
+        assert_eq!(
+            topology("redis+sentinel://:pw@s1:26379,s2:26379/main/3"),
+            Ok(Topology::Sentinel {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+                master: "main".into(),
+                master_url: "redis://:pw@sentinel-master/3".into(),
+            })
+        );
+        let e = topology("redis+sentinel://s1:26379").unwrap_err();
+        assert!(e.contains("master's name"), "{e}");
+        let e = topology("redis+cluster://a:1/0").unwrap_err();
+        assert!(e.contains("no database"), "{e}");
+        let e = topology("redis+cluster://a:1,,b:2").unwrap_err();
+        assert!(e.contains("host:port"), "{e}");
+        let e = topology("http://x").unwrap_err();
+        assert!(e.contains("redis+cluster://"), "{e}");
+        // A bad node is named by its host; the password never appears.
+        let e = topology("redis+cluster://u:secret@a:notaport").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 }
