@@ -67,6 +67,11 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// An error at a key path, for validators that live outside this module.
+pub fn config_error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    err(path, message)
+}
+
 fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
@@ -143,6 +148,7 @@ struct RawServer {
     /// The same setting under the name the deployment docs use.
     grace_period: Option<HumanDuration>,
     drain_delay: Option<HumanDuration>,
+    tls: Option<crate::tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +353,8 @@ pub struct ServerConfig {
     /// After SIGTERM, how long the gateway keeps serving with `/readyz` failing, so load
     /// balancers stop sending new calls before the listeners close. Default 0 s.
     pub drain_delay: Duration,
+    /// `[server.tls]`: TLS (and optionally mTLS) on the listeners it names.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// MCP door settings.
@@ -724,6 +732,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 .map_or(Duration::from_secs(5), |d| d.0)
         },
         drain_delay: raw.server.drain_delay.map_or(Duration::ZERO, |d| d.0),
+        tls: crate::tls::validate(raw.server.tls, &mut errors),
     };
 
     let mut allowed_hosts = raw.mcp.allowed_hosts.unwrap_or_else(|| {

@@ -17,4 +17,5 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::mcp::McpHttpApp;
 use crate::proxy::ProxyDoor;
+use crate::tls::{Listener, TlsConfig};
 
 /// Fails fast when a listen address cannot be bound. Pingora itself logs "in use, will try
 /// again" and retries forever, which would leave a second gateway silently not serving.
@@ -28,6 +29,23 @@ fn check_listen_addresses(config: &Config) -> Result<(), String> {
         // std sets SO_REUSEADDR like Pingora, so a port in TIME_WAIT is not reported.
         std::net::TcpListener::bind(addr)
             .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Adds a listener to a service: TLS when `[server.tls]` names it, else plain TCP.
+fn listen<A: Send + Sync + 'static>(
+    service: &mut Service<A>,
+    addr: std::net::SocketAddr,
+    tls: Option<&TlsConfig>,
+    which: Listener,
+) -> Result<(), String> {
+    match tls.filter(|t| t.covers(which)) {
+        Some(t) => {
+            let settings = t.settings().map_err(|e| format!("server.tls: {e}"))?;
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        None => service.add_tcp(&addr.to_string()),
     }
     Ok(())
 }
@@ -53,19 +71,22 @@ pub fn serve(config: Config) -> Result<(), String> {
         ProxyDoor::new(gateway.clone()),
         "proxy",
     );
-    proxy.add_tcp(&cfg.server.proxy_listen.to_string());
+    let tls = cfg.server.tls.as_ref();
+    listen(&mut proxy, cfg.server.proxy_listen, tls, Listener::Proxy)?;
 
     let mut mcp = Service::new(
         "mcp".to_string(),
         McpHttpApp::new(gateway.clone(), CancellationToken::new()),
     );
-    mcp.add_tcp(&cfg.server.mcp_listen.to_string());
+    listen(&mut mcp, cfg.server.mcp_listen, tls, Listener::Mcp)?;
 
     let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway.clone()));
-    admin.add_tcp(&cfg.server.admin_listen.to_string());
+    listen(&mut admin, cfg.server.admin_listen, tls, Listener::Admin)?;
     admin.threads = Some(1);
 
     tracing::info!(
+        tls = ?tls.map(|t| &t.listeners),
+        mtls = tls.is_some_and(|t| t.client_ca_file.is_some()),
         mcp = %cfg.server.mcp_listen,
         proxy = %cfg.server.proxy_listen,
         admin = %cfg.server.admin_listen,

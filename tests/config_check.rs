@@ -42,11 +42,24 @@ fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
 #[test]
 fn every_example_config_passes_check() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    // config/tls.toml names certificate files, which `check` loads.
+    let pki = common::Pki::new();
+    let files = [
+        ("TLS_CERT_FILE", pki.path("server.pem")),
+        ("TLS_KEY_FILE", pki.path("server.key")),
+        ("TLS_CLIENT_CA_FILE", pki.path("ca.pem")),
+    ];
+    let mut env: Vec<(&str, &str)> = EXAMPLE_ENV.to_vec();
+    env.extend(files.iter().map(|(k, v)| (*k, v.as_str())));
+    env.push((
+        "AGENT_KEY_SHA256",
+        "4444444444444444444444444444444444444444444444444444444444444444",
+    ));
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (code, out) = check(&path, EXAMPLE_ENV);
+            let (code, out) = check(&path, &env);
             assert_eq!(code, 0, "{}: {out}", path.display());
             assert_eq!(out.trim(), "OK");
             n += 1;

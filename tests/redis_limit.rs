@@ -108,7 +108,12 @@ store = {{ kind = "redis", url = "{url}"{store_extra} }}
 }
 
 fn start(up: &Upstream, redis: u16, limit: &str, store_extra: &str) -> Gateway {
-    start_url(up, &format!("redis://127.0.0.1:{redis}"), limit, store_extra)
+    start_url(
+        up,
+        &format!("redis://127.0.0.1:{redis}"),
+        limit,
+        store_extra,
+    )
 }
 
 fn start_url(up: &Upstream, url: &str, limit: &str, store_extra: &str) -> Gateway {
@@ -370,61 +375,8 @@ async fn signature_nonces_are_shared_across_replicas() {
 /// to trust (`SSL_CERT_FILE`), ACL authentication, and the shared limit enforced through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_username_and_password() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &p("server.key"),
-        "-out",
-        &p("server.csr"),
-    ]);
-    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("server.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("server.pem"),
-    ]);
+    let pki = Pki::new();
+    let p = |n: &str| pki.path(n);
 
     let port = free_port();
     let mut child = Command::new("redis-server")
@@ -685,11 +637,17 @@ async fn a_three_node_cluster_enforces_shared_limits_without_crossslot() {
     let url = format!("redis+cluster://{}", addrs.join(","));
     let extra = r#", timeout = "2s", on_error = "deny""#;
     let make = |ports| {
-        config(up.port, &url, r#"{ requests = 7, window = "1m" }"#, extra, ports)
-            .replace(
-                "[rate_limits]\n",
-                "[rate_limits]\nper_user = { requests = 1000, window = \"1m\" }\n",
-            )
+        config(
+            up.port,
+            &url,
+            r#"{ requests = 7, window = "1m" }"#,
+            extra,
+            ports,
+        )
+        .replace(
+            "[rate_limits]\n",
+            "[rate_limits]\nper_user = { requests = 1000, window = \"1m\" }\n",
+        )
     };
     let a = Gateway::start_generated(make);
     let b = Gateway::start_generated(make);
@@ -710,7 +668,11 @@ async fn a_three_node_cluster_enforces_shared_limits_without_crossslot() {
     let slot = slot.trim().trim_start_matches(':');
     let in_slot = with_keys[0].cmd(&["CLUSTER", "COUNTKEYSINSLOT", slot]);
     assert_eq!(
-        in_slot.trim().trim_start_matches(':').parse::<u64>().unwrap(),
+        in_slot
+            .trim()
+            .trim_start_matches(':')
+            .parse::<u64>()
+            .unwrap(),
         with_keys[0].dbsize()
     );
     assert!(with_keys[0].dbsize() >= 3, "per-API and per-user keys");
@@ -742,12 +704,17 @@ async fn sentinel_names_the_master_and_a_failover_is_followed() {
     .unwrap();
     let sentinel = Redis::spawn(sentinel_port, &[conf.to_str().unwrap(), "--sentinel"]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !replica.cmd(&["INFO", "replication"]).contains("master_link_status:up")
+    while !replica
+        .cmd(&["INFO", "replication"])
+        .contains("master_link_status:up")
         || !sentinel
             .cmd(&["SENTINEL", "REPLICAS", "agm"])
             .contains(&replica_port.to_string())
     {
-        assert!(Instant::now() < deadline, "replication or sentinel not ready");
+        assert!(
+            Instant::now() < deadline,
+            "replication or sentinel not ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -760,7 +727,10 @@ async fn sentinel_names_the_master_and_a_failover_is_followed() {
 
     // Fail over: the replica becomes the master.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !replica.cmd(&["INFO", "replication"]).contains("role:master") {
+    while !replica
+        .cmd(&["INFO", "replication"])
+        .contains("role:master")
+    {
         let _ = sentinel.try_cmd(&["SENTINEL", "FAILOVER", "agm"]);
         assert!(Instant::now() < deadline, "no failover");
         std::thread::sleep(Duration::from_millis(300));

@@ -243,12 +243,19 @@ pub fn www_authenticate(e: &GatewayError, metadata_url: &str) -> String {
 /// prefix is inserted before the resource's path).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-/// The resource identifier: `auth.resource`, else `http://{Host}/mcp`.
+/// The resource identifier: `auth.resource`, else `http://{Host}/mcp` (`https` when the MCP
+/// listener has TLS).
 pub fn resource_id(config: &Config, host: Option<&str>) -> String {
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.covers(crate::tls::Listener::Mcp));
     match &config.auth.resource {
         Some(r) => r.clone(),
         None => format!(
-            "http://{}/mcp",
+            "{}://{}/mcp",
+            if tls { "https" } else { "http" },
             host.map(str::to_string)
                 .unwrap_or_else(|| config.server.mcp_listen.to_string())
         ),

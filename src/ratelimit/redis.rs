@@ -241,7 +241,9 @@ pub fn topology(url: &str) -> Result<Topology, String> {
     };
     let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
     if hosts.iter().any(|h| h.is_empty()) {
-        return Err(format!("{scheme}:// needs a comma-separated list of host:port"));
+        return Err(format!(
+            "{scheme}:// needs a comma-separated list of host:port"
+        ));
     }
     // Errors name the host, never the URL: it may hold a password.
     let check = |u: &str| {
@@ -312,7 +314,10 @@ enum Conn {
 }
 
 impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Conn::Standalone(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
@@ -585,8 +590,7 @@ impl RedisLimiter {
             let mut conn = self.conn().await?;
             cmd.query_async::<Option<String>>(&mut conn).await
         };
-        match tokio::time::timeout(self.settings.timeout, query).await
-        {
+        match tokio::time::timeout(self.settings.timeout, query).await {
             Ok(Ok(reply)) => {
                 self.record_success();
                 Ok(reply.is_some())
@@ -730,7 +734,10 @@ mod tests {
 
     #[test]
     fn topology_parses_each_url_form_and_names_what_is_wrong() {
-        assert_eq!(topology("redis://127.0.0.1:6379/2"), Ok(Topology::Standalone));
+        assert_eq!(
+            topology("redis://127.0.0.1:6379/2"),
+            Ok(Topology::Standalone)
+        );
         assert_eq!(
             topology("rediss+cluster://u:pw@a:7000,b:7001"),
             Ok(Topology::Cluster(vec![

@@ -848,3 +848,157 @@ pub fn terminate(gw: &mut Gateway) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A throwaway PKI made with the `openssl` CLI: a CA, a server certificate for 127.0.0.1, a
+/// client certificate from the same CA, and a client certificate from another CA.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for ca in ["ca", "rogue-ca"] {
+            pki.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN={ca}"),
+                "-keyout",
+                &pki.path(&format!("{ca}.key")),
+                "-out",
+                &pki.path(&format!("{ca}.pem")),
+            ]);
+        }
+        pki.issue("server", "ca", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n");
+        pki.issue("client", "ca", "agent-1", "extendedKeyUsage=clientAuth\n");
+        pki.issue(
+            "rogue",
+            "rogue-ca",
+            "agent-1",
+            "extendedKeyUsage=clientAuth\n",
+        );
+        pki
+    }
+
+    /// `NAME.pem` and `NAME.key`, signed by `ca`.
+    fn issue(&self, name: &str, ca: &str, cn: &str, ext: &str) {
+        let key = self.path(&format!("{name}.key"));
+        let csr = self.path(&format!("{name}.csr"));
+        let extfile = self.path(&format!("{name}.ext"));
+        std::fs::write(&extfile, ext).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &self.path(&format!("{ca}.pem")),
+            "-CAkey",
+            &self.path(&format!("{ca}.key")),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &extfile,
+            "-out",
+            &self.path(&format!("{name}.pem")),
+        ]);
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// One HTTPS request through rustls, verifying the server against `ca_pem` (and presenting
+/// `client` = (cert, key) PEM files, when given). Returns the status and body, or the TLS or
+/// I/O error.
+pub async fn https_request(
+    port: u16,
+    request: &str,
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+) -> Result<(u16, String), String> {
+    use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    pingora::tls::install_default_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    pingora::tls::load_ca_file_into_store(ca_pem, &mut roots).map_err(|e| e.to_string())?;
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let (certs, key) = pingora::tls::load_certs_and_key_files(cert, key)
+                .map_err(|e| e.to_string())?
+                .ok_or("no client cert")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    match read {
+        Ok(Ok(_)) => {}
+        // A TLS 1.3 server refuses a client certificate after the handshake: the refusal
+        // arrives on the first read.
+        Ok(Err(e)) if out.is_empty() => return Err(e.to_string()),
+        Ok(Err(_)) => {}
+        Err(_) => return Err("timed out".into()),
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+pub fn https_get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+}
