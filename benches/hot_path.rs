@@ -320,7 +320,7 @@ fn mcp_benches(c: &mut Criterion) {
     .unwrap();
     let gateway = Gateway::new(config).unwrap();
     let service = api_gateway_mcp::mcp::http_service(
-        gateway.clone(),
+        api_gateway_mcp::gateway::Live::new(gateway.clone(), None),
         tokio_util::sync::CancellationToken::new(),
     );
     let caller = Arc::new(

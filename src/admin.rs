@@ -10,16 +10,16 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
-use crate::gateway::Gateway;
+use crate::gateway::Live;
 
 /// Serves the health endpoints.
 pub struct AdminApp {
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
 }
 
 impl AdminApp {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        AdminApp { gateway }
+    pub fn new(live: Arc<Live>) -> Self {
+        AdminApp { live }
     }
 }
 
@@ -62,21 +62,17 @@ impl HttpServerApp for AdminApp {
             }
             return finish(session).await;
         }
+        let gateway = self.live.current();
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, "{\"status\":\"ok\"}".to_string()),
-            "/readyz"
-                if !self
-                    .gateway
-                    .ready
-                    .load(std::sync::atomic::Ordering::Relaxed) =>
-            {
+            "/readyz" if !gateway.ready.load(std::sync::atomic::Ordering::Relaxed) => {
                 (503, "{\"status\":\"draining\"}".to_string())
             }
             "/readyz" => (
                 200,
                 format!(
                     "{{\"status\":\"ready\",\"apis\":{}}}",
-                    self.gateway.config.apis.len()
+                    gateway.config.apis.len()
                 ),
             ),
             _ => (404, "{\"error\":\"not_found\"}".to_string()),

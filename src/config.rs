@@ -149,6 +149,8 @@ struct RawServer {
     grace_period: Option<HumanDuration>,
     drain_delay: Option<HumanDuration>,
     tls: Option<crate::tls::RawTls>,
+    watch_config: Option<bool>,
+    watch_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +357,10 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// `[server.tls]`: TLS (and optionally mTLS) on the listeners it names.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Reload when the config file's content changes. Default true (SIGHUP always reloads).
+    pub watch_config: bool,
+    /// How often the file is checked. Default 2 s.
+    pub watch_interval: Duration,
 }
 
 /// MCP door settings.
@@ -733,6 +739,15 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         },
         drain_delay: raw.server.drain_delay.map_or(Duration::ZERO, |d| d.0),
         tls: crate::tls::validate(raw.server.tls, &mut errors),
+        watch_config: raw.server.watch_config.unwrap_or(true),
+        watch_interval: match raw.server.watch_interval {
+            Some(d) if d.0 < Duration::from_millis(100) => {
+                errors.push(err("server.watch_interval", "must be at least 100ms"));
+                d.0
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(2),
+        },
     };
 
     let mut allowed_hosts = raw.mcp.allowed_hosts.unwrap_or_else(|| {

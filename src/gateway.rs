@@ -1,7 +1,12 @@
 //! The shared core both doors hold: the validated config, the policy pipeline and the egress
-//! client. Built once at start-up.
+//! client. [`Live`] holds the serving one and swaps it atomically on a reload; each request
+//! takes a snapshot when it starts and finishes on it.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use crate::audit::Auditor;
 use crate::config::Config;
@@ -11,16 +16,59 @@ use crate::telemetry::otlp::{CallSpan, Tracing};
 use crate::trace::TraceContext;
 
 /// Everything a request needs, behind one `Arc`.
+///
+/// The audit writer, the span exporter, the egress pool, the rate limiter's state, the
+/// signature nonces and the readiness flag belong to the process: a reload hands them to the
+/// next `Gateway` unchanged.
 pub struct Gateway {
     pub config: Arc<Config>,
     pub pipeline: Pipeline,
     pub egress: Arc<Egress>,
     /// The audit writer, unless `audit.enabled = false`.
-    pub audit: Option<Auditor>,
+    pub audit: Option<Arc<Auditor>>,
     /// False once a graceful shutdown has begun: `/readyz` then fails.
-    pub ready: std::sync::atomic::AtomicBool,
+    pub ready: Arc<AtomicBool>,
     /// The OTLP span exporter, when `[tracing]` is enabled.
-    pub tracing: Option<Tracing>,
+    pub tracing: Option<Arc<Tracing>>,
+    /// The MCP door's tool definitions over this config's APIs, built on first use.
+    pub mcp_tools: OnceLock<Arc<Vec<rmcp::model::Tool>>>,
+}
+
+/// Config sections a running process cannot change: a reload keeps their old values and
+/// says so in a warning. (Listeners are bound, the audit chain and the span exporter are
+/// open, the limiter's store is connected.)
+fn restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    fn keep<T: Clone + std::fmt::Debug>(
+        changed: &mut Vec<&'static str>,
+        key: &'static str,
+        old: &T,
+        new: &mut T,
+    ) {
+        // Compared, never logged: Debug output may hold secrets.
+        if format!("{old:?}") != format!("{new:?}") {
+            changed.push(key);
+            *new = old.clone();
+        }
+    }
+    let mut changed = Vec::new();
+    keep(&mut changed, "server", &old.server, &mut new.server);
+    keep(&mut changed, "mcp", &old.mcp, &mut new.mcp);
+    keep(&mut changed, "audit", &old.audit, &mut new.audit);
+    keep(&mut changed, "tracing", &old.tracing, &mut new.tracing);
+    keep(&mut changed, "metrics", &old.metrics, &mut new.metrics);
+    keep(
+        &mut changed,
+        "egress.nameservers",
+        &old.nameservers,
+        &mut new.nameservers,
+    );
+    keep(
+        &mut changed,
+        "rate_limits.store",
+        &old.rate_limits.redis,
+        &mut new.rate_limits.redis,
+    );
+    changed
 }
 
 impl Gateway {
@@ -28,14 +76,40 @@ impl Gateway {
         let config = Arc::new(config);
         let egress = Arc::new(Egress::with_nameservers(&config.nameservers));
         crate::telemetry::metrics().configure(&config.metrics);
+        crate::telemetry::metrics().config_loaded_at.set(unix_now());
         Ok(Arc::new(Gateway {
-            tracing: Tracing::start(&config.tracing)?,
+            tracing: Tracing::start(&config.tracing)?.map(Arc::new),
             pipeline: Pipeline::new(config.clone(), egress.clone())?,
-            audit: Auditor::start(&config.audit)?,
-            ready: std::sync::atomic::AtomicBool::new(true),
+            audit: Auditor::start(&config.audit)?.map(Arc::new),
+            ready: Arc::new(AtomicBool::new(true)),
             egress,
             config,
+            mcp_tools: OnceLock::new(),
         }))
+    }
+
+    /// The gateway for a new config, keeping this one's process-wide parts (and the old
+    /// values of the sections that need a restart, which it returns by key).
+    pub fn reconfigured(
+        &self,
+        mut config: Config,
+    ) -> Result<(Arc<Self>, Vec<&'static str>), String> {
+        let kept = restart_only(&self.config, &mut config);
+        let config = Arc::new(config);
+        Ok((
+            Arc::new(Gateway {
+                pipeline: self
+                    .pipeline
+                    .reconfigured(config.clone(), self.egress.clone())?,
+                egress: self.egress.clone(),
+                audit: self.audit.clone(),
+                ready: self.ready.clone(),
+                tracing: self.tracing.clone(),
+                config,
+                mcp_tools: OnceLock::new(),
+            }),
+            kept,
+        ))
     }
 
     /// Whether calls are audited (`audit.enabled`).
@@ -95,4 +169,105 @@ impl Gateway {
             t.shutdown();
         }
     }
+}
+
+/// The serving gateway, swapped atomically by a reload.
+pub struct Live {
+    current: ArcSwap<Gateway>,
+    /// Requests being served on either door (see [`Live::enter`]): shutdown waits for zero.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The config file reloads read; `None` when serving the embedded defaults.
+    source: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: std::sync::Mutex<()>,
+}
+
+impl Live {
+    pub fn new(gateway: Arc<Gateway>, source: Option<PathBuf>) -> Arc<Live> {
+        Arc::new(Live {
+            current: ArcSwap::new(gateway),
+            in_flight: Arc::default(),
+            source,
+            reloading: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// The serving gateway: a request takes this once and keeps it to the end.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn enter(&self) -> InFlight {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The config file a reload reads.
+    pub fn source(&self) -> Option<&std::path::Path> {
+        self.source.as_deref()
+    }
+
+    /// Reads and validates the config file again and, if it is valid, swaps it in. A bad
+    /// config is refused with every error and the old one keeps serving. Logged and counted
+    /// either way; `why` names the trigger (`SIGHUP`, `file changed`).
+    pub fn reload(&self, why: &str) -> Result<(), String> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let m = crate::telemetry::metrics();
+        let result = self.swap();
+        match &result {
+            Ok(kept) => {
+                m.config_reloads.with_label_values(&["success"]).inc();
+                m.config_loaded_at.set(unix_now());
+                let apis = self.current().config.apis.len();
+                if kept.is_empty() {
+                    tracing::info!(trigger = why, apis, "config reloaded");
+                } else {
+                    tracing::warn!(
+                        trigger = why,
+                        apis,
+                        unchanged = ?kept,
+                        "config reloaded; changes to these sections need a restart and were not applied"
+                    );
+                }
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(trigger = why, error = %e, "config reload rejected; the previous config keeps serving");
+            }
+        }
+        result.map(|_| ())
+    }
+
+    fn swap(&self) -> Result<Vec<&'static str>, String> {
+        let path = self
+            .source
+            .as_ref()
+            .ok_or("no config file to reload: the gateway runs on the embedded defaults")?;
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let (next, kept) = self.current().reconfigured(config)?;
+        self.current.store(next);
+        Ok(kept)
+    }
+}
+
+/// One request in flight; dropping it ends the request.
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

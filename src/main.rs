@@ -232,7 +232,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             init_logs();
             match load(config.as_ref()) {
-                Ok(c) => match api_gateway_mcp::server::serve(c) {
+                Ok(c) => match api_gateway_mcp::server::serve(c, config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("cannot start: {e}");
@@ -249,7 +249,7 @@ fn main() -> ExitCode {
             init_logs();
             let result = load(config.as_ref())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
-                .and_then(api_gateway_mcp::server::stdio);
+                .and_then(|c| api_gateway_mcp::server::stdio(c, config));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Credential, CredentialPlacement};
 use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 use crate::policy::{CallRequest, Caller, CallerRequest, Door};
 
 /// Methods the `api_gateway` tool accepts, in schema order.
@@ -40,11 +40,12 @@ const TOOL_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// The MCP server handler. Cheap to clone: the service factory makes one per request.
 #[derive(Clone)]
 pub struct GatewayMcp {
+    /// The gateway a request is served on: the snapshot its HTTP request started on (see
+    /// [`GatewayMcp::at`]), or for stdio the serving one when the request arrived.
     gateway: Arc<Gateway>,
+    live: Arc<Live>,
     /// The caller of a stdio session; HTTP requests carry theirs in the request extensions.
     local_caller: Option<Arc<Caller>>,
-    /// Every tool, unfiltered: what rmcp checks each call against. Built once.
-    all_tools: Arc<Vec<Tool>>,
 }
 
 /// Arguments of the `api_gateway` tool.
@@ -117,12 +118,37 @@ impl GatewayMcp {
         Arc::new(c)
     }
 
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+    pub fn new(live: Arc<Live>) -> Self {
         GatewayMcp {
-            all_tools: Arc::new(Self::all_tools(&gateway)),
-            gateway,
+            gateway: live.current(),
+            live,
             local_caller: None,
         }
+    }
+
+    /// This handler on the gateway the request is to be served on: the snapshot the HTTP
+    /// bridge took when the request arrived, else (stdio) the serving one. A reload never
+    /// changes the config under a request, and a long legacy session still sees reloads.
+    fn at(&self, context: &RequestContext<RoleServer>) -> GatewayMcp {
+        let gateway = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Arc<Gateway>>())
+            .cloned()
+            .unwrap_or_else(|| self.live.current());
+        GatewayMcp {
+            gateway,
+            live: self.live.clone(),
+            local_caller: self.local_caller.clone(),
+        }
+    }
+
+    /// Every tool, unfiltered, over the gateway's APIs: built once per config.
+    fn all_tools(gateway: &Gateway) -> Arc<Vec<Tool>> {
+        gateway
+            .mcp_tools
+            .get_or_init(|| Arc::new(Self::build_all_tools(gateway)))
+            .clone()
     }
 
     /// The caller of this request: attached by the HTTP bridge, or the stdio session's.
@@ -154,7 +180,7 @@ impl GatewayMcp {
     }
 
     /// Every tool over every configured API.
-    fn all_tools(gateway: &Gateway) -> Vec<Tool> {
+    fn build_all_tools(gateway: &Gateway) -> Vec<Tool> {
         let all: Vec<_> = gateway
             .config
             .apis
@@ -574,7 +600,7 @@ impl ServerHandler for GatewayMcp {
     ) -> Result<ListToolsResult, McpError> {
         let caller = self.caller(&context).ok_or_else(no_caller)?;
         Ok(ListToolsResult {
-            tools: self.tools(&caller),
+            tools: self.at(&context).tools(&caller),
             ..Default::default()
         })
     }
@@ -582,7 +608,10 @@ impl ServerHandler for GatewayMcp {
     /// The unfiltered definition (rmcp uses it to validate results); what a caller may use
     /// is decided per call.
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.all_tools.iter().find(|t| t.name == name).cloned()
+        Self::all_tools(&self.live.current())
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
     }
 
     async fn call_tool(
@@ -591,9 +620,11 @@ impl ServerHandler for GatewayMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let caller = self.caller(&context).ok_or_else(no_caller)?;
+        let this = self.at(&context);
+        let this = &this;
         let args = Value::Object(request.arguments.unwrap_or_default());
         match request.name.as_ref() {
-            "list_apis" => Ok(self.list_apis(&caller).into()),
+            "list_apis" => Ok(this.list_apis(&caller).into()),
             "api_gateway" => {
                 let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
                     McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
@@ -607,9 +638,9 @@ impl ServerHandler for GatewayMcp {
                     .to_string();
                 let method = args.method.to_ascii_uppercase();
                 let mut stats = CallStats::default();
-                let caller = self.start_span(caller, &context, &api_label, &mut stats);
+                let caller = this.start_span(caller, &context, &api_label, &mut stats);
                 // Started now, so its timestamp is the call's arrival.
-                let event = self.gateway.auditing().then(|| {
+                let event = this.gateway.auditing().then(|| {
                     let mut e = crate::audit::AuditEvent::new(
                         Door::Mcp,
                         Some(&caller),
@@ -620,7 +651,7 @@ impl ServerHandler for GatewayMcp {
                     e.api = api_label.clone();
                     e
                 });
-                let outcome = self.api_gateway(args, &caller, &mut stats).await;
+                let outcome = this.api_gateway(args, &caller, &mut stats).await;
                 let (status, error) = match &outcome {
                     Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
                     Err(e) => (e.kind.status(), Some(e)),
@@ -646,7 +677,7 @@ impl ServerHandler for GatewayMcp {
                     if let Some(e) = error {
                         event.failed(e);
                     }
-                    self.gateway.audit(|| event);
+                    this.gateway.audit(|| event);
                 }
                 let result = match outcome {
                     Ok(v) => CallToolResult::structured(v),
@@ -673,9 +704,10 @@ impl ServerHandler for GatewayMcp {
 ///
 /// The session's caller is identified once, before serving, from `API_GATEWAY_MCP_TOKEN` or
 /// `API_GATEWAY_MCP_API_KEY`; bad credentials stop the process with the reason.
-pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
+pub async fn serve_stdio(live: Arc<Live>) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
-    let caller = gateway
+    let caller = live
+        .current()
         .pipeline
         .identify_local(&|name| std::env::var(name).ok())
         .await
@@ -688,7 +720,7 @@ pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
         })?;
     let handler = GatewayMcp {
         local_caller: Some(Arc::new(caller)),
-        ..GatewayMcp::new(gateway)
+        ..GatewayMcp::new(live)
     };
     let running = handler.serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
@@ -698,9 +730,10 @@ pub async fn serve_stdio(gateway: Arc<Gateway>) -> anyhow::Result<()> {
 /// rmcp's Streamable HTTP service over the gateway's tools, as `[mcp]` configures it. It
 /// expects each request to carry its identified [`Caller`] in the request extensions.
 pub fn http_service(
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     cancel: CancellationToken,
 ) -> StreamableHttpService<GatewayMcp, LocalSessionManager> {
+    let gateway = live.current();
     let cfg = &gateway.config.mcp;
     let mut http_cfg = StreamableHttpServerConfig::default()
         .with_allowed_hosts(cfg.allowed_hosts.clone())
@@ -712,7 +745,7 @@ pub fn http_service(
         // Secure default: with no configured origins, any browser Origin is refused.
         http_cfg = http_cfg.enforce_origin_validation();
     }
-    let handler = GatewayMcp::new(gateway);
+    let handler = GatewayMcp::new(live);
     StreamableHttpService::new(
         move || Ok(handler.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -724,7 +757,7 @@ pub fn http_service(
 pub struct McpHttpApp {
     service: StreamableHttpService<GatewayMcp, LocalSessionManager>,
     max_request_bytes: usize,
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     /// Which principal created each legacy session: a session id is usable only by it, so a
     /// leaked id cannot be used (for instance to read its event stream) by another caller.
     owners: std::sync::Mutex<SessionOwners>,
@@ -761,18 +794,18 @@ fn host_of(session: &ServerSession) -> Option<&str> {
 }
 
 impl McpHttpApp {
-    pub fn new(gateway: Arc<Gateway>, cancel: CancellationToken) -> Self {
+    pub fn new(live: Arc<Live>, cancel: CancellationToken) -> Self {
         McpHttpApp {
-            service: http_service(gateway.clone(), cancel),
-            max_request_bytes: gateway.config.mcp.max_request_bytes,
-            gateway,
+            service: http_service(live.clone(), cancel),
+            max_request_bytes: live.current().config.mcp.max_request_bytes,
+            live,
             owners: std::sync::Mutex::new(SessionOwners::default()),
         }
     }
 
     /// Writes a gateway error as problem+json; a 401 carries `WWW-Authenticate` pointing at
     /// the protected-resource metadata.
-    async fn respond_error(&self, session: &mut ServerSession, e: &GatewayError) {
+    async fn respond_error(gw: &Gateway, session: &mut ServerSession, e: &GatewayError) {
         let body = e.problem_json().to_string();
         let Ok(mut h) = ResponseHeader::build(e.kind.status(), Some(4)) else {
             return;
@@ -780,7 +813,7 @@ impl McpHttpApp {
         let _ = h.insert_header(http::header::CONTENT_TYPE, "application/problem+json");
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         if e.kind == crate::error::ErrorKind::Unauthorized {
-            let url = crate::auth::metadata_url(&self.gateway.config, host_of(session));
+            let url = crate::auth::metadata_url(&gw.config, host_of(session));
             let _ = h.insert_header(
                 http::header::WWW_AUTHENTICATE,
                 crate::auth::www_authenticate(e, &url),
@@ -793,7 +826,7 @@ impl McpHttpApp {
     /// Refuses an HTTP request before it reaches rmcp: logged, counted, audited, and
     /// answered as problem+json (with `WWW-Authenticate` on a 401).
     async fn refuse(
-        &self,
+        gw: &Gateway,
         mut session: ServerSession,
         caller: Option<&Caller>,
         e: &GatewayError,
@@ -805,7 +838,7 @@ impl McpHttpApp {
             "request refused"
         );
         crate::telemetry::metrics().refusal(Door::Mcp, None, e);
-        self.gateway.audit(|| {
+        gw.audit(|| {
             let head = session.req_header();
             let mut event = crate::audit::AuditEvent::new(
                 Door::Mcp,
@@ -816,14 +849,13 @@ impl McpHttpApp {
             event.failed(e);
             event
         });
-        self.respond_error(&mut session, e).await;
+        Self::respond_error(gw, &mut session, e).await;
         crate::admin::finish(session).await
     }
 
     /// RFC 9728 metadata, at the well-known path and at its `/mcp`-suffixed form.
-    async fn respond_metadata(&self, session: &mut ServerSession) {
-        let body =
-            crate::auth::resource_metadata(&self.gateway.config, host_of(session)).to_string();
+    async fn respond_metadata(gw: &Gateway, session: &mut ServerSession) {
+        let body = crate::auth::resource_metadata(&gw.config, host_of(session)).to_string();
         let Ok(mut h) = ResponseHeader::build(200, Some(3)) else {
             return;
         };
@@ -857,11 +889,15 @@ impl HttpServerApp for McpHttpApp {
             Ok(true) => {}
             _ => return None,
         }
+        // This request is served on the config that is current now, to its end, and a
+        // graceful shutdown waits for it.
+        let _in_flight = self.live.enter();
+        let gw = self.live.current();
         let path = session.req_header().uri.path().to_string();
         if path == crate::auth::METADATA_PATH
             || path == format!("{}/mcp", crate::auth::METADATA_PATH)
         {
-            self.respond_metadata(&mut session).await;
+            Self::respond_metadata(&gw, &mut session).await;
             return crate::admin::finish(session).await;
         }
         if path != "/mcp" && path != "/mcp/" {
@@ -888,8 +924,7 @@ impl HttpServerApp for McpHttpApp {
         let body = body.freeze();
         let head = session.req_header();
         let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let identified = self
-            .gateway
+        let identified = gw
             .pipeline
             .identify(&CallerRequest {
                 peer: session
@@ -906,7 +941,7 @@ impl HttpServerApp for McpHttpApp {
             .await;
         let caller = match identified {
             Ok(c) => Arc::new(c),
-            Err(e) => return self.refuse(session, None, &e).await,
+            Err(e) => return Self::refuse(&gw, session, None, &e).await,
         };
         let head = session.req_header();
         let mut builder = http::Request::builder()
@@ -935,11 +970,12 @@ impl HttpServerApp for McpHttpApp {
         if not_owned {
             let e = GatewayError::forbidden("this MCP session belongs to another caller")
                 .with_reason("session_not_owned");
-            return self.refuse(session, Some(&caller), &e).await;
+            return Self::refuse(&gw, session, Some(&caller), &e).await;
         }
         let principal_id = caller.principal.id.clone();
         let closing = request.method() == http::Method::DELETE;
         request.extensions_mut().insert(caller);
+        request.extensions_mut().insert(gw.clone());
 
         let response = match tower_service::Service::call(&mut self.service.clone(), request).await
         {

@@ -84,9 +84,11 @@ pub type Decision = Result<Allowed, GatewayError>;
 /// The ordered policy checks. Built once from config, shared by every request.
 pub struct Pipeline {
     config: Arc<Config>,
-    limiter: Limiter,
+    /// Shared with the pipelines of later configs: limits survive a reload.
+    limiter: Arc<Limiter>,
     auth: Authenticator,
-    signatures: SignatureVerifier,
+    /// Shared likewise: a nonce seen before a reload stays seen.
+    signatures: Arc<SignatureVerifier>,
 }
 
 impl Pipeline {
@@ -99,9 +101,20 @@ impl Pipeline {
         };
         Ok(Pipeline {
             auth: Authenticator::new(config.clone(), egress)?,
-            signatures: SignatureVerifier::new(),
+            signatures: Arc::new(SignatureVerifier::new()),
             config,
-            limiter,
+            limiter: Arc::new(limiter),
+        })
+    }
+
+    /// The pipeline of a reloaded config: new policies and credentials, the same limiter
+    /// state and nonce memory.
+    pub fn reconfigured(&self, config: Arc<Config>, egress: Arc<Egress>) -> Result<Self, String> {
+        Ok(Pipeline {
+            auth: Authenticator::new(config.clone(), egress)?,
+            signatures: self.signatures.clone(),
+            limiter: self.limiter.clone(),
+            config,
         })
     }
 

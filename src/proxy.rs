@@ -26,23 +26,27 @@ use crate::auth;
 use crate::config::Api;
 use crate::egress::{self, Egress};
 use crate::error::{ErrorKind, GatewayError};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 use crate::policy::{CallRequest, CallerRequest, Door};
 use crate::ratelimit::{self, PolicyState};
 
 /// The proxy door.
 pub struct ProxyDoor {
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
 }
 
 impl ProxyDoor {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        ProxyDoor { gateway }
+    pub fn new(live: Arc<Live>) -> Self {
+        ProxyDoor { live }
     }
 }
 
 /// Per-request state.
 pub struct ProxyCtx {
+    /// The gateway (config, pipeline) this request started on; a reload does not change it.
+    gw: Arc<Gateway>,
+    /// Counts this request until it is done (a graceful shutdown waits for it).
+    _in_flight: crate::gateway::InFlight,
     started: Instant,
     target: Option<Target>,
     body_bytes: u64,
@@ -131,13 +135,13 @@ async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gatewa
 
 impl ProxyDoor {
     /// The gateway path for an upstream `Location` that lands in an allow-listed API.
-    fn gateway_location(&self, t: &Target, location: &str) -> Option<String> {
+    fn gateway_location(gw: &Gateway, t: &Target, location: &str) -> Option<String> {
         let here = t.api.base.url_of(&t.path_and_query)?;
         let mut next = here.join(location).ok()?;
         // Never hand an injected query credential back to the caller.
         let hidden: Vec<&str> = [&t.api]
             .into_iter()
-            .chain(self.gateway.config.apis.iter())
+            .chain(gw.config.apis.iter())
             .filter_map(|a| match &a.credential {
                 Some(crate::config::Credential {
                     placement: crate::config::CredentialPlacement::Query(name),
@@ -157,32 +161,30 @@ impl ProxyDoor {
                 next.query_pairs_mut().extend_pairs(kept);
             }
         }
-        let (api, endpoint) = self.gateway.config.api_for_url(&next, &t.api.name)?;
+        let (api, endpoint) = gw.config.api_for_url(&next, &t.api.name)?;
         Some(format!("/{}{endpoint}", api.name))
     }
 
     /// The configured API a proxy path names in its first segment (`/{api}/…`), if any.
-    fn routed_api(&self, path: &str) -> Option<&Arc<Api>> {
+    fn routed_api<'g>(gw: &'g Gateway, path: &str) -> Option<&'g Arc<Api>> {
         let name = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        self.gateway.config.apis.iter().find(|a| a.name == name)
+        gw.config.apis.iter().find(|a| a.name == name)
     }
 
     /// The call's server span, named `{method} {route}` after the HTTP conventions; the route
     /// names a configured API or nothing, so span names stay few.
-    fn start_span(&self, session: &Session) -> Option<crate::telemetry::otlp::CallSpan> {
+    fn start_span(gw: &Gateway, session: &Session) -> Option<crate::telemetry::otlp::CallSpan> {
         use opentelemetry::KeyValue;
-        self.gateway.tracing.as_ref()?;
+        gw.tracing.as_ref()?;
         let req = session.req_header();
         let mut trace = crate::trace::TraceContext::from_headers(&req.headers);
-        let route = self
-            .routed_api(req.uri.path())
-            .map(|a| format!("/{}/{{path}}", a.name));
+        let route = Self::routed_api(gw, req.uri.path()).map(|a| format!("/{}/{{path}}", a.name));
         let method = req.method.as_str();
         let name = match &route {
             Some(r) => format!("{method} {r}"),
             None => method.to_string(),
         };
-        self.gateway.server_span(name, &mut trace, || {
+        gw.server_span(name, &mut trace, || {
             let mut attrs = vec![
                 KeyValue::new("http.request.method", method.to_string()),
                 KeyValue::new("url.path", req.uri.path().to_string()),
@@ -213,14 +215,14 @@ impl ProxyDoor {
         session: &Session,
         ctx: &mut ProxyCtx,
     ) -> std::result::Result<Target, GatewayError> {
+        let gw = ctx.gw.clone();
         let req = session.req_header();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let caller = self
-            .gateway
+        let caller = gw
             .pipeline
             .identify(&CallerRequest {
                 peer,
@@ -276,8 +278,7 @@ impl ProxyDoor {
             }
             ctx.body_digest = None;
         }
-        let decision = self
-            .gateway
+        let decision = gw
             .pipeline
             .evaluate(&CallRequest {
                 door: Door::Proxy,
@@ -290,7 +291,7 @@ impl ProxyDoor {
                 caller: &caller,
             })
             .await?;
-        let addr = self.gateway.egress.resolve(&decision.api).await?;
+        let addr = gw.egress.resolve(&decision.api).await?;
         let path_and_query =
             egress::upstream_path_and_query(&decision.api, &decision.endpoint, &[]);
         Ok(Target {
@@ -308,6 +309,8 @@ impl ProxyHttp for ProxyDoor {
 
     fn new_ctx(&self) -> ProxyCtx {
         ProxyCtx {
+            gw: self.live.current(),
+            _in_flight: self.live.enter(),
             started: Instant::now(),
             target: None,
             body_bytes: 0,
@@ -322,10 +325,10 @@ impl ProxyHttp for ProxyDoor {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         ctx.started = Instant::now();
-        ctx.span = self.start_span(session);
+        ctx.span = Self::start_span(&ctx.gw, session);
         let admitted = match self.admit(session, ctx).await {
             // A call that could not be audited is refused when audit.on_failure = "block".
-            Ok(t) => self.gateway.audit_admit().map(|()| t),
+            Ok(t) => ctx.gw.audit_admit().map(|()| t),
             Err(e) => Err(e),
         };
         match admitted {
@@ -340,7 +343,7 @@ impl ProxyHttp for ProxyDoor {
                     door = "proxy",
                     "request refused"
                 );
-                write_problem(session, &e, &self.gateway).await?;
+                write_problem(session, &e, &ctx.gw).await?;
                 ctx.answered = Some(e);
                 Ok(true)
             }
@@ -396,7 +399,7 @@ impl ProxyHttp for ProxyDoor {
         }
         // The caller's trace continues upstream, under this hop's client span.
         if let Some(c) = &ctx.caller {
-            let tp = self.gateway.upstream_traceparent(
+            let tp = ctx.gw.upstream_traceparent(
                 ctx.span.as_mut(),
                 &c.trace,
                 upstream.method.as_str(),
@@ -417,7 +420,7 @@ impl ProxyHttp for ProxyDoor {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            let limit = self.gateway.config.request.max_body_size;
+            let limit = ctx.gw.config.request.max_body_size;
             if ctx.body_bytes > limit {
                 return Error::e_explain(
                     HTTPStatus(413),
@@ -474,7 +477,7 @@ impl ProxyHttp for ProxyDoor {
         insert_rate_limit_headers(
             response,
             &t.rate_limits,
-            self.gateway.config.rate_limits.legacy_headers,
+            ctx.gw.config.rate_limits.legacy_headers,
         )?;
         // A redirect into an allow-listed API points back through the gateway, so a client
         // that follows it stays under policy (and never learns the upstream's address).
@@ -482,7 +485,7 @@ impl ProxyHttp for ProxyDoor {
             .headers
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|loc| self.gateway_location(t, loc));
+            .and_then(|loc| Self::gateway_location(&ctx.gw, t, loc));
         if let Some(loc) = rewritten {
             response.insert_header(http::header::LOCATION, loc)?;
         }
@@ -529,7 +532,7 @@ impl ProxyHttp for ProxyDoor {
             _ if ctx.refusal.is_some() => ctx.refusal.take().expect("checked"),
             (HTTPStatus(413), _) => GatewayError::payload_too_large(format!(
                 "request body exceeds the limit of {} bytes",
-                self.gateway.config.request.max_body_size
+                ctx.gw.config.request.max_body_size
             )),
             (HTTPStatus(code), _) if *code < 500 => {
                 GatewayError::new(ErrorKind::InvalidArguments, "bad request")
@@ -553,7 +556,7 @@ impl ProxyHttp for ProxyDoor {
             // The connection is not reused (the request body may be unread), so say so:
             // a client must not send its next request on it.
             session.set_keepalive(None);
-            let _ = write_problem(session, &err, &self.gateway).await;
+            let _ = write_problem(session, &err, &ctx.gw).await;
         }
         ctx.answered = Some(err);
         FailToProxy {
@@ -584,9 +587,9 @@ impl ProxyHttp for ProxyDoor {
         // A configured API name, or `unknown`: the label set stays bounded.
         let api = match &ctx.target {
             Some(t) => t.api.name.as_str(),
-            None => self
-                .routed_api(req.uri.path())
-                .map_or("unknown", |a| a.name.as_str()),
+            None => {
+                Self::routed_api(&ctx.gw, req.uri.path()).map_or("unknown", |a| a.name.as_str())
+            }
         };
         let status = session
             .response_written()
@@ -611,7 +614,7 @@ impl ProxyHttp for ProxyDoor {
             span.end(status, ctx.answered.as_ref());
         }
 
-        self.gateway.audit(|| {
+        ctx.gw.audit(|| {
             let target = match req.uri.query() {
                 Some(q) => format!("{}?{q}", req.uri.path()),
                 None => req.uri.path().to_string(),

@@ -3,7 +3,9 @@
 //! `Server::run` builds its own runtimes and panics inside an existing one, so `main` stays a
 //! plain `fn` and calls [`serve`] directly.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -12,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 use crate::mcp::McpHttpApp;
 use crate::proxy::ProxyDoor;
 use crate::tls::{Listener, TlsConfig};
@@ -51,24 +53,29 @@ fn listen<A: Send + Sync + 'static>(
 }
 
 /// Runs the gateway until SIGTERM (graceful, bounded by `server.shutdown_grace`) or SIGINT.
-pub fn serve(config: Config) -> Result<(), String> {
+/// `source` is the config file that SIGHUP and the file watch reload.
+pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     check_listen_addresses(&config)?;
     let grace = config.server.shutdown_grace.as_secs().max(1);
+    // Pingora waits the whole grace period after closing the listeners, then stops its
+    // runtimes, dropping whatever is still running. The drain watcher below exits earlier,
+    // as soon as nothing is in flight.
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(grace),
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let gateway = Gateway::new(config)?;
     let cfg = gateway.config.clone();
+    let live = Live::new(gateway, source);
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        ProxyDoor::new(gateway.clone()),
+        ProxyDoor::new(live.clone()),
         "proxy",
     );
     let tls = cfg.server.tls.as_ref();
@@ -76,11 +83,11 @@ pub fn serve(config: Config) -> Result<(), String> {
 
     let mut mcp = Service::new(
         "mcp".to_string(),
-        McpHttpApp::new(gateway.clone(), CancellationToken::new()),
+        McpHttpApp::new(live.clone(), CancellationToken::new()),
     );
     listen(&mut mcp, cfg.server.mcp_listen, tls, Listener::Mcp)?;
 
-    let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway.clone()));
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(live.clone()));
     listen(&mut admin, cfg.server.admin_listen, tls, Listener::Admin)?;
     admin.threads = Some(1);
 
@@ -93,17 +100,19 @@ pub fn serve(config: Config) -> Result<(), String> {
         apis = cfg.apis.len(),
         "api-gateway-mcp listening"
     );
+    spawn_reloader(live.clone(), &cfg.server);
+    spawn_drain_watch(&server, live.clone(), cfg.server.shutdown_grace);
     server.add_service(proxy);
     server.add_service(mcp);
     server.add_service(admin);
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingSignals {
-            gateway: gateway.clone(),
+            gateway: live.current(),
             delay: cfg.server.drain_delay,
         }),
     });
     // The doors have drained: write every queued audit record before exiting.
-    gateway.shutdown();
+    live.current().shutdown();
     Ok(())
 }
 
@@ -142,18 +151,128 @@ impl pingora::server::ShutdownSignalWatch for DrainingSignals {
 }
 
 /// Serves MCP over stdin/stdout on its own runtime.
-pub fn stdio(config: Config) -> anyhow::Result<()> {
+pub fn stdio(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
     if config.audit.enabled && config.audit.sink == crate::config::AuditSink::Stdout {
         anyhow::bail!(
             "audit.sink: \"stdout\" cannot be used with the stdio transport, which owns stdout; use \"file\""
         );
     }
     let gateway: Arc<Gateway> = Gateway::new(config).map_err(|e| anyhow::anyhow!(e))?;
+    let server = gateway.config.server.clone();
+    let live = Live::new(gateway, source);
+    spawn_reloader(live.clone(), &server);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = rt.block_on(crate::mcp::serve_stdio(gateway.clone()));
-    gateway.shutdown();
+    let result = rt.block_on(crate::mcp::serve_stdio(live.clone()));
+    live.current().shutdown();
     result
+}
+
+/// After SIGTERM, once Pingora has closed the listeners and begun its grace period: waits
+/// until no request is in flight (quiet for 100 ms, so a request read just as the listeners
+/// closed is counted), flushes audit records and spans, and exits 0. A request still running
+/// when `server.grace_period` ends is cut off by Pingora's own shutdown.
+fn spawn_drain_watch(server: &Server, live: Arc<Live>, grace: Duration) {
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new()
+        .name("drain-watch".into())
+        .spawn(move || {
+            use pingora::server::ExecutionPhase;
+            loop {
+                match phases.blocking_recv() {
+                    Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+            let deadline = std::time::Instant::now() + grace;
+            let mut quiet_since: Option<std::time::Instant> = None;
+            while std::time::Instant::now() < deadline {
+                let idle = live.in_flight() == 0;
+                match (idle, quiet_since) {
+                    (true, Some(t)) if t.elapsed() >= Duration::from_millis(100) => {
+                        tracing::info!("drained: no request in flight; exiting");
+                        live.current().shutdown();
+                        std::process::exit(0);
+                    }
+                    (true, None) => quiet_since = Some(std::time::Instant::now()),
+                    (false, _) => quiet_since = None,
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tracing::warn!(
+                in_flight = live.in_flight(),
+                "grace period over with requests in flight; they are cut off"
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "no drain watch: shutdown waits the whole grace period");
+    }
+}
+
+/// Reloads the config on SIGHUP and, with `server.watch_config`, when the file's content
+/// changes (polled every `server.watch_interval`; this also sees a Kubernetes ConfigMap's
+/// symlink swap). Runs on a thread of its own, for the life of the process.
+fn spawn_reloader(live: Arc<Live>, server: &crate::config::ServerConfig) {
+    let watch = server.watch_config.then_some(server.watch_interval);
+    let spawned = std::thread::Builder::new()
+        .name("config-reload".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "config reloads are off: no runtime");
+                    return;
+                }
+            };
+            rt.block_on(watch_and_reload(live, watch));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "config reloads are off: no thread");
+    }
+}
+
+async fn watch_and_reload(live: Arc<Live>, watch: Option<Duration>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let fingerprint = |live: &Live| {
+        live.source()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|bytes| {
+                use sha2::Digest;
+                sha2::Sha256::digest(&bytes)
+            })
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP reloads are off");
+            return;
+        }
+    };
+    let watching = watch.is_some() && live.source().is_some();
+    let mut tick = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = fingerprint(&live);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                seen = fingerprint(&live);
+                let _ = live.reload("SIGHUP");
+            }
+            _ = tick.tick(), if watching => {
+                let now = fingerprint(&live);
+                // Each content is tried once: a bad file is not retried until it changes.
+                if now.is_some() && now != seen {
+                    seen = now;
+                    let _ = live.reload("file changed");
+                }
+            }
+        }
+    }
 }

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub principal_cost: CounterVec,
     /// `api_trace_spans_dropped_total`: spans in OTLP exports the collector did not accept.
     pub trace_spans_dropped: prometheus::IntCounter,
+    /// `api_config_reloads_total{result}`: reloads (SIGHUP or file change) that were applied
+    /// (`success`) or rejected, the old config serving on (`failure`).
+    pub config_reloads: IntCounterVec,
+    /// `api_config_last_reload_success_timestamp_seconds`: when the serving config was loaded.
+    pub config_loaded_at: IntGauge,
     /// The principals that have a label value of their own; past `max_principals`, the rest
     /// share `other`. `None`: the principal label is off.
     principals: Mutex<Option<Principals>>,
@@ -138,6 +143,21 @@ impl Metrics {
                 "Calls refused by policy (allow-lists, RBAC, SSRF, guards), by reason",
                 &["reason", "door"],
             ),
+            config_reloads: counter(
+                &r,
+                "api_config_reloads_total",
+                "Config reloads by result: success (applied) or failure (rejected, the old config serves on)",
+                &["result"],
+            ),
+            config_loaded_at: {
+                let g = IntGauge::new(
+                    "api_config_last_reload_success_timestamp_seconds",
+                    "Unix time at which the serving config was loaded",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             limiter_fallbacks: counter(
                 &r,
                 "api_rate_limiter_fallbacks_total",
