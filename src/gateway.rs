@@ -74,6 +74,14 @@ fn restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let config = Arc::new(config);
+        // Pingora's connector panics without a CA bundle; say what is missing instead.
+        let mut roots = pingora::tls::RootCertStore::empty();
+        pingora::tls::load_platform_certs_incl_env_into_store(&mut roots).map_err(|e| {
+            format!(
+                "no trusted CA certificates for upstream TLS ({e}): install ca-certificates, \
+                 or set SSL_CERT_FILE to a PEM bundle"
+            )
+        })?;
         let egress = Arc::new(Egress::with_nameservers(&config.nameservers));
         crate::telemetry::metrics().configure(&config.metrics);
         crate::telemetry::metrics().config_loaded_at.set(unix_now());
