@@ -114,7 +114,10 @@ fn the_image_is_non_root_and_its_health_check_works() {
     let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
     assert!(dockerfile.contains("distroless/static") && dockerfile.contains("USER nonroot"));
-    assert!(dockerfile.contains("+crt-static"), "a static binary for distroless/static");
+    assert!(
+        dockerfile.contains("+crt-static"),
+        "a static binary for distroless/static"
+    );
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"health\""));
 
     let up = Upstream::start();
