@@ -161,6 +161,7 @@ struct RawMcp {
     max_response_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     legacy_sessions: Option<bool>,
+    json_response: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +378,9 @@ pub struct McpConfig {
     pub max_request_bytes: usize,
     /// Keep legacy (`initialize`) sessions in memory. Default true.
     pub legacy_sessions: bool,
+    /// Answer a stateless request with one `application/json` body instead of an SSE
+    /// stream, when the reply is a single message. Default true.
+    pub json_response: bool,
 }
 
 /// Request body guards applied on both doors.
@@ -784,6 +788,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             4 << 20,
         ),
         legacy_sessions: raw.mcp.legacy_sessions.unwrap_or(true),
+        json_response: raw.mcp.json_response.unwrap_or(true),
     };
 
     let auth = access::validate_auth(raw.auth, &mut errors);

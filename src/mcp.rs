@@ -739,6 +739,7 @@ pub fn http_service(
         .with_allowed_hosts(cfg.allowed_hosts.clone())
         .with_allowed_origins(cfg.allowed_origins.clone())
         .with_legacy_session_mode(cfg.legacy_sessions)
+        .with_json_response(cfg.json_response)
         .with_max_request_body_bytes(cfg.max_request_bytes)
         .with_cancellation_token(cancel);
     if cfg.allowed_origins.is_empty() {
@@ -1002,6 +1003,14 @@ impl HttpServerApp for McpHttpApp {
         }
         let (parts, mut body) = response.into_parts();
         let mut header = ResponseHeader::from(parts);
+        // A body of known size (a JSON reply) gets its Content-Length: header and body then
+        // leave in one write.
+        if let (None, Some(n)) = (
+            header.headers.get(http::header::CONTENT_LENGTH),
+            http_body::Body::size_hint(&body).exact(),
+        ) {
+            let _ = header.insert_header(http::header::CONTENT_LENGTH, n.to_string());
+        }
         let streaming = header.headers.get(http::header::CONTENT_LENGTH).is_none();
         if streaming {
             // Chunked, so the body's end is marked and the connection stays open for the

@@ -143,12 +143,19 @@ impl Metrics {
                 "Calls refused by policy (allow-lists, RBAC, SSRF, guards), by reason",
                 &["reason", "door"],
             ),
-            config_reloads: counter(
-                &r,
-                "api_config_reloads_total",
-                "Config reloads by result: success (applied) or failure (rejected, the old config serves on)",
-                &["result"],
-            ),
+            config_reloads: {
+                let c = counter(
+                    &r,
+                    "api_config_reloads_total",
+                    "Config reloads by result: success (applied) or failure (rejected, the old config serves on)",
+                    &["result"],
+                );
+                // Both series exist from the start, so increase() sees the first reload.
+                for result in ["success", "failure"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             config_loaded_at: {
                 let g = IntGauge::new(
                     "api_config_last_reload_success_timestamp_seconds",
@@ -242,6 +249,8 @@ impl Metrics {
             self.principal_calls.desc(),
             self.principal_cost.desc(),
             self.trace_spans_dropped.desc(),
+            self.config_reloads.desc(),
+            self.config_loaded_at.desc(),
         ]
         .into_iter()
         .flatten()

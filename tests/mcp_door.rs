@@ -321,8 +321,9 @@ async fn upstream_connections_are_pooled() {
     );
 }
 
-/// A stateless (2026-07-28) client keeps its connection: the streamed response is chunked, so
-/// its end is marked and the next call goes over the same TCP connection.
+/// A stateless (2026-07-28) client keeps its connection: a one-message reply is a single
+/// `application/json` body with its Content-Length (`[mcp] json_response`), so its end is
+/// marked and the next call goes over the same TCP connection.
 #[test]
 fn stateless_calls_share_one_kept_alive_connection() {
     use std::io::{Read, Write};
@@ -351,17 +352,27 @@ fn stateless_calls_share_one_kept_alive_connection() {
         conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 16384];
-        // A chunked body ends with the zero-length chunk.
-        while !out.ends_with(b"0\r\n\r\n") {
+        // Read the head, then exactly Content-Length bytes of body.
+        let complete = |out: &[u8]| {
+            let text = String::from_utf8_lossy(out);
+            let (head, body) = text.split_once("\r\n\r\n")?;
+            let len: usize = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().ok())
+            })??;
+            Some(body.len() >= len)
+        };
+        while complete(&out) != Some(true) {
             let n = conn.read(&mut buf).unwrap();
             assert!(n > 0, "call {i}: the connection was closed");
             out.extend_from_slice(&buf[..n]);
         }
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(text
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"));
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"), "{text}");
+        assert!(!lower.contains("transfer-encoding"), "{text}");
         assert!(
             text.contains(r#"\"isError\":false"#) || text.contains(r#""isError":false"#),
             "{text}"
