@@ -162,12 +162,7 @@ async fn sigterm_fails_readiness_then_drains_and_exits_cleanly() {
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&gw, "-TERM");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // Draining: not ready, but still serving new calls.
     assert_eq!(get_status(&c, &ready).await, 503);

@@ -37,39 +37,18 @@ fn start_with_apis(apis: &str) -> Gateway {
     Gateway::start_generated(|ports| format!("{}\n{apis}", server_section(ports, 1)))
 }
 
-/// A TLS server with a self-signed certificate for `localhost`, which the gateway must not trust.
+/// A TLS server with a certificate for `localhost` from a throwaway CA, which the gateway
+/// must not trust.
 struct SelfSignedTls {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    _pki: Pki,
 }
 
 impl SelfSignedTls {
     fn start() -> SelfSignedTls {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "openssl could not make a certificate");
+        let pki = Pki::new();
+        let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
         let port = free_port();
         let child = Command::new("openssl")
             .args(["s_server", "-quiet", "-www", "-accept"])
@@ -90,7 +69,7 @@ impl SelfSignedTls {
         SelfSignedTls {
             child,
             port,
-            _dir: dir,
+            _pki: pki,
         }
     }
 }

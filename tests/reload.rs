@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,14 +26,6 @@ fn config(
         &format!("rate_limit = {{ requests = {local_limit}, window = \"1m\" }}"),
     );
     format!("{server}{local}{more}")
-}
-
-fn signal(gw: &Gateway, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &gw.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 /// Waits until `url` answers `want`, for up to 10 s.
@@ -69,7 +60,7 @@ async fn sighup_and_the_file_watch_swap_the_config_and_a_bad_one_is_refused() {
 
     // SIGHUP: the `other` API appears.
     std::fs::write(&gw.config_path, config(ports, up.port, 3, &other, watch)).unwrap();
-    signal(&gw, "-HUP");
+    send_signal(&gw, "-HUP");
     until_status(&c, &gw.proxy_url("/other/x"), 200).await;
     let reloads = "api_config_reloads_total{result=\"success\"}";
     assert_eq!(counter_at(&gw, reloads, 1.0).await, 1.0);
@@ -146,7 +137,7 @@ async fn a_request_in_flight_finishes_on_its_own_config() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     std::fs::write(&gw.config_path, config(ports, up.port, 100, "", "")).unwrap();
-    signal(&gw, "-HUP");
+    send_signal(&gw, "-HUP");
     let reloads = "api_config_reloads_total{result=\"success\"}";
     assert_eq!(counter_at(&gw, reloads, 1.0).await, 1.0);
     let r = reqwest::get(gw.proxy_url("/local/fast")).await.unwrap();
@@ -199,7 +190,7 @@ async fn a_reload_under_load_loses_no_request() {
         )
         .unwrap();
         if i % 4 == 0 {
-            signal(&gw, "-HUP");
+            send_signal(&gw, "-HUP");
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -285,12 +276,7 @@ async fn sigterm_under_load_completes_every_accepted_request() {
         assert!(Instant::now() < deadline, "slow calls not in flight");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&gw, "-TERM");
     for t in slow {
         assert_eq!(t.await.unwrap(), Ok(200), "an accepted call was cut off");
     }

@@ -829,12 +829,17 @@ pub async fn counter_at(gw: &Gateway, series: &str, want: f64) -> f64 {
 }
 
 /// SIGTERM, then wait for the process to exit (it drains the doors and the audit queue).
-pub fn terminate(gw: &mut Gateway) {
+/// Sends a signal (`-HUP`, `-TERM`, …) to the gateway process.
+pub fn send_signal(gw: &Gateway, sig: &str) {
     let ok = Command::new("kill")
-        .args(["-TERM", &gw.child.id().to_string()])
+        .args([sig, &gw.child.id().to_string()])
         .status()
         .unwrap();
-    assert!(ok.success());
+    assert!(ok.success(), "kill {sig}");
+}
+
+pub fn terminate(gw: &mut Gateway) {
+    send_signal(gw, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = gw.child.try_wait().unwrap() {
@@ -877,7 +882,12 @@ impl Pki {
                 &pki.path(&format!("{ca}.pem")),
             ]);
         }
-        pki.issue("server", "ca", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n");
+        pki.issue(
+            "server",
+            "ca",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        );
         pki.issue("client", "ca", "agent-1", "extendedKeyUsage=clientAuth\n");
         pki.issue(
             "rogue",
