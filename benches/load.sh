@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-10}"
 rounds="${2:-3}"
 conns=32
-bin=target/release/api-gateway-mcp
+bin="${AGM_BIN:-target/release/api-gateway-mcp}"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 for tool in nginx wrk redis-server curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }

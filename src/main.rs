@@ -1,5 +1,10 @@
 //! The `api-gateway-mcp` command line: `serve`, `stdio`, `check` and `hash-key`.
 
+/// With `--features mimalloc`: faster allocation on the MCP door, at a larger footprint.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
