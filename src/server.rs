@@ -100,8 +100,11 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         apis = cfg.apis.len(),
         "api-gateway-mcp listening"
     );
-    spawn_reloader(live.clone(), &cfg.server);
-    spawn_drain_watch(&server, live.clone(), cfg.server.shutdown_grace);
+    spawn_background(
+        live.clone(),
+        &cfg.server,
+        Some(server.watch_execution_phase()),
+    );
     server.add_service(proxy);
     server.add_service(mcp);
     server.add_service(admin);
@@ -160,7 +163,7 @@ pub fn stdio(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
     let gateway: Arc<Gateway> = Gateway::new(config).map_err(|e| anyhow::anyhow!(e))?;
     let server = gateway.config.server.clone();
     let live = Live::new(gateway, source);
-    spawn_reloader(live.clone(), &server);
+    spawn_background(live.clone(), &server, None);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,56 +173,21 @@ pub fn stdio(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
-/// After SIGTERM, once Pingora has closed the listeners and begun its grace period: waits
-/// until no request is in flight (quiet for 100 ms, so a request read just as the listeners
-/// closed is counted), flushes audit records and spans, and exits 0. A request still running
-/// when `server.grace_period` ends is cut off by Pingora's own shutdown.
-fn spawn_drain_watch(server: &Server, live: Arc<Live>, grace: Duration) {
-    let mut phases = server.watch_execution_phase();
-    let spawned = std::thread::Builder::new()
-        .name("drain-watch".into())
-        .spawn(move || {
-            use pingora::server::ExecutionPhase;
-            loop {
-                match phases.blocking_recv() {
-                    Ok(ExecutionPhase::ShutdownGracePeriod) => break,
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
-                }
-            }
-            let deadline = std::time::Instant::now() + grace;
-            let mut quiet_since: Option<std::time::Instant> = None;
-            while std::time::Instant::now() < deadline {
-                let idle = live.in_flight() == 0;
-                match (idle, quiet_since) {
-                    (true, Some(t)) if t.elapsed() >= Duration::from_millis(100) => {
-                        tracing::info!("drained: no request in flight; exiting");
-                        live.current().shutdown();
-                        std::process::exit(0);
-                    }
-                    (true, None) => quiet_since = Some(std::time::Instant::now()),
-                    (false, _) => quiet_since = None,
-                    _ => {}
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            tracing::warn!(
-                in_flight = live.in_flight(),
-                "grace period over with requests in flight; they are cut off"
-            );
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "no drain watch: shutdown waits the whole grace period");
-    }
-}
-
-/// Reloads the config on SIGHUP and, with `server.watch_config`, when the file's content
-/// changes (polled every `server.watch_interval`; this also sees a Kubernetes ConfigMap's
-/// symlink swap). Runs on a thread of its own, for the life of the process.
-fn spawn_reloader(live: Arc<Live>, server: &crate::config::ServerConfig) {
+/// The process's one background thread, on a small runtime of its own:
+/// - reloads the config on SIGHUP and, with `server.watch_config`, when the file's content
+///   changes (polled every `server.watch_interval`; this also sees a Kubernetes ConfigMap's
+///   symlink swap);
+/// - with `phases` (the Pingora server's execution phases), ends a graceful shutdown early:
+///   see [`exit_when_drained`].
+fn spawn_background(
+    live: Arc<Live>,
+    server: &crate::config::ServerConfig,
+    phases: Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>,
+) {
     let watch = server.watch_config.then_some(server.watch_interval);
+    let grace = server.shutdown_grace;
     let spawned = std::thread::Builder::new()
-        .name("config-reload".into())
+        .name("agm-background".into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -227,15 +195,61 @@ fn spawn_reloader(live: Arc<Live>, server: &crate::config::ServerConfig) {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!(error = %e, "config reloads are off: no runtime");
+                    tracing::error!(error = %e, "no background runtime: no reloads, and shutdown waits the whole grace period");
                     return;
                 }
             };
-            rt.block_on(watch_and_reload(live, watch));
+            rt.block_on(async {
+                let drain = async {
+                    if let Some(phases) = phases {
+                        exit_when_drained(phases, live.clone(), grace).await;
+                    }
+                };
+                tokio::join!(watch_and_reload(live.clone(), watch), drain);
+            });
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "config reloads are off: no thread");
+        tracing::error!(error = %e, "no background thread: no reloads, and shutdown waits the whole grace period");
     }
+}
+
+/// After SIGTERM, once Pingora has closed the listeners and begun its grace period: waits
+/// until no request is in flight (quiet for 100 ms, so a request read just as the listeners
+/// closed is counted), flushes audit records and spans, and exits 0. A request still running
+/// when `server.grace_period` ends is cut off by Pingora's own shutdown.
+async fn exit_when_drained(
+    mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>,
+    live: Arc<Live>,
+    grace: Duration,
+) {
+    use pingora::server::ExecutionPhase;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match phases.recv().await {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut quiet_since: Option<tokio::time::Instant> = None;
+    while tokio::time::Instant::now() < deadline {
+        match (live.in_flight() == 0, quiet_since) {
+            (true, Some(t)) if t.elapsed() >= Duration::from_millis(100) => {
+                tracing::info!("drained: no request in flight; exiting");
+                live.current().shutdown();
+                std::process::exit(0);
+            }
+            (true, None) => quiet_since = Some(tokio::time::Instant::now()),
+            (false, _) => quiet_since = None,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(
+        in_flight = live.in_flight(),
+        "grace period over with requests in flight; they are cut off"
+    );
 }
 
 async fn watch_and_reload(live: Arc<Live>, watch: Option<Duration>) {
@@ -259,18 +273,27 @@ async fn watch_and_reload(live: Arc<Live>, watch: Option<Duration>) {
     let mut tick = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = fingerprint(&live);
+    // A new content is reloaded once it has stayed the same for one interval, so a file
+    // caught half-written (an editor saving in place) is not tried.
+    let mut pending = None;
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 seen = fingerprint(&live);
+                pending = None;
                 let _ = live.reload("SIGHUP");
             }
             _ = tick.tick(), if watching => {
                 let now = fingerprint(&live);
-                // Each content is tried once: a bad file is not retried until it changes.
-                if now.is_some() && now != seen {
+                if now.is_none() || now == seen {
+                    pending = None;
+                } else if now == pending {
+                    // Each content is tried once: a bad file is not retried until it changes.
                     seen = now;
+                    pending = None;
                     let _ = live.reload("file changed");
+                } else {
+                    pending = now;
                 }
             }
         }
