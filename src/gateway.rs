@@ -279,3 +279,53 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, &|_| None).unwrap()
+    }
+
+    /// A reload applies what a running process can change and keeps the rest, naming it.
+    #[test]
+    fn restart_only_sections_keep_their_old_values_and_are_named() {
+        let api = |name: &str| {
+            format!(
+                "[[apis]]\nname = \"{name}\"\nbase_url = \"https://{name}.example\"\n\
+                 methods = [\"GET\"]\npaths = [\"/**\"]\n"
+            )
+        };
+        let old = parse(&format!(
+            "[server]\nthreads = 2\n[auth]\nrequired = false\n{}",
+            api("a")
+        ));
+        // New APIs and a new thread count: the APIs apply, the threads do not.
+        let mut new = parse(&format!(
+            "[server]\nthreads = 7\n[auth]\nrequired = false\n{}{}",
+            api("a"),
+            api("b")
+        ));
+        assert_eq!(restart_only(&old, &mut new), vec!["server"]);
+        assert_eq!(new.server.threads, 2);
+        assert_eq!(new.apis.len(), 2);
+        // Nothing restart-only changed: nothing is named.
+        let mut same = parse(&format!(
+            "[server]\nthreads = 2\n[auth]\nrequired = false\n{}",
+            api("b")
+        ));
+        assert!(restart_only(&old, &mut same).is_empty());
+        // The audit sink and the limiter's store are kept too.
+        let mut other = parse(&format!(
+            "[server]\nthreads = 2\n[auth]\nrequired = false\n[audit]\nsink = \"stdout\"\n\
+             [rate_limits]\nstore = {{ kind = \"redis\", url = \"redis://127.0.0.1:1\" }}\n{}",
+            api("a")
+        ));
+        assert_eq!(
+            restart_only(&old, &mut other),
+            vec!["audit", "rate_limits.store"]
+        );
+        assert!(other.rate_limits.redis.is_none());
+    }
+}
