@@ -62,17 +62,14 @@ impl HttpServerApp for AdminApp {
             }
             return finish(session).await;
         }
-        let gateway = self.live.current();
         let (status, body) = match session.req_header().uri.path() {
             "/healthz" => (200, "{\"status\":\"ok\"}".to_string()),
-            "/readyz" if !gateway.ready.load(std::sync::atomic::Ordering::Relaxed) => {
-                (503, "{\"status\":\"draining\"}".to_string())
-            }
+            "/readyz" if !self.live.ready() => (503, "{\"status\":\"draining\"}".to_string()),
             "/readyz" => (
                 200,
                 format!(
                     "{{\"status\":\"ready\",\"apis\":{}}}",
-                    gateway.config.apis.len()
+                    self.live.current().config.apis.len()
                 ),
             ),
             _ => (404, "{\"error\":\"not_found\"}".to_string()),

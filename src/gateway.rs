@@ -17,17 +17,15 @@ use crate::trace::TraceContext;
 
 /// Everything a request needs, behind one `Arc`.
 ///
-/// The audit writer, the span exporter, the egress pool, the rate limiter's state, the
-/// signature nonces and the readiness flag belong to the process: a reload hands them to the
-/// next `Gateway` unchanged.
+/// The audit writer, the span exporter, the egress pool, the rate limiter's state and the
+/// signature nonces belong to the process: a reload hands them to the next `Gateway`
+/// unchanged. (Readiness is the process's too, and lives in [`Live`].)
 pub struct Gateway {
     pub config: Arc<Config>,
     pub pipeline: Pipeline,
     pub egress: Arc<Egress>,
     /// The audit writer, unless `audit.enabled = false`.
     pub audit: Option<Arc<Auditor>>,
-    /// False once a graceful shutdown has begun: `/readyz` then fails.
-    pub ready: Arc<AtomicBool>,
     /// The OTLP span exporter, when `[tracing]` is enabled.
     pub tracing: Option<Arc<Tracing>>,
     /// The MCP door's tool definitions over this config's APIs, built on first use.
@@ -89,7 +87,6 @@ impl Gateway {
             tracing: Tracing::start(&config.tracing)?.map(Arc::new),
             pipeline: Pipeline::new(config.clone(), egress.clone())?,
             audit: Auditor::start(&config.audit)?.map(Arc::new),
-            ready: Arc::new(AtomicBool::new(true)),
             egress,
             config,
             mcp_tools: OnceLock::new(),
@@ -111,7 +108,6 @@ impl Gateway {
                     .reconfigured(config.clone(), self.egress.clone())?,
                 egress: self.egress.clone(),
                 audit: self.audit.clone(),
-                ready: self.ready.clone(),
                 tracing: self.tracing.clone(),
                 config,
                 mcp_tools: OnceLock::new(),
@@ -186,6 +182,8 @@ pub struct Live {
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The config file reloads read; `None` when serving the embedded defaults.
     source: Option<PathBuf>,
+    /// False once a graceful shutdown has begun: `/readyz` then fails.
+    ready: AtomicBool,
     /// One reload at a time.
     reloading: std::sync::Mutex<()>,
 }
@@ -196,6 +194,7 @@ impl Live {
             current: ArcSwap::new(gateway),
             in_flight: Arc::default(),
             source,
+            ready: AtomicBool::new(true),
             reloading: std::sync::Mutex::new(()),
         })
     }
@@ -203,6 +202,17 @@ impl Live {
     /// The serving gateway: a request takes this once and keeps it to the end.
     pub fn current(&self) -> Arc<Gateway> {
         self.current.load_full()
+    }
+
+    /// Whether `/readyz` answers ready: true until a graceful shutdown begins.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A graceful shutdown has begun: `/readyz` fails from now on.
+    pub fn set_draining(&self) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts a request as in flight until the guard drops.

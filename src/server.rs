@@ -110,7 +110,7 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     server.add_service(admin);
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingSignals {
-            gateway: live.current(),
+            live: live.clone(),
             delay: cfg.server.drain_delay,
         }),
     });
@@ -123,7 +123,7 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
 /// keep serving for `server.drain_delay` (so load balancers stop routing here), and only
 /// then does Pingora close the listeners and drain calls in flight.
 struct DrainingSignals {
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     delay: std::time::Duration,
 }
 
@@ -144,7 +144,7 @@ impl pingora::server::ShutdownSignalWatch for DrainingSignals {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = term.recv() => {
-                self.gateway.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.live.set_draining();
                 tracing::info!(delay = ?self.delay, "SIGTERM: /readyz fails; draining");
                 tokio::time::sleep(self.delay).await;
                 ShutdownSignal::GracefulTerminate
