@@ -746,9 +746,10 @@ pub fn http_service(
         // Secure default: with no configured origins, any browser Origin is refused.
         http_cfg = http_cfg.enforce_origin_validation();
     }
-    let handler = GatewayMcp::new(live);
+    // Each request or session gets a handler on the config serving then (requests still
+    // take their own snapshot, see `GatewayMcp::at`); the factory keeps no config alive.
     StreamableHttpService::new(
-        move || Ok(handler.clone()),
+        move || Ok(GatewayMcp::new(live.clone())),
         Arc::new(LocalSessionManager::default()),
         http_cfg,
     )
