@@ -457,54 +457,57 @@ impl RedisLimiter {
                     },
                 ))
             }
-            Backend::Cluster { client, conn } => {
-                if let Some(c) = conn.read().unwrap_or_else(|e| e.into_inner()).clone() {
-                    return Ok(Conn::Cluster(c));
-                }
-                let client = client.clone();
-                let c = self
-                    .spawn(async move { client.get_async_connection().await })
-                    .await?;
-                *conn.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-                Ok(Conn::Cluster(c))
-            }
+            Backend::Cluster { client, conn } => self
+                .shared(conn, || {
+                    let client = client.clone();
+                    async move { client.get_async_connection().await }
+                })
+                .await
+                .map(Conn::Cluster),
             Backend::Sentinel {
                 client,
                 conn,
                 config,
-            } => {
-                if let Some(c) = conn.read().unwrap_or_else(|e| e.into_inner()).clone() {
-                    return Ok(Conn::Sentinel(c));
-                }
-                let (client, config) = (client.clone(), config.clone());
-                let c = self
-                    .spawn(async move {
+            } => self
+                .shared(conn, || {
+                    let (client, config) = (client.clone(), config.clone());
+                    async move {
                         client
                             .lock()
                             .await
                             .get_async_connection_with_config(&config)
                             .await
-                    })
-                    .await?;
-                *conn.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-                Ok(Conn::Sentinel(c))
-            }
+                    }
+                })
+                .await
+                .map(Conn::Sentinel),
         }
     }
 
-    /// Runs a connect on the limiter's runtime, so the connection's driver task outlives the
-    /// calling service's runtime.
-    async fn spawn<T: Send + 'static>(
+    /// The connection kept in `slot`, or a new one from `connect`, kept there for the next
+    /// call. It is made on the limiter's runtime, so its driver task outlives the calling
+    /// service's runtime.
+    async fn shared<T, F>(
         &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
-    ) -> redis::RedisResult<T> {
-        self.runtime.spawn(f).await.unwrap_or_else(|e| {
+        slot: &std::sync::RwLock<Option<T>>,
+        connect: impl FnOnce() -> F,
+    ) -> redis::RedisResult<T>
+    where
+        T: Clone + Send + 'static,
+        F: std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        if let Some(c) = slot.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(c);
+        }
+        let c = self.runtime.spawn(connect()).await.unwrap_or_else(|e| {
             Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "Redis connect task failed",
                 e.to_string(),
             )))
-        })
+        })?;
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
     }
 
     /// After a failed call, a Sentinel master's connection is dropped so the next call asks
