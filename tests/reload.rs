@@ -28,6 +28,16 @@ fn config(
     format!("{server}{local}{more}")
 }
 
+/// An upstream that answers `/slow…` after `delay` (and everything else at once).
+fn slow_upstream(delay: Duration) -> Upstream {
+    Upstream::start_with(Arc::new(move |s: &Seen| {
+        s.target.starts_with("/slow").then(|| {
+            std::thread::sleep(delay);
+            (200, "application/json".to_string(), b"{}".to_vec())
+        })
+    }))
+}
+
 /// Waits until `url` answers `want`, for up to 10 s.
 async fn until_status(c: &reqwest::Client, url: &str, want: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -111,12 +121,7 @@ async fn sighup_and_the_file_watch_swap_the_config_and_a_bad_one_is_refused() {
 /// still carries the legacy headers; the next request's does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_finishes_on_its_own_config() {
-    let up = Upstream::start_with(Arc::new(|s: &Seen| {
-        s.target.starts_with("/slow").then(|| {
-            std::thread::sleep(Duration::from_millis(1500));
-            (200, "application/json".to_string(), b"{}".to_vec())
-        })
-    }));
+    let up = slow_upstream(Duration::from_millis(1500));
     let legacy = "[rate_limits]\nlegacy_headers = true\n";
     let gw = Gateway::start_generated(|p| config(p, up.port, 100, legacy, ""));
     let ports = (gw.mcp, gw.proxy, gw.admin);
@@ -221,12 +226,7 @@ async fn a_reload_under_load_loses_no_request() {
 /// a record, and the records hold exactly the 200s the clients received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_completes_every_accepted_request() {
-    let up = Upstream::start_with(Arc::new(|s: &Seen| {
-        s.target.starts_with("/slow").then(|| {
-            std::thread::sleep(Duration::from_millis(800));
-            (200, "application/json".to_string(), b"{}".to_vec())
-        })
-    }));
+    let up = slow_upstream(Duration::from_millis(800));
     let mut gw = Gateway::start_generated(|p| config(p, up.port, 1_000_000, "", ""));
     let slow: Vec<_> = (0..32)
         .map(|_| {
