@@ -144,6 +144,14 @@ impl Policy {
         }
     }
 
+    /// Whether GCRA is kept. With `burst = requests` (the default) it never refuses what the
+    /// window's ceiling admits: a bucket of `requests` tokens refilled at `requests / window`
+    /// holds at least `requests` minus the admissions of the last window. So only the
+    /// ceiling is kept, which saves a key and two commands per decision in Redis.
+    pub fn gcra(&self) -> bool {
+        self.burst < self.requests || self.ceiling() == Ceiling::Gcra
+    }
+
     /// The slot width of [`Ceiling::Slots`], in ns.
     fn slot_ns(&self) -> u64 {
         self.window_ns().div_ceil(SLOTS).max(1)
@@ -244,7 +252,11 @@ impl Bucket {
         let t = p.interval_ns();
         let tau = t * u64::from(p.burst - 1);
         let tat = self.tat.max(now);
-        let gcra_wait = (tat - now).saturating_sub(tau);
+        let gcra_wait = if p.gcra() {
+            (tat - now).saturating_sub(tau)
+        } else {
+            0
+        };
         let ceiling_wait = match p.ceiling() {
             Ceiling::Gcra => 0,
             Ceiling::Log if self.log.len() >= p.requests as usize => {
@@ -258,7 +270,9 @@ impl Bucket {
     }
 
     fn commit(&mut self, p: &Policy, now: u64) {
-        self.tat = self.tat.max(now) + p.interval_ns();
+        if p.gcra() {
+            self.tat = self.tat.max(now) + p.interval_ns();
+        }
         match p.ceiling() {
             Ceiling::Gcra => {}
             Ceiling::Log => {
@@ -275,7 +289,9 @@ impl Bucket {
         let t = p.interval_ns();
         let tau = t * u64::from(p.burst - 1);
         let tat = self.tat.max(now);
-        let burst_left = if tat - now > tau {
+        let burst_left = if !p.gcra() {
+            u64::MAX
+        } else if tat - now > tau {
             0
         } else {
             (now + tau - tat) / t + 1

@@ -123,24 +123,20 @@ fn start_url(up: &Upstream, url: &str, limit: &str, store_extra: &str) -> Gatewa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_limit_exactly() {
     let redis = three_replicas(100, 1000).await;
-    // Blocked callers are answered from the local "blocked until" cache, not Redis.
     let stats = redis.cmd(&["INFO", "commandstats"]);
-    let script_calls: u64 = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    assert!(script_calls >= 100, "{stats}");
+    // The script prunes a log policy's sorted set once per decision it makes.
+    let decisions = calls(&stats, "zremrangebyscore");
+    let scripts = calls(&stats, "evalsha") + calls(&stats, "eval");
+    assert!(decisions >= 100, "{stats}");
+    // Blocked callers are answered from the local "blocked until" cache, not Redis.
     assert!(
-        script_calls < 1000,
-        "every blocked call went to Redis: {script_calls}"
+        decisions < 1000,
+        "every blocked call went to Redis: {decisions}"
+    );
+    // Concurrent decisions share script invocations (group commit).
+    assert!(
+        scripts < decisions,
+        "{scripts} script calls for {decisions} decisions: {stats}"
     );
 }
 
@@ -567,6 +563,110 @@ fn script_modes_agree_with_the_memory_limiter() {
     );
 }
 
+/// Concurrent decisions travel together: one script invocation carries many of them, each
+/// key's state is read once per batch and written back at its end, and the outcome is the
+/// memory limiter's. Two policies per decision: GCRA with `burst = 10` over a slot-counted
+/// ceiling, and an exact log without GCRA (`burst = requests`).
+#[test]
+fn concurrent_decisions_share_a_batch_and_agree_with_the_memory_limiter() {
+    use api_gateway_mcp::ratelimit::{
+        Limiter, OnError, Policy, RateLimitDecision, RedisLimiter, RedisSettings,
+    };
+    let redis = Redis::start();
+    let shared = Limiter::Redis(Box::new(
+        RedisLimiter::new(RedisSettings {
+            url: format!("redis://127.0.0.1:{}", redis.port),
+            timeout: Duration::from_secs(2),
+            cooldown: Duration::from_secs(1),
+            on_error: OnError::Deny,
+        })
+        .unwrap(),
+    ));
+    let memory = Limiter::memory();
+    let hour = Duration::from_secs(3600);
+    let bursty = Policy {
+        name: "bursty".into(),
+        requests: 1500,
+        window: hour,
+        burst: 10,
+    };
+    let log = Policy {
+        name: "log".into(),
+        requests: 40,
+        window: hour,
+        burst: 40,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcomes = rt.block_on(async {
+        let mut outcomes = Vec::new();
+        for limiter in [&shared, &memory] {
+            let checks = [("b:k".to_string(), &bursty), ("l:k".to_string(), &log)];
+            let decisions =
+                futures::future::join_all((0..50).map(|_| limiter.check(&checks))).await;
+            let mut remaining = Vec::new();
+            let mut refused_by = Vec::new();
+            for d in decisions {
+                match d.unwrap() {
+                    RateLimitDecision::Allowed { states } => {
+                        remaining.push((states[0].remaining, states[1].remaining))
+                    }
+                    RateLimitDecision::Denied { policy, .. } => refused_by.push(policy),
+                }
+            }
+            remaining.sort();
+            // After the batch, a lone decision sees what the batch wrote back.
+            let RateLimitDecision::Denied {
+                policy,
+                retry_after,
+                ..
+            } = limiter.check(&checks).await.unwrap()
+            else {
+                panic!("admitted past the burst")
+            };
+            outcomes.push((remaining, refused_by, policy, retry_after));
+        }
+        outcomes
+    });
+    let (remaining, refused_by, policy, retry_after) = &outcomes[0];
+    // Ten back to back (the burst), each leaving one fewer; the log counted each of them.
+    let expected: Vec<(u32, u32)> = (0..10).map(|i| (i, 30 + i)).collect();
+    assert_eq!(remaining, &expected);
+    assert_eq!(refused_by.len(), 40);
+    assert!(refused_by.iter().all(|p| p == "bursty"), "{refused_by:?}");
+    assert_eq!(policy, "bursty");
+    // The next GCRA slot: one interval (window / requests = 2.4 s) after the burst began.
+    assert!(
+        *retry_after > Duration::from_millis(2000) && *retry_after <= Duration::from_millis(2400),
+        "{retry_after:?}"
+    );
+    assert_eq!(outcomes[0].0, outcomes[1].0, "Redis and memory admit alike");
+    assert_eq!(outcomes[0].1, outcomes[1].1);
+    assert_eq!(outcomes[0].2, outcomes[1].2);
+    // Fewer script invocations than decisions: they were batched.
+    let stats = redis.cmd(&["INFO", "commandstats"]);
+    let scripts = calls(&stats, "evalsha") + calls(&stats, "eval");
+    assert!(scripts > 0 && scripts < 51, "{stats}");
+    // What the batch wrote back: ten admissions counted, a GCRA time, both with a TTL.
+    let total = redis.cmd(&["HGET", "{agm}:slots:b:k", "t"]);
+    assert!(total.contains("10"), "{total}");
+    for key in ["{agm}:slots:b:k", "{agm}:gcra:b:k", "{agm}:log:l:k"] {
+        let ttl: i64 = redis
+            .cmd(&["PTTL", key])
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(ttl > 3_600_000, "{key}: {ttl}");
+    }
+    // No GCRA key for the log policy: burst = requests keeps the ceiling alone.
+    assert!(redis.cmd(&["TYPE", "{agm}:gcra:l:k"]).contains("none"));
+    drop(rt);
+}
+
 /// Statuses of `n` sequential GETs of `/local/x`, spread round-robin over the gateways.
 async fn statuses(gws: &[&Gateway], n: usize) -> Vec<u16> {
     let c = reqwest::Client::new();
@@ -575,6 +675,21 @@ async fn statuses(gws: &[&Gateway], n: usize) -> Vec<u16> {
         out.push(get_status(&c, &gws[i % gws.len()].proxy_url("/local/x")).await);
     }
     out
+}
+
+/// How often `cmd` ran, from `INFO commandstats`.
+fn calls(stats: &str, cmd: &str) -> u64 {
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    stats
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(&prefix)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn admitted(statuses: &[u16]) -> usize {

@@ -54,127 +54,190 @@ pub enum StoreUnavailable {
 }
 
 const SCRIPT: &str = r#"
--- KEYS: per policy, its GCRA key then its ceiling key; then the sequence key.
--- ARGV: per policy: window_us, interval_us, burst, requests, mode, slot_us.
+-- A batch of decisions, made one after another on one reading of the server's clock.
+-- ARGV[1]: the number of decisions. Then per decision: its number of policies n, and per
+-- policy: window_us, interval_us, burst, requests, mode, slot_us.
+-- KEYS: per decision, per policy, its GCRA key then its ceiling key; last, the sequence key.
 -- mode 0: GCRA alone (burst = 1); 1: exact log in a sorted set; 2: counts per slot in a
--- hash (fields: slot index mod 128, 'b' = oldest kept slot, 't' = total).
+-- hash (fields: slot index mod 128, 'b' = oldest kept slot, 't' = total). interval_us 0:
+-- no GCRA (burst = requests), the ceiling alone decides.
+-- GCRA times and slot counts are read once per key and batch and written back at its end,
+-- so further decisions on a key in the same batch cost no commands.
+-- Returns per decision: denied (index of the refusing policy, 0 if admitted), the wait in
+-- us, then per policy: remaining, reset_us.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #ARGV / 6
 local RING = 128
-local denied, maxwait = 0, 0
-local tats, counts, bases = {}, {}, {}
-for i = 1, n do
-  local a = (i - 1) * 6
-  local window, interval = tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
-  local burst, requests = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-  local mode, slot = tonumber(ARGV[a+5]), tonumber(ARGV[a+6])
-  local tatk, ck = KEYS[i*2-1], KEYS[i*2]
-  local tat = tonumber(redis.call('GET', tatk) or '0')
-  if tat < now then tat = now end
-  local gw = tat - now - interval * (burst - 1)
-  if gw < 0 then gw = 0 end
-  local cnt, lw = 0, 0
-  if mode == 1 then
-    redis.call('ZREMRANGEBYSCORE', ck, '-inf', now - window)
-    cnt = redis.call('ZCARD', ck)
-    if cnt >= requests then
-      local e = redis.call('ZRANGE', ck, cnt - requests, cnt - requests, 'WITHSCORES')
-      lw = tonumber(e[2]) + window - now
+local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+local out, no = {}, 0
+local tats = {}   -- GCRA key -> { tat, ttl, dirty }
+local hashes = {} -- slot-count key -> { base, total, add (to slot cur), cur, ttl }
+local cnts = {}   -- per policy of the decision at hand: its log's count
+
+local function gcra(k)
+  local e = tats[k]
+  if e == nil then
+    e = { tat = tonumber(redis.call('GET', k) or '0'), ttl = 0, dirty = false }
+    tats[k] = e
+  end
+  return e
+end
+
+-- A slot-count hash, its slots wholly before the window dropped.
+local function counted(ck, window, slot)
+  local e = hashes[ck]
+  if e then return e end
+  local first = floor((now - window) / slot)
+  local h = redis.call('HMGET', ck, 'b', 't')
+  local base, total = tonumber(h[1]), tonumber(h[2]) or 0
+  if base == nil then
+    base = first
+  elseif first - base > 65 then
+    -- Every kept slot is older than the window.
+    redis.call('DEL', ck)
+    base, total = first, 0
+  elseif base < first then
+    while base < first do
+      local c = tonumber(redis.call('HGET', ck, base % RING) or '0')
+      if c > 0 then
+        total = total - c
+        redis.call('HDEL', ck, base % RING)
+      end
+      base = base + 1
     end
-  elseif mode == 2 then
-    local first = math.floor((now - window) / slot)
-    local h = redis.call('HMGET', ck, 'b', 't')
-    local base, total = tonumber(h[1]), tonumber(h[2]) or 0
-    if base == nil then
-      base = first
-    elseif first - base > 65 then
-      -- Every kept slot is older than the window.
+    if total > 0 then
+      redis.call('HSET', ck, 'b', base, 't', total)
+    else
       redis.call('DEL', ck)
-      base, total = first, 0
-    elseif base < first then
-      while base < first do
-        local c = tonumber(redis.call('HGET', ck, base % RING) or '0')
-        if c > 0 then
-          total = total - c
-          redis.call('HDEL', ck, base % RING)
-        end
-        base = base + 1
-      end
-      if total > 0 then
-        redis.call('HSET', ck, 'b', base, 't', total)
-      else
-        redis.call('DEL', ck)
-      end
     end
-    cnt = total
-    if cnt >= requests then
-      local left, k = total, base
-      while left >= requests do
-        left = left - tonumber(redis.call('HGET', ck, k % RING) or '0')
-        k = k + 1
-      end
-      lw = k * slot + window - now
-    end
-    bases[i] = base
   end
-  if lw < 0 then lw = 0 end
-  local w = math.max(gw, lw)
-  if w > maxwait then maxwait = w; denied = i end
-  tats[i], counts[i] = tat, cnt
+  e = { base = base, total = total, add = 0, cur = floor(now / slot), ttl = 0 }
+  hashes[ck] = e
+  return e
 end
-local out = {denied, maxwait}
-local seq = 0
-local logged = false
-for i = 1, n do
-  if tonumber(ARGV[(i - 1) * 6 + 5]) == 1 then logged = true end
-end
-if denied == 0 and logged then
-  seq = redis.call('INCR', KEYS[#KEYS])
-  if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
-end
-for i = 1, n do
-  local a = (i - 1) * 6
-  local window, interval = tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
-  local burst, requests = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-  local mode, slot = tonumber(ARGV[a+5]), tonumber(ARGV[a+6])
-  local tatk, ck = KEYS[i*2-1], KEYS[i*2]
-  local tat, cnt = tats[i], counts[i]
-  local ttl = math.ceil(window / 1000) + 1000
-  if denied == 0 then
-    tat = tat + interval
-    redis.call('SET', tatk, tat, 'PX', ttl)
+
+local ai, ki = 2, 0
+for d = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[ai])
+  ai = ai + 1
+  local denied, maxwait, logged = 0, 0, false
+  for i = 1, n do
+    local a = ai + (i - 1) * 6
+    local window, interval = tonumber(ARGV[a]), tonumber(ARGV[a+1])
+    local burst, requests = tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
+    local mode, slot = tonumber(ARGV[a+4]), tonumber(ARGV[a+5])
+    local ck = KEYS[ki+i*2]
+    local gw, lw = 0, 0
+    if interval > 0 then
+      gw = max(gcra(KEYS[ki+i*2-1]).tat, now) - now - interval * (burst - 1)
+    end
     if mode == 1 then
-      cnt = cnt + 1
-      redis.call('ZADD', ck, now, now .. ':' .. seq)
-      if cnt > requests then redis.call('ZREMRANGEBYRANK', ck, 0, -(requests + 1)) end
-      redis.call('PEXPIRE', ck, ttl)
+      logged = true
+      redis.call('ZREMRANGEBYSCORE', ck, '-inf', now - window)
+      local cnt = redis.call('ZCARD', ck)
+      if cnt >= requests then
+        local e = redis.call('ZRANGE', ck, cnt - requests, cnt - requests, 'WITHSCORES')
+        lw = tonumber(e[2]) + window - now
+      end
+      cnts[i] = cnt
     elseif mode == 2 then
-      cnt = cnt + 1
-      redis.call('HINCRBY', ck, math.floor(now / slot) % RING, 1)
-      redis.call('HSET', ck, 'b', bases[i], 't', cnt)
-      redis.call('PEXPIRE', ck, ttl)
+      local e = counted(ck, window, slot)
+      if e.total >= requests then
+        -- Drop the oldest slots until fewer than requests remain counted.
+        local left, k = e.total, e.base
+        while left >= requests and k <= e.cur do
+          local c = tonumber(redis.call('HGET', ck, k % RING) or '0')
+          if k == e.cur then c = c + e.add end
+          left = left - c
+          k = k + 1
+        end
+        lw = k * slot + window - now
+      end
     end
+    local w = max(gw, lw, 0)
+    if w > maxwait then maxwait = w; denied = i end
   end
-  local tau = interval * (burst - 1)
-  local burst_left = 0
-  if tat - now <= tau then burst_left = math.floor((now + tau - tat) / interval) + 1 end
-  local remaining = burst_left
-  if mode ~= 0 then remaining = math.min(burst_left, requests - cnt) end
-  if remaining < 0 then remaining = 0 end
-  local reset = 0
-  if mode == 0 then
-    reset = math.min(tat - now, window)
-  elseif mode == 1 then
-    local oldest = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')
-    if oldest[2] then reset = tonumber(oldest[2]) + window - now end
-  elseif cnt > 0 then
-    -- The oldest kept slot's end: at most one slot early if that slot is empty.
-    reset = (bases[i] + 1) * slot + window - now
+  out[no+1], out[no+2] = denied, maxwait
+  no = no + 2
+  local seq = 0
+  if denied == 0 and logged then
+    seq = redis.call('INCR', KEYS[#KEYS])
+    if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
   end
-  if reset < 0 then reset = 0 end
-  table.insert(out, remaining)
-  table.insert(out, reset)
+  for i = 1, n do
+    local a = ai + (i - 1) * 6
+    local window, interval = tonumber(ARGV[a]), tonumber(ARGV[a+1])
+    local burst, requests = tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
+    local mode, slot = tonumber(ARGV[a+4]), tonumber(ARGV[a+5])
+    local ck = KEYS[ki+i*2]
+    local ttl = ceil(window / 1000) + 1000
+    local g, tat = nil, now
+    if interval > 0 then
+      g = gcra(KEYS[ki+i*2-1])
+      tat = max(g.tat, now)
+    end
+    local cnt = 0
+    if mode == 1 then
+      cnt = cnts[i]
+    elseif mode == 2 then
+      cnt = hashes[ck].total
+    end
+    if denied == 0 then
+      if g then
+        tat = tat + interval
+        g.tat, g.dirty, g.ttl = tat, true, max(g.ttl, ttl)
+      end
+      if mode == 1 then
+        cnt = cnt + 1
+        redis.call('ZADD', ck, now, now .. ':' .. seq)
+        if cnt > requests then redis.call('ZREMRANGEBYRANK', ck, 0, -(requests + 1)) end
+        redis.call('PEXPIRE', ck, ttl)
+      elseif mode == 2 then
+        local e = hashes[ck]
+        cnt = cnt + 1
+        e.total, e.add = cnt, e.add + 1
+        -- A slot's first admission sets the TTL: the hash outlives its last admission by
+        -- a window, as that came at most one slot later.
+        e.ttl = max(e.ttl, ceil((window + slot) / 1000) + 1000)
+      end
+    end
+    local remaining = requests - cnt
+    if g then
+      local tau = interval * (burst - 1)
+      local burst_left = 0
+      if tat - now <= tau then burst_left = floor((now + tau - tat) / interval) + 1 end
+      remaining = burst_left
+      if mode ~= 0 then remaining = min(burst_left, requests - cnt) end
+    end
+    if remaining < 0 then remaining = 0 end
+    local reset = 0
+    if mode == 0 then
+      reset = min(tat - now, window)
+    elseif mode == 1 then
+      local oldest = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')
+      if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+    elseif cnt > 0 then
+      -- The oldest kept slot's end: at most one slot early if that slot is empty.
+      reset = (hashes[ck].base + 1) * slot + window - now
+    end
+    if reset < 0 then reset = 0 end
+    out[no+1], out[no+2] = remaining, reset
+    no = no + 2
+  end
+  ai = ai + n * 6
+  ki = ki + n * 2
+end
+-- Write back what the batch changed.
+for k, e in pairs(tats) do
+  if e.dirty then redis.call('SET', k, e.tat, 'PX', e.ttl) end
+end
+for ck, e in pairs(hashes) do
+  if e.add > 0 then
+    if redis.call('HINCRBY', ck, e.cur % RING, e.add) == e.add then
+      redis.call('PEXPIRE', ck, e.ttl)
+    end
+    redis.call('HSET', ck, 'b', e.base, 't', e.total)
+  end
 end
 return out
 "#;
@@ -190,6 +253,8 @@ pub struct RedisLimiter {
     settings: RedisSettings,
     /// Local "blocked until" per key: a blocked caller costs no round trip.
     blocked: Mutex<HashMap<String, Instant>>,
+    /// Decisions waiting for the batch in flight.
+    batches: Mutex<Batches>,
     fallback: MemoryLimiter,
     consecutive_failures: AtomicU32,
     /// While `Instant` < this (as ns since `epoch`), Redis is not called.
@@ -419,6 +484,7 @@ impl RedisLimiter {
             script: redis::Script::new(SCRIPT),
             settings,
             blocked: Mutex::new(HashMap::new()),
+            batches: Mutex::new(Batches::default()),
             fallback: MemoryLimiter::new(),
             consecutive_failures: AtomicU32::new(0),
             open_until_ns: AtomicU64::new(0),
@@ -671,27 +737,7 @@ impl RedisLimiter {
     }
 
     async fn invoke(&self, checks: &[(String, &Policy)]) -> redis::RedisResult<RateLimitDecision> {
-        let mut inv = self.script.prepare_invoke();
-        for (key, p) in checks {
-            let window_us = p.window.as_micros() as u64;
-            let (mode, ceiling_key) = match p.ceiling() {
-                Ceiling::Gcra => (0, "log"),
-                Ceiling::Log => (1, "log"),
-                // Its own key: a policy changed by a reload never meets a key of another type.
-                Ceiling::Slots => (2, "slots"),
-            };
-            inv.key(format!("{{agm}}:gcra:{key}"));
-            inv.key(format!("{{agm}}:{ceiling_key}:{key}"));
-            inv.arg(window_us)
-                .arg(window_us.div_ceil(u64::from(p.requests)))
-                .arg(p.burst)
-                .arg(p.requests)
-                .arg(mode)
-                .arg(window_us.div_ceil(super::SLOTS).max(1));
-        }
-        inv.key("{agm}:seq");
-        let mut conn = self.conn().await?;
-        let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        let out = self.batched(Call::new(checks)).await?;
         let denied = out.first().copied().unwrap_or(0) as usize;
         let wait_us = out.get(1).copied().unwrap_or(0).max(0) as u64;
         let states =
@@ -718,6 +764,178 @@ impl RedisLimiter {
             }
         })
     }
+
+    /// Runs `call` in the next script invocation (group commit). While one batch is in
+    /// flight, decisions queue; when it returns, the first of them leads the queue's batch
+    /// of up to [`MAX_BATCH`]. An idle limiter sends a lone decision at once; a busy one
+    /// sends one script, one write and one read for many decisions.
+    async fn batched(&self, call: Call) -> redis::RedisResult<Vec<i64>> {
+        let queued = {
+            let mut st = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            if st.leading {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                st.queue.push(Waiter { call, tx });
+                Err(rx)
+            } else {
+                st.leading = true;
+                Ok(call)
+            }
+        };
+        let (own, others) = match queued {
+            Ok(call) => (call, Vec::new()),
+            Err(rx) => match rx.await {
+                Ok(Turn::Done(result)) => return result,
+                Ok(Turn::Lead(own, others)) => (own, others),
+                Err(_) => return Err(abandoned()),
+            },
+        };
+        // Hands the queue on when this batch ends, also if this future is dropped.
+        let _lead = Leading(self);
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(1 + others.len());
+        for call in std::iter::once(&own).chain(others.iter().map(|w| &w.call)) {
+            inv.arg(call.policies);
+            for k in &call.keys {
+                inv.key(k);
+            }
+            for a in &call.args {
+                inv.arg(*a);
+            }
+        }
+        inv.key("{agm}:seq");
+        let result = async {
+            let mut conn = self.conn().await?;
+            inv.invoke_async::<Vec<i64>>(&mut conn).await
+        }
+        .await;
+        match result {
+            Ok(out) => {
+                let mut rest = out.as_slice();
+                let mut take = |call: &Call| {
+                    let n = (2 + 2 * call.policies).min(rest.len());
+                    let (mine, tail) = rest.split_at(n);
+                    rest = tail;
+                    mine.to_vec()
+                };
+                let mine = take(&own);
+                for w in others {
+                    let out = take(&w.call);
+                    let _ = w.tx.send(Turn::Done(Ok(out)));
+                }
+                Ok(mine)
+            }
+            Err(e) => {
+                for w in others {
+                    let _ = w.tx.send(Turn::Done(Err(e.clone())));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a batch: the first live waiter leads the next one, or the limiter goes idle.
+    fn hand_over(&self) {
+        let mut st = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+        while !st.queue.is_empty() {
+            let n = st.queue.len().min(MAX_BATCH);
+            let mut next: Vec<Waiter> = st.queue.drain(..n).collect();
+            let first = next.remove(0);
+            match first.tx.send(Turn::Lead(first.call, next)) {
+                Ok(()) => return,
+                // That caller gave up (its budget ran out): the next one leads.
+                Err(turn) => {
+                    if let Turn::Lead(_, rest) = turn {
+                        let tail = std::mem::take(&mut st.queue);
+                        st.queue = rest;
+                        st.queue.extend(tail);
+                    }
+                }
+            }
+        }
+        st.leading = false;
+    }
+}
+
+/// Decisions per script invocation at most.
+const MAX_BATCH: usize = 64;
+
+/// One decision's keys and script arguments.
+struct Call {
+    policies: usize,
+    keys: Vec<String>,
+    args: Vec<u64>,
+}
+
+impl Call {
+    fn new(checks: &[(String, &Policy)]) -> Call {
+        let mut keys = Vec::with_capacity(2 * checks.len());
+        let mut args = Vec::with_capacity(6 * checks.len());
+        for (key, p) in checks {
+            let window_us = p.window.as_micros() as u64;
+            let (mode, ceiling_key) = match p.ceiling() {
+                Ceiling::Gcra => (0, "log"),
+                Ceiling::Log => (1, "log"),
+                // Its own key: a policy changed by a reload never meets a key of another type.
+                Ceiling::Slots => (2, "slots"),
+            };
+            keys.push(format!("{{agm}}:gcra:{key}"));
+            keys.push(format!("{{agm}}:{ceiling_key}:{key}"));
+            args.extend([
+                window_us,
+                // 0: no GCRA key (see `Policy::gcra`).
+                if p.gcra() {
+                    window_us.div_ceil(u64::from(p.requests))
+                } else {
+                    0
+                },
+                u64::from(p.burst),
+                u64::from(p.requests),
+                mode,
+                window_us.div_ceil(super::SLOTS).max(1),
+            ]);
+        }
+        Call {
+            policies: checks.len(),
+            keys,
+            args,
+        }
+    }
+}
+
+/// The group commit's state: whether a batch is in flight, and who waits for the next.
+#[derive(Default)]
+struct Batches {
+    leading: bool,
+    queue: Vec<Waiter>,
+}
+
+struct Waiter {
+    call: Call,
+    tx: tokio::sync::oneshot::Sender<Turn>,
+}
+
+/// What a waiting decision is told.
+enum Turn {
+    /// Its answer came back in someone else's batch.
+    Done(redis::RedisResult<Vec<i64>>),
+    /// It leads the next batch: its own call, and the waiters after it.
+    Lead(Call, Vec<Waiter>),
+}
+
+/// Held by a batch's leader; hands the queue on when dropped.
+struct Leading<'a>(&'a RedisLimiter);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.hand_over();
+    }
+}
+
+fn abandoned() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the Redis batch carrying this decision was abandoned",
+    ))
 }
 
 /// A policy with `share` of its requests and burst (at least 1 each).
