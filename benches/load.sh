@@ -13,9 +13,10 @@
 #   e  mcp door      wrk POSTs a stateless (2026-07-28) tools/call of api_gateway -> upstream
 #   f  traced        as c, with [tracing] on: two spans per call exported over OTLP/HTTP
 # The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
-# Printed: per configuration the median of the rounds (req/s, p50, p99) and the process's CPU
-# (% of one core) and peak RSS; the ratios to a and b; then the gateway's start-to-ready time,
-# its idle RSS, and its RSS after a 256-connection run.
+# Printed: per configuration the median of the rounds (req/s, p50, p99), the process's CPU
+# (% of one core, then per request in user and kernel mode) and peak RSS; the ratios to a and
+# b; redis-server's CPU per decision in d; then the gateway's start-to-ready time, its idle
+# RSS, and its RSS after a 256-connection run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -121,6 +122,7 @@ probe() { # the proxy door answers 200 before it is measured
 }
 stop_gateway() { kill "$gw_pid" 2>/dev/null || true; wait "$gw_pid" 2>/dev/null || true; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+uticks() { awk '{print $14}' "/proc/$1/stat"; }
 ms() { # wrk latency ("812.00us", "1.23ms", "1.01s") to ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/ && v !~ /ms$/) n *= 1000; printf "%.3f", n }'
 }
@@ -131,21 +133,29 @@ hz=$(getconf CLK_TCK)
 run() {
   local label=$1 url=$2 pids_=$3
   shift 3
-  local t0=0 p
-  for p in $pids_; do t0=$((t0 + $(ticks "$p"))); done
+  local t0=0 u0=0 p
+  for p in $pids_; do t0=$((t0 + $(ticks "$p"))); u0=$((u0 + $(uticks "$p"))); done
+  local r0=0; [ "$label" = d_proxy_redis ] && r0=$(ticks "$(cat "$work/redis.pid")")
   local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "$@" "$url")
-  local cpu=- rss=-
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local cpu=- usr=- sys=- rss=-
   if [ -n "$pids_" ]; then
-    local t1=0; for p in $pids_; do t1=$((t1 + $(ticks "$p"))); done
+    local t1=0 u1=0; for p in $pids_; do t1=$((t1 + $(ticks "$p"))); u1=$((u1 + $(uticks "$p"))); done
     cpu=$(awk -v a="$t0" -v b="$t1" -v s="$secs" -v hz="$hz" 'BEGIN {printf "%.0f", (b-a)/hz/s*100}')
+    # CPU time per request, in us, in user and in kernel mode.
+    usr=$(awk -v a="$u0" -v b="$u1" -v s="$secs" -v hz="$hz" -v r="$rps" 'BEGIN {printf "%.1f", (b-a)/hz/(r*s)*1e6}')
+    sys=$(awk -v a="$((t0 - u0))" -v b="$((t1 - u1))" -v s="$secs" -v hz="$hz" -v r="$rps" 'BEGIN {printf "%.1f", (b-a)/hz/(r*s)*1e6}')
     rss=$(for p in $pids_; do cat "/proc/$p/status"; done | awk '/VmHWM/ {k += $2} END {printf "%.1f", k/1024}')
+  fi
+  if [ "$label" = d_proxy_redis ]; then
+    awk -v a="$r0" -v b="$(ticks "$(cat "$work/redis.pid")")" -v s="$secs" -v hz="$hz" -v r="$rps" \
+      'BEGIN {printf "%.1f\n", (b-a)/hz/(r*s)*1e6}' >> "$work/redis_us"
   fi
   local non2xx; non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
   [ -z "$non2xx" ] || { echo "$label: $non2xx non-2xx responses" >&2; echo "$out" >&2; exit 1; }
-  printf '%s %s %s %s %s %s\n' "$label" \
-    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
+  printf '%s %s %s %s %s %s %s %s\n' "$label" "$rps" \
     "$(ms "$(awk '$1=="50%" {print $2}' <<<"$out")")" \
-    "$(ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" "$cpu" "$rss" >> "$work/results"
+    "$(ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" "$cpu" "$rss" "$usr" "$sys" >> "$work/results"
 }
 
 proxy_workers=$(pgrep -P "$(cat "$work/px/nginx.pid")" | tr '\n' ' ')
@@ -169,9 +179,10 @@ done
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved; medians"
-printf '%-15s %10s %9s %9s %8s %9s %8s %8s\n' config "req/s" "p50 ms" "p99 ms" "cpu %" "rss MB" "vs a" "vs b"
+printf '%-15s %10s %9s %9s %8s %8s %8s %9s %8s %8s\n' config "req/s" "p50 ms" "p99 ms" "cpu %" "usr us" "sys us" "rss MB" "vs a" "vs b"
 sort -k1,1 -s "$work/results" | awk '
-  { n[$1]++; r[$1, n[$1]] = $2; p5[$1, n[$1]] = $3; p9[$1, n[$1]] = $4; c[$1, n[$1]] = $5; m[$1, n[$1]] = $6 }
+  { n[$1]++; r[$1, n[$1]] = $2; p5[$1, n[$1]] = $3; p9[$1, n[$1]] = $4; c[$1, n[$1]] = $5; m[$1, n[$1]] = $6
+    us[$1, n[$1]] = $7; sy[$1, n[$1]] = $8 }
   function med(arr, k, cnt,   i, j, t, v) {
     for (i = 1; i <= cnt; i++) v[i] = arr[k, i]
     for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -183,9 +194,10 @@ sort -k1,1 -s "$work/results" | awk '
     for (i = 1; i <= 6; i++) {
       k = order[i]; if (!(k in n)) continue
       rq = med(r, k, n[k])
-      printf "%-15s %10.0f %9.3f %9.3f %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
+      printf "%-15s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
     }
   }'
+echo "redis-server CPU per decision in d: $(sort -n "$work/redis_us" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}') us (median)"
 
 # Start-up, idle memory, and memory at 256 connections.
 start_gateway "$work/memory.toml"

@@ -55,9 +55,10 @@ pub enum StoreUnavailable {
 
 const SCRIPT: &str = r#"
 -- A batch of decisions, made one after another on one reading of the server's clock.
--- ARGV[1]: the number of decisions. Then per decision: its number of policies n, and per
--- policy: window_us, interval_us, burst, requests, mode, slot_us.
--- KEYS: per decision, per policy, its GCRA key then its ceiling key; last, the sequence key.
+-- ARGV[1]: the number of groups. Then per group: its number of decisions (all on the same
+-- keys and policies), its number of policies n, and per policy: window_us, interval_us,
+-- burst, requests, mode, slot_us.
+-- KEYS: per group, per policy, its GCRA key then its ceiling key; last, the sequence key.
 -- mode 0: GCRA alone (burst = 1); 1: exact log in a sorted set; 2: counts per slot in a
 -- hash (fields: slot index mod 128, 'b' = oldest kept slot, 't' = total). interval_us 0:
 -- no GCRA (burst = requests), the ceiling alone decides.
@@ -73,6 +74,8 @@ local out, no = {}, 0
 local tats = {}   -- GCRA key -> { tat, ttl, dirty }
 local hashes = {} -- slot-count key -> { base, total, add (to slot cur), cur, ttl }
 local cnts = {}   -- per policy of the decision at hand: its log's count
+-- The group's policies, parsed once.
+local WIN, INT, BUR, REQ, MODE, SLOT = {}, {}, {}, {}, {}, {}
 
 local function gcra(k)
   local e = tats[k]
@@ -117,112 +120,115 @@ local function counted(ck, window, slot)
 end
 
 local ai, ki = 2, 0
-for d = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[ai])
-  ai = ai + 1
-  local denied, maxwait, logged = 0, 0, false
+for _ = 1, tonumber(ARGV[1]) do
+  local count, n = tonumber(ARGV[ai]), tonumber(ARGV[ai+1])
+  ai = ai + 2
   for i = 1, n do
     local a = ai + (i - 1) * 6
-    local window, interval = tonumber(ARGV[a]), tonumber(ARGV[a+1])
-    local burst, requests = tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
-    local mode, slot = tonumber(ARGV[a+4]), tonumber(ARGV[a+5])
-    local ck = KEYS[ki+i*2]
-    local gw, lw = 0, 0
-    if interval > 0 then
-      gw = max(gcra(KEYS[ki+i*2-1]).tat, now) - now - interval * (burst - 1)
-    end
-    if mode == 1 then
-      logged = true
-      redis.call('ZREMRANGEBYSCORE', ck, '-inf', now - window)
-      local cnt = redis.call('ZCARD', ck)
-      if cnt >= requests then
-        local e = redis.call('ZRANGE', ck, cnt - requests, cnt - requests, 'WITHSCORES')
-        lw = tonumber(e[2]) + window - now
-      end
-      cnts[i] = cnt
-    elseif mode == 2 then
-      local e = counted(ck, window, slot)
-      if e.total >= requests then
-        -- Drop the oldest slots until fewer than requests remain counted.
-        local left, k = e.total, e.base
-        while left >= requests and k <= e.cur do
-          local c = tonumber(redis.call('HGET', ck, k % RING) or '0')
-          if k == e.cur then c = c + e.add end
-          left = left - c
-          k = k + 1
-        end
-        lw = k * slot + window - now
-      end
-    end
-    local w = max(gw, lw, 0)
-    if w > maxwait then maxwait = w; denied = i end
+    WIN[i], INT[i], BUR[i] = tonumber(ARGV[a]), tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
+    REQ[i], MODE[i], SLOT[i] = tonumber(ARGV[a+3]), tonumber(ARGV[a+4]), tonumber(ARGV[a+5])
   end
-  out[no+1], out[no+2] = denied, maxwait
-  no = no + 2
-  local seq = 0
-  if denied == 0 and logged then
-    seq = redis.call('INCR', KEYS[#KEYS])
-    if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
-  end
-  for i = 1, n do
-    local a = ai + (i - 1) * 6
-    local window, interval = tonumber(ARGV[a]), tonumber(ARGV[a+1])
-    local burst, requests = tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
-    local mode, slot = tonumber(ARGV[a+4]), tonumber(ARGV[a+5])
-    local ck = KEYS[ki+i*2]
-    local ttl = ceil(window / 1000) + 1000
-    local g, tat = nil, now
-    if interval > 0 then
-      g = gcra(KEYS[ki+i*2-1])
-      tat = max(g.tat, now)
-    end
-    local cnt = 0
-    if mode == 1 then
-      cnt = cnts[i]
-    elseif mode == 2 then
-      cnt = hashes[ck].total
-    end
-    if denied == 0 then
-      if g then
-        tat = tat + interval
-        g.tat, g.dirty, g.ttl = tat, true, max(g.ttl, ttl)
+  for _ = 1, count do
+    local denied, maxwait, logged = 0, 0, false
+    for i = 1, n do
+      local window, interval, burst = WIN[i], INT[i], BUR[i]
+      local requests, mode, slot = REQ[i], MODE[i], SLOT[i]
+      local ck = KEYS[ki+i*2]
+      local gw, lw = 0, 0
+      if interval > 0 then
+        gw = max(gcra(KEYS[ki+i*2-1]).tat, now) - now - interval * (burst - 1)
       end
       if mode == 1 then
-        cnt = cnt + 1
-        redis.call('ZADD', ck, now, now .. ':' .. seq)
-        if cnt > requests then redis.call('ZREMRANGEBYRANK', ck, 0, -(requests + 1)) end
-        redis.call('PEXPIRE', ck, ttl)
+        logged = true
+        redis.call('ZREMRANGEBYSCORE', ck, '-inf', now - window)
+        local cnt = redis.call('ZCARD', ck)
+        if cnt >= requests then
+          local e = redis.call('ZRANGE', ck, cnt - requests, cnt - requests, 'WITHSCORES')
+          lw = tonumber(e[2]) + window - now
+        end
+        cnts[i] = cnt
       elseif mode == 2 then
-        local e = hashes[ck]
-        cnt = cnt + 1
-        e.total, e.add = cnt, e.add + 1
-        -- A slot's first admission sets the TTL: the hash outlives its last admission by
-        -- a window, as that came at most one slot later.
-        e.ttl = max(e.ttl, ceil((window + slot) / 1000) + 1000)
+        local e = counted(ck, window, slot)
+        if e.total >= requests then
+          -- Drop the oldest slots until fewer than requests remain counted.
+          local left, k = e.total, e.base
+          while left >= requests and k <= e.cur do
+            local c = tonumber(redis.call('HGET', ck, k % RING) or '0')
+            if k == e.cur then c = c + e.add end
+            left = left - c
+            k = k + 1
+          end
+          lw = k * slot + window - now
+        end
       end
+      local w = max(gw, lw, 0)
+      if w > maxwait then maxwait = w; denied = i end
     end
-    local remaining = requests - cnt
-    if g then
-      local tau = interval * (burst - 1)
-      local burst_left = 0
-      if tat - now <= tau then burst_left = floor((now + tau - tat) / interval) + 1 end
-      remaining = burst_left
-      if mode ~= 0 then remaining = min(burst_left, requests - cnt) end
-    end
-    if remaining < 0 then remaining = 0 end
-    local reset = 0
-    if mode == 0 then
-      reset = min(tat - now, window)
-    elseif mode == 1 then
-      local oldest = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')
-      if oldest[2] then reset = tonumber(oldest[2]) + window - now end
-    elseif cnt > 0 then
-      -- The oldest kept slot's end: at most one slot early if that slot is empty.
-      reset = (hashes[ck].base + 1) * slot + window - now
-    end
-    if reset < 0 then reset = 0 end
-    out[no+1], out[no+2] = remaining, reset
+    out[no+1], out[no+2] = denied, maxwait
     no = no + 2
+    local seq = 0
+    if denied == 0 and logged then
+      seq = redis.call('INCR', KEYS[#KEYS])
+      if seq == 1 then redis.call('PEXPIRE', KEYS[#KEYS], 60000) end
+    end
+    for i = 1, n do
+      local window, interval, burst = WIN[i], INT[i], BUR[i]
+      local requests, mode, slot = REQ[i], MODE[i], SLOT[i]
+      local ck = KEYS[ki+i*2]
+      local ttl = ceil(window / 1000) + 1000
+      local g, tat = nil, now
+      if interval > 0 then
+        g = gcra(KEYS[ki+i*2-1])
+        tat = max(g.tat, now)
+      end
+      local cnt = 0
+      if mode == 1 then
+        cnt = cnts[i]
+      elseif mode == 2 then
+        cnt = hashes[ck].total
+      end
+      if denied == 0 then
+        if g then
+          tat = tat + interval
+          g.tat, g.dirty, g.ttl = tat, true, max(g.ttl, ttl)
+        end
+        if mode == 1 then
+          cnt = cnt + 1
+          redis.call('ZADD', ck, now, now .. ':' .. seq)
+          if cnt > requests then redis.call('ZREMRANGEBYRANK', ck, 0, -(requests + 1)) end
+          redis.call('PEXPIRE', ck, ttl)
+        elseif mode == 2 then
+          local e = hashes[ck]
+          cnt = cnt + 1
+          e.total, e.add = cnt, e.add + 1
+          -- A slot's first admission sets the TTL: the hash outlives its last admission by
+          -- a window, as that came at most one slot later.
+          e.ttl = max(e.ttl, ceil((window + slot) / 1000) + 1000)
+        end
+      end
+      local remaining = requests - cnt
+      if g then
+        local tau = interval * (burst - 1)
+        local burst_left = 0
+        if tat - now <= tau then burst_left = floor((now + tau - tat) / interval) + 1 end
+        remaining = burst_left
+        if mode ~= 0 then remaining = min(burst_left, requests - cnt) end
+      end
+      if remaining < 0 then remaining = 0 end
+      local reset = 0
+      if mode == 0 then
+        reset = min(tat - now, window)
+      elseif mode == 1 then
+        local oldest = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')
+        if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+      elseif cnt > 0 then
+        -- The oldest kept slot's end: at most one slot early if that slot is empty.
+        reset = (hashes[ck].base + 1) * slot + window - now
+      end
+      if reset < 0 then reset = 0 end
+      out[no+1], out[no+2] = remaining, reset
+      no = no + 2
+    end
   end
   ai = ai + n * 6
   ki = ki + n * 2
@@ -791,10 +797,23 @@ impl RedisLimiter {
         };
         // Hands the queue on when this batch ends, also if this future is dropped.
         let _lead = Leading(self);
+        // Identical calls (same keys and policies: one caller's repeated requests) go as one
+        // group with a count, and the script decides them one after another. Entry 0 is the
+        // leader's own call.
+        let mut entries: Vec<(Call, Option<Sender>)> = vec![(own, None)];
+        entries.extend(others.into_iter().map(|w| (w.call, Some(w.tx))));
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for i in 0..entries.len() {
+            match groups.iter_mut().find(|g| entries[g[0]].0 == entries[i].0) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
         let mut inv = self.script.prepare_invoke();
-        inv.arg(1 + others.len());
-        for call in std::iter::once(&own).chain(others.iter().map(|w| &w.call)) {
-            inv.arg(call.policies);
+        inv.arg(groups.len());
+        for g in &groups {
+            let call = &entries[g[0]].0;
+            inv.arg(g.len()).arg(call.policies);
             for k in &call.keys {
                 inv.key(k);
             }
@@ -808,29 +827,29 @@ impl RedisLimiter {
             inv.invoke_async::<Vec<i64>>(&mut conn).await
         }
         .await;
-        match result {
-            Ok(out) => {
-                let mut rest = out.as_slice();
-                let mut take = |call: &Call| {
-                    let n = (2 + 2 * call.policies).min(rest.len());
-                    let (mine, tail) = rest.split_at(n);
-                    rest = tail;
-                    mine.to_vec()
+        // The answers come back in group order, each 2 + 2 per policy long.
+        let mut rest = result.as_ref().map(|v| v.as_slice());
+        let mut mine = Err(abandoned());
+        for g in groups {
+            for i in g {
+                let answer = match &mut rest {
+                    Ok(out) => {
+                        let (this, tail) =
+                            out.split_at((2 + 2 * entries[i].0.policies).min(out.len()));
+                        *out = tail;
+                        Ok(this.to_vec())
+                    }
+                    Err(e) => Err((*e).clone()),
                 };
-                let mine = take(&own);
-                for w in others {
-                    let out = take(&w.call);
-                    let _ = w.tx.send(Turn::Done(Ok(out)));
+                match entries[i].1.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Turn::Done(answer));
+                    }
+                    None => mine = answer,
                 }
-                Ok(mine)
-            }
-            Err(e) => {
-                for w in others {
-                    let _ = w.tx.send(Turn::Done(Err(e.clone())));
-                }
-                Err(e)
             }
         }
+        mine
     }
 
     /// Ends a batch: the first live waiter leads the next one, or the limiter goes idle.
@@ -860,6 +879,7 @@ impl RedisLimiter {
 const MAX_BATCH: usize = 64;
 
 /// One decision's keys and script arguments.
+#[derive(PartialEq)]
 struct Call {
     policies: usize,
     keys: Vec<String>,
@@ -911,8 +931,10 @@ struct Batches {
 
 struct Waiter {
     call: Call,
-    tx: tokio::sync::oneshot::Sender<Turn>,
+    tx: Sender,
 }
+
+type Sender = tokio::sync::oneshot::Sender<Turn>;
 
 /// What a waiting decision is told.
 enum Turn {
