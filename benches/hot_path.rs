@@ -251,6 +251,15 @@ fn limiter_benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { assert!(redis.check(&checks).await.is_ok()) })
     });
+    // 32 callers at once, as under load: they share script calls (group commit). Criterion
+    // reports decisions per second.
+    g.throughput(criterion::Throughput::Elements(32));
+    g.bench_function("redis_two_policies_32_concurrent", |b| {
+        b.to_async(&rt).iter(|| async {
+            let all = futures::future::join_all((0..32).map(|_| redis.check(&checks))).await;
+            assert!(all.iter().all(|d| d.is_ok()));
+        })
+    });
     g.finish();
     let _ = server.kill();
     let _ = server.wait();
