@@ -12,6 +12,9 @@
 #   d  proxy+redis   as c, the limiter in a local redis-server
 #   e  mcp door      wrk POSTs a stateless (2026-07-28) tools/call of api_gateway -> upstream
 #   f  traced        as c, with [tracing] on: two spans per call exported over OTLP/HTTP
+#   g  pingora       a bare Pingora proxy (examples/pingora_floor.rs, same threads and profile)
+#                    that only forwards: the floor under c. Measured when it is built
+#                    (cargo build --release --example pingora_floor).
 # The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
 # Printed: per configuration the median of the rounds (req/s, p50, p99), the process's CPU
 # (% of one core, then per request in user and kernel mode) and peak RSS; the ratios to a and
@@ -159,9 +162,18 @@ run() {
 }
 
 proxy_workers=$(pgrep -P "$(cat "$work/px/nginx.pid")" | tr '\n' ' ')
+floor_bin="$(dirname "$bin")/examples/pingora_floor"
 for round in $(seq "$rounds"); do
   run a_direct http://127.0.0.1:18181/data.json ""
   run b_nginx_proxy http://127.0.0.1:18282/data.json "$proxy_workers"
+  if [ -x "$floor_bin" ]; then
+    "$floor_bin" 127.0.0.1:18383 127.0.0.1:18181 >/dev/null 2>&1 &
+    floor_pid=$!
+    pids+=("$floor_pid")
+    until curl -sf http://127.0.0.1:18383/data.json >/dev/null 2>&1; do sleep 0.005; done
+    run g_pingora_floor http://127.0.0.1:18383/data.json "$floor_pid"
+    kill "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
+  fi
   start_gateway "$work/memory.toml"
   probe
   run c_proxy_door http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
@@ -189,9 +201,9 @@ sort -k1,1 -s "$work/results" | awk '
     return v[int((cnt + 1) / 2)]
   }
   END {
-    split("a_direct b_nginx_proxy c_proxy_door d_proxy_redis e_mcp_door f_proxy_traced", order, " ")
+    split("a_direct b_nginx_proxy g_pingora_floor c_proxy_door d_proxy_redis e_mcp_door f_proxy_traced", order, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 6; i++) {
+    for (i = 1; i <= 7; i++) {
       k = order[i]; if (!(k in n)) continue
       rq = med(r, k, n[k])
       printf "%-15s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
