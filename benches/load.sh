@@ -172,7 +172,7 @@ for round in $(seq "$rounds"); do
     pids+=("$floor_pid")
     until curl -sf http://127.0.0.1:18383/data.json >/dev/null 2>&1; do sleep 0.005; done
     run g_pingora_floor http://127.0.0.1:18383/data.json "$floor_pid"
-    kill "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
+    kill -INT "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
   fi
   start_gateway "$work/memory.toml"
   probe

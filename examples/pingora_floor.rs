@@ -34,6 +34,8 @@ fn main() {
     };
     let conf = ServerConf {
         threads: 2,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
