@@ -444,16 +444,12 @@ async fn rediss_with_username_and_password() {
     let _ = child.wait();
 }
 
-/// The script's three ways of keeping the ceiling, called directly: GCRA alone (`burst = 1`),
-/// the exact log, and slots above 1000 requests. Retry-After is exact for the first two and
-/// at most one slot (window / 64) past the exact answer for slots.
-#[test]
-fn script_modes_agree_with_the_memory_limiter() {
-    use api_gateway_mcp::ratelimit::{
-        Ceiling, Limiter, OnError, Policy, RateLimitDecision, RedisLimiter, RedisSettings,
-    };
-    let redis = Redis::start();
-    let shared = Limiter::Redis(Box::new(
+/// A Redis limiter on `redis`, called directly (no gateway): a 2 s budget, and failures
+/// refuse (`on_error = "deny"`) so no fallback can hide a wrong answer. It owns a runtime,
+/// so build and drop it outside any other.
+fn direct_limiter(redis: &Redis) -> api_gateway_mcp::ratelimit::Limiter {
+    use api_gateway_mcp::ratelimit::{Limiter, OnError, RedisLimiter, RedisSettings};
+    Limiter::Redis(Box::new(
         RedisLimiter::new(RedisSettings {
             url: format!("redis://127.0.0.1:{}", redis.port),
             timeout: Duration::from_secs(2),
@@ -461,7 +457,17 @@ fn script_modes_agree_with_the_memory_limiter() {
             on_error: OnError::Deny,
         })
         .unwrap(),
-    ));
+    ))
+}
+
+/// The script's three ways of keeping the ceiling, called directly: GCRA alone (`burst = 1`),
+/// the exact log, and slots above 1000 requests. Retry-After is exact for the first two and
+/// at most one slot (window / 64) past the exact answer for slots.
+#[test]
+fn script_modes_agree_with_the_memory_limiter() {
+    use api_gateway_mcp::ratelimit::{Ceiling, Limiter, Policy, RateLimitDecision};
+    let redis = Redis::start();
+    let shared = direct_limiter(&redis);
     let memory = Limiter::memory();
     let hour = Duration::from_secs(3600);
     // The Redis limiter owns a runtime, so it is built and dropped outside this one.
@@ -569,19 +575,9 @@ fn script_modes_agree_with_the_memory_limiter() {
 /// ceiling, and an exact log without GCRA (`burst = requests`).
 #[test]
 fn concurrent_decisions_share_a_batch_and_agree_with_the_memory_limiter() {
-    use api_gateway_mcp::ratelimit::{
-        Limiter, OnError, Policy, RateLimitDecision, RedisLimiter, RedisSettings,
-    };
+    use api_gateway_mcp::ratelimit::{Limiter, Policy, RateLimitDecision};
     let redis = Redis::start();
-    let shared = Limiter::Redis(Box::new(
-        RedisLimiter::new(RedisSettings {
-            url: format!("redis://127.0.0.1:{}", redis.port),
-            timeout: Duration::from_secs(2),
-            cooldown: Duration::from_secs(1),
-            on_error: OnError::Deny,
-        })
-        .unwrap(),
-    ));
+    let shared = direct_limiter(&redis);
     let memory = Limiter::memory();
     let hour = Duration::from_secs(3600);
     let bursty = Policy {
