@@ -827,15 +827,27 @@ impl RedisLimiter {
             inv.invoke_async::<Vec<i64>>(&mut conn).await
         }
         .await;
-        // The answers come back in group order, each 2 + 2 per policy long.
+        // The answers come back in group order. A reply of any other length is an error for
+        // every decision in the batch, never a default answer.
+        let expected: usize = entries.iter().map(|(c, _)| c.answer_len()).sum();
+        let result = result.and_then(|out| {
+            if out.len() == expected {
+                Ok(out)
+            } else {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the rate-limit script's reply has the wrong length",
+                    format!("{} values for {expected}", out.len()),
+                )))
+            }
+        });
         let mut rest = result.as_ref().map(|v| v.as_slice());
         let mut mine = Err(abandoned());
         for g in groups {
             for i in g {
                 let answer = match &mut rest {
                     Ok(out) => {
-                        let (this, tail) =
-                            out.split_at((2 + 2 * entries[i].0.policies).min(out.len()));
+                        let (this, tail) = out.split_at(entries[i].0.answer_len());
                         *out = tail;
                         Ok(this.to_vec())
                     }
@@ -919,6 +931,12 @@ impl Call {
             keys,
             args,
         }
+    }
+
+    /// The script's answer to one such decision: denied, wait, and per policy remaining
+    /// and reset.
+    fn answer_len(&self) -> usize {
+        2 + 2 * self.policies
     }
 }
 
