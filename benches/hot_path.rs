@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use api_gateway_mcp::config::Config;
 use api_gateway_mcp::egress::{self, Egress, EndpointPath};
-use api_gateway_mcp::policy::{CallRequest, Caller, CallerRequest, Door, Pipeline};
+use api_gateway_mcp::policy::{Call, Caller, CallerRequest, Door, Payload, Pipeline, Who};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 
@@ -30,9 +30,11 @@ fn config(required: bool, rbac: bool) -> Config {
     );
     for i in 0..10 {
         text.push_str(&format!(
-            "[[apis]]\nname = \"api{i}\"\nbase_url = \"https://api{i}.example.com/v1\"\n\
+            "[[apis]]\nname = \"api{i}\"\nbase_url = \"https://127.0.0.{}:443/v1\"\n\
+             allow_private_network = true\n\
              methods = [\"GET\", \"POST\"]\npaths = [\"/users/*\", \"/repos/**\", \"/search\"]\n\
-             deny_paths = [\"/repos/*/admin/**\"]\n"
+             deny_paths = [\"/repos/*/admin/**\"]\n",
+            i + 1
         ));
     }
     if rbac {
@@ -60,7 +62,12 @@ fn token() -> String {
 }
 
 fn pipeline(required: bool, rbac: bool) -> Pipeline {
-    Pipeline::new(Arc::new(config(required, rbac)), Arc::new(Egress::new())).unwrap()
+    Pipeline::new(
+        Arc::new(config(required, rbac)),
+        Arc::new(Egress::new()),
+        None,
+    )
+    .unwrap()
 }
 
 fn headers(authz: Option<String>, api_key: Option<&str>) -> HeaderMap {
@@ -86,25 +93,28 @@ async fn identify(p: &Pipeline, h: &HeaderMap) -> Caller {
         headers: h,
         raw_head: None,
         body: None,
+        trace: api_gateway_mcp::trace::TraceContext::new_root(),
     })
     .await
     .unwrap()
 }
 
-async fn evaluate(p: &Pipeline, caller: &Caller) {
+/// Admission of an identified caller's call: stages 5–12 (the destination is a literal
+/// address, so no DNS query is made).
+async fn evaluate(p: &Pipeline, caller: &Arc<Caller>) {
+    let headers = HeaderMap::new();
     let d = p
-        .evaluate(&CallRequest {
+        .admit(&Call {
             door: Door::Proxy,
+            who: Who::Identified(caller.clone()),
             api: "api9",
             method: &Method::GET,
             endpoint: "/repos/o/r/issues?state=open",
-            content_length: None,
-            has_body: false,
-            content_type: None,
-            caller,
+            query: &[],
+            payload: Payload::Streamed { headers: &headers },
         })
         .await;
-    assert!(d.is_ok());
+    assert!(d.is_ok(), "{d:?}");
 }
 
 fn benches(c: &mut Criterion) {
@@ -135,8 +145,8 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // The policy decision (allow-lists, RBAC, limits off) for an identified caller.
-    let anon_caller = rt.block_on(identify(&anon, &none));
-    let jwt_caller = rt.block_on(identify(&authed, &bearer));
+    let anon_caller = Arc::new(rt.block_on(identify(&anon, &none)));
+    let jwt_caller = Arc::new(rt.block_on(identify(&authed, &bearer)));
     let mut g = c.benchmark_group("evaluate");
     g.bench_function("no_rbac", |b| {
         b.to_async(&rt)
@@ -152,19 +162,19 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("identify_and_evaluate");
     g.bench_function("anonymous_no_rbac", |b| {
         b.to_async(&rt).iter(|| async {
-            let caller = identify(&anon, &none).await;
+            let caller = Arc::new(identify(&anon, &none).await);
             evaluate(&anon, &caller).await
         })
     });
     g.bench_function("jwt_rbac", |b| {
         b.to_async(&rt).iter(|| async {
-            let caller = identify(&authed, &bearer).await;
+            let caller = Arc::new(identify(&authed, &bearer).await);
             evaluate(&authed, &caller).await
         })
     });
     g.bench_function("api_key_rbac", |b| {
         b.to_async(&rt).iter(|| async {
-            let caller = identify(&authed, &keyed).await;
+            let caller = Arc::new(identify(&authed, &keyed).await);
             evaluate(&authed, &caller).await
         })
     });
@@ -244,6 +254,7 @@ fn limiter_benches(c: &mut Criterion) {
             timeout: std::time::Duration::from_secs(1),
             cooldown: std::time::Duration::from_secs(1),
             on_error: OnError::Deny,
+            topology: api_gateway_mcp::config::Topology::Standalone,
         })
         .unwrap(),
     ));

@@ -21,9 +21,10 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Caller;
 use crate::config::{AuditConfig, AuditSink};
 use crate::error::{ErrorKind, GatewayError};
-use crate::policy::{Caller, Door};
+use crate::types::Door;
 
 /// What happened to one call.
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +95,14 @@ impl AuditEvent {
         }
     }
 
+    /// Names the caller, once identified.
+    pub fn set_caller(&mut self, c: &Caller) {
+        self.trace_id = Some(c.trace.trace_id_hex());
+        self.principal = c.principal.id.clone();
+        self.roles = c.principal.roles.clone();
+        self.client_ip = c.client_ip.map(|ip| ip.to_string());
+    }
+
     /// Records a refusal or failure.
     pub fn failed(&mut self, e: &GatewayError) {
         self.status = e.kind.status();
@@ -102,11 +111,11 @@ impl AuditEvent {
             _ => "deny",
         };
         self.error = Some(e.kind.code());
-        self.reason = e.reason;
+        self.reason = e.reason.map(crate::error::Reason::code);
         if let Some(d) = &e.rate_limit {
             self.rate_limit = Some(serde_json::json!({
                 "policy": d.policy,
-                "retry_after_s": crate::ratelimit::ceil_secs(d.retry_after),
+                "retry_after_s": crate::types::ceil_secs(d.retry_after),
             }));
         }
     }

@@ -19,16 +19,19 @@ use std::time::Duration;
 use http::Method;
 use serde::Deserialize;
 
-use crate::policy::PathPattern;
-use crate::ratelimit::{OnError, Policy, RedisSettings};
+pub use crate::types::PathPattern;
 
 mod access;
+pub mod ratelimit;
 mod telemetry;
+pub mod tls;
 pub use access::{
     ApiKey, AuthConfig, AuthMethod, Grant, HeaderLimits, IpRules, JwtIssuer, JwtKeys, OAuth2, Rbac,
     Role, Signatures,
 };
+pub use ratelimit::{topology, OnError, Policy, RedisSettings, Topology};
 pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
+pub use tls::{Listener, TlsConfig};
 
 /// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/minimal.toml");
@@ -148,7 +151,7 @@ struct RawServer {
     /// The same setting under the name the deployment docs use.
     grace_period: Option<HumanDuration>,
     drain_delay: Option<HumanDuration>,
-    tls: Option<crate::tls::RawTls>,
+    tls: Option<tls::RawTls>,
     watch_config: Option<bool>,
     watch_interval: Option<HumanDuration>,
 }
@@ -357,7 +360,7 @@ pub struct ServerConfig {
     /// balancers stop sending new calls before the listeners close. Default 0 s.
     pub drain_delay: Duration,
     /// `[server.tls]`: TLS (and optionally mTLS) on the listeners it names.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<TlsConfig>,
     /// Reload when the config file's content changes. Default true (SIGHUP always reloads).
     pub watch_config: bool,
     /// How often the file is checked. Default 2 s.
@@ -486,6 +489,9 @@ pub enum CredentialPlacement {
 pub struct Credential {
     pub placement: CredentialPlacement,
     pub value: String,
+    /// `value` as a header value (marked sensitive), parsed once while loading; `Some` for a
+    /// header placement.
+    pub header_value: Option<http::HeaderValue>,
 }
 
 impl fmt::Debug for Credential {
@@ -742,7 +748,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 .map_or(Duration::from_secs(5), |d| d.0)
         },
         drain_delay: raw.server.drain_delay.map_or(Duration::ZERO, |d| d.0),
-        tls: crate::tls::validate(raw.server.tls, &mut errors),
+        tls: tls::validate(raw.server.tls, &mut errors),
         watch_config: raw.server.watch_config.unwrap_or(true),
         watch_interval: match raw.server.watch_interval {
             Some(d) if d.0 < Duration::from_millis(100) => {
@@ -867,9 +873,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             }
             "redis" => {
                 let url = store.url.unwrap_or_default();
-                if let Err(e) = crate::ratelimit::redis::topology(&url) {
+                let topology = topology(&url).unwrap_or_else(|e| {
                     errors.push(err("rate_limits.store.url", e));
-                }
+                    Topology::Standalone
+                });
                 let share = store.local_share.unwrap_or(1.0);
                 if !(share > 0.0 && share <= 1.0) {
                     errors.push(err("rate_limits.store.local_share", "must be in (0, 1]"));
@@ -895,6 +902,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                     timeout,
                     cooldown: store.cooldown.map_or(Duration::from_secs(1), |d| d.0),
                     on_error,
+                    topology,
                 });
             }
             other => errors.push(err(
@@ -1183,7 +1191,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         let cp = format!("{p}.credentials");
         let placement = match (c.header, c.query) {
             (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) if !crate::egress::is_framing_header(&name) => {
+                Ok(name) if !crate::types::headers::is_framing_header(&name) => {
                     Some(CredentialPlacement::Header(name))
                 }
                 Ok(_) => {
@@ -1211,18 +1219,27 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
                 None
             }
         };
+        let mut header_value = None;
         if c.value.is_empty() {
             errors.push(err(
                 format!("{cp}.value"),
                 "is empty (did the environment variable expand to nothing?)",
             ));
-        } else if http::HeaderValue::from_str(&c.value).is_err() {
-            errors.push(err(
-                format!("{cp}.value"),
-                "contains characters not allowed in a header",
-            ));
+        } else {
+            match http::HeaderValue::from_str(&c.value) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    header_value = Some(v);
+                }
+                Err(_) => errors.push(err(
+                    format!("{cp}.value"),
+                    "contains characters not allowed in a header",
+                )),
+            }
         }
         placement.map(|placement| Credential {
+            header_value: header_value
+                .filter(|_| matches!(placement, CredentialPlacement::Header(_))),
             placement,
             value: c.value,
         })

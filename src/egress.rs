@@ -242,38 +242,6 @@ pub fn upstream_path_and_query(
     out
 }
 
-/// Framing, hop-by-hop and routing headers: owned by the gateway, never set by a caller or
-/// a credential.
-pub fn is_framing_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    matches!(
-        n,
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-            | "proxy-connection"
-    )
-}
-
-/// Headers a caller may not set: framing headers, forwarding metadata, and credentials (the
-/// agent's own token is never forwarded upstream; upstream credentials come from config).
-pub fn is_reserved_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    is_framing_header(name)
-        || matches!(
-            n,
-            "authorization" | "cookie" | "forwarded" | "x-real-ip" | "x-api-key"
-        )
-        || n.starts_with("x-forwarded-")
-        || n.starts_with("proxy-")
-}
-
 /// Response headers passed back to a model in `structuredContent.headers`.
 pub const SAFE_RESPONSE_HEADERS: &[&str] = &[
     "content-type",
@@ -386,7 +354,9 @@ pub struct OutboundRequest {
     pub method: Method,
     /// From [`upstream_path_and_query`].
     pub path_and_query: String,
-    /// Caller headers, already checked with [`is_reserved_header`].
+    /// Every header the request carries besides `Host`, `User-Agent`, `Accept` and
+    /// `Content-Length` (which are set here): for a call, the admitted caller headers and
+    /// the credential.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Option<Bytes>,
 }
@@ -609,7 +579,6 @@ impl Egress {
                 .map_err(internal)?,
             None => {}
         }
-        inject_credential_header(api, &mut h).map_err(internal)?;
         Ok(Box::new(h))
     }
 
@@ -685,20 +654,6 @@ impl Egress {
             reused,
         })
     }
-}
-
-/// Sets the API's header credential, replacing any caller value of that header.
-pub fn inject_credential_header(api: &Api, h: &mut RequestHeader) -> pingora::Result<()> {
-    if let Some(c) = &api.credential {
-        if let CredentialPlacement::Header(name) = &c.placement {
-            h.remove_header(name);
-            let mut v = HeaderValue::from_str(&c.value)
-                .map_err(|_| pingora::Error::new(pingora::ErrorType::InternalError))?;
-            v.set_sensitive(true);
-            h.insert_header(name.clone(), v)?;
-        }
-    }
-    Ok(())
 }
 
 fn is_stale_connection(e: &pingora::Error) -> bool {
@@ -871,21 +826,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reserved_headers() {
-        for h in [
-            "host",
-            "authorization",
-            "cookie",
-            "x-forwarded-for",
-            "transfer-encoding",
-            "proxy-foo",
-        ] {
-            assert!(is_reserved_header(&HeaderName::from_static(h)), "{h}");
-        }
-        assert!(!is_reserved_header(&HeaderName::from_static("accept")));
-    }
-
     mod properties {
         use super::*;
         use crate::config::{Api, Credential, CredentialPlacement};
@@ -903,6 +843,7 @@ mod tests {
             a.credential = Some(Credential {
                 placement: CredentialPlacement::Query("appid".into()),
                 value: "SECRET".into(),
+                header_value: None,
             });
             a
         }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::ratelimit::{ceil_secs, PolicyState};
+use crate::types::{ceil_secs, PolicyState};
 
 /// What went wrong, and therefore which status and code the caller sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,110 @@ impl ErrorKind {
     }
 }
 
+/// A finer machine-readable reason within a kind: `token_expired` within `unauthorized`,
+/// `ip_denied` within `forbidden`. Each reason belongs to one kind, so it has one HTTP status
+/// and one MCP shape; its code is also the `reason` label of the refusal metric.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident => ($code:literal, $kind:ident),)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Reason {
+            /// Every reason, in table order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The machine-readable code, the same on both doors and in metrics and audit.
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $code,)*
+                }
+            }
+
+            /// The kind the reason refines, which gives its status and MCP shape.
+            pub fn kind(self) -> ErrorKind {
+                match self {
+                    $(Reason::$variant => ErrorKind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// No credential was presented and `auth.required = true`.
+    MissingCredentials => ("missing_credentials", Unauthorized),
+    /// The credential is not valid text or not well formed.
+    MalformedCredentials => ("malformed_credentials", Unauthorized),
+    /// More than one credential was presented.
+    AmbiguousCredentials => ("ambiguous_credentials", Unauthorized),
+    /// The `Authorization` scheme is not Bearer.
+    UnsupportedScheme => ("unsupported_scheme", Unauthorized),
+    /// The credential"s method is not enabled in `auth.methods`.
+    MethodNotEnabled => ("method_not_enabled", Unauthorized),
+    /// The token does not parse as a JWT.
+    MalformedToken => ("malformed_token", Unauthorized),
+    /// The token"s algorithm is not allowed for its issuer.
+    AlgorithmNotAllowed => ("algorithm_not_allowed", Unauthorized),
+    /// The token"s key id is not in the issuer"s key set.
+    UnknownKey => ("unknown_key", Unauthorized),
+    /// The token"s signature does not verify.
+    InvalidSignature => ("invalid_signature", Unauthorized),
+    /// The token"s issuer is not configured.
+    InvalidIssuer => ("invalid_issuer", Unauthorized),
+    /// The token is not for this gateway"s audience.
+    InvalidAudience => ("invalid_audience", Unauthorized),
+    /// A required claim is missing.
+    MissingClaim => ("missing_claim", Unauthorized),
+    /// The token has expired.
+    TokenExpired => ("token_expired", Unauthorized),
+    /// The token"s `nbf` lies in the future.
+    TokenNotYetValid => ("token_not_yet_valid", Unauthorized),
+    /// The token lives longer than the issuer allows.
+    TokenLifetimeTooLong => ("token_lifetime_too_long", Unauthorized),
+    /// Introspection says the token is not active.
+    InactiveToken => ("inactive_token", Unauthorized),
+    /// The API key is not known.
+    InvalidApiKey => ("invalid_api_key", Unauthorized),
+    /// The API key was revoked.
+    RevokedApiKey => ("revoked_api_key", Unauthorized),
+    /// The request (or the API) requires a signature and none was sent.
+    SignatureMissing => ("signature_missing", Unauthorized),
+    /// The request signature or its body digest does not verify.
+    SignatureInvalid => ("signature_invalid", Unauthorized),
+    /// The signature"s timestamp is outside the allowed skew.
+    SignatureExpired => ("signature_expired", Unauthorized),
+    /// The signature"s nonce was used before.
+    SignatureReplayed => ("signature_replayed", Unauthorized),
+    /// The token introspection endpoint cannot be reached.
+    IntrospectionUnavailable => ("introspection_unavailable", AuthUnavailable),
+    /// The client address is denied by `security.ip_deny`/`ip_allow`.
+    IpDenied => ("ip_denied", Forbidden),
+    /// The caller"s roles (or its key"s `allowed_apis`) do not permit the call.
+    NotPermitted => ("not_permitted", Forbidden),
+    /// The method is not in the API"s `methods`.
+    MethodNotAllowed => ("method_not_allowed", Forbidden),
+    /// The path is denied by `deny_paths` or not in `paths`.
+    PathNotAllowed => ("path_not_allowed", Forbidden),
+    /// An upstream redirect points where the caller may not go.
+    RedirectDenied => ("redirect_denied", Forbidden),
+    /// The MCP session belongs to another caller.
+    SessionNotOwned => ("session_not_owned", Forbidden),
+    /// The request"s framing could be read two ways (smuggling shapes).
+    AmbiguousFraming => ("ambiguous_framing", InvalidHeader),
+    /// A header only the gateway may set (framing, forwarding, credentials).
+    ReservedHeader => ("reserved_header", InvalidHeader),
+    /// The header the API"s upstream credential is injected in.
+    CredentialHeader => ("credential_header", InvalidHeader),
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
 /// A failed or refused call. The message is meant for the caller (a person or a model) and
 /// never contains credentials.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -127,7 +231,7 @@ pub struct GatewayError {
     pub rate_limit: Option<Box<RateLimitDenial>>,
     /// A finer machine-readable reason within the kind, e.g. `token_expired` for
     /// `unauthorized` or `ip_denied` for `forbidden`.
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
 }
 
 /// The details of a rate-limit denial, shown the same way on both doors.
@@ -148,10 +252,25 @@ impl GatewayError {
         }
     }
 
+    /// An error of the reason's kind, with that reason.
+    pub fn because(reason: Reason, message: impl Into<String>) -> Self {
+        GatewayError::new(reason.kind(), message).with_reason(reason)
+    }
+
     /// Sets the finer `reason`.
-    pub fn with_reason(mut self, reason: &'static str) -> Self {
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        debug_assert_eq!(
+            reason.kind(),
+            self.kind,
+            "{reason:?} belongs to another kind"
+        );
         self.reason = Some(reason);
         self
+    }
+
+    /// The most specific code: the reason's, else the kind's.
+    pub fn reason_code(&self) -> &'static str {
+        self.reason.map_or(self.kind.code(), Reason::code)
     }
 
     /// A `rate_limited` error; the message says when to retry.
@@ -171,7 +290,7 @@ impl GatewayError {
     /// Adds `reason`, and `retry_after_s` and `policy` for a rate-limit denial.
     fn with_rate_limit(&self, mut v: Value) -> Value {
         if let Some(r) = self.reason {
-            v["reason"] = json!(r);
+            v["reason"] = json!(r.code());
         }
         if let Some(d) = &self.rate_limit {
             v["retry_after_s"] = json!(ceil_secs(d.retry_after));
@@ -259,6 +378,11 @@ mod tests {
         for k in kinds {
             assert!((400..600).contains(&k.status()));
         }
+        // Reason codes are distinct, and never collide with a kind's code.
+        let reason_codes: std::collections::HashSet<_> =
+            Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(reason_codes.len(), Reason::ALL.len());
+        assert!(reason_codes.is_disjoint(&codes));
         let p = GatewayError::upstream_timeout("slow").problem_json();
         assert_eq!(p["status"], 504);
         assert_eq!(p["error"], "upstream_timeout");

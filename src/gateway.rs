@@ -83,10 +83,11 @@ impl Gateway {
         let egress = Arc::new(Egress::with_nameservers(&config.nameservers));
         crate::telemetry::metrics().configure(&config.metrics);
         crate::telemetry::metrics().config_loaded_at.set(unix_now());
+        let audit = Auditor::start(&config.audit)?.map(Arc::new);
         Ok(Arc::new(Gateway {
             tracing: Tracing::start(&config.tracing)?.map(Arc::new),
-            pipeline: Pipeline::new(config.clone(), egress.clone())?,
-            audit: Auditor::start(&config.audit)?.map(Arc::new),
+            pipeline: Pipeline::new(config.clone(), egress.clone(), audit.clone())?,
+            audit,
             egress,
             config,
             mcp_tools: OnceLock::new(),
@@ -103,9 +104,7 @@ impl Gateway {
         let config = Arc::new(config);
         Ok((
             Arc::new(Gateway {
-                pipeline: self
-                    .pipeline
-                    .reconfigured(config.clone(), self.egress.clone())?,
+                pipeline: self.pipeline.reconfigured(config.clone())?,
                 egress: self.egress.clone(),
                 audit: self.audit.clone(),
                 tracing: self.tracing.clone(),
@@ -127,11 +126,6 @@ impl Gateway {
         if let Some(a) = &self.audit {
             a.record(make());
         }
-    }
-
-    /// Refuses a call that could not be audited, when `audit.on_failure = "block"`.
-    pub fn audit_admit(&self) -> Result<(), crate::error::GatewayError> {
-        self.audit.as_ref().map_or(Ok(()), |a| a.admit())
     }
 
     /// Starts a call's server span, when tracing is on; a call that starts a trace gives

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod call;
 pub mod config;
 pub mod egress;
 pub mod error;
@@ -17,5 +18,5 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
-pub mod tls;
 pub mod trace;
+pub mod types;

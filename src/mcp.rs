@@ -28,11 +28,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Credential, CredentialPlacement};
+use crate::call::CallRecord;
 use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
-use crate::policy::{CallRequest, Caller, CallerRequest, Door};
+use crate::policy::{outbound, Call, Caller, CallerRequest, Door, Payload, Who};
 
 /// Methods the `api_gateway` tool accepts, in schema order.
 const TOOL_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -68,18 +68,6 @@ fn default_method() -> String {
     "GET".into()
 }
 
-/// What the audit record needs to know about a call, filled in as it proceeds.
-#[derive(Default)]
-struct CallStats {
-    bytes_in: u64,
-    bytes_out: u64,
-    upstream_ms: Option<f64>,
-    rate_limit: Option<Value>,
-    cost: Option<f64>,
-    /// The call's server span (and its upstream client span), when tracing is on.
-    span: Option<crate::telemetry::otlp::CallSpan>,
-}
-
 impl GatewayMcp {
     /// Starts the call's server span, named after the MCP conventions (`tools/call
     /// api_gateway`). A call that starts a trace hands its trace id to the caller it returns,
@@ -89,7 +77,7 @@ impl GatewayMcp {
         caller: Arc<Caller>,
         context: &RequestContext<RoleServer>,
         api: &str,
-        stats: &mut CallStats,
+        record: &mut CallRecord,
     ) -> Arc<Caller> {
         use opentelemetry::KeyValue;
         if self.gateway.tracing.is_none() {
@@ -97,7 +85,7 @@ impl GatewayMcp {
         }
         let mut c = (*caller).clone();
         let http = self.local_caller.is_none();
-        stats.span =
+        record.span =
             self.gateway
                 .server_span("tools/call api_gateway".into(), &mut c.trace, || {
                     let mut attrs = vec![
@@ -300,11 +288,11 @@ impl GatewayMcp {
         &self,
         request: &mut OutboundRequest,
         caller: &Caller,
-        stats: &mut CallStats,
+        record: &mut CallRecord,
         api: &crate::config::Api,
     ) {
         let tp = self.gateway.upstream_traceparent(
-            stats.span.as_mut(),
+            record.span.as_mut(),
             &caller.trace,
             request.method.as_str(),
             api,
@@ -321,8 +309,8 @@ impl GatewayMcp {
     async fn api_gateway(
         &self,
         args: ApiGatewayArgs,
-        caller: &Caller,
-        stats: &mut CallStats,
+        caller: &Arc<Caller>,
+        record: &mut CallRecord,
     ) -> Result<Value, GatewayError> {
         let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
             .ok()
@@ -334,35 +322,17 @@ impl GatewayMcp {
                 ))
             })?;
 
-        let mut headers = Vec::with_capacity(args.headers.len());
+        // The arguments as HTTP: which of these headers may go upstream is admission's call.
         if args.headers.len() > 32 {
             return Err(GatewayError::invalid_header(
                 "at most 32 headers may be set",
             ));
         }
-        let mut content_type: Option<String> = None;
-        // The API's own credential header is as off-limits to the caller as Authorization.
-        let credential_header = match self
-            .gateway
-            .config
-            .api(&args.api)
-            .and_then(|a| a.credential.as_ref())
-        {
-            Some(Credential {
-                placement: CredentialPlacement::Header(h),
-                ..
-            }) => Some(h),
-            _ => None,
-        };
+        let mut headers = Vec::with_capacity(args.headers.len() + 1);
         for (k, v) in &args.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
                 GatewayError::invalid_header(format!("{k:?} is not a valid header name"))
             })?;
-            if egress::is_reserved_header(&name) || credential_header == Some(&name) {
-                return Err(GatewayError::invalid_header(format!(
-                    "header {k:?} cannot be set by the caller (credentials are injected by the gateway)"
-                )));
-            }
             let text = match v {
                 Value::String(s) => s.clone(),
                 Value::Number(_) | Value::Bool(_) => v.to_string(),
@@ -375,9 +345,6 @@ impl GatewayMcp {
             let value = http::HeaderValue::from_str(&text).map_err(|_| {
                 GatewayError::invalid_header(format!("header {k:?} has an invalid value"))
             })?;
-            if name == http::header::CONTENT_TYPE {
-                content_type = Some(text);
-            }
             headers.push((name, value));
         }
 
@@ -387,8 +354,7 @@ impl GatewayMcp {
                 GatewayError::invalid_arguments("body could not be serialised as JSON")
             })?)),
         };
-        if body.is_some() && content_type.is_none() {
-            content_type = Some("application/json".into());
+        if body.is_some() && !headers.iter().any(|(k, _)| k == http::header::CONTENT_TYPE) {
             headers.push((
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
@@ -409,41 +375,46 @@ impl GatewayMcp {
             query.push((k.clone(), v));
         }
 
-        let decision = self
+        let admitted = self
             .gateway
             .pipeline
-            .evaluate(&CallRequest {
+            .admit(&Call {
                 door: Door::Mcp,
+                who: Who::Identified(caller.clone()),
                 api: &args.api,
                 method: &method,
                 endpoint: &args.endpoint,
-                content_length: body.as_ref().map(|b| b.len() as u64),
-                has_body: body.is_some(),
-                content_type: content_type.as_deref(),
-                caller,
+                query: &query,
+                payload: Payload::Whole {
+                    headers: &headers,
+                    body: body.as_deref(),
+                },
             })
-            .await?;
-        self.gateway.audit_admit()?;
-        stats.rate_limit = crate::ratelimit::tightest_json(&decision.rate_limits);
-        stats.bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
-        let api = decision.api;
-        let addr = self.gateway.egress.resolve(&api).await?;
-        let upstream_started = std::time::Instant::now();
-        let path_and_query = egress::upstream_path_and_query(&api, &decision.endpoint, &query);
+            .await
+            .map_err(|r| r.error)?;
+        record.admitted(&admitted);
+        record.bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
+        let api = admitted.api.clone();
+        record.upstream_started = Some(std::time::Instant::now());
         let max_body = api
             .max_response_bytes
             .unwrap_or(self.gateway.config.mcp.max_response_bytes);
+        let outbound = |credential: Option<(http::HeaderName, http::HeaderValue)>| {
+            let mut h = admitted.headers.forward.clone();
+            h.extend(credential);
+            h
+        };
         let mut request = OutboundRequest {
             method,
-            path_and_query,
-            headers,
+            path_and_query: admitted.path_and_query.clone(),
+            headers: outbound(admitted.headers.credential.clone()),
             body,
         };
-        self.set_traceparent(&mut request, caller, stats, &api);
+        self.set_traceparent(&mut request, caller, record, &api);
         let mut resp = self
             .gateway
             .egress
-            .send(&api, addr, request.clone(), max_body)
+            .send(&api, admitted.addr, request.clone(), max_body)
             .await?;
         crate::telemetry::metrics().upstream(
             Door::Mcp,
@@ -452,9 +423,9 @@ impl GatewayMcp {
             Some(&caller.principal.id),
         );
 
-        // Redirects, when the API allows them: each hop is re-checked like a new call (the
-        // target must be an allow-listed API and path the caller may use, and its address
-        // passes the SSRF guard); the API's credential is dropped on a cross-origin hop.
+        // Redirects, when the API allows them: each hop is admitted again (an allow-listed
+        // API and path the caller may use, an address past the SSRF guard), and the
+        // credential stays behind on a cross-origin hop.
         let mut hop_api: Arc<crate::config::Api> = api.clone();
         let mut hops = 0;
         while hops < api.follow_redirects && matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
@@ -470,48 +441,27 @@ impl GatewayMcp {
                 .base
                 .url_of(&request.path_and_query)
                 .ok_or_else(|| GatewayError::internal("could not rebuild the request URL"))?;
-            let denied = || {
-                GatewayError::forbidden(
-                    "the upstream redirected to a destination that is not allowed",
-                )
-                .with_reason("redirect_denied")
-            };
-            let next = here.join(location).map_err(|_| denied())?;
-            let (next_api, endpoint) = self
-                .gateway
-                .config
-                .api_for_url(&next, &api.name)
-                .ok_or_else(denied)?;
             if matches!(resp.status, 301..=303) && request.method != Method::HEAD {
                 // As browsers do: the redirected request is a GET without a body.
                 request.method = Method::GET;
                 request.body = None;
+            }
+            let (next_hop, addr, path_and_query) = self
+                .gateway
+                .pipeline
+                .admit_redirect(caller, &api, &here, location, &request.method)
+                .await?;
+            request.path_and_query = path_and_query;
+            request.headers = outbound(outbound::credential_header(&next_hop));
+            if request.body.is_none() {
                 request
                     .headers
                     .retain(|(k, _)| k != http::header::CONTENT_TYPE);
             }
-            let endpoint = self
-                .gateway
-                .pipeline
-                .check_target(&caller.principal, next_api, &request.method, &endpoint)
-                .map_err(|e| denied().with_reason(e.reason.unwrap_or("redirect_denied")))?;
-            let same_origin = next_api.base.tls == api.base.tls
-                && next_api.base.host.eq_ignore_ascii_case(&api.base.host)
-                && next_api.base.port == api.base.port;
-            let mut next_hop = (**next_api).clone();
-            next_hop.credential = if same_origin {
-                api.credential.clone()
-            } else {
-                None
-            };
-            next_hop.timeout = api.timeout;
-            let next_hop = Arc::new(next_hop);
-            let addr = self.gateway.egress.resolve(&next_hop).await?;
-            request.path_and_query = egress::upstream_path_and_query(&next_hop, &endpoint, &[]);
-            if let Some(s) = stats.span.as_mut() {
+            if let Some(s) = record.span.as_mut() {
                 s.upstream_answered(resp.status);
             }
-            self.set_traceparent(&mut request, caller, stats, &next_hop);
+            self.set_traceparent(&mut request, caller, record, &next_hop);
             resp = self
                 .gateway
                 .egress
@@ -520,7 +470,7 @@ impl GatewayMcp {
             hop_api = next_hop;
         }
 
-        if let Some(s) = stats.span.as_mut() {
+        if let Some(s) = record.span.as_mut() {
             s.upstream_answered(resp.status);
         }
         let mut safe = Map::new();
@@ -554,9 +504,7 @@ impl GatewayMcp {
         } else {
             Value::String(String::from_utf8_lossy(&body).into_owned())
         };
-        stats.upstream_ms = Some(upstream_started.elapsed().as_secs_f64() * 1000.0);
-        stats.bytes_out = body.len() as u64;
-        stats.cost = api.cost_per_call;
+        record.bytes_out = body.len() as u64;
         Ok(json!({
             "status": resp.status,
             "headers": safe,
@@ -629,66 +577,27 @@ impl ServerHandler for GatewayMcp {
                 let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
                     McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
                 })?;
-                let started = std::time::Instant::now();
-                let api_label = self
-                    .gateway
-                    .config
-                    .api(&args.api)
-                    .map_or("unknown", |a| a.name.as_str())
-                    .to_string();
                 let method = args.method.to_ascii_uppercase();
-                let mut stats = CallStats::default();
-                let caller = this.start_span(caller, &context, &api_label, &mut stats);
-                // Started now, so its timestamp is the call's arrival.
-                let event = this.gateway.auditing().then(|| {
-                    let mut e = crate::audit::AuditEvent::new(
-                        Door::Mcp,
-                        Some(&caller),
-                        &method,
-                        &args.endpoint,
-                    );
-                    e.tool = Some("api_gateway");
-                    e.api = api_label.clone();
-                    e
-                });
-                let outcome = this.api_gateway(args, &caller, &mut stats).await;
+                let mut record = CallRecord::open(
+                    &this.gateway,
+                    Door::Mcp,
+                    &method,
+                    &args.api,
+                    &args.endpoint,
+                    Some("api_gateway"),
+                );
+                let api_label = record.api_label().to_string();
+                let caller = this.start_span(caller, &context, &api_label, &mut record);
+                record.identified(&caller);
+                let outcome = this.api_gateway(args, &caller, &mut record).await;
                 let (status, error) = match &outcome {
                     Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
                     Err(e) => (e.kind.status(), Some(e)),
                 };
-                crate::telemetry::metrics().call(
-                    Door::Mcp,
-                    &api_label,
-                    &method,
-                    status,
-                    started.elapsed(),
-                    error,
-                );
-                if let Some(span) = stats.span.take() {
-                    span.end(0, error);
-                }
-                if let Some(mut event) = event {
-                    event.bytes_in = stats.bytes_in;
-                    event.bytes_out = stats.bytes_out;
-                    event.upstream_ms = stats.upstream_ms;
-                    event.rate_limit = stats.rate_limit;
-                    event.cost = stats.cost;
-                    event.status = status;
-                    if let Some(e) = error {
-                        event.failed(e);
-                    }
-                    this.gateway.audit(|| event);
-                }
+                record.finish(&this.gateway, status, error);
                 let result = match outcome {
                     Ok(v) => CallToolResult::structured(v),
-                    Err(e) => {
-                        tracing::info!(
-                            error = e.kind.code(),
-                            reason = e.reason.unwrap_or(""),
-                            "api_gateway call refused or failed"
-                        );
-                        CallToolResult::structured_error(e.tool_error_json())
-                    }
+                    Err(e) => CallToolResult::structured_error(e.tool_error_json()),
                 };
                 Ok(result.into())
             }
@@ -714,7 +623,7 @@ pub async fn serve_stdio(live: Arc<Live>) -> anyhow::Result<()> {
         .map_err(|e| {
             anyhow::anyhow!(
                 "stdio caller not authenticated ({}): {}",
-                e.reason.unwrap_or(e.kind.code()),
+                e.reason_code(),
                 e.message
             )
         })?;
@@ -806,23 +715,13 @@ impl McpHttpApp {
     }
 
     /// Writes a gateway error as problem+json; a 401 carries `WWW-Authenticate` pointing at
-    /// the protected-resource metadata.
+    /// the protected-resource metadata on this listener.
     async fn respond_error(gw: &Gateway, session: &mut ServerSession, e: &GatewayError) {
-        let body = e.problem_json().to_string();
-        let Ok(mut h) = ResponseHeader::build(e.kind.status(), Some(4)) else {
+        let Ok((h, body)) = crate::call::problem(&gw.config, e, host_of(session)) else {
             return;
         };
-        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/problem+json");
-        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
-        if e.kind == crate::error::ErrorKind::Unauthorized {
-            let url = crate::auth::metadata_url(&gw.config, host_of(session));
-            let _ = h.insert_header(
-                http::header::WWW_AUTHENTICATE,
-                crate::auth::www_authenticate(e, &url),
-            );
-        }
         let _ = session.write_response_header(Box::new(h)).await;
-        let _ = session.write_response_body(Bytes::from(body), true).await;
+        let _ = session.write_response_body(body, true).await;
     }
 
     /// Refuses an HTTP request before it reaches rmcp: logged, counted, audited, and
@@ -835,7 +734,7 @@ impl McpHttpApp {
     ) -> Option<ReusedHttpStream> {
         tracing::info!(
             error = e.kind.code(),
-            reason = e.reason.unwrap_or(""),
+            reason = e.reason.map_or("", crate::error::Reason::code),
             door = "mcp",
             "request refused"
         );
@@ -939,6 +838,7 @@ impl HttpServerApp for McpHttpApp {
                 headers: &head.headers,
                 raw_head: raw_head.as_deref(),
                 body: Some(&body),
+                trace: crate::trace::TraceContext::from_headers(&head.headers),
             })
             .await;
         let caller = match identified {
@@ -971,7 +871,7 @@ impl HttpServerApp for McpHttpApp {
         });
         if not_owned {
             let e = GatewayError::forbidden("this MCP session belongs to another caller")
-                .with_reason("session_not_owned");
+                .with_reason(crate::error::Reason::SessionNotOwned);
             return Self::refuse(&gw, session, Some(&caller), &e).await;
         }
         let principal_id = caller.principal.id.clone();

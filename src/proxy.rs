@@ -1,17 +1,21 @@
 //! The reverse-proxy door: Pingora [`ProxyHttp`] hooks that route `/{api}/{rest}?{query}` to
-//! the API's base URL through the shared policy pipeline and egress guard.
+//! the API's base URL. Admission decides ([`Pipeline::admit`]); these hooks translate its
+//! outcome into Pingora's phases.
 //!
 //! Hook order for one request:
-//! - `request_filter`: route, judge with the pipeline, resolve and vet the destination; a
-//!   denial is written here as `application/problem+json` and the request ends;
+//! - `request_filter`: describe the call, admit or refuse it; a refusal is written here as
+//!   `application/problem+json` and the request ends;
 //! - `upstream_peer`: dial the vetted address, SNI = the API's host;
-//! - `upstream_request_filter`: set the path, `Host`, strip the caller's own credentials,
-//!   inject the API's credential;
-//! - `request_body_filter`: count streamed body bytes against `max_body_size`;
+//! - `upstream_request_filter`: set the path and `Host`, apply the outbound header plan,
+//!   inject the credential;
+//! - `request_body_filter`: count streamed body bytes against `max_body_size`, finish a
+//!   signed body's digest;
 //! - `upstream_response_body_filter`: enforce the total deadline between reads;
-//! - `fail_to_proxy`: timeouts become 504, other upstream failures 502, as problem+json.
+//! - `fail_to_proxy`: timeouts become 504, other upstream failures 502, as problem+json;
+//! - `logging`: finish the call record.
+//!
+//! [`Pipeline::admit`]: crate::policy::Pipeline::admit
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,13 +26,13 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::auth;
-use crate::config::Api;
+use crate::call::{insert_rate_limit_headers, problem, CallRecord};
 use crate::egress::{self, Egress};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{Gateway, Live};
-use crate::policy::{CallRequest, CallerRequest, Door};
-use crate::ratelimit::{self, PolicyState};
+use crate::policy::body::{self, DigestCheck};
+use crate::policy::{outbound, Admitted, Call, CallerRequest, Door, Payload, Who};
+use crate::trace::TraceContext;
 
 /// The proxy door.
 pub struct ProxyDoor {
@@ -48,143 +52,55 @@ pub struct ProxyCtx {
     /// Counts this request until it is done (a graceful shutdown waits for it).
     _in_flight: crate::gateway::InFlight,
     started: Instant,
-    target: Option<Target>,
+    /// The call's record, opened in `request_filter`, finished in `logging`.
+    record: Option<CallRecord>,
+    /// The admitted call.
+    target: Option<Admitted>,
     body_bytes: u64,
-    /// For a signed request: the digest its signature covers, and the body hashed so far.
-    body_digest: Option<([u8; 32], sha2::Sha256)>,
+    /// For a signed request: the digest its body must match, checked as it streams.
+    body_digest: Option<DigestCheck>,
     /// A refusal decided while streaming the body, shown by `fail_to_proxy`.
     refusal: Option<GatewayError>,
     /// The error the caller was answered with, for metrics and audit.
     answered: Option<GatewayError>,
-    /// Who called, once identified.
-    caller: Option<crate::policy::Caller>,
-    /// When the upstream exchange began.
-    upstream_started: Option<Instant>,
-    /// The call's server span (and its upstream client span), when tracing is on.
-    span: Option<crate::telemetry::otlp::CallSpan>,
 }
-
-struct Target {
-    api: Arc<Api>,
-    addr: SocketAddr,
-    path_and_query: String,
-    rate_limits: Vec<PolicyState>,
-}
-
-/// Adds the IETF `RateLimit-Policy`/`RateLimit` fields (and, when configured, the legacy
-/// `X-RateLimit-*` ones for the policy with the least room left).
-fn insert_rate_limit_headers(
-    h: &mut ResponseHeader,
-    states: &[PolicyState],
-    legacy: bool,
-) -> Result<()> {
-    if states.is_empty() {
-        return Ok(());
-    }
-    let (policy, limit) = ratelimit::header_values(states);
-    h.insert_header("ratelimit-policy", policy)?;
-    h.insert_header("ratelimit", limit)?;
-    if legacy {
-        if let Some(s) = states.iter().min_by_key(|s| s.remaining) {
-            h.insert_header("x-ratelimit-limit", s.requests.to_string())?;
-            h.insert_header("x-ratelimit-remaining", s.remaining.to_string())?;
-            h.insert_header(
-                "x-ratelimit-reset",
-                ratelimit::ceil_secs(s.reset).to_string(),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// Headers that carry the caller's own credentials to the gateway. They are consumed here and
-/// never forwarded upstream (nor are the signature headers, see [`auth::signature::HEADERS`]).
-const CALLER_CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-];
 
 async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gateway) -> Result<()> {
-    let legacy_rate_headers = gateway.config.rate_limits.legacy_headers;
-    let body = Bytes::from(e.problem_json().to_string());
-    let mut h = ResponseHeader::build(e.kind.status(), Some(7))?;
-    if e.kind == ErrorKind::Unauthorized {
-        // The metadata lives on the MCP listener, not on this one, so this request's Host
-        // says nothing about its address: `auth.resource` (or `server.mcp_listen`) does.
-        let url = auth::metadata_url(&gateway.config, None);
-        h.insert_header(
-            http::header::WWW_AUTHENTICATE,
-            auth::www_authenticate(e, &url),
-        )?;
-    }
-    h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
-    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if let Some(d) = &e.rate_limit {
-        h.insert_header(
-            http::header::RETRY_AFTER,
-            ratelimit::ceil_secs(d.retry_after).to_string(),
-        )?;
-        insert_rate_limit_headers(&mut h, &d.states, legacy_rate_headers)?;
-    }
+    // The metadata lives on the MCP listener, not on this one, so this request's Host says
+    // nothing about its address: `auth.resource` (or `server.mcp_listen`) does.
+    let (h, body) = problem(&gateway.config, e, None)?;
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
 }
 
 impl ProxyDoor {
-    /// The gateway path for an upstream `Location` that lands in an allow-listed API.
-    fn gateway_location(gw: &Gateway, t: &Target, location: &str) -> Option<String> {
-        let here = t.api.base.url_of(&t.path_and_query)?;
-        let mut next = here.join(location).ok()?;
-        // Never hand an injected query credential back to the caller.
-        let hidden: Vec<&str> = [&t.api]
-            .into_iter()
-            .chain(gw.config.apis.iter())
-            .filter_map(|a| match &a.credential {
-                Some(crate::config::Credential {
-                    placement: crate::config::CredentialPlacement::Query(name),
-                    ..
-                }) => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        if next.query().is_some() && !hidden.is_empty() {
-            let kept: Vec<(String, String)> = next
-                .query_pairs()
-                .filter(|(k, _)| !hidden.contains(&k.as_ref()))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            next.set_query(None);
-            if !kept.is_empty() {
-                next.query_pairs_mut().extend_pairs(kept);
-            }
+    /// The API a proxy path names in its first segment (`/{api}/…`), and the endpoint after it.
+    fn route(path: &str) -> (&str, &str) {
+        match path.trim_start_matches('/').split_once('/') {
+            Some((a, r)) => (a, r),
+            None => (path.trim_start_matches('/'), ""),
         }
-        let (api, endpoint) = gw.config.api_for_url(&next, &t.api.name)?;
-        Some(format!("/{}{endpoint}", api.name))
-    }
-
-    /// The configured API a proxy path names in its first segment (`/{api}/…`), if any.
-    fn routed_api<'g>(gw: &'g Gateway, path: &str) -> Option<&'g Arc<Api>> {
-        let name = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        gw.config.apis.iter().find(|a| a.name == name)
     }
 
     /// The call's server span, named `{method} {route}` after the HTTP conventions; the route
-    /// names a configured API or nothing, so span names stay few.
-    fn start_span(gw: &Gateway, session: &Session) -> Option<crate::telemetry::otlp::CallSpan> {
+    /// names a configured API or nothing, so span names stay few. A call that starts a trace
+    /// gives `trace` its id.
+    fn start_span(
+        gw: &Gateway,
+        session: &Session,
+        api: &str,
+        trace: &mut TraceContext,
+    ) -> Option<crate::telemetry::otlp::CallSpan> {
         use opentelemetry::KeyValue;
         gw.tracing.as_ref()?;
         let req = session.req_header();
-        let mut trace = crate::trace::TraceContext::from_headers(&req.headers);
-        let route = Self::routed_api(gw, req.uri.path()).map(|a| format!("/{}/{{path}}", a.name));
+        let route = gw.config.api(api).map(|a| format!("/{}/{{path}}", a.name));
         let method = req.method.as_str();
         let name = match &route {
             Some(r) => format!("{method} {r}"),
             None => method.to_string(),
         };
-        gw.server_span(name, &mut trace, || {
+        gw.server_span(name, trace, || {
             let mut attrs = vec![
                 KeyValue::new("http.request.method", method.to_string()),
                 KeyValue::new("url.path", req.uri.path().to_string()),
@@ -208,98 +124,77 @@ impl ProxyDoor {
         })
     }
 
-    /// Identifies the caller, routes and judges the request; returns the upstream target or
-    /// the caller-facing error.
+    /// Describes the request as a call and admits or refuses it.
     async fn admit(
-        &self,
         session: &Session,
         ctx: &mut ProxyCtx,
-    ) -> std::result::Result<Target, GatewayError> {
+    ) -> std::result::Result<Admitted, GatewayError> {
         let gw = ctx.gw.clone();
         let req = session.req_header();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let caller = gw
-            .pipeline
-            .identify(&CallerRequest {
-                peer,
-                method: &req.method,
-                path: req.uri.path(),
-                query: req.uri.query().unwrap_or(""),
-                headers: &req.headers,
-                raw_head: raw_head.as_deref(),
-                body: None,
-            })
-            .await?;
-        let mut caller = caller;
-        if let Some(s) = ctx.span.as_mut() {
-            // A trace started here: the span's trace id is the one audit records carry.
-            caller.trace.trace_id = s.trace_id();
-            s.set(opentelemetry::KeyValue::new(
-                "api_gateway.principal",
-                caller.principal.id.clone(),
-            ));
-        }
-        ctx.caller = Some(caller.clone());
-        if let Some(v) = &caller.signature {
-            use sha2::Digest;
-            ctx.body_digest = Some((v.content_sha256, sha2::Sha256::new()));
-        }
         let path = req.uri.path();
-        let (api_name, rest) = match path.trim_start_matches('/').split_once('/') {
-            Some((a, r)) => (a, r),
-            None => (path.trim_start_matches('/'), ""),
+        let (api_name, rest) = Self::route(path);
+        let target = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
         };
-        if api_name.is_empty() {
-            return Err(GatewayError::unknown_api("route requests as /{api}/{path}"));
-        }
         let endpoint = match req.uri.query() {
             Some(q) => format!("/{rest}?{q}"),
             None => format!("/{rest}"),
         };
-        let header_str =
-            |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let content_length = match header_str(http::header::CONTENT_LENGTH) {
-            Some(v) => Some(
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| GatewayError::invalid_header("Content-Length is not a number"))?,
-            ),
-            None => None,
-        };
-        let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-        if !chunked && content_length.unwrap_or(0) == 0 {
-            // No body will stream, so a signature's body digest is checked now.
-            if let Some(v) = &caller.signature {
-                crate::policy::check_body_digest(v, b"")?;
-            }
-            ctx.body_digest = None;
-        }
-        let decision = gw
-            .pipeline
-            .evaluate(&CallRequest {
-                door: Door::Proxy,
-                api: api_name,
+        let mut record = CallRecord::open(
+            &gw,
+            Door::Proxy,
+            req.method.as_str(),
+            api_name,
+            &target,
+            None,
+        );
+        let mut trace = TraceContext::from_headers(&req.headers);
+        record.span = Self::start_span(&gw, session, api_name, &mut trace);
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let call = Call {
+            door: Door::Proxy,
+            who: Who::Request(CallerRequest {
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
                 method: &req.method,
-                endpoint: &endpoint,
-                content_length,
-                has_body: chunked || content_length.is_some_and(|n| n > 0),
-                content_type: header_str(http::header::CONTENT_TYPE),
-                caller: &caller,
-            })
-            .await?;
-        let addr = gw.egress.resolve(&decision.api).await?;
-        let path_and_query =
-            egress::upstream_path_and_query(&decision.api, &decision.endpoint, &[]);
-        Ok(Target {
-            api: decision.api,
-            addr,
-            path_and_query,
-            rate_limits: decision.rate_limits,
-        })
+                path,
+                query: req.uri.query().unwrap_or(""),
+                headers: &req.headers,
+                raw_head: raw_head.as_deref(),
+                body: None,
+                trace,
+            }),
+            api: api_name,
+            method: &req.method,
+            endpoint: &endpoint,
+            query: &[],
+            payload: Payload::Streamed {
+                headers: &req.headers,
+            },
+        };
+        let outcome = gw.pipeline.admit(&call).await;
+        let caller = match &outcome {
+            Ok(a) => Some(&a.caller),
+            Err(r) => r.caller.as_ref(),
+        };
+        if let Some(c) = caller {
+            record.identified(c);
+            if let Some(s) = record.span.as_mut() {
+                s.set(opentelemetry::KeyValue::new(
+                    "api_gateway.principal",
+                    c.principal.id.clone(),
+                ));
+            }
+        }
+        let outcome = outcome.map_err(|r| r.error);
+        if let Ok(a) = &outcome {
+            record.admitted(a);
+        }
+        ctx.record = Some(record);
+        outcome
     }
 }
 
@@ -312,37 +207,24 @@ impl ProxyHttp for ProxyDoor {
             gw: self.live.current(),
             _in_flight: self.live.enter(),
             started: Instant::now(),
+            record: None,
             target: None,
             body_bytes: 0,
             body_digest: None,
             refusal: None,
             answered: None,
-            caller: None,
-            upstream_started: None,
-            span: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         ctx.started = Instant::now();
-        ctx.span = Self::start_span(&ctx.gw, session);
-        let admitted = match self.admit(session, ctx).await {
-            // A call that could not be audited is refused when audit.on_failure = "block".
-            Ok(t) => ctx.gw.audit_admit().map(|()| t),
-            Err(e) => Err(e),
-        };
-        match admitted {
-            Ok(t) => {
-                ctx.target = Some(t);
+        match Self::admit(session, ctx).await {
+            Ok(admitted) => {
+                ctx.body_digest = admitted.body_digest.map(DigestCheck::new);
+                ctx.target = Some(admitted);
                 Ok(false)
             }
             Err(e) => {
-                tracing::info!(
-                    error = e.kind.code(),
-                    reason = e.reason.unwrap_or(""),
-                    door = "proxy",
-                    "request refused"
-                );
                 write_problem(session, &e, &ctx.gw).await?;
                 ctx.answered = Some(e);
                 Ok(true)
@@ -359,7 +241,9 @@ impl ProxyHttp for ProxyDoor {
             .target
             .as_ref()
             .ok_or_else(|| Error::explain(InternalError, "no target after request_filter"))?;
-        ctx.upstream_started = Some(Instant::now());
+        if let Some(r) = ctx.record.as_mut() {
+            r.upstream_started = Some(Instant::now());
+        }
         Ok(Box::new(Egress::peer(&t.api, t.addr)))
     }
 
@@ -379,36 +263,24 @@ impl ProxyHttp for ProxyDoor {
             .map_err(|_| Error::explain(InternalError, "upstream URI did not parse"))?;
         upstream.set_uri(uri);
         upstream.insert_header(http::header::HOST, t.api.base.host_header())?;
-        for h in CALLER_CREDENTIAL_HEADERS
-            .iter()
-            .chain(auth::signature::HEADERS)
-        {
-            upstream.remove_header(*h);
-        }
-        // Forwarding metadata from the caller is not trusted or passed on.
-        let forwarded: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|k| {
-                k.as_str().starts_with("x-forwarded-") || *k == "forwarded" || *k == "x-real-ip"
-            })
-            .cloned()
-            .collect();
-        for k in forwarded {
-            upstream.remove_header(&k);
+        // The outbound rule: the caller's own credentials and forwarding metadata stay here.
+        for h in &t.headers.strip {
+            upstream.remove_header(h);
         }
         // The caller's trace continues upstream, under this hop's client span.
-        if let Some(c) = &ctx.caller {
-            let tp = ctx.gw.upstream_traceparent(
-                ctx.span.as_mut(),
-                &c.trace,
-                upstream.method.as_str(),
-                &t.api,
-                &t.path_and_query,
-            );
-            upstream.insert_header("traceparent", tp)?;
+        let tp = ctx.gw.upstream_traceparent(
+            ctx.record.as_mut().and_then(|r| r.span.as_mut()),
+            &t.caller.trace,
+            upstream.method.as_str(),
+            &t.api,
+            &t.path_and_query,
+        );
+        upstream.insert_header("traceparent", tp)?;
+        if let Some((name, value)) = &t.headers.credential {
+            upstream.remove_header(name);
+            upstream.insert_header(name.clone(), value.clone())?;
         }
-        egress::inject_credential_header(&t.api, upstream)
+        Ok(())
     }
 
     async fn request_body_filter(
@@ -427,20 +299,16 @@ impl ProxyHttp for ProxyDoor {
                     format!("request body exceeds {limit} bytes"),
                 );
             }
-            if let Some((_, hasher)) = &mut ctx.body_digest {
-                sha2::Digest::update(hasher, b);
+            if let Some(d) = &mut ctx.body_digest {
+                d.update(b);
             }
         }
         // A signed body is checked before its last chunk leaves: on a mismatch the upstream
         // never receives a complete request.
         if end_of_stream {
-            if let Some((expected, hasher)) = ctx.body_digest.take() {
-                let actual: [u8; 32] = sha2::Digest::finalize(hasher).into();
-                if actual != expected {
-                    ctx.refusal = Some(auth::unauthorized(
-                        "signature_invalid",
-                        "the body does not match X-Content-SHA256",
-                    ));
+            if let Some(d) = ctx.body_digest.take() {
+                if let Err(e) = d.finish() {
+                    ctx.refusal = Some(e);
                     return Error::e_explain(HTTPStatus(401), "body digest mismatch");
                 }
             }
@@ -471,7 +339,7 @@ impl ProxyHttp for ProxyDoor {
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         let Some(t) = &ctx.target else { return Ok(()) };
-        if let Some(s) = ctx.span.as_mut() {
+        if let Some(s) = ctx.record.as_mut().and_then(|r| r.span.as_mut()) {
             s.upstream_answered(response.status.as_u16());
         }
         insert_rate_limit_headers(
@@ -485,7 +353,12 @@ impl ProxyHttp for ProxyDoor {
             .headers
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|loc| Self::gateway_location(&ctx.gw, t, loc));
+            .and_then(|loc| {
+                let here = t.api.base.url_of(&t.path_and_query)?;
+                let (api, endpoint) =
+                    outbound::redirect_target(&ctx.gw.config, &t.api, &here, loc)?;
+                Some(format!("/{}{endpoint}", api.name))
+            });
         if let Some(loc) = rewritten {
             response.insert_header(http::header::LOCATION, loc)?;
         }
@@ -530,10 +403,7 @@ impl ProxyHttp for ProxyDoor {
     ) -> FailToProxy {
         let err = match (e.etype(), &ctx.target) {
             _ if ctx.refusal.is_some() => ctx.refusal.take().expect("checked"),
-            (HTTPStatus(413), _) => GatewayError::payload_too_large(format!(
-                "request body exceeds the limit of {} bytes",
-                ctx.gw.config.request.max_body_size
-            )),
+            (HTTPStatus(413), _) => body::too_large(ctx.gw.config.request.max_body_size, None),
             (HTTPStatus(code), _) if *code < 500 => {
                 GatewayError::new(ErrorKind::InvalidArguments, "bad request")
             }
@@ -576,71 +446,27 @@ impl ProxyHttp for ProxyDoor {
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
         if let Some(t) = &ctx.target {
-            let principal = ctx.caller.as_ref().map(|c| c.principal.id.as_str());
-            crate::telemetry::metrics().upstream(Door::Proxy, &t.api, reused, principal);
+            crate::telemetry::metrics().upstream(
+                Door::Proxy,
+                &t.api,
+                reused,
+                Some(t.caller.principal.id.as_str()),
+            );
         }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ProxyCtx) {
-        let req = session.req_header();
-        // A configured API name, or `unknown`: the label set stays bounded.
-        let api = match &ctx.target {
-            Some(t) => t.api.name.as_str(),
-            None => {
-                Self::routed_api(&ctx.gw, req.uri.path()).map_or("unknown", |a| a.name.as_str())
-            }
+        let Some(mut record) = ctx.record.take() else {
+            return;
         };
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .or(ctx.answered.as_ref().map(|e| e.kind.status()))
             .unwrap_or(0);
-        crate::telemetry::metrics().call(
-            Door::Proxy,
-            api,
-            req.method.as_str(),
-            status,
-            ctx.started.elapsed(),
-            ctx.answered.as_ref(),
-        );
-        if let Some(mut span) = ctx.span.take() {
-            if ctx.target.is_some() {
-                span.set(opentelemetry::KeyValue::new(
-                    "api_gateway.api",
-                    api.to_string(),
-                ));
-            }
-            span.end(status, ctx.answered.as_ref());
-        }
-
-        ctx.gw.audit(|| {
-            let target = match req.uri.query() {
-                Some(q) => format!("{}?{q}", req.uri.path()),
-                None => req.uri.path().to_string(),
-            };
-            let mut event = crate::audit::AuditEvent::new(
-                Door::Proxy,
-                ctx.caller.as_ref(),
-                req.method.as_str(),
-                &target,
-            );
-            event.api = api.to_string();
-            event.status = status;
-            event.bytes_in = session.body_bytes_read() as u64;
-            event.bytes_out = session.body_bytes_sent() as u64;
-            event.upstream_ms = ctx
-                .upstream_started
-                .map(|t| t.elapsed().as_secs_f64() * 1000.0);
-            if let Some(t) = &ctx.target {
-                event.cost = t.api.cost_per_call;
-                event.rate_limit = crate::ratelimit::tightest_json(&t.rate_limits);
-            }
-            if let Some(e) = &ctx.answered {
-                event.failed(e);
-                event.cost = None;
-            }
-            event
-        });
+        record.bytes_in = session.body_bytes_read() as u64;
+        record.bytes_out = session.body_bytes_sent() as u64;
+        record.finish(&ctx.gw, status, ctx.answered.as_ref());
     }
 }

@@ -20,7 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub mod redis;
-pub use self::redis::{OnError, RedisLimiter, RedisSettings, StoreUnavailable};
+pub use self::redis::{RedisLimiter, StoreUnavailable};
+pub use crate::config::{OnError, Policy, RedisSettings, Topology};
+pub use crate::types::{ceil_secs, PolicyState};
 
 /// The configured rate-limit store.
 pub enum Limiter {
@@ -61,17 +63,6 @@ impl Limiter {
     }
 }
 
-/// One validated policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// Shown to callers (`RateLimit-Policy`, MCP `policy`), e.g. `api.github` or `per_user`.
-    pub name: String,
-    pub requests: u32,
-    pub window: Duration,
-    /// 1 ≤ burst ≤ requests; defaults to `requests`.
-    pub burst: u32,
-}
-
 impl Policy {
     fn window_ns(&self) -> u64 {
         self.window.as_nanos().min(u64::MAX as u128) as u64
@@ -81,18 +72,6 @@ impl Policy {
     fn interval_ns(&self) -> u64 {
         self.window_ns().div_ceil(u64::from(self.requests.max(1)))
     }
-}
-
-/// The state of one policy after a decision, for rate-limit response fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyState {
-    pub name: String,
-    pub requests: u32,
-    pub window: Duration,
-    /// Requests that could still be admitted back to back now.
-    pub remaining: u32,
-    /// Time until the oldest admission in the window leaves it.
-    pub reset: Duration,
 }
 
 /// The outcome of checking every applicable policy.
@@ -413,11 +392,6 @@ pub fn header_values(states: &[PolicyState]) -> (String, String) {
         .collect::<Vec<_>>()
         .join(", ");
     (policy, limit)
-}
-
-/// Whole seconds, rounded up, for `Retry-After` and `t=`.
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_nanos().div_ceil(1_000_000_000) as u64
 }
 
 /// The policy with the least room left, for the audit record: `{policy, remaining}`.

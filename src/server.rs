@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::config::{Listener, TlsConfig};
 use crate::gateway::{Gateway, Live};
 use crate::mcp::McpHttpApp;
 use crate::proxy::ProxyDoor;
-use crate::tls::{Listener, TlsConfig};
 
 /// Fails fast when a listen address cannot be bound. Pingora itself logs "in use, will try
 /// again" and retries forever, which would leave a second gateway silently not serving.

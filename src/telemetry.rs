@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::policy::Door;
+use crate::types::Door;
 
 pub struct Metrics {
     registry: Registry,
@@ -351,7 +351,7 @@ impl Metrics {
         self.errors
             .with_label_values(&[api, door, e.kind.code()])
             .inc();
-        let reason = e.reason.unwrap_or(e.kind.code());
+        let reason = e.reason_code();
         match e.kind {
             ErrorKind::Unauthorized => {
                 self.auth_failures.with_label_values(&[reason, door]).inc();

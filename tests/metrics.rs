@@ -130,7 +130,7 @@ async fn calls_refusals_and_latency_are_counted_per_door() {
     );
     assert_eq!(
         m(
-            "api_policy_denials_total{door=\"proxy\",reason=\"forbidden\"}",
+            "api_policy_denials_total{door=\"proxy\",reason=\"method_not_allowed\"}",
             1.0
         )
         .await,

@@ -21,7 +21,6 @@ async fn allowed_call_reaches_upstream_with_injected_credential_and_no_caller_to
             format!("Bearer {}", jwt(serde_json::json!({}))),
         )
         .header("Cookie", "session=agent")
-        .header("X-Upstream-Key", "caller-forged-value")
         .header("X-Forwarded-For", "6.6.6.6")
         .send()
         .await
@@ -45,6 +44,29 @@ async fn allowed_call_reaches_upstream_with_injected_credential_and_no_caller_to
         s.header("host"),
         Some(format!("127.0.0.1:{}", up.port).as_str())
     );
+}
+
+/// The header the API's credential goes in is the gateway's: a caller that sets it is
+/// refused (the same reason as on the MCP door), and nothing reaches the upstream.
+#[tokio::test]
+async fn a_caller_setting_the_credential_header_is_refused() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let r = client()
+        .get(gw.proxy_url("/local/items/42"))
+        .header(
+            "Authorization",
+            format!("Bearer {}", jwt(serde_json::json!({}))),
+        )
+        .header("X-Upstream-Key", "caller-forged-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_header");
+    assert_eq!(body["reason"], "credential_header");
+    assert!(up.seen().is_empty());
 }
 
 #[tokio::test]

@@ -455,6 +455,7 @@ fn direct_limiter(redis: &Redis) -> api_gateway_mcp::ratelimit::Limiter {
             timeout: Duration::from_secs(2),
             cooldown: Duration::from_secs(1),
             on_error: OnError::Deny,
+            topology: api_gateway_mcp::config::Topology::Standalone,
         })
         .unwrap(),
     ))

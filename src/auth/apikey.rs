@@ -52,7 +52,10 @@ impl KeyStore {
     /// matched, so timing reveals nothing about which entry (if any) is close.
     pub fn verify(&self, presented: &str) -> Result<Principal, GatewayError> {
         if presented.is_empty() || presented.len() > 512 {
-            return Err(unauthorized("invalid_api_key", "the API key is not valid"));
+            return Err(unauthorized(
+                crate::error::Reason::InvalidApiKey,
+                "the API key is not valid",
+            ));
         }
         let d = digest(presented, self.pepper.as_deref());
         let mut found: Option<&ApiKey> = None;
@@ -62,9 +65,12 @@ impl KeyStore {
             }
         }
         match found {
-            None => Err(unauthorized("invalid_api_key", "the API key is not valid")),
+            None => Err(unauthorized(
+                crate::error::Reason::InvalidApiKey,
+                "the API key is not valid",
+            )),
             Some(k) if k.revoked => Err(unauthorized(
-                "revoked_api_key",
+                crate::error::Reason::RevokedApiKey,
                 "the API key has been revoked",
             )),
             Some(k) => Ok(Principal {
@@ -104,15 +110,27 @@ mod tests {
         );
         assert_eq!(store.verify("key-a").unwrap().id, "key:a");
         assert_eq!(
-            store.verify("key-b").unwrap_err().reason,
+            store
+                .verify("key-b")
+                .unwrap_err()
+                .reason
+                .map(crate::error::Reason::code),
             Some("revoked_api_key")
         );
         assert_eq!(
-            store.verify("key-c").unwrap_err().reason,
+            store
+                .verify("key-c")
+                .unwrap_err()
+                .reason
+                .map(crate::error::Reason::code),
             Some("invalid_api_key")
         );
         assert_eq!(
-            store.verify("").unwrap_err().reason,
+            store
+                .verify("")
+                .unwrap_err()
+                .reason
+                .map(crate::error::Reason::code),
             Some("invalid_api_key")
         );
     }

@@ -211,12 +211,12 @@ impl JwtVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             if declared_alg(token).is_some_and(|a| a.eq_ignore_ascii_case("none")) {
                 unauthorized(
-                    "algorithm_not_allowed",
+                    crate::error::Reason::AlgorithmNotAllowed,
                     "unsigned tokens (alg none) are never accepted",
                 )
             } else {
                 unauthorized(
-                    "malformed_token",
+                    crate::error::Reason::MalformedToken,
                     "the bearer token is not a well-formed JWT",
                 )
             }
@@ -224,7 +224,7 @@ impl JwtVerifier {
         let issuer = match self.issuers.as_slice() {
             [] => {
                 return Err(unauthorized(
-                    "method_not_enabled",
+                    crate::error::Reason::MethodNotEnabled,
                     "bearer tokens are not accepted",
                 ))
             }
@@ -237,11 +237,16 @@ impl JwtVerifier {
                 iss.and_then(|iss| list.iter().find(|i| i.cfg.issuer == iss))
             }
         }
-        .ok_or_else(|| unauthorized("invalid_issuer", "the token's issuer is not trusted"))?;
+        .ok_or_else(|| {
+            unauthorized(
+                crate::error::Reason::InvalidIssuer,
+                "the token's issuer is not trusted",
+            )
+        })?;
 
         if !issuer.cfg.algorithms.contains(&header.alg) {
             return Err(unauthorized(
-                "algorithm_not_allowed",
+                crate::error::Reason::AlgorithmNotAllowed,
                 format!("algorithm {:?} is not allowed for this issuer", header.alg),
             ));
         }
@@ -269,7 +274,7 @@ impl JwtVerifier {
             .collect();
         if candidates.is_empty() {
             return Err(unauthorized(
-                "unknown_key",
+                crate::error::Reason::UnknownKey,
                 "no trusted key matches the token's kid and algorithm",
             ));
         }
@@ -285,30 +290,36 @@ impl JwtVerifier {
         let e = last.expect("candidates is not empty");
         Err(match e.kind() {
             JwtErrorKind::ExpiredSignature => {
-                unauthorized("token_expired", "the token has expired")
+                unauthorized(crate::error::Reason::TokenExpired, "the token has expired")
             }
-            JwtErrorKind::ImmatureSignature => {
-                unauthorized("token_not_yet_valid", "the token is not valid yet (nbf)")
-            }
+            JwtErrorKind::ImmatureSignature => unauthorized(
+                crate::error::Reason::TokenNotYetValid,
+                "the token is not valid yet (nbf)",
+            ),
             JwtErrorKind::InvalidAudience => unauthorized(
-                "invalid_audience",
+                crate::error::Reason::InvalidAudience,
                 "the token was not issued for this gateway (aud)",
             ),
-            JwtErrorKind::InvalidIssuer => {
-                unauthorized("invalid_issuer", "the token's issuer is not trusted")
-            }
+            JwtErrorKind::InvalidIssuer => unauthorized(
+                crate::error::Reason::InvalidIssuer,
+                "the token's issuer is not trusted",
+            ),
             JwtErrorKind::MissingRequiredClaim(c) => unauthorized(
-                "missing_claim",
+                crate::error::Reason::MissingClaim,
                 format!("the token lacks the required claim {c:?}"),
             ),
-            JwtErrorKind::InvalidSignature => {
-                unauthorized("invalid_signature", "the token's signature is not valid")
-            }
+            JwtErrorKind::InvalidSignature => unauthorized(
+                crate::error::Reason::InvalidSignature,
+                "the token's signature is not valid",
+            ),
             JwtErrorKind::InvalidAlgorithm => unauthorized(
-                "algorithm_not_allowed",
+                crate::error::Reason::AlgorithmNotAllowed,
                 "the token's algorithm does not match its key",
             ),
-            _ => unauthorized("malformed_token", "the bearer token could not be verified"),
+            _ => unauthorized(
+                crate::error::Reason::MalformedToken,
+                "the bearer token could not be verified",
+            ),
         })
     }
 
@@ -321,15 +332,17 @@ impl JwtVerifier {
                 .unwrap_or_else(jsonwebtoken::get_current_timestamp);
             if exp.saturating_sub(start) > max.as_secs() {
                 return Err(unauthorized(
-                    "token_lifetime_too_long",
+                    crate::error::Reason::TokenLifetimeTooLong,
                     format!("tokens may live at most {} s", max.as_secs()),
                 ));
             }
         }
-        let sub = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .ok_or_else(|| unauthorized("missing_claim", "the token lacks a sub claim"))?;
+        let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| {
+            unauthorized(
+                crate::error::Reason::MissingClaim,
+                "the token lacks a sub claim",
+            )
+        })?;
         Ok(Principal {
             id: format!("jwt:{sub}"),
             kind: PrincipalKind::Jwt,
@@ -405,7 +418,7 @@ mod tests {
     }
 
     async fn reason(v: &JwtVerifier, t: &str) -> &'static str {
-        v.verify(t).await.unwrap_err().reason.unwrap()
+        v.verify(t).await.unwrap_err().reason.unwrap().code()
     }
 
     #[tokio::test]

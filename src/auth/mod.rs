@@ -68,7 +68,19 @@ impl Principal {
 }
 
 /// A 401 with a machine-readable reason.
-pub fn unauthorized(reason: &'static str, message: impl Into<String>) -> GatewayError {
+/// Who is calling, as established once per HTTP request (or once per stdio session).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The client's address (behind trusted proxies, the forwarded one).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// A verified request signature, if the request carried one.
+    pub signature: Option<signature::Verified>,
+    /// The caller's W3C trace context, or a new trace.
+    pub trace: crate::trace::TraceContext,
+}
+
+pub fn unauthorized(reason: crate::error::Reason, message: impl Into<String>) -> GatewayError {
     GatewayError::unauthorized(message).with_reason(reason)
 }
 
@@ -87,13 +99,13 @@ fn presented(headers: &HeaderMap) -> Result<Presented<'_>, GatewayError> {
         };
         if values.next().is_some() {
             return Err(unauthorized(
-                "ambiguous_credentials",
+                crate::error::Reason::AmbiguousCredentials,
                 format!("more than one {name} header"),
             ));
         }
         first.to_str().map(|s| Some(s.trim())).map_err(|_| {
             unauthorized(
-                "malformed_credentials",
+                crate::error::Reason::MalformedCredentials,
                 format!("the {name} header is not text"),
             )
         })
@@ -102,7 +114,7 @@ fn presented(headers: &HeaderMap) -> Result<Presented<'_>, GatewayError> {
     let key = text("x-api-key")?;
     match (authz, key) {
         (Some(_), Some(_)) => Err(unauthorized(
-            "ambiguous_credentials",
+            crate::error::Reason::AmbiguousCredentials,
             "send either Authorization or X-API-Key, not both",
         )),
         (None, Some(k)) => Ok(Presented::ApiKey(k)),
@@ -112,7 +124,7 @@ fn presented(headers: &HeaderMap) -> Result<Presented<'_>, GatewayError> {
             let rest = rest.trim();
             if rest.is_empty() {
                 return Err(unauthorized(
-                    "malformed_credentials",
+                    crate::error::Reason::MalformedCredentials,
                     "the Authorization header has no credentials after its scheme",
                 ));
             }
@@ -122,7 +134,7 @@ fn presented(headers: &HeaderMap) -> Result<Presented<'_>, GatewayError> {
                 Ok(Presented::ApiKey(rest))
             } else {
                 Err(unauthorized(
-                    "unsupported_scheme",
+                    crate::error::Reason::UnsupportedScheme,
                     "the Authorization scheme must be Bearer or ApiKey",
                 ))
             }
@@ -167,13 +179,13 @@ impl Authenticator {
         match presented(headers)? {
             Presented::None if !auth.required => Ok(Principal::anonymous()),
             Presented::None => Err(unauthorized(
-                "missing_credentials",
+                crate::error::Reason::MissingCredentials,
                 "authentication is required: send Authorization: Bearer <token> or X-API-Key",
             )),
             Presented::ApiKey(k) => {
                 if !auth.accepts(AuthMethod::ApiKey) {
                     return Err(unauthorized(
-                        "method_not_enabled",
+                        crate::error::Reason::MethodNotEnabled,
                         "API keys are not accepted by this gateway",
                     ));
                 }
@@ -188,11 +200,11 @@ impl Authenticator {
                         o.introspect(token).await
                     }
                     _ if bearer => Err(unauthorized(
-                        "malformed_token",
+                        crate::error::Reason::MalformedToken,
                         "the bearer token is not a JWT",
                     )),
                     _ => Err(unauthorized(
-                        "method_not_enabled",
+                        crate::error::Reason::MethodNotEnabled,
                         "bearer tokens are not accepted by this gateway",
                     )),
                 }
@@ -232,7 +244,9 @@ pub fn roles_from_claims(claims: &Value, claim: Option<&str>) -> Vec<String> {
 /// `WWW-Authenticate` for a 401 (RFC 6750 + RFC 9728 `resource_metadata`).
 pub fn www_authenticate(e: &GatewayError, metadata_url: &str) -> String {
     let mut v = format!("Bearer realm=\"api-gateway-mcp\", resource_metadata=\"{metadata_url}\"");
-    if e.kind == ErrorKind::Unauthorized && e.reason != Some("missing_credentials") {
+    if e.kind == ErrorKind::Unauthorized
+        && e.reason != Some(crate::error::Reason::MissingCredentials)
+    {
         // RFC 6750 §3.1: a presented but unusable token is `invalid_token`.
         v.push_str(", error=\"invalid_token\"");
     }
@@ -250,7 +264,7 @@ pub fn resource_id(config: &Config, host: Option<&str>) -> String {
         .server
         .tls
         .as_ref()
-        .is_some_and(|t| t.covers(crate::tls::Listener::Mcp));
+        .is_some_and(|t| t.covers(crate::config::Listener::Mcp));
     match &config.auth.resource {
         Some(r) => r.clone(),
         None => format!(
@@ -314,20 +328,32 @@ mod tests {
         assert!(matches!(presented(&h), Ok(Presented::None)));
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(
-            presented(&h).err().unwrap().reason,
+            presented(&h)
+                .err()
+                .unwrap()
+                .reason
+                .map(crate::error::Reason::code),
             Some("unsupported_scheme")
         );
         h.insert("authorization", "ApiKey k1".parse().unwrap());
         assert!(matches!(presented(&h), Ok(Presented::ApiKey("k1"))));
         h.insert("x-api-key", "k2".parse().unwrap());
         assert_eq!(
-            presented(&h).err().unwrap().reason,
+            presented(&h)
+                .err()
+                .unwrap()
+                .reason
+                .map(crate::error::Reason::code),
             Some("ambiguous_credentials")
         );
         h.remove("authorization");
         h.append("x-api-key", "k3".parse().unwrap());
         assert_eq!(
-            presented(&h).err().unwrap().reason,
+            presented(&h)
+                .err()
+                .unwrap()
+                .reason
+                .map(crate::error::Reason::code),
             Some("ambiguous_credentials")
         );
     }

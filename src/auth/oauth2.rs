@@ -115,7 +115,7 @@ impl Introspector {
                 ErrorKind::AuthUnavailable,
                 "the token introspection endpoint is unavailable; retry later",
             )
-            .with_reason("introspection_unavailable")
+            .with_reason(crate::error::Reason::IntrospectionUnavailable)
         };
         let resp = self
             .egress
@@ -147,7 +147,10 @@ impl Introspector {
         let negative_ttl = self.cfg.cache_ttl.min(Duration::from_secs(5));
         if body.get("active").and_then(Value::as_bool) != Some(true) {
             return (
-                Err(unauthorized("inactive_token", "the token is not active")),
+                Err(unauthorized(
+                    crate::error::Reason::InactiveToken,
+                    "the token is not active",
+                )),
                 negative_ttl,
             );
         }
@@ -155,7 +158,10 @@ impl Introspector {
         let exp = body.get("exp").and_then(Value::as_u64);
         if exp.is_some_and(|e| e <= now) {
             return (
-                Err(unauthorized("token_expired", "the token has expired")),
+                Err(unauthorized(
+                    crate::error::Reason::TokenExpired,
+                    "the token has expired",
+                )),
                 negative_ttl,
             );
         }
@@ -171,7 +177,7 @@ impl Introspector {
             if !ok {
                 return (
                     Err(unauthorized(
-                        "invalid_audience",
+                        crate::error::Reason::InvalidAudience,
                         "the token was not issued for this gateway (aud)",
                     )),
                     negative_ttl,

@@ -104,22 +104,25 @@ impl SignatureVerifier {
         }
         if cfg.keys.is_empty() {
             return Err(unauthorized(
-                "signature_invalid",
+                crate::error::Reason::SignatureInvalid,
                 "request signatures are not configured on this gateway",
             ));
         }
         let get = |name: &str| -> Result<&str, GatewayError> {
             let mut all = headers.get_all(name).iter();
             match (all.next(), all.next()) {
-                (Some(v), None) => v
-                    .to_str()
-                    .map_err(|_| unauthorized("signature_invalid", format!("{name} is not text"))),
+                (Some(v), None) => v.to_str().map_err(|_| {
+                    unauthorized(
+                        crate::error::Reason::SignatureInvalid,
+                        format!("{name} is not text"),
+                    )
+                }),
                 (None, _) => Err(unauthorized(
-                    "signature_missing",
+                    crate::error::Reason::SignatureMissing,
                     format!("a signed request needs the {name} header"),
                 )),
                 (Some(_), Some(_)) => Err(unauthorized(
-                    "signature_invalid",
+                    crate::error::Reason::SignatureInvalid,
                     format!("more than one {name} header"),
                 )),
             }
@@ -133,14 +136,14 @@ impl SignatureVerifier {
         );
         let ts_val: i64 = ts.parse().map_err(|_| {
             unauthorized(
-                "signature_invalid",
+                crate::error::Reason::SignatureInvalid,
                 "X-Signature-Timestamp must be Unix seconds",
             )
         })?;
         let now = jsonwebtoken::get_current_timestamp() as i64;
         if (now - ts_val).unsigned_abs() > cfg.max_skew.as_secs() {
             return Err(unauthorized(
-                "signature_expired",
+                crate::error::Reason::SignatureExpired,
                 format!(
                     "the signature timestamp is more than {} s from the gateway's clock",
                     cfg.max_skew.as_secs()
@@ -153,20 +156,20 @@ impl SignatureVerifier {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(unauthorized(
-                "signature_invalid",
+                crate::error::Reason::SignatureInvalid,
                 "X-Signature-Nonce must be 16-128 characters of [A-Za-z0-9_-]",
             ));
         }
         let mut content = [0u8; 32];
         hex::decode_to_slice(digest, &mut content).map_err(|_| {
             unauthorized(
-                "signature_invalid",
+                crate::error::Reason::SignatureInvalid,
                 "X-Content-SHA256 must be 64 hex characters",
             )
         })?;
         let Some((_, secret)) = cfg.keys.iter().find(|(id, _)| id == key_id) else {
             return Err(unauthorized(
-                "signature_invalid",
+                crate::error::Reason::SignatureInvalid,
                 "the signature is not valid",
             ));
         };
@@ -188,7 +191,7 @@ impl SignatureVerifier {
                 .ct_eq(sig.to_ascii_lowercase().as_bytes()),
         ) {
             return Err(unauthorized(
-                "signature_invalid",
+                crate::error::Reason::SignatureInvalid,
                 "the signature is not valid",
             ));
         }
@@ -199,7 +202,7 @@ impl SignatureVerifier {
             .await?;
         if !fresh {
             return Err(unauthorized(
-                "signature_replayed",
+                crate::error::Reason::SignatureReplayed,
                 "this signature's nonce was already used",
             ));
         }
@@ -280,7 +283,8 @@ mod tests {
         assert!(check(HeaderMap::new(), "/x").await.unwrap().is_none());
         let h = signed(now, "nonce-0000000001", secret, "/x");
         assert!(check(h.clone(), "/x").await.unwrap().is_some());
-        let reason = |r: Result<Option<Verified>, GatewayError>| r.unwrap_err().reason.unwrap();
+        let reason =
+            |r: Result<Option<Verified>, GatewayError>| r.unwrap_err().reason.unwrap().code();
         assert_eq!(reason(check(h, "/x").await), "signature_replayed");
         let h = signed(now - 301, "nonce-0000000002", secret, "/x");
         assert_eq!(reason(check(h, "/x").await), "signature_expired");

@@ -218,7 +218,7 @@ pub struct ApiKey {
     pub roles: Vec<String>,
     pub allowed_apis: Option<Vec<String>>,
     pub revoked: bool,
-    pub rate_limit: Option<crate::ratelimit::Policy>,
+    pub rate_limit: Option<super::Policy>,
 }
 
 impl std::fmt::Debug for ApiKey {

@@ -90,7 +90,8 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 /// `security.ip_deny` first, then `security.ip_allow` (when set, only those may call).
 pub fn check_ip(rules: &IpRules, ip: Option<IpAddr>) -> Result<(), GatewayError> {
     let denied = || {
-        GatewayError::forbidden("calls from this address are not allowed").with_reason("ip_denied")
+        GatewayError::forbidden("calls from this address are not allowed")
+            .with_reason(crate::error::Reason::IpDenied)
     };
     match ip {
         Some(ip) => {
@@ -127,7 +128,9 @@ pub fn check_headers(limits: &HeaderLimits, headers: &HeaderMap) -> Result<(), G
             limits.max_header_bytes
         )));
     }
-    let smuggling = |why: &str| GatewayError::invalid_header(why).with_reason("ambiguous_framing");
+    let smuggling = |why: &str| {
+        GatewayError::invalid_header(why).with_reason(crate::error::Reason::AmbiguousFraming)
+    };
     let lengths: Vec<&http::HeaderValue> = headers
         .get_all(http::header::CONTENT_LENGTH)
         .iter()
@@ -173,7 +176,7 @@ pub fn check_raw_framing(raw_head: Option<&[u8]>) -> Result<(), GatewayError> {
         return Err(GatewayError::invalid_header(
             "a request must not carry both Content-Length and Transfer-Encoding",
         )
-        .with_reason("ambiguous_framing"));
+        .with_reason(crate::error::Reason::AmbiguousFraming));
     }
     Ok(())
 }
@@ -258,7 +261,7 @@ mod tests {
     use super::*;
     use crate::auth::PrincipalKind;
     use crate::config::Grant;
-    use crate::policy::PathPattern;
+    use crate::types::PathPattern;
 
     fn rules(allow: &[&str], deny: &[&str], trusted: &[&str]) -> IpRules {
         let nets = |l: &[&str]| l.iter().map(|s| s.parse().unwrap()).collect();
@@ -310,7 +313,10 @@ mod tests {
         assert!(check_ip(&r, Some(ip("10.1.2.3"))).is_ok());
         assert!(check_ip(&r, Some(ip("2001:db8::1"))).is_ok());
         assert_eq!(
-            check_ip(&r, Some(ip("10.9.1.1"))).unwrap_err().reason,
+            check_ip(&r, Some(ip("10.9.1.1")))
+                .unwrap_err()
+                .reason
+                .map(crate::error::Reason::code),
             Some("ip_denied")
         );
         assert!(check_ip(&r, Some(ip("192.0.2.1"))).is_err());
@@ -329,13 +335,19 @@ mod tests {
         assert!(check_headers(&limits, &h).is_ok());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         assert_eq!(
-            check_headers(&limits, &h).unwrap_err().reason,
+            check_headers(&limits, &h)
+                .unwrap_err()
+                .reason
+                .map(crate::error::Reason::code),
             Some("ambiguous_framing")
         );
         h.remove("transfer-encoding");
         h.append("content-length", "6".parse().unwrap());
         assert_eq!(
-            check_headers(&limits, &h).unwrap_err().reason,
+            check_headers(&limits, &h)
+                .unwrap_err()
+                .reason
+                .map(crate::error::Reason::code),
             Some("ambiguous_framing")
         );
         let mut h = HeaderMap::new();

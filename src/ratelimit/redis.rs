@@ -20,31 +20,10 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 
-use super::{Ceiling, MemoryLimiter, Policy, PolicyState, RateLimitDecision};
-
-/// What to do while Redis cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum OnError {
-    /// Use an in-process limiter with this share (0 < share ≤ 1) of every limit. The default.
-    Local(f64),
-    /// Admit every call (fail open).
-    Allow,
-    /// Refuse every call with 503 `rate_limiter_unavailable` (fail closed).
-    Deny,
-}
-
-/// Settings of the Redis store.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://[user:pass@]host:port[/db]`, or `rediss://…` for TLS (verified against the
-    /// system roots, or the bundle `SSL_CERT_FILE` names).
-    pub url: String,
-    /// Hard budget for one decision. Default 25 ms.
-    pub timeout: Duration,
-    /// How long the breaker stays open after `failures` consecutive errors. Default 1 s.
-    pub cooldown: Duration,
-    pub on_error: OnError,
-}
+use super::{
+    Ceiling, MemoryLimiter, OnError, Policy, PolicyState, RateLimitDecision, RedisSettings,
+    Topology,
+};
 
 /// Why the Redis store could not decide.
 #[derive(Debug)]
@@ -268,86 +247,18 @@ pub struct RedisLimiter {
     epoch: Instant,
     /// Keeps the client's runtime alive; Cluster and Sentinel connections are driven by it.
     runtime: tokio::runtime::Runtime,
+    /// Where the store's health is reported (see [`RedisLimiter::reporting_to`]).
+    report: Option<StoreReport>,
 }
 
-/// Where Redis is, as `rate_limits.store.url` names it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Topology {
-    /// `redis://…` or `rediss://…`: one server.
-    Standalone,
-    /// `redis+cluster://[user:pass@]h1:p1,h2:p2`: the seed nodes of a Redis Cluster, each as
-    /// a `redis://` URL with the credentials.
-    Cluster(Vec<String>),
-    /// `redis+sentinel://[user:pass@]s1:p1,s2:p2/master[/db]`: the Sentinels (plain URLs)
-    /// and the monitored master's name; `master_url` carries the credentials, database and
-    /// TLS mode for the master itself.
-    Sentinel {
-        sentinels: Vec<String>,
-        master: String,
-        master_url: String,
-    },
-}
-
-/// Parses the store URL's topology. Errors name what is wrong, for `check`.
-pub fn topology(url: &str) -> Result<Topology, String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!("{url:?} is not a URL"));
-    };
-    let (base, kind) = match scheme {
-        "redis" | "rediss" | "redis+unix" => return Ok(Topology::Standalone),
-        "redis+cluster" => ("redis", "cluster"),
-        "rediss+cluster" => ("rediss", "cluster"),
-        "redis+sentinel" => ("redis", "sentinel"),
-        "rediss+sentinel" => ("rediss", "sentinel"),
-        other => {
-            return Err(format!(
-                "{other:?} is not a Redis scheme; use redis://, rediss://, redis+cluster:// or redis+sentinel://"
-            ))
-        }
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), authority),
-    };
-    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
-    if hosts.iter().any(|h| h.is_empty()) {
-        return Err(format!(
-            "{scheme}:// needs a comma-separated list of host:port"
-        ));
-    }
-    // Errors name the host, never the URL: it may hold a password.
-    let check = |u: &str| {
-        redis::IntoConnectionInfo::into_connection_info(u)
-            .map(|_| ())
-            .map_err(|e| format!("{:?}: {e}", u.rsplit('@').next().unwrap_or(u)))
-    };
-    if kind == "cluster" {
-        if !path.is_empty() {
-            return Err("a Redis Cluster has no database number: drop the path".into());
-        }
-        let nodes: Vec<String> = hosts
-            .iter()
-            .map(|h| format!("{base}://{userinfo}{h}"))
-            .collect();
-        nodes.iter().try_for_each(|n| check(n))?;
-        return Ok(Topology::Cluster(nodes));
-    }
-    let (master, db) = path.split_once('/').unwrap_or((path, ""));
-    if master.is_empty() {
-        return Err(format!(
-            "{scheme}://…/NAME needs the master's name, as the Sentinels monitor it"
-        ));
-    }
-    let sentinels: Vec<String> = hosts.iter().map(|h| format!("{base}://{h}")).collect();
-    sentinels.iter().try_for_each(|n| check(n))?;
-    let master_url = format!("{base}://{userinfo}sentinel-master/{db}");
-    check(&master_url)?;
-    Ok(Topology::Sentinel {
-        sentinels,
-        master: master.to_string(),
-        master_url,
-    })
+/// The metrics a Redis limiter reports its store's health to, given by whoever builds it:
+/// the backend never reaches for a global registry.
+#[derive(Clone)]
+pub struct StoreReport {
+    /// 1 while the store answers, 0 while the breaker is open.
+    pub store_up: prometheus::IntGauge,
+    /// Decisions made without the store, by `on_error` mode (`allow`, `deny`, `local`).
+    pub fallbacks: prometheus::IntCounterVec,
 }
 
 /// The client of each topology.
@@ -428,7 +339,7 @@ impl RedisLimiter {
             .build()
             .map_err(|e| format!("cannot start the Redis client runtime: {e}"))?;
         let t = settings.timeout;
-        let backend = match topology(&settings.url)? {
+        let backend = match settings.topology.clone() {
             Topology::Standalone => {
                 let client = redis::Client::open(settings.url.as_str())
                     .map_err(|e| format!("invalid Redis URL: {e}"))?;
@@ -496,7 +407,14 @@ impl RedisLimiter {
             open_until_ns: AtomicU64::new(0),
             epoch: Instant::now(),
             runtime,
+            report: None,
         })
+    }
+
+    /// Reports the store's health (up or down, fallback decisions) to these metrics.
+    pub fn reporting_to(mut self, report: StoreReport) -> Self {
+        self.report = Some(report);
+        self
     }
 
     /// A connection for this call: this thread's (standalone), or the shared one of a
@@ -627,10 +545,9 @@ impl RedisLimiter {
             OnError::Deny => "deny",
             OnError::Local(_) => "local",
         };
-        crate::telemetry::metrics()
-            .limiter_fallbacks
-            .with_label_values(&[mode])
-            .inc();
+        if let Some(r) = &self.report {
+            r.fallbacks.with_label_values(&[mode]).inc();
+        }
         match self.settings.on_error {
             OnError::Allow => Ok(RateLimitDecision::Allowed { states: Vec::new() }),
             OnError::Deny => Err(StoreUnavailable::Deny),
@@ -685,7 +602,9 @@ impl RedisLimiter {
     fn record_success(&self) {
         if self.consecutive_failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
             tracing::info!("Redis rate-limit store is reachable again; shared limits resume");
-            crate::telemetry::metrics().limiter_store_up.set(1);
+            if let Some(r) = &self.report {
+                r.store_up.set(1);
+            }
         }
     }
 
@@ -696,7 +615,9 @@ impl RedisLimiter {
             let until = self.elapsed_ns() + self.settings.cooldown.as_nanos() as u64;
             self.open_until_ns.store(until, Ordering::Relaxed);
             if n == FAILURES_TO_OPEN {
-                crate::telemetry::metrics().limiter_store_up.set(0);
+                if let Some(r) = &self.report {
+                    r.store_up.set(0);
+                }
                 tracing::warn!(
                     error = why,
                     on_error = ?self.settings.on_error,
@@ -986,44 +907,5 @@ fn scale(p: &Policy, share: f64) -> Policy {
         requests,
         window: p.window,
         burst: ((f64::from(p.burst) * share).floor() as u32).clamp(1, requests),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topology_parses_each_url_form_and_names_what_is_wrong() {
-        assert_eq!(
-            topology("redis://127.0.0.1:6379/2"),
-            Ok(Topology::Standalone)
-        );
-        assert_eq!(
-            topology("rediss+cluster://u:pw@a:7000,b:7001"),
-            Ok(Topology::Cluster(vec![
-                "rediss://u:pw@a:7000".into(),
-                "rediss://u:pw@b:7001".into()
-            ]))
-        );
-        assert_eq!(
-            topology("redis+sentinel://:pw@s1:26379,s2:26379/main/3"),
-            Ok(Topology::Sentinel {
-                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
-                master: "main".into(),
-                master_url: "redis://:pw@sentinel-master/3".into(),
-            })
-        );
-        let e = topology("redis+sentinel://s1:26379").unwrap_err();
-        assert!(e.contains("master's name"), "{e}");
-        let e = topology("redis+cluster://a:1/0").unwrap_err();
-        assert!(e.contains("no database"), "{e}");
-        let e = topology("redis+cluster://a:1,,b:2").unwrap_err();
-        assert!(e.contains("host:port"), "{e}");
-        let e = topology("http://x").unwrap_err();
-        assert!(e.contains("redis+cluster://"), "{e}");
-        // A bad node is named by its host; the password never appears.
-        let e = topology("redis+cluster://u:secret@a:notaport").unwrap_err();
-        assert!(!e.contains("secret"), "{e}");
     }
 }

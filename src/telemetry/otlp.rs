@@ -261,7 +261,7 @@ impl CallSpan {
                 .set_attribute(KeyValue::new("error.type", e.kind.code()));
             if let Some(r) = e.reason {
                 self.server
-                    .set_attribute(KeyValue::new("api_gateway.reason", r));
+                    .set_attribute(KeyValue::new("api_gateway.reason", r.code()));
             }
         }
         if status >= 500 || (status == 0 && error.is_some()) {

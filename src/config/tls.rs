@@ -12,7 +12,7 @@ use pingora::tls::{
 };
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// `[server.tls]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -99,7 +99,7 @@ fn path_str(p: &std::path::Path) -> String {
 /// Validates `[server.tls]`: every file is loaded and the key must match the certificate.
 pub fn validate(raw: Option<RawTls>, errors: &mut Vec<ConfigError>) -> Option<TlsConfig> {
     let raw = raw?;
-    let err = |path: &str, msg: String| crate::config::config_error(path, msg);
+    let err = |path: &str, msg: String| super::config_error(path, msg);
     let (Some(cert), Some(key)) = (raw.cert_file, raw.key_file) else {
         errors.push(err(
             "server.tls",

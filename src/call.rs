@@ -1,0 +1,206 @@
+//! What both doors do around a call, written once: the call record (opened when a request
+//! arrives, finished once into metrics, span, audit event and log line) and the refusal
+//! writer for HTTP (`application/problem+json`, with `WWW-Authenticate` and rate-limit
+//! fields). The MCP refusal shape is [`GatewayError::tool_error_json`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+use crate::audit::AuditEvent;
+use crate::auth::Caller;
+use crate::config::{Api, Config};
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::Gateway;
+use crate::policy::Admitted;
+use crate::ratelimit::{self, PolicyState};
+use crate::telemetry::otlp::CallSpan;
+use crate::types::Door;
+
+/// One call, from arrival to answer.
+pub struct CallRecord {
+    door: Door,
+    started: Instant,
+    method: String,
+    /// The configured API the call names, or `unknown`: metric labels stay bounded.
+    api_label: String,
+    /// The admitted API, once admitted.
+    api: Option<Arc<Api>>,
+    caller: Option<Arc<Caller>>,
+    /// Built at arrival, so its timestamp is the call's; `None` when auditing is off.
+    event: Option<AuditEvent>,
+    /// The call's server span (and its upstream client span), when tracing is on.
+    pub span: Option<CallSpan>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// When the upstream exchange began.
+    pub upstream_started: Option<Instant>,
+    rate_limit: Option<serde_json::Value>,
+}
+
+impl CallRecord {
+    /// Opens the record of a call to `target` (the path as the caller wrote it, for audit),
+    /// naming `api` when the config has it.
+    pub fn open(
+        gw: &Gateway,
+        door: Door,
+        method: &str,
+        api: &str,
+        target: &str,
+        tool: Option<&'static str>,
+    ) -> CallRecord {
+        let api_label = gw
+            .config
+            .api(api)
+            .map_or("unknown", |a| a.name.as_str())
+            .to_string();
+        let event = gw.auditing().then(|| {
+            let mut e = AuditEvent::new(door, None, method, target);
+            e.tool = tool;
+            e
+        });
+        CallRecord {
+            door,
+            started: Instant::now(),
+            method: method.to_string(),
+            api_label,
+            api: None,
+            caller: None,
+            event,
+            span: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_started: None,
+            rate_limit: None,
+        }
+    }
+
+    /// The configured API this call names, or `unknown`.
+    pub fn api_label(&self) -> &str {
+        &self.api_label
+    }
+
+    /// Who called, once identified.
+    pub fn identified(&mut self, caller: &Arc<Caller>) {
+        if let Some(e) = &mut self.event {
+            e.set_caller(caller);
+        }
+        self.caller = Some(caller.clone());
+    }
+
+    /// The call was admitted.
+    pub fn admitted(&mut self, a: &Admitted) {
+        self.identified(&a.caller);
+        self.api_label = a.api.name.clone();
+        self.rate_limit = ratelimit::tightest_json(&a.rate_limits);
+        self.api = Some(a.api.clone());
+    }
+
+    /// Finishes the record: the call's metrics, span, audit event and, for a refusal or
+    /// failure, its log line. `status` is the caller's answer (the upstream's, or the
+    /// gateway's for an error).
+    pub fn finish(mut self, gw: &Gateway, status: u16, error: Option<&GatewayError>) {
+        let door = self.door;
+        if let Some(e) = error {
+            tracing::info!(
+                error = e.kind.code(),
+                reason = e.reason.map_or("", crate::error::Reason::code),
+                door = door.as_str(),
+                api = self.api_label.as_str(),
+                "call refused or failed"
+            );
+        }
+        crate::telemetry::metrics().call(
+            door,
+            &self.api_label,
+            &self.method,
+            status,
+            self.started.elapsed(),
+            error,
+        );
+        if let Some(mut span) = self.span.take() {
+            if self.api.is_some() {
+                span.set(opentelemetry::KeyValue::new(
+                    "api_gateway.api",
+                    self.api_label.clone(),
+                ));
+            }
+            // An MCP call's HTTP status belongs to its JSON-RPC exchange, not to the call.
+            span.end(if door == Door::Mcp { 0 } else { status }, error);
+        }
+        if let Some(mut event) = self.event.take() {
+            event.api = self.api_label.clone();
+            event.status = status;
+            event.bytes_in = self.bytes_in;
+            event.bytes_out = self.bytes_out;
+            event.upstream_ms = self
+                .upstream_started
+                .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+            event.rate_limit = self.rate_limit.take();
+            event.cost = self.api.as_ref().and_then(|a| a.cost_per_call);
+            if let Some(e) = error {
+                event.failed(e);
+                event.cost = None;
+            }
+            gw.audit(|| event);
+        }
+    }
+}
+
+/// Adds the IETF `RateLimit-Policy`/`RateLimit` fields (and, when configured, the legacy
+/// `X-RateLimit-*` ones for the policy with the least room left).
+pub fn insert_rate_limit_headers(
+    h: &mut ResponseHeader,
+    states: &[PolicyState],
+    legacy: bool,
+) -> pingora::Result<()> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let (policy, limit) = ratelimit::header_values(states);
+    h.insert_header("ratelimit-policy", policy)?;
+    h.insert_header("ratelimit", limit)?;
+    if legacy {
+        if let Some(s) = states.iter().min_by_key(|s| s.remaining) {
+            h.insert_header("x-ratelimit-limit", s.requests.to_string())?;
+            h.insert_header("x-ratelimit-remaining", s.remaining.to_string())?;
+            h.insert_header(
+                "x-ratelimit-reset",
+                ratelimit::ceil_secs(s.reset).to_string(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A refusal as HTTP: `application/problem+json` with its status, `WWW-Authenticate` on a 401
+/// (pointing at the protected-resource metadata; `host` is the request's, when the metadata
+/// is served on the same listener), and `Retry-After` and rate-limit fields on a 429.
+pub fn problem(
+    config: &Config,
+    e: &GatewayError,
+    host: Option<&str>,
+) -> pingora::Result<(ResponseHeader, Bytes)> {
+    let body = Bytes::from(e.problem_json().to_string());
+    let mut h = ResponseHeader::build(e.kind.status(), Some(7))?;
+    if e.kind == ErrorKind::Unauthorized {
+        let url = crate::auth::metadata_url(config, host);
+        h.insert_header(
+            http::header::WWW_AUTHENTICATE,
+            crate::auth::www_authenticate(e, &url),
+        )?;
+    }
+    h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(d) = &e.rate_limit {
+        h.insert_header(
+            http::header::RETRY_AFTER,
+            ratelimit::ceil_secs(d.retry_after).to_string(),
+        )?;
+        insert_rate_limit_headers(&mut h, &d.states, config.rate_limits.legacy_headers)?;
+    }
+    Ok((h, body))
+}

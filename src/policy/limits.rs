@@ -1,0 +1,73 @@
+//! The rate-limit stage: which policies apply to a call (the API's or `rate_limits.default`,
+//! endpoint policies, the API key's own, `per_user`), checked together in one decision.
+
+use crate::auth::{Caller, PrincipalKind};
+use crate::config::{Api, RateLimits};
+use crate::error::{ErrorKind, GatewayError, RateLimitDenial};
+use crate::ratelimit::{Limiter, Policy, PolicyState, RateLimitDecision};
+
+/// The policies that apply to a call, each with the key its count is kept under.
+pub fn applicable<'a>(
+    limits: &'a RateLimits,
+    api: &'a Api,
+    segments: &[&str],
+    caller: &'a Caller,
+) -> Vec<(String, &'a Policy)> {
+    let mut checks = Vec::with_capacity(2);
+    if let Some(p) = api.rate_limit.as_ref().or(limits.default.as_ref()) {
+        checks.push((format!("api:{}", api.name), p));
+    }
+    for (i, (pattern, p)) in api.endpoint_rate_limits.iter().enumerate() {
+        if pattern.matches(segments) {
+            checks.push((format!("ep:{}:{i}", api.name), p));
+        }
+    }
+    let principal = &caller.principal;
+    if let Some(p) = &principal.key_rate_limit {
+        checks.push((principal.id.clone(), p));
+    }
+    if let Some(p) = &limits.per_user {
+        // Anonymous callers are told apart by address.
+        let who = if principal.kind == PrincipalKind::Anonymous {
+            let ip = caller
+                .client_ip
+                .map_or_else(|| "local".to_string(), |ip| ip.to_string());
+            format!("anonymous@{ip}")
+        } else {
+            principal.id.clone()
+        };
+        checks.push((format!("user:{who}"), p));
+    }
+    checks
+}
+
+/// Counts the call against every applicable policy: 429 when one refuses, 503 when the
+/// shared store is down and `on_error = "deny"`.
+pub async fn check(
+    limits: &RateLimits,
+    limiter: &Limiter,
+    api: &Api,
+    segments: &[&str],
+    caller: &Caller,
+) -> Result<Vec<PolicyState>, GatewayError> {
+    let checks = applicable(limits, api, segments, caller);
+    if checks.is_empty() {
+        return Ok(Vec::new());
+    }
+    match limiter.check(&checks).await {
+        Err(_) => Err(GatewayError::new(
+            ErrorKind::LimiterUnavailable,
+            "the shared rate-limit store is unavailable and calls are refused until it recovers",
+        )),
+        Ok(RateLimitDecision::Allowed { states }) => Ok(states),
+        Ok(RateLimitDecision::Denied {
+            policy,
+            retry_after,
+            states,
+        }) => Err(GatewayError::rate_limited(RateLimitDenial {
+            policy,
+            retry_after,
+            states,
+        })),
+    }
+}

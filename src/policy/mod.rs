@@ -1,0 +1,495 @@
+//! Admission: the one function both doors call to decide a call, [`Pipeline::admit`]. A door
+//! describes its call as a door-neutral [`Call`] and gets an [`Outcome`] back: admitted, with
+//! everything egress needs, or refused, with a typed reason. The doors only translate that
+//! outcome into HTTP or MCP; no policy decision is made anywhere else.
+//!
+//! The stages, each in its own file where it is more than a line:
+//! [`access`] (client address, header limits, framing, RBAC), [`body`] (size, content type,
+//! digest), [`limits`] (rate limits), [`outbound`] (caller headers, credential, redirects).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::audit::Auditor;
+use crate::auth::signature::SignatureVerifier;
+pub use crate::auth::Caller;
+use crate::auth::{unauthorized, Authenticator, Principal};
+use crate::config::{Api, Config};
+use crate::egress::{upstream_path_and_query, Egress, EndpointPath};
+use crate::error::{GatewayError, Reason};
+use crate::ratelimit::{Limiter, PolicyState, RedisLimiter};
+use crate::trace::TraceContext;
+pub use crate::types::Door;
+
+pub mod access;
+pub mod body;
+pub mod limits;
+pub mod outbound;
+#[cfg(test)]
+mod tests;
+
+pub use access::Access;
+pub use outbound::OutboundHeaders;
+
+/// The HTTP request a caller is identified from.
+pub struct CallerRequest<'a> {
+    /// The TCP peer's address.
+    pub peer: Option<IpAddr>,
+    pub method: &'a Method,
+    /// The request path and query as received (for signatures).
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The raw HTTP/1 request head, for framing checks the parsed headers cannot show.
+    pub raw_head: Option<&'a [u8]>,
+    /// The whole body, when the door has already read it (the MCP door); its digest is then
+    /// checked against a signature at once. `None`: the body streams after admission, and
+    /// the outcome carries the digest it must match.
+    pub body: Option<&'a [u8]>,
+    /// The caller's trace: the door's server span's, or read from `traceparent`.
+    pub trace: TraceContext,
+}
+
+/// Who is calling.
+pub enum Who<'a> {
+    /// An HTTP request: the first four stages identify its caller.
+    Request(CallerRequest<'a>),
+    /// A caller identified already, by [`Pipeline::identify`] for this same HTTP request (the
+    /// MCP door identifies each request once, as every JSON-RPC message needs a caller,
+    /// `tools/list` too) or by [`Pipeline::identify_local`] for a stdio session.
+    Identified(Arc<Caller>),
+}
+
+/// What the caller sends besides the target: its headers and body.
+pub enum Payload<'a> {
+    /// The proxy door: the whole request head; the body streams after admission.
+    Streamed { headers: &'a HeaderMap },
+    /// The MCP door: the tool's `headers` argument and the whole body.
+    Whole {
+        headers: &'a [(HeaderName, HeaderValue)],
+        body: Option<&'a [u8]>,
+    },
+}
+
+/// One call, as both doors describe it.
+pub struct Call<'a> {
+    pub door: Door,
+    pub who: Who<'a>,
+    /// The API name (or, on the MCP door, its base URL).
+    pub api: &'a str,
+    pub method: &'a Method,
+    /// The endpoint as the caller wrote it, path and optional query.
+    pub endpoint: &'a str,
+    /// Query parameters given apart from the endpoint (the MCP tool's `query`).
+    pub query: &'a [(String, String)],
+    pub payload: Payload<'a>,
+}
+
+/// An admitted call: everything egress needs.
+#[derive(Debug)]
+pub struct Admitted {
+    pub caller: Arc<Caller>,
+    pub api: Arc<Api>,
+    pub endpoint: EndpointPath,
+    /// The vetted address to dial (the API's host is kept for SNI and `Host`).
+    pub addr: SocketAddr,
+    /// The upstream request target: base path, endpoint, query, a query credential.
+    pub path_and_query: String,
+    /// What becomes of the caller's headers, and the credential header.
+    pub headers: OutboundHeaders,
+    /// Every rate-limit policy that applied, after this call was counted.
+    pub rate_limits: Vec<PolicyState>,
+    /// For a signed request whose body streams after admission: the SHA-256 the body must
+    /// match ([`body::DigestCheck`]).
+    pub body_digest: Option<[u8; 32]>,
+}
+
+/// A refused call: the error the caller sees, and who the caller was when that was known.
+#[derive(Debug)]
+pub struct Refused {
+    pub caller: Option<Arc<Caller>>,
+    pub error: GatewayError,
+}
+
+/// The verdict of [`Pipeline::admit`].
+pub type Outcome = Result<Admitted, Box<Refused>>;
+
+/// The admission order. Built once per config, shared by every request.
+pub struct Pipeline {
+    config: Arc<Config>,
+    /// Shared with the pipelines of later configs: limits survive a reload.
+    limiter: Arc<Limiter>,
+    auth: Authenticator,
+    /// Shared likewise: a nonce seen before a reload stays seen.
+    signatures: Arc<SignatureVerifier>,
+    egress: Arc<Egress>,
+    /// The audit writer, whose health can refuse calls (`audit.on_failure = "block"`).
+    audit: Option<Arc<Auditor>>,
+}
+
+impl Pipeline {
+    /// Fails only when the Redis client cannot be created (an invalid URL); Redis itself is
+    /// contacted lazily, so the gateway starts while Redis is down.
+    pub fn new(
+        config: Arc<Config>,
+        egress: Arc<Egress>,
+        audit: Option<Arc<Auditor>>,
+    ) -> Result<Self, String> {
+        let limiter = match &config.rate_limits.redis {
+            Some(settings) => {
+                let m = crate::telemetry::metrics();
+                let report = crate::ratelimit::redis::StoreReport {
+                    store_up: m.limiter_store_up.clone(),
+                    fallbacks: m.limiter_fallbacks.clone(),
+                };
+                Limiter::Redis(Box::new(
+                    RedisLimiter::new(settings.clone())?.reporting_to(report),
+                ))
+            }
+            None => Limiter::memory(),
+        };
+        Ok(Pipeline {
+            auth: Authenticator::new(config.clone(), egress.clone())?,
+            signatures: Arc::new(SignatureVerifier::new()),
+            config,
+            limiter: Arc::new(limiter),
+            egress,
+            audit,
+        })
+    }
+
+    /// The pipeline of a reloaded config: new policies and credentials, the same limiter
+    /// state, nonce memory, egress pool and audit writer.
+    pub fn reconfigured(&self, config: Arc<Config>) -> Result<Self, String> {
+        Ok(Pipeline {
+            auth: Authenticator::new(config.clone(), self.egress.clone())?,
+            signatures: self.signatures.clone(),
+            limiter: self.limiter.clone(),
+            egress: self.egress.clone(),
+            audit: self.audit.clone(),
+            config,
+        })
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Role-based access, for the doors' listings (`tools/list`, `list_apis`).
+    pub fn access(&self) -> Access<'_> {
+        Access {
+            rbac: &self.config.rbac,
+        }
+    }
+
+    /// Admits or refuses one call. The stages run in this order; the first refusal wins:
+    ///
+    /// 1. client address (forwarded headers count only from `security.trusted_proxies`),
+    ///    then `security.ip_deny` / `ip_allow` — 403 `ip_denied`;
+    /// 2. header count and size (431) and framing (400 `ambiguous_framing`);
+    /// 3. authentication — 401 with a reason (anonymous only when `auth.required = false`);
+    /// 4. the request signature, when present or required — 401 `signature_*`;
+    /// 5. API, endpoint, method, path — 404 `unknown_api` (with RBAC, 403 `not_permitted`,
+    ///    the same for a hidden API as for a missing one), 400 `invalid_endpoint`, 403
+    ///    `method_not_allowed` / `path_not_allowed`;
+    /// 6. RBAC: the caller's roles and its key's `allowed_apis` — 403 `not_permitted`; a
+    ///    signature when the API requires one — 401 `signature_missing`;
+    /// 7. body size (413), content type (415) and, for a body already read, its digest;
+    /// 8. caller headers: the outbound rule ([`outbound`]) — 400 `reserved_header` /
+    ///    `credential_header`;
+    /// 9. the audit trail can record the call (`audit.on_failure = "block"`) — 503;
+    /// 10. rate limits — 429 (or 503 while a shared store is down and `on_error = "deny"`),
+    ///     checked after every other judgement of the call, so a refused call costs no quota;
+    /// 11. destination: DNS, then the SSRF guard on every address — 403 `egress_denied`;
+    /// 12. the upstream target and credential.
+    pub async fn admit(&self, call: &Call<'_>) -> Outcome {
+        // 1–4. Who is calling.
+        let caller = match &call.who {
+            Who::Request(req) => self.identify(req).await.map(Arc::new).map_err(|error| {
+                Box::new(Refused {
+                    caller: None,
+                    error,
+                })
+            })?,
+            Who::Identified(c) => c.clone(),
+        };
+        let refuse = |error: GatewayError| {
+            Box::new(Refused {
+                caller: Some(caller.clone()),
+                error,
+            })
+        };
+        self.judge(call, &caller).await.map_err(refuse)
+    }
+
+    /// Stages 5–12 of [`Pipeline::admit`], for an identified caller.
+    async fn judge(&self, call: &Call<'_>, caller: &Arc<Caller>) -> Result<Admitted, GatewayError> {
+        let principal = &caller.principal;
+
+        // 5–6. API, endpoint, method, path, RBAC.
+        let api = self.find_api(principal, call.api)?;
+        let endpoint = self.check_target(principal, api, call.method, call.endpoint)?;
+        if api.require_signature && caller.signature.is_none() {
+            return Err(unauthorized(
+                Reason::SignatureMissing,
+                format!(
+                    "calls to API {:?} must be signed (X-Signature headers)",
+                    api.name
+                ),
+            ));
+        }
+
+        // 7. Body size, content type, digest.
+        let shape = body::BodyShape::of(&call.payload)?;
+        body::check(&self.config.request, &shape)?;
+        let body_digest = match (&caller.signature, &call.payload) {
+            // Nothing will stream, so the digest is checked now.
+            (Some(v), Payload::Streamed { .. }) if !shape.has_body => {
+                body::check_digest(&v.content_sha256, b"")?;
+                None
+            }
+            (Some(v), Payload::Streamed { .. }) => Some(v.content_sha256),
+            // On the MCP door the signature covers the HTTP request, whose whole body was
+            // checked when the request was identified.
+            (_, Payload::Whole { .. }) | (None, _) => None,
+        };
+
+        // 8. Caller headers, by the outbound rule.
+        let headers = match &call.payload {
+            Payload::Streamed { headers } => outbound::plan(call.door, api, headers.iter()),
+            Payload::Whole { headers, .. } => {
+                outbound::plan(call.door, api, headers.iter().map(|(k, v)| (k, v)))
+            }
+        }?;
+
+        // 9. The audit trail can record the call.
+        if let Some(a) = &self.audit {
+            a.admit()?;
+        }
+
+        // 10. Rate limits, last of the judgements: a call refused above costs no quota.
+        let segments = endpoint.decoded_segments();
+        let rate_limits = limits::check(
+            &self.config.rate_limits,
+            &self.limiter,
+            api,
+            &segments,
+            caller,
+        )
+        .await?;
+
+        // 11. Destination: DNS, and every address past the SSRF guard.
+        let addr = self.egress.resolve(api).await?;
+
+        // 12. The upstream target, with a query credential when the API puts it there.
+        let path_and_query = upstream_path_and_query(api, &endpoint, call.query);
+        Ok(Admitted {
+            caller: caller.clone(),
+            api: api.clone(),
+            endpoint,
+            addr,
+            path_and_query,
+            headers,
+            rate_limits,
+            body_digest,
+        })
+    }
+
+    /// Stages 1–4 of [`Pipeline::admit`]: establishes who is calling.
+    pub async fn identify(&self, req: &CallerRequest<'_>) -> Result<Caller, GatewayError> {
+        let cfg = &self.config;
+        // 1. Client address and IP rules.
+        let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
+        access::check_ip(&cfg.ip_rules, client_ip)?;
+        // 2. Header limits and framing.
+        access::check_headers(&cfg.header_limits, req.headers)?;
+        access::check_raw_framing(req.raw_head)?;
+        // 3. Authentication.
+        let principal = self.auth.authenticate(req.headers).await?;
+        // 4. Signature.
+        let signature = self
+            .signatures
+            .verify(
+                &cfg.signatures,
+                &self.limiter,
+                req.method.as_str(),
+                req.path,
+                req.query,
+                req.headers,
+            )
+            .await?;
+        match (&signature, req.body) {
+            (None, _) if cfg.signatures.required => {
+                return Err(unauthorized(
+                    Reason::SignatureMissing,
+                    "this gateway requires signed requests (X-Signature headers)",
+                ))
+            }
+            (Some(v), Some(body)) => body::check_digest(&v.content_sha256, body)?,
+            _ => {}
+        }
+        Ok(Caller {
+            principal,
+            client_ip,
+            signature,
+            trace: req.trace.clone(),
+        })
+    }
+
+    /// The caller of a stdio session: a local process the operator started, identified by
+    /// the `API_GATEWAY_MCP_TOKEN` or `API_GATEWAY_MCP_API_KEY` environment variable (or
+    /// anonymous when `auth.required = false`). IP rules do not apply to a local pipe.
+    pub async fn identify_local(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Caller, GatewayError> {
+        let mut headers = HeaderMap::new();
+        let bad = |_| {
+            unauthorized(
+                Reason::MalformedCredentials,
+                "the credential is not valid text",
+            )
+        };
+        if let Some(t) = env("API_GATEWAY_MCP_TOKEN").filter(|t| !t.is_empty()) {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().map_err(bad)?,
+            );
+        }
+        if let Some(k) = env("API_GATEWAY_MCP_API_KEY").filter(|k| !k.is_empty()) {
+            headers.insert("x-api-key", k.parse().map_err(bad)?);
+        }
+        Ok(Caller {
+            principal: self.auth.authenticate(&headers).await?,
+            client_ip: None,
+            signature: None,
+            trace: TraceContext::new_root(),
+        })
+    }
+
+    /// Stage 5's first step: the API exists and is visible to the caller.
+    fn find_api(&self, principal: &Principal, name: &str) -> Result<&Arc<Api>, GatewayError> {
+        let hides = self.config.rbac.enabled() || principal.allowed_apis.is_some();
+        let api = match self.config.api(name) {
+            // With RBAC (or a key's allowed_apis), an API the caller cannot use and an API
+            // that does not exist look the same: nothing about what exists is revealed.
+            Some(api) if hides && self.access().visible_methods(principal, api).is_empty() => None,
+            found => found,
+        };
+        api.ok_or_else(|| {
+            let name = truncate(name, 64);
+            if hides {
+                GatewayError::because(
+                    Reason::NotPermitted,
+                    format!(
+                        "API {name:?} is not available to you; call list_apis for what you may use"
+                    ),
+                )
+            } else {
+                GatewayError::unknown_api(format!(
+                    "no API named {name:?} is configured; call list_apis for the catalogue"
+                ))
+            }
+        })
+    }
+
+    /// Stages 5–6 for one destination: the endpoint is safe, and the API's method and path
+    /// rules and the caller's roles allow it. Also judges each redirect hop.
+    pub fn check_target(
+        &self,
+        principal: &Principal,
+        api: &Api,
+        method: &Method,
+        endpoint: &str,
+    ) -> Result<EndpointPath, GatewayError> {
+        let endpoint = EndpointPath::parse(endpoint)?;
+        if !api.methods.contains(method) {
+            return Err(GatewayError::because(
+                Reason::MethodNotAllowed,
+                format!(
+                    "method {} is not allowed for API {:?}; allowed: {}",
+                    method,
+                    api.name,
+                    api.methods
+                        .iter()
+                        .map(Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let segments = endpoint.decoded_segments();
+        if api.deny_paths.iter().any(|p| p.matches(&segments))
+            || !api.paths.iter().any(|p| p.matches(&segments))
+        {
+            return Err(GatewayError::because(
+                Reason::PathNotAllowed,
+                format!(
+                    "path {} is not allowed for API {:?}",
+                    endpoint.path(),
+                    api.name
+                ),
+            ));
+        }
+        if !self
+            .access()
+            .permits(principal, &api.name, method, &segments)
+        {
+            return Err(GatewayError::because(
+                Reason::NotPermitted,
+                format!(
+                    "{} {} on API {:?} is not permitted for your roles",
+                    method,
+                    endpoint.path(),
+                    api.name
+                ),
+            ));
+        }
+        Ok(endpoint)
+    }
+
+    /// A redirect hop, judged again like a new call: the `Location` must land in an
+    /// allow-listed API and path the caller may use with `method`, and its address must pass
+    /// the SSRF guard. Returns the hop's API (without the credential when the hop leaves
+    /// `from`'s origin), its vetted address and its upstream target.
+    pub async fn admit_redirect(
+        &self,
+        caller: &Caller,
+        from: &Arc<Api>,
+        here: &url::Url,
+        location: &str,
+        method: &Method,
+    ) -> Result<(Arc<Api>, SocketAddr, String), GatewayError> {
+        let (next_api, endpoint) = outbound::redirect_target(&self.config, from, here, location)
+            .ok_or_else(outbound::redirect_denied)?;
+        let endpoint = self
+            .check_target(&caller.principal, next_api, method, &endpoint)
+            .map_err(|e| {
+                outbound::redirect_denied().with_reason(
+                    e.reason
+                        .filter(|r| r.kind() == crate::error::ErrorKind::Forbidden)
+                        .unwrap_or(Reason::RedirectDenied),
+                )
+            })?;
+        let mut hop = (**next_api).clone();
+        if !outbound::same_origin(from, next_api) {
+            hop.credential = None;
+        } else {
+            hop.credential = from.credential.clone();
+        }
+        hop.timeout = from.timeout;
+        let hop = Arc::new(hop);
+        let addr = self.egress.resolve(&hop).await?;
+        let path_and_query = upstream_path_and_query(&hop, &endpoint, &[]);
+        Ok((hop, addr, path_and_query))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

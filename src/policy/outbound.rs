@@ -1,0 +1,193 @@
+//! The outbound rule, one table for both doors: which caller headers are forwarded, stripped
+//! or refused, where the API's credential goes, and where an upstream redirect may lead.
+//!
+//! | caller header | proxy door | MCP door (`headers` argument) |
+//! |---|---|---|
+//! | gateway credentials: `Authorization`, `Proxy-*`, `Cookie`, `X-Api-Key`, signature headers | stripped: they authenticated the caller to the gateway | refused, `reserved_header` |
+//! | the API's upstream credential header, when not one of the above | refused, `credential_header` | refused, `credential_header` |
+//! | forwarding metadata: `Forwarded`, `X-Forwarded-*`, `X-Real-IP` | stripped | refused, `reserved_header` |
+//! | framing and hop-by-hop: `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, … | the HTTP layer's (`Host` is replaced) | refused, `reserved_header` |
+//! | `traceparent` | replaced by the gateway's | replaced by the gateway's |
+//! | anything else | forwarded | forwarded |
+//!
+//! Redirects: a `Location` is followed (MCP door, when the API opts in) or rewritten to a
+//! gateway path (proxy door) only when it lands in an allow-listed API; the hop is judged
+//! again like a new call, and the credential never crosses origins.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::config::{Api, Config, CredentialPlacement};
+use crate::error::{GatewayError, Reason};
+use crate::types::headers::is_framing_header;
+use crate::types::Door;
+
+/// What happens to one caller header on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRule {
+    /// Sent upstream as the caller wrote it.
+    Forward,
+    /// Dropped silently: it was meant for the gateway (or is replaced by the gateway's own).
+    Strip,
+    /// Left to the HTTP layer, which frames the upstream request itself.
+    Framing,
+    /// The call is refused with this reason.
+    Refuse(Reason),
+}
+
+/// Headers that carry the caller's own credentials to the gateway (never forwarded upstream).
+fn is_gateway_credential(name: &str) -> bool {
+    matches!(name, "authorization" | "cookie" | "x-api-key")
+        || name.starts_with("proxy-")
+        || crate::auth::signature::HEADERS.contains(&name)
+}
+
+fn is_forwarding_metadata(name: &str) -> bool {
+    matches!(name, "forwarded" | "x-real-ip") || name.starts_with("x-forwarded-")
+}
+
+/// The rule for one caller header on a call to `api` through `door`: the table above.
+pub fn header_rule(door: Door, api: &Api, name: &HeaderName) -> HeaderRule {
+    let n = name.as_str();
+    let reserved = match door {
+        Door::Proxy => HeaderRule::Strip,
+        Door::Mcp => HeaderRule::Refuse(Reason::ReservedHeader),
+    };
+    if is_gateway_credential(n) {
+        return reserved;
+    }
+    if credential_header_name(api) == Some(name) {
+        return HeaderRule::Refuse(Reason::CredentialHeader);
+    }
+    if is_forwarding_metadata(n) {
+        return reserved;
+    }
+    if is_framing_header(name) {
+        return match door {
+            Door::Proxy => HeaderRule::Framing,
+            Door::Mcp => reserved,
+        };
+    }
+    if n == "traceparent" {
+        return HeaderRule::Strip;
+    }
+    HeaderRule::Forward
+}
+
+/// The header an API's credential is injected in, when it goes in a header.
+fn credential_header_name(api: &Api) -> Option<&HeaderName> {
+    match api.credential.as_ref().map(|c| &c.placement) {
+        Some(CredentialPlacement::Header(h)) => Some(h),
+        _ => None,
+    }
+}
+
+/// The API's credential as a header to set, when it goes in a header (a query credential is
+/// added by the URL builder). Parsed and marked sensitive while loading the config.
+pub fn credential_header(api: &Api) -> Option<(HeaderName, HeaderValue)> {
+    let c = api.credential.as_ref()?;
+    match (&c.placement, &c.header_value) {
+        (CredentialPlacement::Header(name), Some(v)) => Some((name.clone(), v.clone())),
+        _ => None,
+    }
+}
+
+/// The caller headers of one admitted call, sorted by the rule.
+#[derive(Debug, Default, Clone)]
+pub struct OutboundHeaders {
+    /// Caller headers to remove before the request leaves (proxy door: they arrived with it).
+    pub strip: Vec<HeaderName>,
+    /// Caller headers to send (MCP door: the `headers` argument, vetted).
+    pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// The API's credential, when it goes in a header: set last, over anything of that name.
+    pub credential: Option<(HeaderName, HeaderValue)>,
+}
+
+/// Sorts the caller's headers by [`header_rule`]; the first refused header refuses the call.
+pub fn plan<'a>(
+    door: Door,
+    api: &Api,
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> Result<OutboundHeaders, GatewayError> {
+    let mut out = OutboundHeaders {
+        credential: credential_header(api),
+        ..OutboundHeaders::default()
+    };
+    for (name, value) in headers {
+        match header_rule(door, api, name) {
+            HeaderRule::Forward => out.forward.push((name.clone(), value.clone())),
+            HeaderRule::Strip => {
+                if !out.strip.contains(name) {
+                    out.strip.push(name.clone());
+                }
+            }
+            HeaderRule::Framing => {}
+            HeaderRule::Refuse(reason) => {
+                let why = match reason {
+                    Reason::CredentialHeader => format!(
+                        "header {:?} carries API {:?}'s credential, which the gateway injects; \
+                         do not send it",
+                        name.as_str(),
+                        api.name
+                    ),
+                    _ => format!(
+                        "header {:?} cannot be set by the caller (credentials are injected by \
+                         the gateway)",
+                        name.as_str()
+                    ),
+                };
+                return Err(GatewayError::because(reason, why));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where an upstream redirect from `here` (a URL of `from`) leads: an allow-listed API and
+/// the endpoint under its base, or `None` when the `Location` leaves every API. Query
+/// parameters that carry any API's credential are dropped, so a redirect can never hand an
+/// injected credential back to the caller.
+pub fn redirect_target<'c>(
+    config: &'c Config,
+    from: &Api,
+    here: &url::Url,
+    location: &str,
+) -> Option<(&'c Arc<Api>, String)> {
+    let mut next = here.join(location).ok()?;
+    let hidden: Vec<&str> = std::iter::once(from)
+        .chain(config.apis.iter().map(|a| &**a))
+        .filter_map(|a| match a.credential.as_ref().map(|c| &c.placement) {
+            Some(CredentialPlacement::Query(name)) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if next.query().is_some() && !hidden.is_empty() {
+        let kept: Vec<(String, String)> = next
+            .query_pairs()
+            .filter(|(k, _)| !hidden.contains(&k.as_ref()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        next.set_query(None);
+        if !kept.is_empty() {
+            next.query_pairs_mut().extend_pairs(kept);
+        }
+    }
+    config.api_for_url(&next, &from.name)
+}
+
+/// Whether a redirect from `from` to `to` stays on one origin (scheme, host, port): only
+/// then does the credential go along.
+pub fn same_origin(from: &Api, to: &Api) -> bool {
+    to.base.tls == from.base.tls
+        && to.base.host.eq_ignore_ascii_case(&from.base.host)
+        && to.base.port == from.base.port
+}
+
+/// A redirect that leads nowhere the caller may go.
+pub fn redirect_denied() -> GatewayError {
+    GatewayError::because(
+        Reason::RedirectDenied,
+        "the upstream redirected to a destination that is not allowed",
+    )
+}

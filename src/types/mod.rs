@@ -1,0 +1,44 @@
+//! Small value types that config and the runtime modules share, at the bottom of the module
+//! graph: they import nothing from the crate. Which door a call came through, path patterns,
+//! the classes of HTTP headers, and the state of a rate-limit policy.
+
+pub mod headers;
+mod pattern;
+
+pub use pattern::PathPattern;
+
+use std::time::Duration;
+
+/// Which front door a call came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Mcp,
+    Proxy,
+}
+
+impl Door {
+    /// The label used in metrics, spans, logs and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Mcp => "mcp",
+            Door::Proxy => "proxy",
+        }
+    }
+}
+
+/// The state of one rate-limit policy after a decision, for rate-limit response fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    pub name: String,
+    pub requests: u32,
+    pub window: Duration,
+    /// Requests that could still be admitted back to back now.
+    pub remaining: u32,
+    /// Time until the oldest admission in the window leaves it.
+    pub reset: Duration,
+}
+
+/// Whole seconds, rounded up, for `Retry-After` and `t=`.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_nanos().div_ceil(1_000_000_000) as u64
+}
