@@ -208,7 +208,7 @@ impl Auditor {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
             healthy,
-            block: cfg.block_on_failure,
+            block: cfg.on_failure == crate::config::OnFailure::Block,
         }))
     }
 
@@ -690,7 +690,7 @@ mod tests {
             enabled: true,
             sink: AuditSink::File(path.clone()),
             retention: None,
-            block_on_failure: false,
+            on_failure: crate::config::OnFailure::Continue,
             buffer: 10,
         };
         let mut sink = Sink::open(&cfg).unwrap();

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
+use super::{err, ConfigError, HumanDuration};
+
 /// One validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -118,6 +122,161 @@ pub fn topology(url: &str) -> Result<Topology, String> {
         master: master.to_string(),
         master_url,
     })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimits {
+    default: Option<RawRateLimit>,
+    per_user: Option<RawRateLimit>,
+    store: Option<RawStore>,
+    legacy_headers: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub(super) requests: u32,
+    pub(super) window: HumanDuration,
+    pub(super) burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    kind: StoreKind,
+    url: Option<String>,
+    on_error: Option<OnErrorMode>,
+    local_share: Option<f64>,
+    timeout: Option<HumanDuration>,
+    cooldown: Option<HumanDuration>,
+}
+
+/// `rate_limits.store.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory, per process (the default when there is no `store`).
+    Memory,
+    /// Shared by every replica in Redis.
+    Redis,
+}
+
+/// `rate_limits.store.on_error` as written; [`OnError`] once `local_share` is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErrorMode {
+    /// An in-process limiter at `local_share` of every limit. The default.
+    Local,
+    /// Admit every call.
+    Allow,
+    /// Refuse every call with 503.
+    Deny,
+}
+
+/// Rate-limit policies that are not tied to one API.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// Applies to each API that has no `rate_limit` of its own.
+    pub default: Option<Policy>,
+    /// Applies to each caller (principal) across all APIs.
+    pub per_user: Option<Policy>,
+    /// Also send `X-RateLimit-Limit/Remaining/Reset` on the proxy door. Default false.
+    pub legacy_headers: bool,
+    /// `None`: in memory, per process (the default). `Some`: the shared Redis store.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Validates `{ requests, window, burst }`: requests ≥ 1, window > 0, 1 ≤ burst ≤ requests.
+pub(super) fn rate_policy(
+    path: &str,
+    name: &str,
+    r: RawRateLimit,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Policy> {
+    let before = errors.len();
+    if r.requests == 0 {
+        errors.push(err(format!("{path}.requests"), "must be at least 1"));
+    }
+    if r.window.0.is_zero() {
+        errors.push(err(format!("{path}.window"), "must be greater than 0"));
+    }
+    let burst = r.burst.unwrap_or(r.requests);
+    if burst == 0 || burst > r.requests {
+        errors.push(err(
+            format!("{path}.burst"),
+            format!("must be between 1 and requests ({})", r.requests),
+        ));
+    }
+    (errors.len() == before).then(|| Policy {
+        name: name.to_string(),
+        requests: r.requests,
+        window: r.window.0,
+        burst,
+    })
+}
+
+/// Validates `[rate_limits]`: the default and per-user policies and the store.
+pub(super) fn validate_rate_limits(rl: RawRateLimits, errors: &mut Vec<ConfigError>) -> RateLimits {
+    let mut redis = None;
+    if let Some(store) = rl.store {
+        let memory_only = [
+            ("url", store.url.is_some()),
+            ("on_error", store.on_error.is_some()),
+            ("local_share", store.local_share.is_some()),
+            ("timeout", store.timeout.is_some()),
+            ("cooldown", store.cooldown.is_some()),
+        ];
+        match store.kind {
+            StoreKind::Memory => {
+                for (key, set) in memory_only {
+                    if set {
+                        errors.push(err(
+                            format!("rate_limits.store.{key}"),
+                            "only applies to kind = \"redis\"",
+                        ));
+                    }
+                }
+            }
+            StoreKind::Redis => {
+                let url = store.url.unwrap_or_default();
+                let topology = topology(&url).unwrap_or_else(|e| {
+                    errors.push(err("rate_limits.store.url", e));
+                    Topology::Standalone
+                });
+                let share = store.local_share.unwrap_or(1.0);
+                if !(share > 0.0 && share <= 1.0) {
+                    errors.push(err("rate_limits.store.local_share", "must be in (0, 1]"));
+                }
+                let on_error = match store.on_error.unwrap_or(OnErrorMode::Local) {
+                    OnErrorMode::Local => OnError::Local(share),
+                    OnErrorMode::Allow => OnError::Allow,
+                    OnErrorMode::Deny => OnError::Deny,
+                };
+                let timeout = store.timeout.map_or(Duration::from_millis(25), |d| d.0);
+                if timeout.is_zero() {
+                    errors.push(err("rate_limits.store.timeout", "must be greater than 0"));
+                }
+                redis = Some(RedisSettings {
+                    url,
+                    timeout,
+                    cooldown: store.cooldown.map_or(Duration::from_secs(1), |d| d.0),
+                    on_error,
+                    topology,
+                });
+            }
+        }
+    }
+    RateLimits {
+        default: rl
+            .default
+            .and_then(|r| rate_policy("rate_limits.default", "default", r, errors)),
+        per_user: rl
+            .per_user
+            .and_then(|r| rate_policy("rate_limits.per_user", "per_user", r, errors)),
+        legacy_headers: rl.legacy_headers.unwrap_or(false),
+        redis,
+    }
 }
 
 #[cfg(test)]

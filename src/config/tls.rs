@@ -21,12 +21,21 @@ pub struct RawTls {
     cert_file: Option<String>,
     key_file: Option<String>,
     client_ca_file: Option<String>,
-    client_auth: Option<String>,
-    listeners: Option<Vec<String>>,
+    client_auth: Option<ClientAuth>,
+    listeners: Option<Vec<Listener>>,
 }
 
-/// Which listeners speak TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `server.tls.client_auth`: whether a client without a certificate is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// The gateway's listeners, by the names `server.tls.listeners` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Listener {
     Mcp,
     Proxy,
@@ -109,19 +118,7 @@ pub fn validate(raw: Option<RawTls>, errors: &mut Vec<ConfigError>) -> Option<Tl
     };
     let listeners = match raw.listeners {
         None => vec![Listener::Mcp, Listener::Proxy],
-        Some(names) => {
-            let mut v = Vec::new();
-            for (i, n) in names.iter().enumerate() {
-                match n.as_str() {
-                    "mcp" => v.push(Listener::Mcp),
-                    "proxy" => v.push(Listener::Proxy),
-                    "admin" => v.push(Listener::Admin),
-                    other => errors.push(err(
-                        &format!("server.tls.listeners[{i}]"),
-                        format!("{other:?} is not a listener; use \"mcp\", \"proxy\" or \"admin\""),
-                    )),
-                }
-            }
+        Some(v) => {
             if v.is_empty() {
                 errors.push(err(
                     "server.tls.listeners",
@@ -131,17 +128,7 @@ pub fn validate(raw: Option<RawTls>, errors: &mut Vec<ConfigError>) -> Option<Tl
             v
         }
     };
-    let client_auth_required = match raw.client_auth.as_deref() {
-        None | Some("required") => true,
-        Some("optional") => false,
-        Some(other) => {
-            errors.push(err(
-                "server.tls.client_auth",
-                format!("{other:?} is not one of \"required\", \"optional\""),
-            ));
-            true
-        }
-    };
+    let client_auth_required = raw.client_auth != Some(ClientAuth::Optional);
     if raw.client_auth.is_some() && raw.client_ca_file.is_none() {
         errors.push(err(
             "server.tls.client_auth",

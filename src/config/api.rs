@@ -1,0 +1,482 @@
+//! `[[apis]]`: each allow-listed upstream API, its base URL, methods and paths, credential,
+//! limits and timeouts, validated into an [`Api`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use serde::Deserialize;
+
+use super::{err, rate_policy, ConfigError, HumanDuration, PathPattern, Policy, RawRateLimit};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApi {
+    name: String,
+    base_url: String,
+    description: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    deny_paths: Vec<String>,
+    timeout: Option<HumanDuration>,
+    connect_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    allow_private_network: bool,
+    credentials: Option<RawCredentials>,
+    max_response_bytes: Option<usize>,
+    rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    endpoint_rate_limits: Vec<RawEndpointRateLimit>,
+    #[serde(default)]
+    require_signature: bool,
+    follow_redirects: Option<u8>,
+    cost_per_call: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpointRateLimit {
+    path: String,
+    requests: u32,
+    window: HumanDuration,
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    header: Option<String>,
+    query: Option<String>,
+    value: String,
+}
+
+/// One allow-listed upstream API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub name: String,
+    pub base: BaseUrl,
+    pub description: String,
+    pub methods: Vec<Method>,
+    pub paths: Vec<PathPattern>,
+    pub deny_paths: Vec<PathPattern>,
+    /// Total deadline for one upstream exchange. Default 30 s.
+    pub timeout: Duration,
+    /// TCP (+TLS) connect deadline. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Allow private, loopback and link-local destinations. Default false.
+    pub allow_private_network: bool,
+    pub credential: Option<Credential>,
+    /// Overrides `mcp.max_response_bytes` for this API.
+    pub max_response_bytes: Option<usize>,
+    /// This API's limit, named `api.NAME`; when absent `rate_limits.default` applies.
+    pub rate_limit: Option<Policy>,
+    /// Extra limits for paths matching a pattern, named `api.NAME:PATTERN`, checked on top of
+    /// the API's limit.
+    pub endpoint_rate_limits: Vec<(PathPattern, Policy)>,
+    /// Calls to this API must carry a valid request signature.
+    pub require_signature: bool,
+    /// Redirects followed on the MCP door (0 = returned to the caller). At most 3.
+    pub follow_redirects: u8,
+    /// What one call costs, for the `api_cost_total` business metric.
+    pub cost_per_call: Option<f64>,
+}
+
+/// A parsed `base_url`: where an API lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub tls: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (`""` for the root).
+    pub path: String,
+    /// The URL as written, for matching the MCP `api` argument.
+    pub original: String,
+}
+
+impl BaseUrl {
+    /// The base path as a request target (`/` for the root), for the gateway's own requests
+    /// to an identity provider.
+    pub fn request_path(&self) -> String {
+        if self.path.is_empty() {
+            "/".to_string()
+        } else {
+            self.path.clone()
+        }
+    }
+
+    /// The absolute URL of a request sent to this base (for resolving redirects).
+    pub fn url_of(&self, path_and_query: &str) -> Option<url::Url> {
+        let scheme = if self.tls { "https" } else { "http" };
+        url::Url::parse(&format!(
+            "{scheme}://{}{path_and_query}",
+            self.host_header()
+        ))
+        .ok()
+    }
+
+    /// The value for the upstream `Host` header: the host, plus the port if not the default.
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Where an upstream credential goes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CredentialPlacement {
+    Header(http::HeaderName),
+    Query(String),
+}
+
+/// An upstream credential, injected by the gateway. Its value is never logged or shown.
+#[derive(Clone)]
+pub struct Credential {
+    pub placement: CredentialPlacement,
+    pub value: String,
+    /// `value` as a header value (marked sensitive), parsed once while loading; `Some` for a
+    /// header placement.
+    pub header_value: Option<http::HeaderValue>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.placement {
+            CredentialPlacement::Header(h) => format!("header {h}"),
+            CredentialPlacement::Query(q) => format!("query {q}"),
+        };
+        write!(f, "Credential({place}, value=<redacted>)")
+    }
+}
+
+/// The methods the `api_gateway` tool and the proxy door can forward.
+pub const SUPPORTED_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+
+/// Validates every `[[apis]]` entry; names are unique. Returns the APIs and their names.
+pub(super) fn validate_apis(
+    raw: Vec<RawApi>,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<Arc<Api>>, HashSet<String>) {
+    let mut apis = Vec::new();
+    let mut names = HashSet::new();
+    if raw.is_empty() {
+        errors.push(err(
+            "apis",
+            "no APIs are configured: add at least one [[apis]] entry",
+        ));
+    }
+    for (i, a) in raw.into_iter().enumerate() {
+        let p = format!("apis[{i}]");
+        if let Some(api) = validate_api(&p, a, errors) {
+            if !names.insert(api.name.clone()) {
+                errors.push(err(
+                    format!("{p}.name"),
+                    format!("duplicate API name {:?}", api.name),
+                ));
+            }
+            apis.push(Arc::new(api));
+        }
+    }
+
+    (apis, names)
+}
+
+fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api> {
+    let before = errors.len();
+    let name_ok = !a.name.is_empty()
+        && a.name.len() <= 64
+        && a.name
+            .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && a.name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !name_ok {
+        errors.push(err(
+            format!("{p}.name"),
+            format!(
+                "{:?} must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit \
+                 (it is the first path segment on the proxy door)",
+                a.name
+            ),
+        ));
+    }
+
+    let base = match parse_base_url(&a.base_url) {
+        Ok(b) => Some(b),
+        Err(m) => {
+            errors.push(err(format!("{p}.base_url"), m));
+            None
+        }
+    };
+
+    let mut methods = Vec::new();
+    for (j, m) in a
+        .methods
+        .unwrap_or_else(|| vec!["GET".into()])
+        .iter()
+        .enumerate()
+    {
+        let upper = m.to_ascii_uppercase();
+        if SUPPORTED_METHODS.contains(&upper.as_str()) {
+            if let Ok(method) = Method::from_bytes(upper.as_bytes()) {
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+        } else {
+            errors.push(err(
+                format!("{p}.methods[{j}]"),
+                format!("{m:?} is not one of {}", SUPPORTED_METHODS.join(", ")),
+            ));
+        }
+    }
+    if methods.is_empty() && errors.len() == before {
+        errors.push(err(
+            format!("{p}.methods"),
+            "at least one method is required",
+        ));
+    }
+
+    let mut patterns = |key: &str, list: &[String]| -> Vec<PathPattern> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(j, s)| match PathPattern::parse(s) {
+                Ok(pat) => Some(pat),
+                Err(m) => {
+                    errors.push(err(format!("{p}.{key}[{j}]"), m));
+                    None
+                }
+            })
+            .collect()
+    };
+    let paths = patterns("paths", &a.paths);
+    let deny_paths = patterns("deny_paths", &a.deny_paths);
+    if a.paths.is_empty() {
+        errors.push(err(
+            format!("{p}.paths"),
+            "no paths are allowed (deny by default): list patterns such as \"/v1/**\", or \"/**\" for all",
+        ));
+    }
+
+    let credential = a.credentials.and_then(|c| {
+        let cp = format!("{p}.credentials");
+        let placement = match (c.header, c.query) {
+            (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) if !crate::types::headers::is_framing_header(&name) => {
+                    Some(CredentialPlacement::Header(name))
+                }
+                Ok(_) => {
+                    errors.push(err(
+                        format!("{cp}.header"),
+                        format!("{h:?} cannot carry a credential"),
+                    ));
+                    None
+                }
+                Err(_) => {
+                    errors.push(err(
+                        format!("{cp}.header"),
+                        format!("{h:?} is not a valid header name"),
+                    ));
+                    None
+                }
+            },
+            (None, Some(q)) if !q.is_empty() => Some(CredentialPlacement::Query(q)),
+            (None, Some(_)) => {
+                errors.push(err(format!("{cp}.query"), "must not be empty"));
+                None
+            }
+            _ => {
+                errors.push(err(cp.clone(), "set exactly one of `header` or `query`"));
+                None
+            }
+        };
+        let mut header_value = None;
+        if c.value.is_empty() {
+            errors.push(err(
+                format!("{cp}.value"),
+                "is empty (did the environment variable expand to nothing?)",
+            ));
+        } else {
+            match http::HeaderValue::from_str(&c.value) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    header_value = Some(v);
+                }
+                Err(_) => errors.push(err(
+                    format!("{cp}.value"),
+                    "contains characters not allowed in a header",
+                )),
+            }
+        }
+        placement.map(|placement| Credential {
+            header_value: header_value
+                .filter(|_| matches!(placement, CredentialPlacement::Header(_))),
+            placement,
+            value: c.value,
+        })
+    });
+
+    let timeout = a.timeout.map_or(Duration::from_secs(30), |d| d.0);
+    let connect_timeout = a.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    if timeout.is_zero() {
+        errors.push(err(format!("{p}.timeout"), "must be greater than 0"));
+    }
+    if connect_timeout.is_zero() {
+        errors.push(err(
+            format!("{p}.connect_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    let rate_limit = a.rate_limit.and_then(|r| {
+        rate_policy(
+            &format!("{p}.rate_limit"),
+            &format!("api.{}", a.name),
+            r,
+            errors,
+        )
+    });
+    let mut endpoint_rate_limits = Vec::new();
+    for (j, e) in a.endpoint_rate_limits.into_iter().enumerate() {
+        let ep = format!("{p}.endpoint_rate_limits[{j}]");
+        let pattern = match PathPattern::parse(&e.path) {
+            Ok(pat) => Some(pat),
+            Err(m) => {
+                errors.push(err(format!("{ep}.path"), m));
+                None
+            }
+        };
+        let raw = RawRateLimit {
+            requests: e.requests,
+            window: e.window,
+            burst: e.burst,
+        };
+        let policy = rate_policy(&ep, &format!("api.{}:{}", a.name, e.path), raw, errors);
+        if let (Some(pattern), Some(policy)) = (pattern, policy) {
+            endpoint_rate_limits.push((pattern, policy));
+        }
+    }
+    let max_response_bytes = a.max_response_bytes;
+    if max_response_bytes == Some(0) {
+        errors.push(err(
+            format!("{p}.max_response_bytes"),
+            "must be greater than 0",
+        ));
+    }
+
+    if a.cost_per_call
+        .is_some_and(|c| !(c.is_finite() && c >= 0.0))
+    {
+        errors.push(err(format!("{p}.cost_per_call"), "must be a number ≥ 0"));
+    }
+    let follow_redirects = a.follow_redirects.unwrap_or(0);
+    if follow_redirects > 3 {
+        errors.push(err(
+            format!("{p}.follow_redirects"),
+            "at most 3 redirects may be followed",
+        ));
+    }
+
+    if errors.len() != before {
+        return None;
+    }
+    Some(Api {
+        cost_per_call: a.cost_per_call,
+        require_signature: a.require_signature,
+        follow_redirects,
+        description: a
+            .description
+            .unwrap_or_else(|| format!("The {} API", a.name)),
+        name: a.name,
+        base: base?,
+        methods,
+        paths,
+        deny_paths,
+        timeout,
+        connect_timeout,
+        allow_private_network: a.allow_private_network,
+        credential,
+        max_response_bytes,
+        rate_limit,
+        endpoint_rate_limits,
+    })
+}
+
+impl Api {
+    /// An internal destination the gateway itself calls (a JWKS document, an introspection
+    /// endpoint): same egress path, SSRF guard and deadlines as an API, no caller-facing rules.
+    pub fn internal(
+        name: &str,
+        url: &str,
+        allow_private_network: bool,
+        timeout: Duration,
+    ) -> Result<Api, String> {
+        let base = parse_base_url(url)?;
+        Ok(Api {
+            name: name.to_string(),
+            base,
+            description: String::new(),
+            methods: vec![Method::GET, Method::POST],
+            paths: Vec::new(),
+            deny_paths: Vec::new(),
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            allow_private_network,
+            credential: None,
+            max_response_bytes: Some(1 << 20),
+            rate_limit: None,
+            endpoint_rate_limits: Vec::new(),
+            require_signature: false,
+            follow_redirects: 0,
+            cost_per_call: None,
+        })
+    }
+}
+
+/// Parses and checks an API's `base_url`: http(s), a host, no credentials, query or fragment.
+pub fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
+    let tls = match u.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported; use http or https"
+            ))
+        }
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not contain credentials; use `credentials` instead".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not contain a query or fragment".into());
+    }
+    let host = match u.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err("has no host".into()),
+    };
+    let port = u
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    Ok(BaseUrl {
+        tls,
+        host,
+        port,
+        path: u.path().trim_end_matches('/').to_string(),
+        original: s.to_string(),
+    })
+}

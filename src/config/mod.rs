@@ -1,0 +1,427 @@
+//! TOML configuration: the on-disk schema, `${ENV}` interpolation and validation into an
+//! immutable [`Config`]. Every error names the key path it is about (`apis[2].base_url: …`).
+//!
+//! Loading happens in three steps so that each error can say where it is:
+//! 1. the text is parsed as TOML into a `toml::Value`;
+//! 2. `${VAR}` / `${VAR:-default}` are interpolated in every string value, walking the tree
+//!    with its key path;
+//! 3. the tree is deserialised into the raw schema (`deny_unknown_fields` everywhere) and
+//!    validated into runtime types. Validation collects every error instead of stopping at
+//!    the first, so `check` can list them all.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use crate::types::PathPattern;
+
+mod access;
+mod api;
+mod audit;
+pub mod ratelimit;
+mod security;
+mod server;
+mod telemetry;
+pub mod tls;
+mod values;
+pub use access::{
+    ApiKey, AuthConfig, AuthMethod, Grant, HeaderLimits, IpRules, JwtIssuer, JwtKeys, OAuth2, Rbac,
+    Role, Signatures,
+};
+use api::RawApi;
+pub use api::{parse_base_url, Api, BaseUrl, Credential, CredentialPlacement, SUPPORTED_METHODS};
+use audit::{validate_audit, RawAudit};
+pub use audit::{AuditConfig, AuditSink, OnFailure};
+use ratelimit::RawRateLimits;
+use ratelimit::{rate_policy, RawRateLimit};
+pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topology};
+pub use security::RequestGuards;
+use security::{RawEgress, RawSecurity};
+pub use server::{McpConfig, ServerConfig};
+use server::{RawMcp, RawServer};
+pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
+pub use tls::{Listener, TlsConfig};
+pub use values::{interpolate, parse_duration, HumanDuration};
+use values::{interpolate_value, positive};
+
+/// The configuration the gateway runs on when `serve` or `stdio` get no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/minimal.toml");
+
+/// One configuration problem, with the key path it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `apis[2].base_url`. Empty for whole-file errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All problems found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An error at a key path, for validators that live outside this module.
+pub fn config_error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    err(path, message)
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw schema: what the TOML file may contain. Unknown keys are rejected everywhere.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    mcp: RawMcp,
+    auth: Option<access::RawAuth>,
+    #[serde(default)]
+    rbac: access::RawRbac,
+    #[serde(default)]
+    egress: RawEgress,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    security: RawSecurity,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default)]
+    apis: Vec<RawApi>,
+    #[serde(default)]
+    tracing: telemetry::RawTracing,
+    #[serde(default)]
+    metrics: telemetry::RawMetrics,
+}
+
+// ---------------------------------------------------------------------------------------
+// Runtime types: validated, immutable, shared behind `Arc`.
+// ---------------------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub mcp: McpConfig,
+    pub auth: AuthConfig,
+    pub rbac: Rbac,
+    pub ip_rules: IpRules,
+    pub header_limits: HeaderLimits,
+    pub signatures: Signatures,
+    /// DNS servers for upstream names (`egress.nameservers`); empty = the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    pub audit: AuditConfig,
+    pub request: RequestGuards,
+    pub rate_limits: RateLimits,
+    pub apis: Vec<Arc<Api>>,
+    pub tracing: TracingConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    /// Reads, interpolates and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![err(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )])
+        })?;
+        let mut config = Self::parse(&text, &|name| std::env::var(name).ok())?;
+        // A relative audit path lives next to the config file.
+        if let AuditSink::File(p) | AuditSink::Sqlite(p) = &mut config.audit.sink {
+            if p.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text. `env` looks up variables for `${VAR}`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![err(
+                "",
+                format!("invalid TOML: {}", e.message().trim()),
+            )])
+        })?;
+        let mut errors = Vec::new();
+        interpolate_value(&mut value, "", env, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigErrors(vec![err(path, e.into_inner().to_string())])
+        })?;
+        validate(raw, env)
+    }
+
+    /// The API a URL belongs to (same scheme, host and port, under its base path), with the
+    /// endpoint relative to that base. Used to re-check redirect targets. When several APIs
+    /// share the base, `prefer` (the API being called) wins, then the longest base path.
+    pub fn api_for_url(&self, url: &url::Url, prefer: &str) -> Option<(&Arc<Api>, String)> {
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let host = match url.host()? {
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => ip.to_string(),
+        };
+        let port = url.port_or_known_default()?;
+        let path = url.path();
+        self.apis
+            .iter()
+            .filter(|a| {
+                a.base.tls == tls && a.base.host.eq_ignore_ascii_case(&host) && a.base.port == port
+            })
+            .filter_map(|a| {
+                let rest = path.strip_prefix(a.base.path.as_str())?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((a, rest))
+            })
+            .max_by_key(|(a, _)| (a.name == prefer, a.base.path.len()))
+            .map(|(a, rest)| {
+                let mut endpoint = if rest.is_empty() {
+                    "/".to_string()
+                } else {
+                    rest.to_string()
+                };
+                if let Some(q) = url.query() {
+                    endpoint.push('?');
+                    endpoint.push_str(q);
+                }
+                (a, endpoint)
+            })
+    }
+
+    /// Looks an API up by its name or its base URL as written in config.
+    pub fn api(&self, name_or_url: &str) -> Option<&Arc<Api>> {
+        let trimmed = name_or_url.trim_end_matches('/');
+        self.apis
+            .iter()
+            .find(|a| a.name == name_or_url || a.base.original.trim_end_matches('/') == trimmed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+/// `env` also supplies the standard `OTEL_*` variables `[tracing]` falls back on.
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+
+    let server = server::validate_server(raw.server, &mut errors);
+    let mcp = server::validate_mcp(raw.mcp, server.mcp_listen, &mut errors);
+    let auth = access::validate_auth(raw.auth, &mut errors);
+    let (request, header_limits) = security::validate_request(raw.security.request, &mut errors);
+    let ip_rules = IpRules {
+        allow: access::parse_nets("security.ip_allow", raw.security.ip_allow, &mut errors),
+        deny: access::parse_nets("security.ip_deny", raw.security.ip_deny, &mut errors),
+        trusted_proxies: access::parse_nets(
+            "security.trusted_proxies",
+            raw.security.trusted_proxies,
+            &mut errors,
+        ),
+    };
+    let signatures = access::validate_signatures(raw.security.signatures, &mut errors);
+
+    let rate_limits = ratelimit::validate_rate_limits(raw.rate_limits, &mut errors);
+
+    let (apis, names) = api::validate_apis(raw.apis, &mut errors);
+
+    let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
+    let audit = validate_audit(raw.audit, &mut errors);
+    let tracing = telemetry::validate_tracing(raw.tracing, env, &mut errors);
+    let metrics = telemetry::validate_metrics(raw.metrics, &mut errors);
+    let nameservers = security::validate_nameservers(raw.egress, &mut errors);
+    if apis.iter().any(|a| a.require_signature) && signatures.keys.is_empty() {
+        errors.push(err(
+            "security.signatures",
+            "an API sets require_signature = true but no signing keys are configured",
+        ));
+    }
+    let mut auth = auth;
+    for (i, k) in auth.api_keys.iter_mut().enumerate() {
+        // Entries name an API or, as in the product brief, give its base URL.
+        for (j, a) in k.allowed_apis.iter_mut().flatten().enumerate() {
+            let trimmed = a.trim_end_matches('/').to_string();
+            match apis
+                .iter()
+                .find(|api| api.name == *a || api.base.original.trim_end_matches('/') == trimmed)
+            {
+                Some(api) => *a = api.name.clone(),
+                None => errors.push(err(
+                    format!("auth.api_keys[{i}].allowed_apis[{j}]"),
+                    format!("no API named {a:?} (or with that base_url) is configured"),
+                )),
+            }
+        }
+        if rbac.enabled() {
+            for (j, r) in k.roles.iter().enumerate() {
+                if !rbac.roles.iter().any(|role| role.name == *r) {
+                    errors.push(err(
+                        format!("auth.api_keys[{i}].roles[{j}]"),
+                        format!("no role named {r:?} in [[rbac.roles]]"),
+                    ));
+                }
+            }
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(Config {
+            server,
+            mcp,
+            auth,
+            rbac,
+            ip_rules,
+            header_limits,
+            signatures,
+            nameservers,
+            audit,
+            request,
+            rate_limits,
+            apis,
+            tracing,
+            metrics,
+        })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    /// Modes are enums: a value that is not one of them is refused at its key path, naming
+    /// the values that are.
+    #[test]
+    fn modes_outside_their_enum_are_named_by_key_path() {
+        let api = "[[apis]]\nname = \"a\"\nbase_url = \"https://a.example\"\nmethods = [\"GET\"]\npaths = [\"/**\"]\n";
+        for (section, key, expected) in [
+            ("[rate_limits]\nstore = { kind = \"memcached\" }", "rate_limits.store.kind", "`memory` or `redis`"),
+            (
+                "[rate_limits]\nstore = { kind = \"redis\", url = \"redis://127.0.0.1:1\", on_error = \"panic\" }",
+                "rate_limits.store.on_error",
+                "`local`, `allow`, `deny`",
+            ),
+            ("[audit]\nsink = \"syslog\"", "audit.sink", "`file`, `stdout`, `sqlite`"),
+            ("[audit]\non_failure = \"retry\"", "audit.on_failure", "`continue` or `block`"),
+        ] {
+            let e = Config::parse(&format!("{section}\n{api}"), &env).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{e}");
+            assert_eq!(e.0[0].path, key, "{e}");
+            assert!(e.0[0].message.contains(expected), "{e}");
+        }
+        let ok = Config::parse(
+            &format!("[auth]\nrequired = false\n[audit]\nsink = \"stdout\"\non_failure = \"block\"\n{api}"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(ok.audit.on_failure, OnFailure::Block);
+        assert_eq!(ok.audit.sink, AuditSink::Stdout);
+    }
+
+    #[test]
+    fn interpolation() {
+        assert_eq!(
+            interpolate("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
+        assert_eq!(interpolate("${MISSING:-x}y", &env).unwrap(), "xy");
+        assert_eq!(interpolate("$${TOKEN}", &env).unwrap(), "${TOKEN}");
+        assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
+        let e = interpolate("${MISSING}", &env).unwrap_err();
+        assert!(e.contains("MISSING"), "{e}");
+        assert!(interpolate("${TOKEN", &env).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
+        for bad in ["", "10", "s", "1.5s", "10 parsecs", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT, &env).unwrap();
+        assert_eq!(c.apis.len(), 1);
+        assert_eq!(c.apis[0].name, "local");
+        assert_eq!(c.server.mcp_listen.port(), 3000);
+    }
+
+    #[test]
+    fn base_url_parsing() {
+        let b = parse_base_url("https://api.github.com").unwrap();
+        assert!(b.tls);
+        assert_eq!(
+            (b.host.as_str(), b.port, b.path.as_str()),
+            ("api.github.com", 443, "")
+        );
+        let b = parse_base_url("http://[::1]:8080/v2/").unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.port, b.path.as_str()),
+            ("::1", 8080, "/v2")
+        );
+        assert_eq!(b.host_header(), "[::1]:8080");
+        assert!(parse_base_url("ftp://x").is_err());
+        assert!(parse_base_url("https://u:p@x").is_err());
+        assert!(parse_base_url("https://x/?a=1").is_err());
+    }
+}

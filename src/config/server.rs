@@ -1,0 +1,195 @@
+//! `[server]` and `[mcp]`: listeners, threads, shutdown, TLS, the file watch, and the MCP
+//! door's hosts, origins and size limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{err, positive, tls, ConfigError, HumanDuration, TlsConfig};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    mcp_listen: Option<String>,
+    proxy_listen: Option<String>,
+    admin_listen: Option<String>,
+    threads: Option<usize>,
+    shutdown_grace: Option<HumanDuration>,
+    /// The same setting under the name the deployment docs use.
+    grace_period: Option<HumanDuration>,
+    drain_delay: Option<HumanDuration>,
+    tls: Option<tls::RawTls>,
+    watch_config: Option<bool>,
+    watch_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMcp {
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    max_response_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    legacy_sessions: Option<bool>,
+    json_response: Option<bool>,
+}
+
+/// Listeners and process settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// MCP Streamable HTTP at `/mcp`. Default `127.0.0.1:3000`.
+    pub mcp_listen: SocketAddr,
+    /// Reverse proxy `/{api}/{path}`. Default `127.0.0.1:8080`.
+    pub proxy_listen: SocketAddr,
+    /// `/healthz` and `/readyz`. Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Worker threads for each of the proxy and MCP services. Default: the CPU count.
+    pub threads: usize,
+    /// How long a graceful shutdown (SIGTERM) lets calls in flight finish. Default 5 s.
+    pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the gateway keeps serving with `/readyz` failing, so load
+    /// balancers stop sending new calls before the listeners close. Default 0 s.
+    pub drain_delay: Duration,
+    /// `[server.tls]`: TLS (and optionally mTLS) on the listeners it names.
+    pub tls: Option<TlsConfig>,
+    /// Reload when the config file's content changes. Default true (SIGHUP always reloads).
+    pub watch_config: bool,
+    /// How often the file is checked. Default 2 s.
+    pub watch_interval: Duration,
+}
+
+/// MCP door settings.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// `Host` values accepted on the MCP listener (DNS-rebinding guard).
+    /// Default: `localhost`, `127.0.0.1`, `::1` and the listener's own IP.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted. Default empty: any request carrying an `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    /// Upstream response bytes returned to the model before `truncated` is set. Default 1 MiB.
+    pub max_response_bytes: usize,
+    /// Largest JSON-RPC request body accepted. Default 4 MiB.
+    pub max_request_bytes: usize,
+    /// Keep legacy (`initialize`) sessions in memory. Default true.
+    pub legacy_sessions: bool,
+    /// Answer a stateless request with one `application/json` body instead of an SSE
+    /// stream, when the reply is a single message. Default true.
+    pub json_response: bool,
+}
+
+const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
+const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// Validates `[server]`: listen addresses (distinct), threads, grace and drain, TLS, the
+/// file watch.
+pub(super) fn validate_server(raw: RawServer, errors: &mut Vec<ConfigError>) -> ServerConfig {
+    let mut listen = |key: &str, v: Option<String>, default: &str| -> SocketAddr {
+        let s = v.unwrap_or_else(|| default.to_string());
+        s.parse().unwrap_or_else(|_| {
+            errors.push(err(
+                format!("server.{key}"),
+                format!("{s:?} is not an address like \"127.0.0.1:3000\""),
+            ));
+            // Placeholder so validation can continue; never used because errors is non-empty.
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let mcp_listen = listen("mcp_listen", raw.mcp_listen, DEFAULT_MCP_LISTEN);
+    let proxy_listen = listen("proxy_listen", raw.proxy_listen, DEFAULT_PROXY_LISTEN);
+    let admin_listen = listen("admin_listen", raw.admin_listen, DEFAULT_ADMIN_LISTEN);
+    let listeners = [
+        ("server.mcp_listen", mcp_listen),
+        ("server.proxy_listen", proxy_listen),
+        ("server.admin_listen", admin_listen),
+    ];
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        if addr.port() != 0 && listeners[..i].iter().any(|(_, other)| other == addr) {
+            errors.push(err(
+                *key,
+                format!("{addr} is already used by another listener"),
+            ));
+        }
+    }
+    let threads = match raw.threads {
+        Some(0) => {
+            errors.push(err("server.threads", "must be at least 1"));
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    ServerConfig {
+        mcp_listen,
+        proxy_listen,
+        admin_listen,
+        threads,
+        shutdown_grace: {
+            if raw.shutdown_grace.is_some() && raw.grace_period.is_some() {
+                errors.push(err(
+                    "server.grace_period",
+                    "set grace_period or its older name shutdown_grace, not both",
+                ));
+            }
+            raw.grace_period
+                .or(raw.shutdown_grace)
+                .map_or(Duration::from_secs(5), |d| d.0)
+        },
+        drain_delay: raw.drain_delay.map_or(Duration::ZERO, |d| d.0),
+        tls: tls::validate(raw.tls, errors),
+        watch_config: raw.watch_config.unwrap_or(true),
+        watch_interval: match raw.watch_interval {
+            Some(d) if d.0 < Duration::from_millis(100) => {
+                errors.push(err("server.watch_interval", "must be at least 100ms"));
+                d.0
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(2),
+        },
+    }
+}
+
+/// Validates `[mcp]`; the default allowed hosts include the MCP listener's own address.
+pub(super) fn validate_mcp(
+    raw: RawMcp,
+    mcp_listen: SocketAddr,
+    errors: &mut Vec<ConfigError>,
+) -> McpConfig {
+    let mut allowed_hosts = raw.allowed_hosts.unwrap_or_else(|| {
+        let mut v: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let ip = mcp_listen.ip();
+        if !ip.is_unspecified() && !v.contains(&ip.to_string()) {
+            v.push(ip.to_string());
+        }
+        v
+    });
+    allowed_hosts.retain(|h| !h.is_empty());
+    let allowed_origins = raw.allowed_origins.unwrap_or_default();
+    for (i, o) in allowed_origins.iter().enumerate() {
+        if o != "null" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            errors.push(err(
+                format!("mcp.allowed_origins[{i}]"),
+                format!("{o:?} must include a scheme, e.g. \"https://app.example.com:443\""),
+            ));
+        }
+    }
+    McpConfig {
+        allowed_hosts,
+        allowed_origins,
+        max_response_bytes: positive(
+            errors,
+            "mcp.max_response_bytes",
+            raw.max_response_bytes,
+            1 << 20,
+        ),
+        max_request_bytes: positive(
+            errors,
+            "mcp.max_request_bytes",
+            raw.max_request_bytes,
+            4 << 20,
+        ),
+        legacy_sessions: raw.legacy_sessions.unwrap_or(true),
+        json_response: raw.json_response.unwrap_or(true),
+    }
+}
