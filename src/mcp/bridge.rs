@@ -1,0 +1,341 @@
+//! The Pingora↔tower bridge of the MCP door: a Pingora HTTP app that identifies the caller,
+//! guards legacy sessions, and hands `/mcp` requests to rmcp's Streamable HTTP service.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use super::handler::GatewayMcp;
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Live};
+use crate::policy::{Caller, CallerRequest, Door};
+
+/// rmcp's Streamable HTTP service over the gateway's tools, as `[mcp]` configures it. It
+/// expects each request to carry its identified [`Caller`] in the request extensions.
+pub fn http_service(
+    live: Arc<Live>,
+    cancel: CancellationToken,
+) -> StreamableHttpService<GatewayMcp, LocalSessionManager> {
+    let gateway = live.current();
+    let cfg = &gateway.config.mcp;
+    let mut http_cfg = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(cfg.allowed_hosts.clone())
+        .with_allowed_origins(cfg.allowed_origins.clone())
+        .with_legacy_session_mode(cfg.legacy_sessions)
+        .with_json_response(cfg.json_response)
+        .with_max_request_body_bytes(cfg.max_request_bytes)
+        .with_cancellation_token(cancel);
+    if cfg.allowed_origins.is_empty() {
+        // Secure default: with no configured origins, any browser Origin is refused.
+        http_cfg = http_cfg.enforce_origin_validation();
+    }
+    // Each request or session gets a handler on the config serving then (requests still
+    // take their own snapshot, see `GatewayMcp::at`); the factory keeps no config alive.
+    StreamableHttpService::new(
+        move || Ok(GatewayMcp::new(live.clone())),
+        Arc::new(LocalSessionManager::default()),
+        http_cfg,
+    )
+}
+
+/// The Pingora service app that bridges HTTP sessions to rmcp's Streamable HTTP service.
+pub struct McpHttpApp {
+    service: StreamableHttpService<GatewayMcp, LocalSessionManager>,
+    max_request_bytes: usize,
+    live: Arc<Live>,
+    /// Which principal created each legacy session: a session id is usable only by it, so a
+    /// leaked id cannot be used (for instance to read its event stream) by another caller.
+    owners: std::sync::Mutex<SessionOwners>,
+}
+
+/// Session id → principal id, bounded: the oldest entries go first.
+#[derive(Default)]
+struct SessionOwners {
+    by_id: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const MAX_TRACKED_SESSIONS: usize = 100_000;
+
+impl SessionOwners {
+    fn insert(&mut self, session: String, principal: String) {
+        if self.by_id.insert(session.clone(), principal).is_none() {
+            self.order.push_back(session);
+        }
+        while self.order.len() > MAX_TRACKED_SESSIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+}
+
+fn host_of(session: &ServerSession) -> Option<&str> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+}
+
+impl McpHttpApp {
+    pub fn new(live: Arc<Live>, cancel: CancellationToken) -> Self {
+        McpHttpApp {
+            service: http_service(live.clone(), cancel),
+            max_request_bytes: live.current().config.mcp.max_request_bytes,
+            live,
+            owners: std::sync::Mutex::new(SessionOwners::default()),
+        }
+    }
+
+    /// Writes a gateway error as problem+json; a 401 carries `WWW-Authenticate` pointing at
+    /// the protected-resource metadata on this listener.
+    async fn respond_error(gw: &Gateway, session: &mut ServerSession, e: &GatewayError) {
+        let Ok((h, body)) = crate::call::problem(&gw.config, e, host_of(session)) else {
+            return;
+        };
+        let _ = session.write_response_header(Box::new(h)).await;
+        let _ = session.write_response_body(body, true).await;
+    }
+
+    /// Refuses an HTTP request before it reaches rmcp: logged, counted, audited, and
+    /// answered as problem+json (with `WWW-Authenticate` on a 401).
+    async fn refuse(
+        gw: &Gateway,
+        mut session: ServerSession,
+        caller: Option<&Caller>,
+        e: &GatewayError,
+    ) -> Option<ReusedHttpStream> {
+        tracing::info!(
+            error = e.kind.code(),
+            reason = e.reason.map_or("", crate::error::Reason::code),
+            door = "mcp",
+            "request refused"
+        );
+        crate::telemetry::metrics().refusal(Door::Mcp, None, e);
+        gw.audit(|| {
+            let head = session.req_header();
+            let mut event = crate::audit::AuditEvent::new(
+                Door::Mcp,
+                caller,
+                head.method.as_str(),
+                head.uri.path(),
+            );
+            event.failed(e);
+            event
+        });
+        Self::respond_error(gw, &mut session, e).await;
+        crate::admin::finish(session).await
+    }
+
+    /// RFC 9728 metadata, at the well-known path and at its `/mcp`-suffixed form.
+    async fn respond_metadata(gw: &Gateway, session: &mut ServerSession) {
+        let body = crate::auth::resource_metadata(&gw.config, host_of(session)).to_string();
+        let Ok(mut h) = ResponseHeader::build(200, Some(3)) else {
+            return;
+        };
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        let _ = h.insert_header(http::header::CACHE_CONTROL, "max-age=300");
+        let _ = session.write_response_header(Box::new(h)).await;
+        let _ = session.write_response_body(Bytes::from(body), true).await;
+    }
+
+    async fn respond_plain(session: &mut ServerSession, status: u16, body: &'static str) {
+        if let Ok(mut h) = ResponseHeader::build(status, Some(2)) {
+            let _ = h.insert_header(http::header::CONTENT_TYPE, "text/plain");
+            let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+            let _ = session.write_response_header(Box::new(h)).await;
+            let _ = session
+                .write_response_body(Bytes::from_static(body.as_bytes()), true)
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for McpHttpApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        // This request is served on the config that is current now, to its end, and a
+        // graceful shutdown waits for it.
+        let _in_flight = self.live.enter();
+        let gw = self.live.current();
+        let path = session.req_header().uri.path().to_string();
+        if path == crate::auth::METADATA_PATH
+            || path == format!("{}/mcp", crate::auth::METADATA_PATH)
+        {
+            Self::respond_metadata(&gw, &mut session).await;
+            return crate::admin::finish(session).await;
+        }
+        if path != "/mcp" && path != "/mcp/" {
+            Self::respond_plain(&mut session, 404, "not found: the MCP endpoint is /mcp\n").await;
+            return crate::admin::finish(session).await;
+        }
+
+        // Read the body, capped, before handing the request to rmcp.
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_request_bytes {
+                        Self::respond_plain(&mut session, 413, "request body too large\n").await;
+                        return None;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+
+        let body = body.freeze();
+        let head = session.req_header();
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let identified = gw
+            .pipeline
+            .identify(&CallerRequest {
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: &head.method,
+                path: head.uri.path(),
+                query: head.uri.query().unwrap_or(""),
+                headers: &head.headers,
+                raw_head: raw_head.as_deref(),
+                body: Some(&body),
+                trace: crate::trace::TraceContext::from_headers(&head.headers),
+            })
+            .await;
+        let caller = match identified {
+            Ok(c) => Arc::new(c),
+            Err(e) => return Self::refuse(&gw, session, None, &e).await,
+        };
+        let head = session.req_header();
+        let mut builder = http::Request::builder()
+            .method(head.method.clone())
+            .uri(head.uri.clone());
+        for (k, v) in head.headers.iter() {
+            builder = builder.header(k, v);
+        }
+        let Ok(mut request) = builder.body(Full::new(body)) else {
+            Self::respond_plain(&mut session, 400, "malformed request\n").await;
+            return None;
+        };
+        let session_id = request
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let not_owned = session_id.as_ref().is_some_and(|id| {
+            self.owners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_id
+                .get(id)
+                .is_some_and(|owner| *owner != caller.principal.id)
+        });
+        if not_owned {
+            let e = GatewayError::forbidden("this MCP session belongs to another caller")
+                .with_reason(crate::error::Reason::SessionNotOwned);
+            return Self::refuse(&gw, session, Some(&caller), &e).await;
+        }
+        let principal_id = caller.principal.id.clone();
+        let closing = request.method() == http::Method::DELETE;
+        request.extensions_mut().insert(caller);
+        request.extensions_mut().insert(gw.clone());
+
+        let response = match tower_service::Service::call(&mut self.service.clone(), request).await
+        {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(created) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                if session_id.is_none() {
+                    owners.insert(created.to_string(), principal_id);
+                }
+            }
+            if closing && response.status().is_success() {
+                if let Some(id) = &session_id {
+                    owners.by_id.remove(id);
+                    owners.order.retain(|x| x != id);
+                }
+            }
+        }
+        let (parts, mut body) = response.into_parts();
+        let mut header = ResponseHeader::from(parts);
+        // A body of known size (a JSON reply) gets its Content-Length: header and body then
+        // leave in one write.
+        if let (None, Some(n)) = (
+            header.headers.get(http::header::CONTENT_LENGTH),
+            http_body::Body::size_hint(&body).exact(),
+        ) {
+            let _ = header.insert_header(http::header::CONTENT_LENGTH, n.to_string());
+        }
+        let streaming = header.headers.get(http::header::CONTENT_LENGTH).is_none();
+        if streaming {
+            // Chunked, so the body's end is marked and the connection stays open for the
+            // next request (without it the body would run until the connection closes).
+            let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+        if session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        let mut shutdown = shutdown.clone();
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = shutdown.changed() => {
+                    let _ = session.write_response_body(Bytes::new(), true).await;
+                    return None;
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if session.write_response_body(data, false).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                Some(Err(_)) => return None,
+                None => break,
+            }
+        }
+        if session
+            .write_response_body(Bytes::new(), true)
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        crate::admin::finish(session).await
+    }
+}

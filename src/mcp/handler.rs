@@ -1,0 +1,441 @@
+//! The rmcp [`ServerHandler`] of the MCP door, [`GatewayMcp`]: it lists the tools and runs
+//! the `api_gateway` call (argument translation, admission, egress, redirects, the result).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, InitializeResult,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::tools::TOOL_METHODS;
+use crate::call::CallRecord;
+use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Live};
+use crate::policy::{outbound, Call, Caller, Door, Payload, Who};
+
+/// The MCP server handler. Cheap to clone: the service factory makes one per request.
+#[derive(Clone)]
+pub struct GatewayMcp {
+    /// The gateway a request is served on: the snapshot its HTTP request started on (see
+    /// [`GatewayMcp::at`]), or for stdio the serving one when the request arrived.
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) live: Arc<Live>,
+    /// The caller of a stdio session; HTTP requests carry theirs in the request extensions.
+    pub(super) local_caller: Option<Arc<Caller>>,
+}
+
+/// Arguments of the `api_gateway` tool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiGatewayArgs {
+    api: String,
+    endpoint: String,
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    #[serde(default)]
+    query: Map<String, Value>,
+    #[serde(default)]
+    body: Option<Value>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+impl GatewayMcp {
+    /// Starts the call's server span, named after the MCP conventions (`tools/call
+    /// api_gateway`). A call that starts a trace hands its trace id to the caller it returns,
+    /// so audit records and spans agree.
+    fn start_span(
+        &self,
+        caller: Arc<Caller>,
+        context: &RequestContext<RoleServer>,
+        api: &str,
+        record: &mut CallRecord,
+    ) -> Arc<Caller> {
+        use opentelemetry::KeyValue;
+        if self.gateway.tracing.is_none() {
+            return caller;
+        }
+        let mut c = (*caller).clone();
+        let http = self.local_caller.is_none();
+        record.span =
+            self.gateway
+                .server_span("tools/call api_gateway".into(), &mut c.trace, || {
+                    let mut attrs = vec![
+                        KeyValue::new("mcp.method.name", "tools/call"),
+                        KeyValue::new("gen_ai.tool.name", "api_gateway"),
+                        KeyValue::new("gen_ai.operation.name", "execute_tool"),
+                        KeyValue::new("jsonrpc.request.id", context.id.to_string()),
+                        KeyValue::new("network.transport", if http { "tcp" } else { "pipe" }),
+                        KeyValue::new("api_gateway.door", "mcp"),
+                        KeyValue::new("api_gateway.api", api.to_string()),
+                        KeyValue::new("api_gateway.principal", c.principal.id.clone()),
+                    ];
+                    if let Some(ip) = c.client_ip {
+                        attrs.push(KeyValue::new("client.address", ip.to_string()));
+                    }
+                    attrs
+                });
+        Arc::new(c)
+    }
+
+    pub fn new(live: Arc<Live>) -> Self {
+        GatewayMcp {
+            gateway: live.current(),
+            live,
+            local_caller: None,
+        }
+    }
+
+    /// This handler on the gateway the request is to be served on: the snapshot the HTTP
+    /// bridge took when the request arrived, else (stdio) the serving one. A reload never
+    /// changes the config under a request, and a long legacy session still sees reloads.
+    fn at(&self, context: &RequestContext<RoleServer>) -> GatewayMcp {
+        let gateway = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Arc<Gateway>>())
+            .cloned()
+            .unwrap_or_else(|| self.live.current());
+        GatewayMcp {
+            gateway,
+            live: self.live.clone(),
+            local_caller: self.local_caller.clone(),
+        }
+    }
+
+    /// The caller of this request: attached by the HTTP bridge, or the stdio session's.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Option<Arc<Caller>> {
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Arc<Caller>>())
+            .cloned()
+            .or_else(|| self.local_caller.clone())
+    }
+
+    /// The caller's trace continues upstream, under the request's client span.
+    fn set_traceparent(
+        &self,
+        request: &mut OutboundRequest,
+        caller: &Caller,
+        record: &mut CallRecord,
+        api: &crate::config::Api,
+    ) {
+        let tp = self.gateway.upstream_traceparent(
+            record.span.as_mut(),
+            &caller.trace,
+            request.method.as_str(),
+            api,
+            &request.path_and_query,
+        );
+        request.headers.retain(|(k, _)| k != "traceparent");
+        if let Ok(tp) = http::HeaderValue::from_str(&tp) {
+            request
+                .headers
+                .push((http::HeaderName::from_static("traceparent"), tp));
+        }
+    }
+
+    async fn api_gateway(
+        &self,
+        args: ApiGatewayArgs,
+        caller: &Arc<Caller>,
+        record: &mut CallRecord,
+    ) -> Result<Value, GatewayError> {
+        let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+            .ok()
+            .filter(|m| TOOL_METHODS.contains(&m.as_str()))
+            .ok_or_else(|| {
+                GatewayError::invalid_arguments(format!(
+                    "method must be one of {}",
+                    TOOL_METHODS.join(", ")
+                ))
+            })?;
+
+        // The arguments as HTTP: which of these headers may go upstream is admission's call.
+        if args.headers.len() > 32 {
+            return Err(GatewayError::invalid_header(
+                "at most 32 headers may be set",
+            ));
+        }
+        let mut headers = Vec::with_capacity(args.headers.len() + 1);
+        for (k, v) in &args.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                GatewayError::invalid_header(format!("{k:?} is not a valid header name"))
+            })?;
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => v.to_string(),
+                _ => {
+                    return Err(GatewayError::invalid_header(format!(
+                        "header {k:?} must be a string"
+                    )))
+                }
+            };
+            let value = http::HeaderValue::from_str(&text).map_err(|_| {
+                GatewayError::invalid_header(format!("header {k:?} has an invalid value"))
+            })?;
+            headers.push((name, value));
+        }
+
+        let body = match &args.body {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Bytes::from(serde_json::to_vec(v).map_err(|_| {
+                GatewayError::invalid_arguments("body could not be serialised as JSON")
+            })?)),
+        };
+        if body.is_some() && !headers.iter().any(|(k, _)| k == http::header::CONTENT_TYPE) {
+            headers.push((
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            ));
+        }
+
+        let mut query = Vec::with_capacity(args.query.len());
+        for (k, v) in &args.query {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => v.to_string(),
+                _ => {
+                    return Err(GatewayError::invalid_arguments(format!(
+                        "query parameter {k:?} must be a string, number or boolean"
+                    )))
+                }
+            };
+            query.push((k.clone(), v));
+        }
+
+        let admitted = self
+            .gateway
+            .pipeline
+            .admit(&Call {
+                door: Door::Mcp,
+                who: Who::Identified(caller.clone()),
+                api: &args.api,
+                method: &method,
+                endpoint: &args.endpoint,
+                query: &query,
+                payload: Payload::Whole {
+                    headers: &headers,
+                    body: body.as_deref(),
+                },
+            })
+            .await
+            .map_err(|r| r.error)?;
+        record.admitted(&admitted);
+        record.bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
+        let api = admitted.api.clone();
+        record.upstream_started = Some(std::time::Instant::now());
+        let max_body = api
+            .max_response_bytes
+            .unwrap_or(self.gateway.config.mcp.max_response_bytes);
+        let outbound = |credential: Option<(http::HeaderName, http::HeaderValue)>| {
+            let mut h = admitted.headers.forward.clone();
+            h.extend(credential);
+            h
+        };
+        let mut request = OutboundRequest {
+            method,
+            path_and_query: admitted.path_and_query.clone(),
+            headers: outbound(admitted.headers.credential.clone()),
+            body,
+        };
+        self.set_traceparent(&mut request, caller, record, &api);
+        let mut resp = self
+            .gateway
+            .egress
+            .send(&api, admitted.addr, request.clone(), max_body)
+            .await?;
+        crate::telemetry::metrics().upstream(
+            Door::Mcp,
+            &api,
+            resp.reused,
+            Some(&caller.principal.id),
+        );
+
+        // Redirects, when the API allows them: each hop is admitted again (an allow-listed
+        // API and path the caller may use, an address past the SSRF guard), and the
+        // credential stays behind on a cross-origin hop.
+        let mut hop_api: Arc<crate::config::Api> = api.clone();
+        let mut hops = 0;
+        while hops < api.follow_redirects && matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
+            let Some(location) = resp
+                .headers
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            else {
+                break;
+            };
+            hops += 1;
+            let here = hop_api
+                .base
+                .url_of(&request.path_and_query)
+                .ok_or_else(|| GatewayError::internal("could not rebuild the request URL"))?;
+            if matches!(resp.status, 301..=303) && request.method != Method::HEAD {
+                // As browsers do: the redirected request is a GET without a body.
+                request.method = Method::GET;
+                request.body = None;
+            }
+            let (next_hop, addr, path_and_query) = self
+                .gateway
+                .pipeline
+                .admit_redirect(caller, &api, &here, location, &request.method)
+                .await?;
+            request.path_and_query = path_and_query;
+            request.headers = outbound(outbound::credential_header(&next_hop));
+            if request.body.is_none() {
+                request
+                    .headers
+                    .retain(|(k, _)| k != http::header::CONTENT_TYPE);
+            }
+            if let Some(s) = record.span.as_mut() {
+                s.upstream_answered(resp.status);
+            }
+            self.set_traceparent(&mut request, caller, record, &next_hop);
+            resp = self
+                .gateway
+                .egress
+                .send(&next_hop, addr, request.clone(), max_body)
+                .await?;
+            hop_api = next_hop;
+        }
+
+        if let Some(s) = record.span.as_mut() {
+            s.upstream_answered(resp.status);
+        }
+        let mut safe = Map::new();
+        for name in SAFE_RESPONSE_HEADERS {
+            if let Some(v) = resp.headers.get(*name).and_then(|v| v.to_str().ok()) {
+                let v = String::from_utf8_lossy(&egress::redact_credential(
+                    &api,
+                    Bytes::copy_from_slice(v.as_bytes()),
+                ))
+                .into_owned();
+                safe.insert((*name).to_string(), Value::String(v));
+            }
+        }
+        let body = egress::redact_credential(&api, resp.body);
+        let is_json = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                ct == "application/json" || ct.ends_with("+json")
+            });
+        let data = if is_json && !resp.truncated {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        } else {
+            Value::String(String::from_utf8_lossy(&body).into_owned())
+        };
+        record.bytes_out = body.len() as u64;
+        Ok(json!({
+            "status": resp.status,
+            "headers": safe,
+            "data": data,
+            "truncated": resp.truncated,
+        }))
+    }
+}
+
+/// A request reached a handler without an identified caller: a wiring bug, never a client's
+/// doing, so it is refused rather than treated as anonymous.
+fn no_caller() -> McpError {
+    McpError::internal_error("the caller was not identified", None)
+}
+
+impl ServerHandler for GatewayMcp {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("api-gateway-mcp", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Call external HTTP APIs with the api_gateway tool; list_apis shows what you may call. \
+                 Credentials are injected by the gateway.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
+        Ok(ListToolsResult {
+            tools: self.at(&context).tools(&caller),
+            ..Default::default()
+        })
+    }
+
+    /// The unfiltered definition (rmcp uses it to validate results); what a caller may use
+    /// is decided per call.
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        Self::all_tools(&self.live.current())
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
+        let this = self.at(&context);
+        let this = &this;
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        match request.name.as_ref() {
+            "list_apis" => Ok(this.list_apis(&caller).into()),
+            "api_gateway" => {
+                let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
+                    McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
+                })?;
+                let method = args.method.to_ascii_uppercase();
+                let mut record = CallRecord::open(
+                    &this.gateway,
+                    Door::Mcp,
+                    &method,
+                    &args.api,
+                    &args.endpoint,
+                    Some("api_gateway"),
+                );
+                let api_label = record.api_label().to_string();
+                let caller = this.start_span(caller, &context, &api_label, &mut record);
+                record.identified(&caller);
+                let outcome = this.api_gateway(args, &caller, &mut record).await;
+                let (status, error) = match &outcome {
+                    Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
+                    Err(e) => (e.kind.status(), Some(e)),
+                };
+                record.finish(&this.gateway, status, error);
+                let result = match outcome {
+                    Ok(v) => CallToolResult::structured(v),
+                    Err(e) => CallToolResult::structured_error(e.tool_error_json()),
+                };
+                Ok(result.into())
+            }
+            other => Err(McpError::invalid_params(
+                format!("unknown tool {other:?}"),
+                None,
+            )),
+        }
+    }
+}
