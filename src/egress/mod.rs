@@ -1,0 +1,27 @@
+//! The one way out: every upstream request is built and vetted here.
+//!
+//! - [`EndpointPath::parse`] turns a caller's endpoint into validated path segments, refusing
+//!   anything that could leave the API's base path (dot segments, encoded dots, `//host`,
+//!   backslashes, `@`, schemes, control characters).
+//! - [`upstream_path_and_query`] builds the upstream request target from the configured base
+//!   plus those segments. URLs are never concatenated from caller strings.
+//! - [`Egress::resolve`] resolves DNS and refuses private, loopback, link-local and metadata
+//!   addresses (the SSRF guard) unless the API sets `allow_private_network`. The vetted
+//!   address is the one dialled; the hostname is kept for SNI and `Host`.
+//! - [`Egress::send`] is the MCP door's client, on a pooled Pingora connector. The proxy door
+//!   uses [`Egress::peer`] from its `upstream_peer` hook.
+//!
+//! One concern per file: `url.rs` validates endpoints and builds the upstream request target,
+//! `guard.rs` is the SSRF guard (address classification, DNS resolution and vetting),
+//! `client.rs` is the pooled Pingora client and its error mapping, and `redact.rs` is the
+//! response-side hygiene (credential masking, the headers shown to a model).
+
+mod client;
+mod guard;
+mod redact;
+mod url;
+
+pub use self::client::{map_pingora_error, Egress, OutboundRequest, UpstreamResponse};
+pub use self::guard::blocked_reason;
+pub use self::redact::{redact_credential, SAFE_RESPONSE_HEADERS};
+pub use self::url::{upstream_path_and_query, EndpointPath};
