@@ -175,15 +175,9 @@ impl GatewayMcp {
             let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
                 GatewayError::invalid_header(format!("{k:?} is not a valid header name"))
             })?;
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(_) | Value::Bool(_) => v.to_string(),
-                _ => {
-                    return Err(GatewayError::invalid_header(format!(
-                        "header {k:?} must be a string"
-                    )))
-                }
-            };
+            let text = scalar_text(v).ok_or_else(|| {
+                GatewayError::invalid_header(format!("header {k:?} must be a string"))
+            })?;
             let value = http::HeaderValue::from_str(&text).map_err(|_| {
                 GatewayError::invalid_header(format!("header {k:?} has an invalid value"))
             })?;
@@ -205,15 +199,11 @@ impl GatewayMcp {
 
         let mut query = Vec::with_capacity(args.query.len());
         for (k, v) in &args.query {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(_) | Value::Bool(_) => v.to_string(),
-                _ => {
-                    return Err(GatewayError::invalid_arguments(format!(
-                        "query parameter {k:?} must be a string, number or boolean"
-                    )))
-                }
-            };
+            let v = scalar_text(v).ok_or_else(|| {
+                GatewayError::invalid_arguments(format!(
+                    "query parameter {k:?} must be a string, number or boolean"
+                ))
+            })?;
             query.push((k.clone(), v));
         }
 
@@ -353,6 +343,15 @@ impl GatewayMcp {
             "data": data,
             "truncated": resp.truncated,
         }))
+    }
+}
+
+/// A string, number or boolean argument as text (a header or query value), else `None`.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
     }
 }
 
