@@ -1,141 +1,11 @@
-//! Rate limiting: where a rate-limit decision is made.
-//!
-//! Every policy is `{ requests, window, burst }` and admits a request only when both hold:
-//! - **sliding-window ceiling**: over any interval of length `window`, at most `requests`
-//!   admissions. It is kept as an exact log of admission times, with no fixed windows and so
-//!   no double burst at a window edge;
-//! - **burst (GCRA)**: a virtual-scheduling token bucket with capacity `burst` and emission
-//!   interval `window / requests` (rounded up). At most `burst` requests pass back to back,
-//!   then admissions resume at the steady rate.
-//!
-//! All policies that apply to a request are checked together. A request is admitted only if
-//! every one admits it, and a denied request commits nothing to any of them.
-//! `retry_after` is exact: with nothing else competing, a retry at that moment is admitted.
-//!
-//! [`Limiter`] picks the store: [`MemoryLimiter`] (one process, the default) or
-//! [`RedisLimiter`] (shared by replicas; see `redis.rs`).
+//! The in-process limiter: the sliding-window ceiling (exact log or slot counts) and the
+//! GCRA burst per key, all under one mutex. It is the default store and Redis's fallback.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub mod redis;
-pub use self::redis::{RedisLimiter, StoreUnavailable};
-pub use crate::config::{OnError, Policy, RedisSettings, Topology};
-pub use crate::types::{ceil_secs, PolicyState};
-
-/// The configured rate-limit store.
-pub enum Limiter {
-    Memory {
-        limiter: MemoryLimiter,
-        epoch: Instant,
-    },
-    Redis(Box<RedisLimiter>),
-}
-
-impl Limiter {
-    pub fn memory() -> Self {
-        Limiter::Memory {
-            limiter: MemoryLimiter::new(),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// The Redis backend, when one is configured (it also stores signature nonces).
-    pub fn redis(&self) -> Option<&RedisLimiter> {
-        match self {
-            Limiter::Redis(r) => Some(r),
-            Limiter::Memory { .. } => None,
-        }
-    }
-
-    /// Checks and commits every `(key, policy)` pair together.
-    pub async fn check(
-        &self,
-        checks: &[(String, &Policy)],
-    ) -> Result<RateLimitDecision, StoreUnavailable> {
-        match self {
-            Limiter::Memory { limiter, epoch } => {
-                Ok(limiter.check(checks, epoch.elapsed().as_nanos() as u64))
-            }
-            Limiter::Redis(r) => r.check(checks).await,
-        }
-    }
-}
-
-impl Policy {
-    fn window_ns(&self) -> u64 {
-        self.window.as_nanos().min(u64::MAX as u128) as u64
-    }
-
-    /// Emission interval, rounded up so the steady rate never exceeds `requests / window`.
-    fn interval_ns(&self) -> u64 {
-        self.window_ns().div_ceil(u64::from(self.requests.max(1)))
-    }
-}
-
-/// The outcome of checking every applicable policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateLimitDecision {
-    Allowed {
-        states: Vec<PolicyState>,
-    },
-    Denied {
-        policy: String,
-        retry_after: Duration,
-        states: Vec<PolicyState>,
-    },
-}
-
-/// The largest `requests` whose ceiling is kept as an exact log of admission times. Above
-/// it, a log would cost memory per admission (8 bytes here, ~100 in a Redis sorted set) and
-/// time per decision, so the ceiling is counted in [`SLOTS`] slots instead.
-pub const EXACT_LOG_MAX: u32 = 1000;
-
-/// Slots per window for policies above [`EXACT_LOG_MAX`].
-pub const SLOTS: u64 = 64;
-
-/// How a policy keeps its sliding-window ceiling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ceiling {
-    /// `burst = 1`: GCRA alone spaces admissions at least `window / requests` apart, so no
-    /// window can hold more than `requests`; nothing else is kept.
-    Gcra,
-    /// An exact log of admission times (`requests ≤ EXACT_LOG_MAX`).
-    Log,
-    /// Admissions counted per slot of `window / SLOTS` (rounded up). A request is admitted
-    /// only if every slot that overlaps the window holds fewer than `requests` in all, so no
-    /// window ever holds more than `requests`. The cost of the approximation is one slot: the
-    /// oldest slot counts whole until it has left the window entirely, so after the ceiling
-    /// is reached admissions resume at most one slot width (`window / 64`) later than an
-    /// exact log would allow, and `Retry-After` says exactly when.
-    Slots,
-}
-
-impl Policy {
-    pub fn ceiling(&self) -> Ceiling {
-        if self.burst == 1 {
-            Ceiling::Gcra
-        } else if self.requests <= EXACT_LOG_MAX {
-            Ceiling::Log
-        } else {
-            Ceiling::Slots
-        }
-    }
-
-    /// Whether GCRA is kept. With `burst = requests` (the default) it never refuses what the
-    /// window's ceiling admits: a bucket of `requests` tokens refilled at `requests / window`
-    /// holds at least `requests` minus the admissions of the last window. So only the
-    /// ceiling is kept, which saves a key and two commands per decision in Redis.
-    pub fn gcra(&self) -> bool {
-        self.burst < self.requests || self.ceiling() == Ceiling::Gcra
-    }
-
-    /// The slot width of [`Ceiling::Slots`], in ns.
-    fn slot_ns(&self) -> u64 {
-        self.window_ns().div_ceil(SLOTS).max(1)
-    }
-}
+use super::{Ceiling, Policy, PolicyState, RateLimitDecision};
 
 /// Admission counts in consecutive slots, oldest first.
 #[derive(Debug, Default)]
@@ -371,40 +241,10 @@ impl MemoryLimiter {
     }
 }
 
-/// `RateLimit-Policy` and `RateLimit` field values (draft-ietf-httpapi-ratelimit-headers,
-/// structured-field lists), one list member per policy.
-pub fn header_values(states: &[PolicyState]) -> (String, String) {
-    let policy = states
-        .iter()
-        .map(|s| {
-            format!(
-                "\"{}\";q={};w={}",
-                s.name,
-                s.requests,
-                s.window.as_secs().max(1)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let limit = states
-        .iter()
-        .map(|s| format!("\"{}\";r={};t={}", s.name, s.remaining, ceil_secs(s.reset)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    (policy, limit)
-}
-
-/// The policy with the least room left, for the audit record: `{policy, remaining}`.
-pub fn tightest_json(states: &[PolicyState]) -> Option<serde_json::Value> {
-    states
-        .iter()
-        .min_by_key(|s| s.remaining)
-        .map(|s| serde_json::json!({"policy": s.name, "remaining": s.remaining}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::{EXACT_LOG_MAX, SLOTS};
 
     const S: u64 = 1_000_000_000;
 
@@ -699,19 +539,5 @@ mod tests {
         let (_, b) = &inner.buckets["k"];
         assert!(b.log.is_empty());
         assert_eq!((b.slots.counts.len(), b.slots.total), (1, 5000));
-    }
-
-    #[test]
-    fn header_syntax() {
-        let s = PolicyState {
-            name: "api.local".into(),
-            requests: 5,
-            window: Duration::from_secs(10),
-            remaining: 4,
-            reset: Duration::from_millis(9500),
-        };
-        let (policy, limit) = header_values(&[s]);
-        assert_eq!(policy, "\"api.local\";q=5;w=10");
-        assert_eq!(limit, "\"api.local\";r=4;t=10");
     }
 }
