@@ -15,6 +15,8 @@
 #   g  pingora       a bare Pingora proxy (examples/pingora_floor.rs, same threads and profile)
 #                    that only forwards: the floor under c. Measured when it is built
 #                    (cargo build --release --example pingora_floor).
+#   c0, e0           with AGM_BASE_BIN set (another build, e.g. of an older commit): c and e
+#                    on that binary, in the same rounds, for an A/B comparison.
 # The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
 # Printed: per configuration the median of the rounds (req/s, p50, p99), the process's CPU
 # (% of one core, then per request in user and kernel mode) and peak RSS; the ratios to a and
@@ -27,6 +29,8 @@ rounds="${2:-3}"
 conns=32
 bin="${AGM_BIN:-target/release/api-gateway-mcp}"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+base_bin="${AGM_BASE_BIN:-}"
+[ -z "$base_bin" ] || [ -x "$base_bin" ] || { echo "AGM_BASE_BIN $base_bin is not executable" >&2; exit 1; }
 for tool in nginx wrk redis-server curl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
@@ -111,9 +115,9 @@ LUA
 now_ms() { date +%s%3N; }
 gw_pid=""
 ready_ms=""
-start_gateway() { # config file; sets gw_pid, and ready_ms: from exec to /readyz answering
+start_gateway() { # config file [binary]; sets gw_pid, and ready_ms: from exec to /readyz answering
   local t0; t0=$(now_ms)
-  "$bin" serve -c "$1" >/dev/null 2>&1 &
+  "${2:-$bin}" serve -c "$1" >/dev/null 2>&1 &
   gw_pid=$!
   pids+=("$gw_pid")
   until curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1; do sleep 0.005; done
@@ -179,6 +183,13 @@ for round in $(seq "$rounds"); do
   run c_proxy_door http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
   run e_mcp_door http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
   stop_gateway
+  if [ -n "$base_bin" ]; then
+    start_gateway "$work/memory.toml" "$base_bin"
+    probe
+    run c0_proxy_base http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+    run e0_mcp_base http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+    stop_gateway
+  fi
   start_gateway "$work/redis.toml"
   probe
   run d_proxy_redis http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
@@ -201,9 +212,9 @@ sort -k1,1 -s "$work/results" | awk '
     return v[int((cnt + 1) / 2)]
   }
   END {
-    split("a_direct b_nginx_proxy g_pingora_floor c_proxy_door d_proxy_redis e_mcp_door f_proxy_traced", order, " ")
+    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door d_proxy_redis e0_mcp_base e_mcp_door f_proxy_traced", order, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 7; i++) {
+    for (i = 1; i <= 9; i++) {
       k = order[i]; if (!(k in n)) continue
       rq = med(r, k, n[k])
       printf "%-15s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100

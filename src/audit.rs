@@ -187,17 +187,23 @@ pub struct Auditor {
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: std::sync::Arc<AtomicBool>,
     block: bool,
+    /// Counts records that could not be queued or written, by kind.
+    errors: prometheus::IntCounterVec,
 }
 
 impl Auditor {
-    /// `None` when auditing is disabled.
-    pub fn start(cfg: &AuditConfig) -> Result<Option<Auditor>, String> {
+    /// `None` when auditing is disabled. Records that cannot be queued or written are logged
+    /// and counted in `errors` (by kind: `queue_full`, `write_failed`, …).
+    pub fn start(
+        cfg: &AuditConfig,
+        errors: prometheus::IntCounterVec,
+    ) -> Result<Option<Auditor>, String> {
         if !cfg.enabled {
             return Ok(None);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.buffer);
         let healthy = std::sync::Arc::new(AtomicBool::new(true));
-        let mut sink = Sink::open(cfg)?;
+        let mut sink = Sink::open(cfg, errors.clone())?;
         let h = healthy.clone();
         let retention = cfg.retention;
         let worker = std::thread::Builder::new()
@@ -209,6 +215,7 @@ impl Auditor {
             worker: Mutex::new(Some(worker)),
             healthy,
             block: cfg.on_failure == crate::config::OnFailure::Block,
+            errors,
         }))
     }
 
@@ -227,16 +234,16 @@ impl Auditor {
     pub fn record(&self, event: AuditEvent) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else {
-            sink_error("closed");
+            sink_error(&self.errors, "closed");
             return;
         };
         match tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                sink_error("queue_full");
+                sink_error(&self.errors, "queue_full");
                 self.healthy.store(false, Ordering::Relaxed);
             }
-            Err(TrySendError::Disconnected(_)) => sink_error("writer_stopped"),
+            Err(TrySendError::Disconnected(_)) => sink_error(&self.errors, "writer_stopped"),
         }
     }
 
@@ -249,11 +256,8 @@ impl Auditor {
     }
 }
 
-fn sink_error(kind: &'static str) {
-    crate::telemetry::metrics()
-        .audit_errors
-        .with_label_values(&[kind])
-        .inc();
+fn sink_error(errors: &prometheus::IntCounterVec, kind: &'static str) {
+    errors.with_label_values(&[kind]).inc();
     tracing::error!(kind, "audit record could not be written");
 }
 
@@ -285,10 +289,11 @@ struct Sink {
     target: Target,
     seq: u64,
     prev: String,
+    errors: prometheus::IntCounterVec,
 }
 
 impl Sink {
-    fn open(cfg: &AuditConfig) -> Result<Sink, String> {
+    fn open(cfg: &AuditConfig, errors: prometheus::IntCounterVec) -> Result<Sink, String> {
         let target = match &cfg.sink {
             AuditSink::Stdout => Target::Stdout,
             AuditSink::File(p) => Target::File(p.clone()),
@@ -312,7 +317,12 @@ impl Sink {
             }
             Target::Stdout => (0, GENESIS.to_string()),
         };
-        Ok(Sink { target, seq, prev })
+        Ok(Sink {
+            target,
+            seq,
+            prev,
+            errors,
+        })
     }
 
     fn run(&mut self, rx: Receiver<AuditEvent>, healthy: &AtomicBool, retention: Option<Duration>) {
@@ -328,7 +338,7 @@ impl Sink {
                     };
                     if let Err(e) = purged {
                         tracing::error!(error = %e, "audit retention purge failed");
-                        sink_error("purge_failed");
+                        sink_error(&self.errors, "purge_failed");
                     }
                 }
             }
@@ -355,7 +365,7 @@ impl Sink {
                         tracing::error!(error = %e, "the audit sink failed");
                     }
                     for _ in &batch {
-                        sink_error("write_failed");
+                        sink_error(&self.errors, "write_failed");
                     }
                 }
             }
@@ -682,6 +692,11 @@ mod tests {
         e
     }
 
+    fn test_errors() -> prometheus::IntCounterVec {
+        prometheus::IntCounterVec::new(prometheus::Opts::new("audit_errors", "test"), &["kind"])
+            .unwrap()
+    }
+
     #[test]
     fn chain_continues_across_restarts_and_survives_a_retention_purge() {
         let dir = tempfile::tempdir().unwrap();
@@ -693,14 +708,14 @@ mod tests {
             on_failure: crate::config::OnFailure::Continue,
             buffer: 10,
         };
-        let mut sink = Sink::open(&cfg).unwrap();
+        let mut sink = Sink::open(&cfg, test_errors()).unwrap();
         sink.write(&[
             event_at("2020-01-01T00:00:00.000Z"),
             event_at("2020-01-02T00:00:00.000Z"),
         ])
         .unwrap();
         // A restart continues the same chain.
-        let mut sink = Sink::open(&cfg).unwrap();
+        let mut sink = Sink::open(&cfg, test_errors()).unwrap();
         assert_eq!(sink.seq, 2);
         sink.write(&[event_at(&rfc3339_now()), event_at(&rfc3339_now())])
             .unwrap();

@@ -83,7 +83,8 @@ impl Gateway {
         let egress = Arc::new(Egress::with_nameservers(&config.nameservers));
         crate::telemetry::metrics().configure(&config.metrics);
         crate::telemetry::metrics().config_loaded_at.set(unix_now());
-        let audit = Auditor::start(&config.audit)?.map(Arc::new);
+        let errors = crate::telemetry::metrics().audit_errors.clone();
+        let audit = Auditor::start(&config.audit, errors)?.map(Arc::new);
         Ok(Arc::new(Gateway {
             tracing: Tracing::start(&config.tracing)?.map(Arc::new),
             pipeline: Pipeline::new(config.clone(), egress.clone(), audit.clone())?,

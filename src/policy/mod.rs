@@ -473,12 +473,14 @@ impl Pipeline {
                         .unwrap_or(Reason::RedirectDenied),
                 )
             })?;
+        // The hop is called with the first API's credential, and only on its origin; and
+        // within the first API's deadline.
         let mut hop = (**next_api).clone();
-        if !outbound::same_origin(from, next_api) {
-            hop.credential = None;
+        hop.credential = if outbound::same_origin(from, next_api) {
+            from.credential.clone()
         } else {
-            hop.credential = from.credential.clone();
-        }
+            None
+        };
         hop.timeout = from.timeout;
         let hop = Arc::new(hop);
         let addr = self.egress.resolve(&hop).await?;

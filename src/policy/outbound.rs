@@ -116,7 +116,11 @@ pub fn plan<'a>(
     };
     for (name, value) in headers {
         match header_rule(door, api, name) {
-            HeaderRule::Forward => out.forward.push((name.clone(), value.clone())),
+            // The proxy door's request keeps its own headers: nothing is copied for it.
+            HeaderRule::Forward if door == Door::Mcp => {
+                out.forward.push((name.clone(), value.clone()))
+            }
+            HeaderRule::Forward => {}
             HeaderRule::Strip => {
                 if !out.strip.contains(name) {
                     out.strip.push(name.clone());
