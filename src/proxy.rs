@@ -30,7 +30,7 @@ use crate::call::{insert_rate_limit_headers, problem, CallRecord};
 use crate::egress::{self, Egress};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{Gateway, Live};
-use crate::policy::body::{self, DigestCheck};
+use crate::policy::body::StreamGuard;
 use crate::policy::{outbound, Admitted, Call, CallerRequest, Door, Payload, Who};
 use crate::trace::TraceContext;
 
@@ -56,9 +56,8 @@ pub struct ProxyCtx {
     record: Option<CallRecord>,
     /// The admitted call.
     target: Option<Admitted>,
-    body_bytes: u64,
-    /// For a signed request: the digest its body must match, checked as it streams.
-    body_digest: Option<DigestCheck>,
+    /// The admitted body's guards (size, a signed body's digest), applied as it streams.
+    body: Option<StreamGuard>,
     /// A refusal decided while streaming the body, shown by `fail_to_proxy`.
     refusal: Option<GatewayError>,
     /// The error the caller was answered with, for metrics and audit.
@@ -209,8 +208,7 @@ impl ProxyHttp for ProxyDoor {
             started: Instant::now(),
             record: None,
             target: None,
-            body_bytes: 0,
-            body_digest: None,
+            body: None,
             refusal: None,
             answered: None,
         }
@@ -220,7 +218,10 @@ impl ProxyHttp for ProxyDoor {
         ctx.started = Instant::now();
         match Self::admit(session, ctx).await {
             Ok(admitted) => {
-                ctx.body_digest = admitted.body_digest.map(DigestCheck::new);
+                ctx.body = Some(StreamGuard::new(
+                    &ctx.gw.config.request,
+                    admitted.body_digest,
+                ));
                 ctx.target = Some(admitted);
                 Ok(false)
             }
@@ -290,30 +291,22 @@ impl ProxyHttp for ProxyDoor {
         end_of_stream: bool,
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            let limit = ctx.gw.config.request.max_body_size;
-            if ctx.body_bytes > limit {
-                return Error::e_explain(
-                    HTTPStatus(413),
-                    format!("request body exceeds {limit} bytes"),
-                );
-            }
-            if let Some(d) = &mut ctx.body_digest {
-                d.update(b);
-            }
-        }
-        // A signed body is checked before its last chunk leaves: on a mismatch the upstream
-        // never receives a complete request.
-        if end_of_stream {
-            if let Some(d) = ctx.body_digest.take() {
-                if let Err(e) = d.finish() {
-                    ctx.refusal = Some(e);
-                    return Error::e_explain(HTTPStatus(401), "body digest mismatch");
-                }
+        let Some(guard) = ctx.body.as_mut() else {
+            return Ok(());
+        };
+        let checked = match body {
+            Some(b) => guard.chunk(b),
+            None => Ok(()),
+        };
+        match checked.and_then(|()| if end_of_stream { guard.end() } else { Ok(()) }) {
+            Ok(()) => Ok(()),
+            // Shown by `fail_to_proxy`.
+            Err(e) => {
+                let status = e.kind.status();
+                ctx.refusal = Some(e);
+                Error::e_explain(HTTPStatus(status), "request body refused")
             }
         }
-        Ok(())
     }
 
     fn upstream_response_body_filter(
@@ -403,7 +396,6 @@ impl ProxyHttp for ProxyDoor {
     ) -> FailToProxy {
         let err = match (e.etype(), &ctx.target) {
             _ if ctx.refusal.is_some() => ctx.refusal.take().expect("checked"),
-            (HTTPStatus(413), _) => body::too_large(ctx.gw.config.request.max_body_size, None),
             (HTTPStatus(code), _) if *code < 500 => {
                 GatewayError::new(ErrorKind::InvalidArguments, "bad request")
             }

@@ -103,26 +103,62 @@ pub fn check_digest(expected: &[u8; 32], body: &[u8]) -> Result<(), GatewayError
     Ok(())
 }
 
-/// A streamed body's digest, checked when its last chunk arrives (before it leaves, so on a
-/// mismatch the upstream never receives a complete request).
-pub struct DigestCheck {
+/// The body guards of a body that streams after admission (the proxy door): its size,
+/// counted chunk by chunk against `max_body_size`, and a signed body's digest, checked when
+/// the last chunk arrives, before it leaves (so on a mismatch the upstream never receives a
+/// complete request).
+pub struct StreamGuard {
+    limit: u64,
+    seen: u64,
+    digest: Option<DigestCheck>,
+}
+
+impl StreamGuard {
+    pub fn new(guards: &RequestGuards, digest: Option<[u8; 32]>) -> Self {
+        StreamGuard {
+            limit: guards.max_body_size,
+            seen: 0,
+            digest: digest.map(DigestCheck::new),
+        }
+    }
+
+    /// One chunk: 413 once the body passes the limit.
+    pub fn chunk(&mut self, chunk: &[u8]) -> Result<(), GatewayError> {
+        self.seen += chunk.len() as u64;
+        if self.seen > self.limit {
+            return Err(too_large(self.limit, None));
+        }
+        if let Some(d) = &mut self.digest {
+            d.update(chunk);
+        }
+        Ok(())
+    }
+
+    /// The end of the body: 401 `signature_invalid` when it does not match its digest.
+    pub fn end(&mut self) -> Result<(), GatewayError> {
+        self.digest.take().map_or(Ok(()), DigestCheck::finish)
+    }
+}
+
+/// A streamed body's digest, checked when its last chunk arrives.
+struct DigestCheck {
     expected: [u8; 32],
     hasher: sha2::Sha256,
 }
 
 impl DigestCheck {
-    pub fn new(expected: [u8; 32]) -> Self {
+    fn new(expected: [u8; 32]) -> Self {
         DigestCheck {
             expected,
             hasher: <sha2::Sha256 as sha2::Digest>::new(),
         }
     }
 
-    pub fn update(&mut self, chunk: &[u8]) {
+    fn update(&mut self, chunk: &[u8]) {
         sha2::Digest::update(&mut self.hasher, chunk);
     }
 
-    pub fn finish(self) -> Result<(), GatewayError> {
+    fn finish(self) -> Result<(), GatewayError> {
         let actual: [u8; 32] = sha2::Digest::finalize(self.hasher).into();
         if actual != self.expected {
             return Err(digest_mismatch());

@@ -102,7 +102,7 @@ pub struct Admitted {
     /// Every rate-limit policy that applied, after this call was counted.
     pub rate_limits: Vec<PolicyState>,
     /// For a signed request whose body streams after admission: the SHA-256 the body must
-    /// match ([`body::DigestCheck`]).
+    /// match ([`body::StreamGuard`]).
     pub body_digest: Option<[u8; 32]>,
 }
 

@@ -757,9 +757,20 @@ fn a_signed_body_is_checked_now_when_whole_and_later_when_streamed() {
         .header("content-length", "2")
         .signed("/signed/x", b"{}", "nonce-proxy-body-000001", ts);
     let a = run(&p, &streamed).expect("admitted");
-    let mut check = body::DigestCheck::new(a.body_digest.expect("a digest to check"));
-    check.update(b"{}");
-    assert!(check.finish().is_ok());
+    let digest = a.body_digest.expect("a digest to check");
+    let mut good = body::StreamGuard::new(&p.config.request, Some(digest));
+    assert!(good.chunk(b"{").is_ok() && good.chunk(b"}").is_ok());
+    assert!(good.end().is_ok());
+    let mut tampered = body::StreamGuard::new(&p.config.request, Some(digest));
+    tampered.chunk(b"[]").unwrap();
+    assert_eq!(
+        tampered.end().unwrap_err().reason_code(),
+        "signature_invalid"
+    );
+    // A streamed body is counted against max_body_size (64 here) as it comes.
+    let mut sized = body::StreamGuard::new(&p.config.request, None);
+    sized.chunk(&[b' '; 40]).unwrap();
+    assert_eq!(sized.chunk(&[b' '; 25]).unwrap_err().kind.status(), 413);
     // The same signature again is a replay.
     assert_eq!(refusal(&p, &streamed), (401, "signature_replayed"));
 }
