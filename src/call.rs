@@ -41,23 +41,20 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Opens the record of a call to `target` (the path as the caller wrote it, for audit),
-    /// naming `api` when the config has it.
+    /// Opens the record of a call to `api` (the configured API it names, if any);
+    /// `target` gives the path as the caller wrote it, for audit, and is called only when
+    /// calls are audited.
     pub fn open(
         gw: &Gateway,
         door: Door,
         method: &str,
-        api: &str,
-        target: &str,
+        api: Option<&Arc<Api>>,
+        target: impl FnOnce() -> String,
         tool: Option<&'static str>,
     ) -> CallRecord {
-        let api_label = gw
-            .config
-            .api(api)
-            .map_or("unknown", |a| a.name.as_str())
-            .to_string();
+        let api_label = api.map_or("unknown", |a| a.name.as_str()).to_string();
         let event = gw.auditing().then(|| {
-            let mut e = AuditEvent::new(door, None, method, target);
+            let mut e = AuditEvent::new(door, None, method, &target());
             e.tool = tool;
             e
         });
@@ -82,6 +79,11 @@ impl CallRecord {
         &self.api_label
     }
 
+    /// Time since the call arrived.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Who called, once identified.
     pub fn identified(&mut self, caller: &Arc<Caller>) {
         if let Some(e) = &mut self.event {
@@ -92,7 +94,9 @@ impl CallRecord {
 
     /// The call was admitted.
     pub fn admitted(&mut self, a: &Admitted) {
-        self.identified(&a.caller);
+        if self.caller.is_none() {
+            self.identified(&a.caller);
+        }
         self.api_label = a.api.name.clone();
         self.rate_limit = ratelimit::tightest_json(&a.rate_limits);
         self.api = Some(a.api.clone());

@@ -156,25 +156,25 @@ reasons! {
     AmbiguousCredentials => ("ambiguous_credentials", Unauthorized),
     /// The `Authorization` scheme is not Bearer.
     UnsupportedScheme => ("unsupported_scheme", Unauthorized),
-    /// The credential"s method is not enabled in `auth.methods`.
+    /// The credential's method is not enabled in `auth.methods`.
     MethodNotEnabled => ("method_not_enabled", Unauthorized),
     /// The token does not parse as a JWT.
     MalformedToken => ("malformed_token", Unauthorized),
-    /// The token"s algorithm is not allowed for its issuer.
+    /// The token's algorithm is not allowed for its issuer.
     AlgorithmNotAllowed => ("algorithm_not_allowed", Unauthorized),
-    /// The token"s key id is not in the issuer"s key set.
+    /// The token's key id is not in the issuer's key set.
     UnknownKey => ("unknown_key", Unauthorized),
-    /// The token"s signature does not verify.
+    /// The token's signature does not verify.
     InvalidSignature => ("invalid_signature", Unauthorized),
-    /// The token"s issuer is not configured.
+    /// The token's issuer is not configured.
     InvalidIssuer => ("invalid_issuer", Unauthorized),
-    /// The token is not for this gateway"s audience.
+    /// The token is not for this gateway's audience.
     InvalidAudience => ("invalid_audience", Unauthorized),
     /// A required claim is missing.
     MissingClaim => ("missing_claim", Unauthorized),
     /// The token has expired.
     TokenExpired => ("token_expired", Unauthorized),
-    /// The token"s `nbf` lies in the future.
+    /// The token's `nbf` lies in the future.
     TokenNotYetValid => ("token_not_yet_valid", Unauthorized),
     /// The token lives longer than the issuer allows.
     TokenLifetimeTooLong => ("token_lifetime_too_long", Unauthorized),
@@ -188,15 +188,15 @@ reasons! {
     SignatureMissing => ("signature_missing", Unauthorized),
     /// The request signature or its body digest does not verify.
     SignatureInvalid => ("signature_invalid", Unauthorized),
-    /// The signature"s timestamp is outside the allowed skew.
+    /// The signature's timestamp is outside the allowed skew.
     SignatureExpired => ("signature_expired", Unauthorized),
-    /// The signature"s nonce was used before.
+    /// The signature's nonce was used before.
     SignatureReplayed => ("signature_replayed", Unauthorized),
     /// The token introspection endpoint cannot be reached.
     IntrospectionUnavailable => ("introspection_unavailable", AuthUnavailable),
     /// The client address is denied by `security.ip_deny`/`ip_allow`.
     IpDenied => ("ip_denied", Forbidden),
-    /// The caller"s roles (or its key"s `allowed_apis`) do not permit the call.
+    /// The caller's roles (or its key's `allowed_apis`) do not permit the call.
     NotPermitted => ("not_permitted", Forbidden),
     /// The method is not in the API"s `methods`.
     MethodNotAllowed => ("method_not_allowed", Forbidden),
@@ -206,7 +206,7 @@ reasons! {
     RedirectDenied => ("redirect_denied", Forbidden),
     /// The MCP session belongs to another caller.
     SessionNotOwned => ("session_not_owned", Forbidden),
-    /// The request"s framing could be read two ways (smuggling shapes).
+    /// The request's framing could be read two ways (smuggling shapes).
     AmbiguousFraming => ("ambiguous_framing", InvalidHeader),
     /// A header only the gateway may set (framing, forwarding, credentials).
     ReservedHeader => ("reserved_header", InvalidHeader),

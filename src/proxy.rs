@@ -51,7 +51,6 @@ pub struct ProxyCtx {
     gw: Arc<Gateway>,
     /// Counts this request until it is done (a graceful shutdown waits for it).
     _in_flight: crate::gateway::InFlight,
-    started: Instant,
     /// The call's record, opened in `request_filter`, finished in `logging`.
     record: Option<CallRecord>,
     /// The admitted call.
@@ -87,13 +86,13 @@ impl ProxyDoor {
     fn start_span(
         gw: &Gateway,
         session: &Session,
-        api: &str,
+        api: Option<&str>,
         trace: &mut TraceContext,
     ) -> Option<crate::telemetry::otlp::CallSpan> {
         use opentelemetry::KeyValue;
         gw.tracing.as_ref()?;
         let req = session.req_header();
-        let route = gw.config.api(api).map(|a| format!("/{}/{{path}}", a.name));
+        let route = api.map(|a| format!("/{a}/{{path}}"));
         let method = req.method.as_str();
         let name = match &route {
             Some(r) => format!("{method} {r}"),
@@ -132,24 +131,24 @@ impl ProxyDoor {
         let req = session.req_header();
         let path = req.uri.path();
         let (api_name, rest) = Self::route(path);
-        let target = match req.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
         let endpoint = match req.uri.query() {
             Some(q) => format!("/{rest}?{q}"),
             None => format!("/{rest}"),
         };
+        let named = gw.config.api(api_name);
         let mut record = CallRecord::open(
             &gw,
             Door::Proxy,
             req.method.as_str(),
-            api_name,
-            &target,
+            named,
+            || match req.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            },
             None,
         );
         let mut trace = TraceContext::from_headers(&req.headers);
-        record.span = Self::start_span(&gw, session, api_name, &mut trace);
+        record.span = Self::start_span(&gw, session, named.map(|a| a.name.as_str()), &mut trace);
         let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let call = Call {
             door: Door::Proxy,
@@ -205,7 +204,6 @@ impl ProxyHttp for ProxyDoor {
         ProxyCtx {
             gw: self.live.current(),
             _in_flight: self.live.enter(),
-            started: Instant::now(),
             record: None,
             target: None,
             body: None,
@@ -215,7 +213,6 @@ impl ProxyHttp for ProxyDoor {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
-        ctx.started = Instant::now();
         match Self::admit(session, ctx).await {
             Ok(admitted) => {
                 ctx.body = Some(StreamGuard::new(
@@ -318,7 +315,11 @@ impl ProxyHttp for ProxyDoor {
     ) -> Result<Option<std::time::Duration>> {
         // Each read is bounded by the peer's read timeout; this bounds the whole exchange.
         if let Some(t) = &ctx.target {
-            if ctx.started.elapsed() > t.api.timeout {
+            if ctx
+                .record
+                .as_ref()
+                .is_some_and(|r| r.elapsed() > t.api.timeout)
+            {
                 return Error::e_explain(ReadTimedout, "total upstream deadline exceeded");
             }
         }
@@ -411,7 +412,8 @@ impl ProxyHttp for ProxyDoor {
             }
             _ => GatewayError::internal("the request could not be proxied"),
         };
-        tracing::info!(error = err.kind.code(), door = "proxy", cause = %e.etype().as_str(), "proxy failure");
+        // The call record logs the failure; this names Pingora's cause.
+        tracing::debug!(error = err.kind.code(), door = "proxy", cause = %e.etype().as_str(), "proxy failure");
         let status = err.kind.status();
         // If the response head was already sent there is nothing sane left to write.
         if session.response_written().is_none() {

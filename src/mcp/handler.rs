@@ -260,6 +260,7 @@ impl GatewayMcp {
         // credential stays behind on a cross-origin hop.
         let mut hop_api: Arc<crate::config::Api> = api.clone();
         let mut hops = 0;
+        let mut switched_to_get = false;
         while hops < api.follow_redirects && matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
             let Some(location) = resp
                 .headers
@@ -277,6 +278,7 @@ impl GatewayMcp {
                 // As browsers do: the redirected request is a GET without a body.
                 request.method = Method::GET;
                 request.body = None;
+                switched_to_get = true;
             }
             let (next_hop, addr, path_and_query) = self
                 .gateway
@@ -285,7 +287,7 @@ impl GatewayMcp {
                 .await?;
             request.path_and_query = path_and_query;
             request.headers = outbound(outbound::credential_header(&next_hop));
-            if request.body.is_none() {
+            if switched_to_get {
                 request
                     .headers
                     .retain(|(k, _)| k != http::header::CONTENT_TYPE);
@@ -412,8 +414,8 @@ impl ServerHandler for GatewayMcp {
                     &this.gateway,
                     Door::Mcp,
                     &method,
-                    &args.api,
-                    &args.endpoint,
+                    this.gateway.config.api(&args.api),
+                    || args.endpoint.clone(),
                     Some("api_gateway"),
                 );
                 let api_label = record.api_label().to_string();

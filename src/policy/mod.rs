@@ -371,6 +371,11 @@ impl Pipeline {
 
     /// Stage 5's first step: the API exists and is visible to the caller.
     fn find_api(&self, principal: &Principal, name: &str) -> Result<&Arc<Api>, GatewayError> {
+        if name.is_empty() {
+            return Err(GatewayError::unknown_api(
+                "no API named: route requests as /{api}/{path}, or set the tool's `api`",
+            ));
+        }
         let hides = self.config.rbac.enabled() || principal.allowed_apis.is_some();
         let api = match self.config.api(name) {
             // With RBAC (or a key's allowed_apis), an API the caller cannot use and an API
@@ -464,15 +469,19 @@ impl Pipeline {
     ) -> Result<(Arc<Api>, SocketAddr, String), GatewayError> {
         let (next_api, endpoint) = outbound::redirect_target(&self.config, from, here, location)
             .ok_or_else(outbound::redirect_denied)?;
+        // A hop the caller's roles refuse says so; any other refused hop is `redirect_denied`,
+        // so a caller can tell a refused redirect from a refusal of its own call.
         let endpoint = self
             .check_target(&caller.principal, next_api, method, &endpoint)
-            .map_err(|e| {
-                outbound::redirect_denied().with_reason(
-                    e.reason
-                        .filter(|r| r.kind() == crate::error::ErrorKind::Forbidden)
-                        .unwrap_or(Reason::RedirectDenied),
-                )
+            .map_err(|e| match e.reason {
+                Some(Reason::NotPermitted) => {
+                    outbound::redirect_denied().with_reason(Reason::NotPermitted)
+                }
+                _ => outbound::redirect_denied(),
             })?;
+        if next_api.require_signature && caller.signature.is_none() {
+            return Err(outbound::redirect_denied());
+        }
         // The hop is called with the first API's credential, and only on its origin; and
         // within the first API's deadline.
         let mut hop = (**next_api).clone();

@@ -838,6 +838,14 @@ base_url = "http://127.0.0.2:9"
 allow_private_network = true
 methods = ["GET"]
 paths = ["/ok/**"]
+
+[[apis]]
+name = "signed_elsewhere"
+base_url = "http://127.0.0.4:9"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+require_signature = true
 "#,
     );
     let caller = Arc::new(
@@ -882,17 +890,35 @@ paths = ["/ok/**"]
     );
     assert_eq!(addr, "127.0.0.2:9".parse().unwrap());
     assert!(api.credential.is_none());
-    // A path that API does not allow, and a place no API covers, are refused.
-    assert_eq!(
-        hop("http://127.0.0.2:9/no").unwrap_err().reason_code(),
-        "path_not_allowed"
-    );
-    assert_eq!(
-        hop("http://127.0.0.3:9/ok").unwrap_err().reason_code(),
-        "redirect_denied"
-    );
-    assert_eq!(
-        hop("/v1/admin/x").unwrap_err().reason_code(),
-        "path_not_allowed"
-    );
+    // A path that API does not allow, a place no API covers, a denied path of the same API
+    // and an API that requires a signature the caller did not give are refused, each as a
+    // refused redirect.
+    for loc in [
+        "http://127.0.0.2:9/no",
+        "http://127.0.0.3:9/ok",
+        "/v1/admin/x",
+        "http://127.0.0.4:9/x",
+    ] {
+        let e = hop(loc).unwrap_err();
+        assert_eq!(
+            (e.kind.status(), e.reason_code()),
+            (403, "redirect_denied"),
+            "{loc}"
+        );
+    }
+    // A hop the caller's roles refuse says so.
+    let reader = Arc::new(Caller {
+        principal: Principal {
+            roles: vec!["reader".into()],
+            ..caller.principal.clone()
+        },
+        ..(*caller).clone()
+    });
+    let e = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(p.admit_redirect(&reader, &open, &here, "/v1/secret/x", &Method::GET))
+        .unwrap_err();
+    assert_eq!(e.reason_code(), "not_permitted");
 }
