@@ -288,12 +288,17 @@ async fn admit(p: &Pipeline, r: &Req) -> Result<Admitted, GatewayError> {
     .map_err(|r| r.error)
 }
 
-fn run(p: &Pipeline, r: &Req) -> Result<Admitted, GatewayError> {
+/// Runs a future to its end on a runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(admit(p, r))
+        .block_on(f)
+}
+
+fn run(p: &Pipeline, r: &Req) -> Result<Admitted, GatewayError> {
+    block_on(admit(p, r))
 }
 
 /// The code a refusal is known by: its reason, else its kind.
@@ -849,35 +854,25 @@ require_signature = true
 "#,
     );
     let caller = Arc::new(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(p.identify(&CallerRequest {
-                peer: Some("127.0.0.1".parse().unwrap()),
-                method: &Method::GET,
-                path: "/mcp",
-                query: "",
-                headers: &{
-                    let mut h = HeaderMap::new();
-                    h.insert("x-api-key", KEY_OPS.parse().unwrap());
-                    h
-                },
-                raw_head: None,
-                body: None,
-                trace: TraceContext::new_root(),
-            }))
-            .unwrap(),
+        block_on(p.identify(&CallerRequest {
+            peer: Some("127.0.0.1".parse().unwrap()),
+            method: &Method::GET,
+            path: "/mcp",
+            query: "",
+            headers: &{
+                let mut h = HeaderMap::new();
+                h.insert("x-api-key", KEY_OPS.parse().unwrap());
+                h
+            },
+            raw_head: None,
+            body: None,
+            trace: TraceContext::new_root(),
+        }))
+        .unwrap(),
     );
     let open = p.config.api("open").unwrap().clone();
     let here = url::Url::parse("http://127.0.0.1:9/v1/items/1").unwrap();
-    let hop = |loc: &str| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(p.admit_redirect(&caller, &open, &here, loc, &Method::GET))
-    };
+    let hop = |loc: &str| block_on(p.admit_redirect(&caller, &open, &here, loc, &Method::GET));
     // Same origin: the credential goes along.
     let (api, _, target) = hop("/v1/items/2").unwrap();
     assert_eq!(target, "/v1/items/2");
@@ -914,11 +909,7 @@ require_signature = true
         },
         ..(*caller).clone()
     });
-    let e = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(p.admit_redirect(&reader, &open, &here, "/v1/secret/x", &Method::GET))
+    let e = block_on(p.admit_redirect(&reader, &open, &here, "/v1/secret/x", &Method::GET))
         .unwrap_err();
     assert_eq!(e.reason_code(), "not_permitted");
 }
