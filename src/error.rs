@@ -1,5 +1,7 @@
 //! The one error type of a gateway call. Each [`ErrorKind`] maps to exactly one HTTP status
-//! (proxy door) and one machine-readable `error` code (MCP door); both mappings live here.
+//! (proxy door) and one machine-readable `error` code (MCP door); each [`Reason`] refines one
+//! kind, so it has that status and shape too, and its code is the metrics' `reason` label.
+//! Every mapping lives here.
 
 use serde_json::{json, Value};
 
@@ -198,7 +200,7 @@ reasons! {
     IpDenied => ("ip_denied", Forbidden),
     /// The caller's roles (or its key's `allowed_apis`) do not permit the call.
     NotPermitted => ("not_permitted", Forbidden),
-    /// The method is not in the API"s `methods`.
+    /// The method is not in the API's `methods`.
     MethodNotAllowed => ("method_not_allowed", Forbidden),
     /// The path is denied by `deny_paths` or not in `paths`.
     PathNotAllowed => ("path_not_allowed", Forbidden),
@@ -210,8 +212,10 @@ reasons! {
     AmbiguousFraming => ("ambiguous_framing", InvalidHeader),
     /// A header only the gateway may set (framing, forwarding, credentials).
     ReservedHeader => ("reserved_header", InvalidHeader),
-    /// The header the API"s upstream credential is injected in.
+    /// The header the API's upstream credential is injected in.
     CredentialHeader => ("credential_header", InvalidHeader),
+    /// A method or URL override header (`X-HTTP-Method-Override`, `X-Original-URL`, …).
+    OverrideHeader => ("override_header", InvalidHeader),
 }
 
 impl serde::Serialize for Reason {

@@ -1,5 +1,5 @@
-//! The shared core both doors hold: the validated config, the policy pipeline and the egress
-//! client. [`Live`] holds the serving one and swaps it atomically on a reload; each request
+//! The shared core both doors hold: the validated config, the admission pipeline and the
+//! egress client. [`Live`] holds the serving one and swaps it atomically on a reload; each request
 //! takes a snapshot when it starts and finishes on it.
 
 use std::path::PathBuf;

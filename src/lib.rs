@@ -1,8 +1,8 @@
 //! api-gateway-mcp: a policy gateway that lets AI agents call external HTTP APIs safely.
 //!
-//! Two front doors, the MCP door ([`mcp`]) and the reverse-proxy door ([`proxy`]), share one
-//! policy pipeline ([`policy`]) and one egress path ([`egress`]). [`server`] wires them into a
-//! single Pingora server.
+//! Two front doors, the MCP door ([`mcp`]) and the reverse-proxy door ([`proxy`]), call one
+//! admission function ([`policy::Pipeline::admit`]) and share one egress path ([`egress`]) and
+//! one call record ([`call`]). [`server`] wires them into a single Pingora server.
 
 pub mod admin;
 pub mod audit;

@@ -270,3 +270,90 @@ async fn redirects_are_rechecked_and_drop_credentials_across_origins() {
     );
     assert_eq!(up.count(), 1);
 }
+
+/// A credential never leaves through a redirect or an echo, in any form the gateway sent it.
+/// A query credential with `+`, `/` and `=` goes out percent-encoded; a followed redirect
+/// drops the credential's own parameter, and is refused when the credential stands under
+/// another name; on the proxy door an echo of it and a `Location` carrying it are masked.
+#[tokio::test]
+async fn a_query_credential_never_leaves_through_a_redirect_or_an_echo() {
+    use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
+    use std::sync::Arc;
+    const KEY: &str = "k3y+with/special=chars";
+    const ENCODED: &str = "k3y%2Bwith%2Fspecial%3Dchars";
+    let up_port = Arc::new(AtomicU16::new(0));
+    let p = up_port.clone();
+    let up = Upstream::start_with(Arc::new(move |req: &Seen| {
+        let port = p.load(SeqCst);
+        let to = match req.target.split('?').next().unwrap_or("") {
+            "/q/named" => format!("http://localhost:{port}/b/landing?appid={ENCODED}&x=1"),
+            "/q/renamed" => format!("http://localhost:{port}/b/landing?token={ENCODED}"),
+            "/q/echo" => {
+                let body = format!("you sent {}", req.target).into_bytes();
+                return Some((200, "text/plain".into(), body));
+            }
+            _ => return None,
+        };
+        Some((302, format!("redirect:{to}"), b"moved".to_vec()))
+    }));
+    up_port.store(up.port, SeqCst);
+    let apis = format!(
+        "[[apis]]\nname = \"q\"\nbase_url = \"http://127.0.0.1:{0}/q\"\nallow_private_network = true\n\
+         paths = [\"/**\"]\nfollow_redirects = 3\n\
+         credentials = {{ query = \"appid\", value = \"{KEY}\" }}\n\n\
+         [[apis]]\nname = \"b\"\nbase_url = \"http://localhost:{0}/b\"\nallow_private_network = true\npaths = [\"/**\"]\n",
+        up.port
+    );
+    let gw = start_with_apis(&apis);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+
+    // The credential's own parameter in the Location is dropped, and the hop to another
+    // origin carries no credential.
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "q", "endpoint": "/named"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["status"], 200, "{r}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].target, format!("/q/named?appid={ENCODED}"));
+    assert_eq!(seen[1].target, "/b/landing?x=1");
+
+    // Under another name it cannot be stripped: the redirect is not followed.
+    up.clear();
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "q", "endpoint": "/renamed"}),
+        )
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(r["structuredContent"]["reason"], "redirect_denied", "{r}");
+    assert_eq!(up.count(), 1, "the other origin is never called");
+
+    // The proxy door masks the echo, raw or encoded, at its length.
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let body = c
+        .get(gw.proxy_url("/q/echo"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains(ENCODED) && !body.contains(KEY), "{body}");
+    assert!(
+        body.contains(&format!("appid={}", "*".repeat(ENCODED.len()))),
+        "{body}"
+    );
+    // A Location that carries the credential is not rewritten, and is masked.
+    let r = c.get(gw.proxy_url("/q/renamed")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(!loc.contains(ENCODED) && loc.contains("token=*"), "{loc}");
+}

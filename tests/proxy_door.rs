@@ -409,3 +409,52 @@ async fn redirects_into_an_api_point_back_through_the_gateway() {
     // The query-credential API: its injected appid never comes back in a rewritten Location.
     assert_eq!(location("/qapi/next").await, "/qapi/next2?page=2");
 }
+
+/// Headers that would make the upstream see another method or URL than the one admitted are
+/// refused; a caller's claims about its own address are not passed on.
+#[tokio::test]
+async fn override_headers_are_refused_and_client_address_claims_stripped() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let auth = format!("Bearer {}", jwt(serde_json::json!({})));
+    for (h, v) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin/secret"),
+        ("X-Rewrite-URL", "/admin/secret"),
+    ] {
+        let r = client()
+            .get(gw.proxy_url("/local/items/1"))
+            .header("Authorization", &auth)
+            .header(h, v)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{h}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], "override_header", "{h}");
+    }
+    assert!(up.seen().is_empty());
+    let r = client()
+        .get(gw.proxy_url("/local/items/1"))
+        .header("Authorization", &auth)
+        .header("True-Client-IP", "6.6.6.6")
+        .header("X-Client-IP", "6.6.6.6")
+        .header("X-Cluster-Client-IP", "6.6.6.6")
+        .header("CF-Connecting-IP", "6.6.6.6")
+        .header("X-Custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.seen();
+    for h in [
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+    ] {
+        assert_eq!(seen[0].header(h), None, "{h}");
+    }
+    assert_eq!(seen[0].header("x-custom"), Some("kept"));
+}

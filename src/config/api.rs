@@ -150,6 +150,58 @@ pub struct Credential {
     /// `value` as a header value (marked sensitive), parsed once while loading; `Some` for a
     /// header placement.
     pub header_value: Option<http::HeaderValue>,
+    /// Every form of the value the gateway may send, longest first, for masking echoes and
+    /// checking redirect targets: the value, the token of a scheme-prefixed value (`Bearer X`
+    /// gives `X`), and each as the URL builder percent-encodes it. Forms under 4 bytes are
+    /// left out: masking them would mangle ordinary text.
+    pub forms: Vec<String>,
+}
+
+impl Credential {
+    /// A credential placed as `placement`, with its header value and forms worked out once.
+    pub fn new(placement: CredentialPlacement, value: String) -> Credential {
+        let header_value = match placement {
+            CredentialPlacement::Header(_) => {
+                http::HeaderValue::from_str(&value).ok().map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+            }
+            CredentialPlacement::Query(_) => None,
+        };
+        Credential {
+            forms: credential_forms(&value),
+            header_value,
+            placement,
+            value,
+        }
+    }
+}
+
+fn credential_forms(value: &str) -> Vec<String> {
+    let mut plain = vec![value.to_string()];
+    if let Some((scheme, token)) = value.split_once(' ') {
+        let token = token.trim();
+        if !scheme.is_empty()
+            && scheme.chars().all(|c| c.is_ascii_alphabetic())
+            && !token.is_empty()
+        {
+            plain.push(token.to_string());
+        }
+    }
+    let mut forms = Vec::new();
+    for p in plain {
+        let encoded =
+            percent_encoding::utf8_percent_encode(&p, crate::types::QUERY_ENCODE).to_string();
+        if encoded != p {
+            forms.push(encoded);
+        }
+        forms.push(p);
+    }
+    forms.retain(|f| f.len() >= 4);
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
 }
 
 impl fmt::Debug for Credential {
@@ -303,30 +355,18 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
                 None
             }
         };
-        let mut header_value = None;
         if c.value.is_empty() {
             errors.push(err(
                 format!("{cp}.value"),
                 "is empty (did the environment variable expand to nothing?)",
             ));
-        } else {
-            match http::HeaderValue::from_str(&c.value) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    header_value = Some(v);
-                }
-                Err(_) => errors.push(err(
-                    format!("{cp}.value"),
-                    "contains characters not allowed in a header",
-                )),
-            }
+        } else if http::HeaderValue::from_str(&c.value).is_err() {
+            errors.push(err(
+                format!("{cp}.value"),
+                "contains characters not allowed in a header",
+            ));
         }
-        placement.map(|placement| Credential {
-            header_value: header_value
-                .filter(|_| matches!(placement, CredentialPlacement::Header(_))),
-            placement,
-            value: c.value,
-        })
+        placement.map(|placement| Credential::new(placement, c.value))
     });
 
     let timeout = a.timeout.map_or(Duration::from_secs(30), |d| d.0);

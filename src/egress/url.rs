@@ -1,7 +1,7 @@
 //! Where the upstream URL is built: a caller's endpoint is validated into an [`EndpointPath`],
 //! and [`upstream_path_and_query`] joins it to the API's base, query and credential.
 
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode_str, utf8_percent_encode};
 
 use crate::config::{Api, CredentialPlacement};
 use crate::error::GatewayError;
@@ -159,12 +159,7 @@ fn is_dot_segment(seg: &str) -> bool {
             .all(|c| matches!(c, '.' | '\u{2024}' | '\u{FE52}' | '\u{FF0E}' | '\u{3002}'))
 }
 
-/// Characters that stay unencoded in query keys and values.
-const QUERY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+use crate::types::QUERY_ENCODE;
 
 /// Builds the upstream request target: the API's base path, the validated endpoint path, the
 /// caller's query, extra `(key, value)` pairs (encoded here), and a query-placed credential.
@@ -302,11 +297,10 @@ mod tests {
                 Duration::from_secs(1),
             )
             .unwrap();
-            a.credential = Some(Credential {
-                placement: CredentialPlacement::Query("appid".into()),
-                value: "SECRET".into(),
-                header_value: None,
-            });
+            a.credential = Some(Credential::new(
+                CredentialPlacement::Query("appid".into()),
+                "SECRET".into(),
+            ));
             a
         }
 

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | gateway credentials: `Authorization`, `Proxy-*`, `Cookie`, `X-Api-Key`, signature headers | stripped: they authenticated the caller to the gateway | refused, `reserved_header` |
 //! | the API's upstream credential header, when not one of the above | refused, `credential_header` | refused, `credential_header` |
-//! | forwarding metadata: `Forwarded`, `X-Forwarded-*`, `X-Real-IP` | stripped | refused, `reserved_header` |
+//! | method and URL overrides: `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Original-URL`, `X-Rewrite-URL` | refused, `override_header` | refused, `override_header` |
+//! | where the request came from: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP` | stripped | refused, `reserved_header` |
 //! | framing and hop-by-hop: `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, … | the HTTP layer's (`Host` is replaced) | refused, `reserved_header` |
 //! | `traceparent` | replaced by the gateway's | replaced by the gateway's |
 //! | anything else | forwarded | forwarded |
@@ -43,8 +44,32 @@ fn is_gateway_credential(name: &str) -> bool {
         || crate::auth::signature::HEADERS.contains(&name)
 }
 
+/// Where a request came from, as proxies and CDNs tell it: only the gateway says this to an
+/// upstream (and it does not), so a caller's claim is never passed on.
 fn is_forwarding_metadata(name: &str) -> bool {
-    matches!(name, "forwarded" | "x-real-ip") || name.starts_with("x-forwarded-")
+    matches!(
+        name,
+        "forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+    ) || name.starts_with("x-forwarded-")
+}
+
+/// Headers that tell many upstream frameworks to treat the request as another method or
+/// another URL than the one admitted: a GET-only grant must not become a DELETE upstream.
+fn is_override(name: &str) -> bool {
+    matches!(
+        name,
+        "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "x-original-url"
+            | "x-rewrite-url"
+    )
 }
 
 /// The rule for one caller header on a call to `api` through `door`: the table above.
@@ -59,6 +84,9 @@ pub fn header_rule(door: Door, api: &Api, name: &HeaderName) -> HeaderRule {
     }
     if credential_header_name(api) == Some(name) {
         return HeaderRule::Refuse(Reason::CredentialHeader);
+    }
+    if is_override(n) {
+        return HeaderRule::Refuse(Reason::OverrideHeader);
     }
     if is_forwarding_metadata(n) {
         return reserved;
@@ -135,6 +163,11 @@ pub fn plan<'a>(
                         name.as_str(),
                         api.name
                     ),
+                    Reason::OverrideHeader => format!(
+                        "header {:?} would make the upstream see another method or URL than \
+                         the one admitted; send the request you mean instead",
+                        name.as_str()
+                    ),
                     _ => format!(
                         "header {:?} cannot be set by the caller (credentials are injected by \
                          the gateway)",
@@ -150,8 +183,9 @@ pub fn plan<'a>(
 
 /// Where an upstream redirect from `here` (a URL of `from`) leads: an allow-listed API and
 /// the endpoint under its base, or `None` when the `Location` leaves every API. Query
-/// parameters that carry any API's credential are dropped, so a redirect can never hand an
-/// injected credential back to the caller.
+/// parameters named like any API's query credential are dropped; a target that still carries
+/// a form of `from`'s credential anywhere else is `None`. So a redirect never hands an injected
+/// credential to another origin or back to the caller.
 pub fn redirect_target<'c>(
     config: &'c Config,
     from: &Api,
@@ -177,7 +211,13 @@ pub fn redirect_target<'c>(
             next.query_pairs_mut().extend_pairs(kept);
         }
     }
-    config.api_for_url(&next, &from.name)
+    let (api, endpoint) = config.api_for_url(&next, &from.name)?;
+    // A credential form left under another name (or in the path) cannot be stripped: the
+    // redirect is not followed.
+    if crate::egress::carries_credential(from, &endpoint) {
+        return None;
+    }
+    Some((api, endpoint))
 }
 
 /// Whether a redirect from `from` to `to` stays on one origin (scheme, host, port): only

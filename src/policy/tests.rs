@@ -559,6 +559,18 @@ fn one_case_per_refusal_reason() {
             400,
             "credential_header",
         ),
+        (
+            "method override",
+            Req::new().header("x-http-method-override", "DELETE"),
+            400,
+            "override_header",
+        ),
+        (
+            "MCP URL override",
+            Req::new().mcp().tool_header("x-original-url", "/admin"),
+            400,
+            "override_header",
+        ),
         // 11. Destination.
         (
             "loopback without allow_private_network",
@@ -800,7 +812,15 @@ fn the_outbound_rule_table() {
             "{h}"
         );
     }
-    for h in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+    for h in [
+        "forwarded",
+        "x-forwarded-for",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+    ] {
         assert_eq!(rule(Door::Proxy, h), HeaderRule::Strip, "{h}");
         assert_eq!(
             rule(Door::Mcp, h),
@@ -823,6 +843,19 @@ fn the_outbound_rule_table() {
         );
     }
     for door in [Door::Proxy, Door::Mcp] {
+        for h in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert_eq!(
+                rule(door, h),
+                HeaderRule::Refuse(Reason::OverrideHeader),
+                "{h}"
+            );
+        }
         assert_eq!(
             rule(door, "x-upstream-key"),
             HeaderRule::Refuse(Reason::CredentialHeader)

@@ -9,6 +9,16 @@ pub use pattern::PathPattern;
 
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+/// Characters that stay unencoded in query keys and values the gateway writes (RFC 3986
+/// unreserved); everything else is percent-encoded.
+pub const QUERY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Which front door a call came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Door {
