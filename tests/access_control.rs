@@ -496,6 +496,16 @@ async fn ip_rules_and_forwarded_headers_from_untrusted_peers() {
         "deny first"
     );
     assert_eq!(get(&trusted, None).await.unwrap().status(), 403);
+    // A proxy that sets Forwarded is believed over an X-Forwarded-For its client sent.
+    let both = c
+        .get(trusted.proxy_url("/local/a"))
+        .header("authorization", key.clone())
+        .header("forwarded", "for=10.9.0.1")
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 403, "Forwarded wins over X-Forwarded-For");
     assert_eq!(
         up.seen()
             .iter()

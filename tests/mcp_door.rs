@@ -387,3 +387,40 @@ fn stateless_calls_share_one_kept_alive_connection() {
         3
     );
 }
+
+/// Who calls is decided from the request head: a caller without credentials is refused
+/// before its body is read, so a stranger's large body costs no memory (the gateway used to
+/// read it whole first).
+#[test]
+fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}{}[[apis]]\nname = \"local\"\nbase_url = \"http://127.0.0.1:{}\"\n\
+             allow_private_network = true\npaths = [\"/**\"]\n",
+            listen_section(ports, 1),
+            auth_section(true),
+            up.port
+        )
+    });
+    let addr = gw
+        .mcp_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // A 3 MB body is announced (under the 4 MiB cap) and never sent.
+    s.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Accept: application/json, text/event-stream\r\nContent-Length: 3000000\r\n\r\n{\"jsonrpc\"",
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).expect("an answer without the body");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("missing_credentials"), "{text}");
+}

@@ -189,6 +189,34 @@ impl HttpServerApp for McpHttpApp {
             return crate::admin::finish(session).await;
         }
 
+        // Who is calling is decided from the head: a refused caller's body is never read
+        // (the connection is closed instead of drained).
+        let head = session.req_header();
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let identified = gw
+            .pipeline
+            .identify(&CallerRequest {
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: &head.method,
+                path: head.uri.path(),
+                query: head.uri.query().unwrap_or(""),
+                headers: &head.headers,
+                raw_head: raw_head.as_deref(),
+                body: None,
+                trace: crate::trace::TraceContext::from_headers(&head.headers),
+            })
+            .await;
+        let caller = match identified {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                session.set_keepalive(None);
+                return Self::refuse(&gw, session, None, &e).await;
+            }
+        };
+
         // Read the body, capped, before handing the request to rmcp.
         let mut body = BytesMut::new();
         loop {
@@ -204,30 +232,10 @@ impl HttpServerApp for McpHttpApp {
                 Err(_) => return None,
             }
         }
-
         let body = body.freeze();
-        let head = session.req_header();
-        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let identified = gw
-            .pipeline
-            .identify(&CallerRequest {
-                peer: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                method: &head.method,
-                path: head.uri.path(),
-                query: head.uri.query().unwrap_or(""),
-                headers: &head.headers,
-                raw_head: raw_head.as_deref(),
-                body: Some(&body),
-                trace: crate::trace::TraceContext::from_headers(&head.headers),
-            })
-            .await;
-        let caller = match identified {
-            Ok(c) => Arc::new(c),
-            Err(e) => return Self::refuse(&gw, session, None, &e).await,
-        };
+        if let Err(e) = crate::policy::body::check_signed_body(&caller, &body) {
+            return Self::refuse(&gw, session, Some(&caller), &e).await;
+        }
         let head = session.req_header();
         let mut builder = http::Request::builder()
             .method(head.method.clone())

@@ -10,8 +10,12 @@ use crate::config::{Api, HeaderLimits, IpRules, Rbac, Role};
 use crate::error::GatewayError;
 
 /// The client's address. The peer's own address, unless the peer is a trusted proxy: then
-/// `X-Forwarded-For` (else `Forwarded`) is read from the right, skipping trusted proxies, and
+/// `Forwarded` (else `X-Forwarded-For`) is read from the right, skipping trusted proxies, and
 /// the first untrusted hop is the client. IPv4-mapped IPv6 addresses become IPv4.
+///
+/// `Forwarded` (RFC 7239) wins when both are present: a proxy that sets only `Forwarded`
+/// passes its client's `X-Forwarded-For` on untouched, so believing that one would let the
+/// client choose its own address.
 pub fn client_ip(
     rules: &IpRules,
     peer: Option<IpAddr>,
@@ -26,37 +30,32 @@ pub fn client_ip(
         return Some(peer);
     }
     let mut hops: Vec<IpAddr> = Vec::new();
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !xff.is_empty() {
-        for part in xff.iter().flat_map(|v| v.split(',')) {
-            match parse_hop(part) {
-                Some(ip) => hops.push(ip),
-                // An unparseable hop ends the trustworthy part of the chain.
-                None => hops.clear(),
-            }
-        }
-    } else {
-        for v in headers
-            .get_all("forwarded")
+    let mut hop = |part: &str| match parse_hop(part) {
+        Some(ip) => hops.push(ip),
+        // An unparseable hop ends the trustworthy part of the chain.
+        None => hops.clear(),
+    };
+    let text = |name| {
+        headers
+            .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
-        {
-            for element in v.split(',') {
-                for pair in element.split(';') {
-                    if let Some((k, val)) = pair.split_once('=') {
-                        if k.trim().eq_ignore_ascii_case("for") {
-                            match parse_hop(val) {
-                                Some(ip) => hops.push(ip),
-                                None => hops.clear(),
-                            }
-                        }
+            .collect::<Vec<&str>>()
+    };
+    let forwarded = text("forwarded");
+    if !forwarded.is_empty() {
+        for element in forwarded.iter().flat_map(|v| v.split(',')) {
+            for pair in element.split(';') {
+                if let Some((k, val)) = pair.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("for") {
+                        hop(val);
                     }
                 }
             }
+        }
+    } else {
+        for part in text("x-forwarded-for").iter().flat_map(|v| v.split(',')) {
+            hop(part);
         }
     }
     for ip in hops.iter().rev() {
@@ -296,6 +295,12 @@ mod tests {
             "forwarded",
             "for=\"[2001:db8::7]:443\";proto=https".parse().unwrap(),
         );
+        assert_eq!(
+            client_ip(&r, Some(ip("10.0.0.2")), Some(&f)),
+            Some(ip("2001:db8::7"))
+        );
+        // With both, Forwarded is believed: X-Forwarded-For may be the client's own words.
+        f.insert("x-forwarded-for", "198.51.100.66".parse().unwrap());
         assert_eq!(
             client_ip(&r, Some(ip("10.0.0.2")), Some(&f)),
             Some(ip("2001:db8::7"))

@@ -93,6 +93,15 @@ fn digest_mismatch() -> GatewayError {
     )
 }
 
+/// Checks a signed caller's fully read body against the digest its signature covers (the MCP
+/// door identifies the caller from the head, then reads the body); unsigned callers pass.
+pub fn check_signed_body(caller: &crate::auth::Caller, body: &[u8]) -> Result<(), GatewayError> {
+    match &caller.signature {
+        Some(v) => check_digest(&v.content_sha256, body),
+        None => Ok(()),
+    }
+}
+
 /// Checks a fully read body against the digest its signature covers.
 pub fn check_digest(expected: &[u8; 32], body: &[u8]) -> Result<(), GatewayError> {
     use sha2::Digest;
