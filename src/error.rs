@@ -216,6 +216,9 @@ reasons! {
     CredentialHeader => ("credential_header", InvalidHeader),
     /// A method or URL override header (`X-HTTP-Method-Override`, `X-Original-URL`, …).
     OverrideHeader => ("override_header", InvalidHeader),
+    /// The upstream of an API with a credential answered in a `Content-Encoding` the gateway
+    /// cannot inspect to mask it.
+    UnmaskableEncoding => ("unmaskable_encoding", UpstreamError),
 }
 
 impl serde::Serialize for Reason {

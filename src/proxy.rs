@@ -27,7 +27,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::call::{insert_rate_limit_headers, problem, CallRecord};
-use crate::egress::{self, Egress};
+use crate::egress::{self, Egress, StreamRedactor};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{Gateway, Live};
 use crate::policy::body::StreamGuard;
@@ -57,7 +57,10 @@ pub struct ProxyCtx {
     target: Option<Admitted>,
     /// The admitted body's guards (size, a signed body's digest), applied as it streams.
     body: Option<StreamGuard>,
-    /// A refusal decided while streaming the body, shown by `fail_to_proxy`.
+    /// Masks the API's credential in the response body, across chunk boundaries.
+    redactor: Option<StreamRedactor>,
+    /// A refusal decided after admission (a streamed body, a response that cannot be
+    /// masked), shown by `fail_to_proxy`.
     refusal: Option<GatewayError>,
     /// The error the caller was answered with, for metrics and audit.
     answered: Option<GatewayError>,
@@ -207,6 +210,7 @@ impl ProxyHttp for ProxyDoor {
             record: None,
             target: None,
             body: None,
+            redactor: None,
             refusal: None,
             answered: None,
         }
@@ -219,6 +223,7 @@ impl ProxyHttp for ProxyDoor {
                     &ctx.gw.config.request,
                     admitted.body_digest,
                 ));
+                ctx.redactor = StreamRedactor::new(&admitted.api);
                 ctx.target = Some(admitted);
                 Ok(false)
             }
@@ -274,6 +279,9 @@ impl ProxyHttp for ProxyDoor {
             &t.path_and_query,
         );
         upstream.insert_header("traceparent", tp)?;
+        for (name, value) in &t.headers.set {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
         if let Some((name, value)) = &t.headers.credential {
             upstream.remove_header(name);
             upstream.insert_header(name.clone(), value.clone())?;
@@ -336,6 +344,10 @@ impl ProxyHttp for ProxyDoor {
         if let Some(s) = ctx.record.as_mut().and_then(|r| r.span.as_mut()) {
             s.upstream_answered(response.status.as_u16());
         }
+        if let Err(e) = egress::check_inspectable(&t.api, &response.headers) {
+            ctx.refusal = Some(e);
+            return Error::e_explain(HTTPStatus(502), "upstream body cannot be masked");
+        }
         insert_rate_limit_headers(
             response,
             &t.rate_limits,
@@ -380,11 +392,11 @@ impl ProxyHttp for ProxyDoor {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut ProxyCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let (Some(t), Some(b)) = (&ctx.target, body.take()) {
-            *body = Some(egress::redact_credential(&t.api, b));
+        if let (Some(t), Some(r)) = (&ctx.target, ctx.redactor.as_mut()) {
+            *body = r.push(&t.api, body.take(), end_of_stream);
         }
         Ok(None)
     }

@@ -357,3 +357,127 @@ async fn a_query_credential_never_leaves_through_a_redirect_or_an_echo() {
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     assert!(!loc.contains(ENCODED) && loc.contains("token=*"), "{loc}");
 }
+
+/// An upstream on a raw socket, for answers the shared one cannot give: a body written in two
+/// parts with a pause between them, a compressed answer, a fixed body. Each request's head is
+/// kept.
+struct RawUpstream {
+    port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawUpstream {
+    fn start(answer: fn(&str) -> Vec<Vec<u8>>) -> RawUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    seen.lock().unwrap().push(head.clone());
+                    for (i, part) in answer(&head).iter().enumerate() {
+                        if i > 0 {
+                            std::thread::sleep(Duration::from_millis(150));
+                        }
+                        if conn.write_all(part).and_then(|()| conn.flush()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { port, heads }
+    }
+}
+
+const TOKEN: &str = "s3cr3t-t0ken+value";
+
+/// What the raw upstream answers: `/split` echoes the token in two writes that split it,
+/// `/gzip` answers compressed, `/cut` places the token across a 20-byte cut.
+fn token_echoes(head: &str) -> Vec<Vec<u8>> {
+    let path = head.split(' ').nth(1).unwrap_or("");
+    let plain = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if path.ends_with("/split") {
+        let whole = plain(&format!("echo: {TOKEN} done"));
+        let at = whole.find(TOKEN).unwrap() + 6;
+        vec![whole[..at].into(), whole[at..].into()]
+    } else if path.ends_with("/gzip") {
+        vec![b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd".to_vec()]
+    } else {
+        vec![plain(&format!("{}{TOKEN} and more", "x".repeat(15))).into_bytes()]
+    }
+}
+
+/// Masking cannot be sidestepped: a token split across two writes is masked on the proxy
+/// door; an API with a credential is asked for plain bodies and a compressed answer is
+/// refused rather than passed unmasked; on the MCP door a cut that falls inside the token
+/// leaves none of it.
+#[tokio::test]
+async fn masking_holds_across_chunks_encodings_and_cuts() {
+    let up = RawUpstream::start(token_echoes);
+    let apis = format!(
+        "[[apis]]\nname = \"t\"\nbase_url = \"http://127.0.0.1:{}\"\nallow_private_network = true\n\
+         paths = [\"/**\"]\nmax_response_bytes = 20\n\
+         credentials = {{ header = \"Authorization\", value = \"Bearer {TOKEN}\" }}\n",
+        up.port
+    );
+    let gw = start_with_apis(&apis);
+    let c = reqwest::Client::new();
+
+    let r = c
+        .get(gw.proxy_url("/t/split"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert_eq!(body, format!("echo: {} done", "*".repeat(TOKEN.len())));
+    let head = up.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(head.contains("accept-encoding: identity"), "{head}");
+    assert!(!head.contains("gzip"), "{head}");
+
+    let r = c.get(gw.proxy_url("/t/gzip")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["reason"], "unmaskable_encoding", "{p}");
+
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "t", "endpoint": "/cut"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["truncated"], true, "{r}");
+    let data = r["structuredContent"]["data"].as_str().unwrap().to_string();
+    assert_eq!(data, format!("{}{}", "x".repeat(15), "*".repeat(5)));
+    let r = s
+        .call(
+            "api_gateway",
+            serde_json::json!({"api": "t", "endpoint": "/gzip"}),
+        )
+        .await;
+    assert_eq!(
+        r["structuredContent"]["reason"], "unmaskable_encoding",
+        "{r}"
+    );
+}

@@ -23,5 +23,8 @@ mod url;
 
 pub use self::client::{map_pingora_error, Egress, OutboundRequest, UpstreamResponse};
 pub use self::guard::blocked_reason;
-pub use self::redact::{carries_credential, redact_credential, SAFE_RESPONSE_HEADERS};
+pub use self::redact::{
+    carries_credential, check_inspectable, longest_credential_form, redact_credential,
+    StreamRedactor, SAFE_RESPONSE_HEADERS,
+};
 pub use self::url::{upstream_path_and_query, EndpointPath};

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::config::Api;
+use crate::error::{GatewayError, Reason};
 
 /// Response headers passed back to a model in `structuredContent.headers`.
 pub const SAFE_RESPONSE_HEADERS: &[&str] = &[
@@ -58,8 +59,89 @@ pub fn redact_credential(api: &Api, data: Bytes) -> Bytes {
     out.map_or(data, Bytes::from)
 }
 
-/// Whether `text` (a URL or part of one) carries a form of the API's credential, as written
-/// or once percent-decoded.
+/// The length of the API's longest credential form (0 without a credential): how far past a
+/// cut a body must be read, and how much of a stream held back, to mask a form that straddles
+/// it.
+pub fn longest_credential_form(api: &Api) -> usize {
+    api.credential
+        .as_ref()
+        .and_then(|c| c.forms.first())
+        .map_or(0, String::len)
+}
+
+/// Masking needs the body as the upstream's plain bytes: an API with a credential may not
+/// answer in a `Content-Encoding` the gateway cannot read (it asks for `identity`), or a
+/// compressed echo of the credential would pass unmasked. 502 `unmaskable_encoding`.
+pub fn check_inspectable(api: &Api, headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    if api.credential.is_none() {
+        return Ok(());
+    }
+    for v in headers.get_all(http::header::CONTENT_ENCODING) {
+        let v = v.to_str().unwrap_or("?").trim();
+        if !v.is_empty() && !v.eq_ignore_ascii_case("identity") {
+            return Err(GatewayError::because(
+                Reason::UnmaskableEncoding,
+                format!(
+                    "the upstream of API {:?} answered in Content-Encoding {:?}, which the \
+                     gateway cannot inspect to mask the API's credential",
+                    api.name,
+                    truncate_chars(v, 32)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The length of the longest end of `data` that is the start (not the whole) of a form.
+fn partial_form_at_end(api: &Api, data: &[u8]) -> usize {
+    let Some(c) = &api.credential else { return 0 };
+    c.forms
+        .iter()
+        .filter_map(|f| {
+            let f = f.as_bytes();
+            (1..f.len().min(data.len() + 1))
+                .rev()
+                .find(|&k| data.ends_with(&f[..k]))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn truncate_chars(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
+/// Masks a body that arrives in chunks (the proxy door), so that a form of the credential
+/// split across two chunks is caught: the end of what arrived that could be the start of a
+/// form is held back until the next chunk or the end (and nothing else is, so a stream
+/// keeps streaming). Lengths are kept, so framing stays valid.
+pub struct StreamRedactor {
+    held: Vec<u8>,
+}
+
+impl StreamRedactor {
+    /// `None` when the API has no credential to mask.
+    pub fn new(api: &Api) -> Option<StreamRedactor> {
+        (longest_credential_form(api) > 0).then(|| StreamRedactor { held: Vec::new() })
+    }
+
+    /// Takes the next chunk (or none) and gives what may leave now: everything at `end`.
+    pub fn push(&mut self, api: &Api, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
+        let mut all = std::mem::take(&mut self.held);
+        if let Some(c) = chunk {
+            all.extend_from_slice(&c);
+        }
+        let masked = redact_credential(api, Bytes::from(all));
+        let cut = if end {
+            masked.len()
+        } else {
+            masked.len() - partial_form_at_end(api, &masked)
+        };
+        self.held = masked[cut..].to_vec();
+        (cut > 0).then(|| masked.slice(..cut))
+    }
+}
 pub fn carries_credential(api: &Api, text: &str) -> bool {
     let Some(c) = &api.credential else {
         return false;
@@ -106,6 +188,67 @@ mod tests {
             let out = redact_credential(&a, Bytes::from(echo));
             assert_eq!(std::str::from_utf8(&out).unwrap(), masked, "{echo}");
         }
+    }
+
+    /// Wherever a chunk boundary falls, every form is masked and nothing is lost or added.
+    #[test]
+    fn a_form_split_across_chunks_is_masked() {
+        let a = api("Bearer tok+en/42=");
+        let body = b"<<tok%2Ben%2F42%3D>> and tok+en/42= end";
+        let expected = redact_credential(&a, Bytes::from_static(body));
+        assert!(!expected.windows(3).any(|w| w == b"tok"));
+        for i in 0..=body.len() {
+            for j in i..=body.len() {
+                let mut r = StreamRedactor::new(&a).unwrap();
+                let mut out = Vec::new();
+                for (chunk, end) in [
+                    (&body[..i], false),
+                    (&body[i..j], false),
+                    (&body[j..], true),
+                ] {
+                    if let Some(b) = r.push(&a, Some(Bytes::copy_from_slice(chunk)), end) {
+                        out.extend_from_slice(&b);
+                    }
+                }
+                assert_eq!(out, expected, "split at {i}, {j}");
+            }
+        }
+        // An end without a chunk flushes what was held back.
+        let mut r = StreamRedactor::new(&a).unwrap();
+        let first = r.push(&a, Some(Bytes::from_static(b"abc tok+en")), false);
+        assert_eq!(
+            first.as_deref(),
+            Some(&b"abc "[..]),
+            "only what may start a form waits"
+        );
+        let rest = r.push(&a, None, true).unwrap();
+        assert_eq!(&rest[..], b"tok+en");
+        // Text that cannot start a form is not held at all.
+        let mut r = StreamRedactor::new(&a).unwrap();
+        let all = r.push(&a, Some(Bytes::from_static(b"plain")), false);
+        assert_eq!(all.as_deref(), Some(&b"plain"[..]));
+    }
+
+    #[test]
+    fn an_encoded_body_is_refused_only_where_a_credential_must_be_masked() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-encoding", "gzip".parse().unwrap());
+        let e = check_inspectable(&api("Bearer tok+en/42="), &h).unwrap_err();
+        assert_eq!(
+            (e.kind.status(), e.reason_code()),
+            (502, "unmaskable_encoding")
+        );
+        let mut plain = Api::internal(
+            "t",
+            "https://api.example.com",
+            false,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(check_inspectable(&plain, &h).is_ok());
+        plain = api("Bearer tok+en/42=");
+        h.insert("content-encoding", "identity".parse().unwrap());
+        assert!(check_inspectable(&plain, &h).is_ok());
     }
 
     #[test]

@@ -231,8 +231,12 @@ impl GatewayMcp {
         let max_body = api
             .max_response_bytes
             .unwrap_or(self.gateway.config.mcp.max_response_bytes);
+        // Read past the cut by the longest credential form, so a form straddling the cut is
+        // masked whole before the body is cut (a caller could pad its request to place it so).
+        let read_cap = max_body + egress::longest_credential_form(&api);
         let outbound = |credential: Option<(http::HeaderName, http::HeaderValue)>| {
             let mut h = admitted.headers.forward.clone();
+            h.extend(admitted.headers.set.iter().cloned());
             h.extend(credential);
             h
         };
@@ -246,7 +250,7 @@ impl GatewayMcp {
         let mut resp = self
             .gateway
             .egress
-            .send(&api, admitted.addr, request.clone(), max_body)
+            .send(&api, admitted.addr, request.clone(), read_cap)
             .await?;
         crate::telemetry::metrics().upstream(
             Door::Mcp,
@@ -299,7 +303,7 @@ impl GatewayMcp {
             resp = self
                 .gateway
                 .egress
-                .send(&next_hop, addr, request.clone(), max_body)
+                .send(&next_hop, addr, request.clone(), read_cap)
                 .await?;
             hop_api = next_hop;
         }
@@ -318,7 +322,10 @@ impl GatewayMcp {
                 safe.insert((*name).to_string(), Value::String(v));
             }
         }
-        let body = egress::redact_credential(&api, resp.body);
+        egress::check_inspectable(&api, &resp.headers)?;
+        let mut body = egress::redact_credential(&api, resp.body);
+        let truncated = resp.truncated || body.len() > max_body;
+        body.truncate(max_body);
         let is_json = resp
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -332,7 +339,7 @@ impl GatewayMcp {
                     .to_ascii_lowercase();
                 ct == "application/json" || ct.ends_with("+json")
             });
-        let data = if is_json && !resp.truncated {
+        let data = if is_json && !truncated {
             serde_json::from_slice(&body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
         } else {
@@ -343,7 +350,7 @@ impl GatewayMcp {
             "status": resp.status,
             "headers": safe,
             "data": data,
-            "truncated": resp.truncated,
+            "truncated": truncated,
         }))
     }
 }

@@ -9,6 +9,7 @@
 //! | where the request came from: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP` | stripped | refused, `reserved_header` |
 //! | framing and hop-by-hop: `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, … | the HTTP layer's (`Host` is replaced) | refused, `reserved_header` |
 //! | `traceparent` | replaced by the gateway's | replaced by the gateway's |
+//! | `Accept-Encoding`, on an API with a credential | replaced by `identity` (masking reads plain bodies) | replaced by `identity` |
 //! | anything else | forwarded | forwarded |
 //!
 //! Redirects: a `Location` is followed (MCP door, when the API opts in) or rewritten to a
@@ -97,10 +98,22 @@ pub fn header_rule(door: Door, api: &Api, name: &HeaderName) -> HeaderRule {
             Door::Mcp => reserved,
         };
     }
-    if n == "traceparent" {
+    if n == "traceparent" || (n == "accept-encoding" && api.credential.is_some()) {
         return HeaderRule::Strip;
     }
     HeaderRule::Forward
+}
+
+/// What the gateway sets on every request to `api`.
+fn gateway_set(api: &Api) -> Vec<(HeaderName, HeaderValue)> {
+    match api.credential {
+        // Masking reads the body as sent: no compressed echo of the credential.
+        Some(_) => vec![(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )],
+        None => Vec::new(),
+    }
 }
 
 /// The header an API's credential is injected in, when it goes in a header.
@@ -130,6 +143,9 @@ pub struct OutboundHeaders {
     pub forward: Vec<(HeaderName, HeaderValue)>,
     /// The API's credential, when it goes in a header: set last, over anything of that name.
     pub credential: Option<(HeaderName, HeaderValue)>,
+    /// Headers the gateway sets itself: `Accept-Encoding: identity` on an API with a
+    /// credential, so that echoes of it can be masked.
+    pub set: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Sorts the caller's headers by [`header_rule`]; the first refused header refuses the call.
@@ -140,6 +156,7 @@ pub fn plan<'a>(
 ) -> Result<OutboundHeaders, GatewayError> {
     let mut out = OutboundHeaders {
         credential: credential_header(api),
+        set: gateway_set(api),
         ..OutboundHeaders::default()
     };
     for (name, value) in headers {
