@@ -86,6 +86,7 @@ fn headers(authz: Option<String>, api_key: Option<&str>) -> HeaderMap {
 
 async fn identify(p: &Pipeline, h: &HeaderMap) -> Caller {
     p.identify(&CallerRequest {
+        door: Door::Proxy,
         peer: Some("127.0.0.1".parse().unwrap()),
         method: &Method::GET,
         path: "/api9/repos/o/r",

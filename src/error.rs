@@ -206,6 +206,11 @@ reasons! {
     PathNotAllowed => ("path_not_allowed", Forbidden),
     /// An upstream redirect points where the caller may not go.
     RedirectDenied => ("redirect_denied", Forbidden),
+    /// The request's `Host` is not one the door accepts (`proxy.allowed_hosts`).
+    HostNotAllowed => ("host_not_allowed", Forbidden),
+    /// The request carries a browser `Origin` the door does not accept
+    /// (`proxy.allowed_origins`).
+    OriginNotAllowed => ("origin_not_allowed", Forbidden),
     /// The MCP session belongs to another caller.
     SessionNotOwned => ("session_not_owned", Forbidden),
     /// The request's framing could be read two ways (smuggling shapes).

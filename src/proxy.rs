@@ -156,6 +156,7 @@ impl ProxyDoor {
         let call = Call {
             door: Door::Proxy,
             who: Who::Request(CallerRequest {
+                door: Door::Proxy,
                 peer: session
                     .client_addr()
                     .and_then(|a| a.as_inet())

@@ -151,7 +151,7 @@ fn hostile_targets_never_reach_upstream() {
     for t in targets {
         let raw = raw_http(
             gw.proxy,
-            format!("GET {t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {t} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         let status = status_of(&raw);
         assert_eq!(status, 400, "{t}: {raw}");
@@ -161,7 +161,7 @@ fn hostile_targets_never_reach_upstream() {
     for t in ["/local/a\\..\\x", "/local/a\r\nX: y"] {
         let raw = raw_http(
             gw.proxy,
-            format!("GET {t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {t} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         let status = status_of(&raw);
         assert!(status == 400 || raw.is_empty(), "{t:?}: {raw}");
@@ -272,7 +272,7 @@ async fn connection_nominated_headers_are_stripped() {
     let gw = Gateway::start(up.port);
     let raw = raw_http(
         gw.proxy,
-        b"GET /local/x HTTP/1.1\r\nHost: x\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: 5\r\nX-Kept: yes\r\n\r\n",
+        b"GET /local/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: 5\r\nX-Kept: yes\r\n\r\n",
     );
     assert_eq!(status_of(&raw), 200, "{raw}");
     let s = &up.seen()[0];
@@ -457,4 +457,40 @@ async fn override_headers_are_refused_and_client_address_claims_stripped() {
         assert_eq!(seen[0].header(h), None, "{h}");
     }
     assert_eq!(seen[0].header("x-custom"), Some("kept"));
+}
+
+/// A web page of another site cannot use a browser to reach the APIs: on a loopback listener
+/// only loopback names are served (DNS rebinding), and a request that carries a browser
+/// `Origin` is refused unless `proxy.allowed_origins` names it.
+#[tokio::test]
+async fn foreign_hosts_and_browser_origins_are_refused() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let auth = format!("Bearer {}", jwt(serde_json::json!({})));
+    for (h, v, reason) in [
+        ("Host", "evil.example", "host_not_allowed"),
+        ("Origin", "http://evil.example", "origin_not_allowed"),
+    ] {
+        let r = client()
+            .post(gw.proxy_url("/local/items"))
+            .header("Authorization", &auth)
+            .header(h, v)
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{h}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], reason, "{h}");
+    }
+    assert!(up.seen().is_empty(), "nothing reached the upstream");
+    let r = client()
+        .get(gw.proxy_url("/local/items/1"))
+        .header("Authorization", &auth)
+        .header("Host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

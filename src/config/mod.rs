@@ -40,8 +40,8 @@ use ratelimit::{rate_policy, RawRateLimit};
 pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topology};
 pub use security::RequestGuards;
 use security::{RawEgress, RawSecurity};
-pub use server::{McpConfig, ServerConfig};
-use server::{RawMcp, RawServer};
+pub use server::{McpConfig, ProxyConfig, ServerConfig};
+use server::{RawMcp, RawProxy, RawServer};
 pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
 pub use tls::{Listener, TlsConfig};
 pub use values::{interpolate, parse_duration, HumanDuration};
@@ -107,6 +107,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     mcp: RawMcp,
+    #[serde(default)]
+    proxy: RawProxy,
     auth: Option<access::RawAuth>,
     #[serde(default)]
     rbac: access::RawRbac,
@@ -135,6 +137,7 @@ struct RawConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub mcp: McpConfig,
+    pub proxy: ProxyConfig,
     pub auth: AuthConfig,
     pub rbac: Rbac,
     pub ip_rules: IpRules,
@@ -251,6 +254,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 
     let server = server::validate_server(raw.server, &mut errors);
     let mcp = server::validate_mcp(raw.mcp, server.mcp_listen, &mut errors);
+    let proxy = server::validate_proxy(raw.proxy, server.proxy_listen, &mut errors);
     let auth = access::validate_auth(raw.auth, &mut errors);
     let (request, header_limits) = security::validate_request(raw.security.request, &mut errors);
     let ip_rules = IpRules {
@@ -311,6 +315,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         Ok(Config {
             server,
             mcp,
+            proxy,
             auth,
             rbac,
             ip_rules,
@@ -368,6 +373,28 @@ mod tests {
         .unwrap();
         assert_eq!(ok.audit.on_failure, OnFailure::Block);
         assert_eq!(ok.audit.sink, AuditSink::Stdout);
+    }
+
+    /// The proxy door serves loopback names by default on a loopback listener and any name on
+    /// another; origins need their scheme.
+    #[test]
+    fn proxy_hosts_default_by_listener_and_origins_need_a_scheme() {
+        let api = "[auth]\nrequired = false\n[[apis]]\nname = \"a\"\nbase_url = \"https://a.example\"\nmethods = [\"GET\"]\npaths = [\"/**\"]\n";
+        let local = Config::parse(api, &env).unwrap();
+        assert_eq!(local.proxy.allowed_hosts, ["localhost", "127.0.0.1", "::1"]);
+        assert!(local.proxy.allowed_origins.is_empty());
+        let wide = Config::parse(
+            &format!("[server]\nproxy_listen = \"0.0.0.0:8080\"\n{api}"),
+            &env,
+        )
+        .unwrap();
+        assert!(wide.proxy.allowed_hosts.is_empty());
+        let e = Config::parse(
+            &format!("[proxy]\nallowed_origins = [\"app.example\"]\n{api}"),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].path, "proxy.allowed_origins[0]");
     }
 
     #[test]

@@ -59,6 +59,61 @@ pub struct ServerConfig {
     pub watch_interval: Duration,
 }
 
+/// `[proxy]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+/// Proxy door settings: which `Host` and `Origin` values a request may carry, so that a web
+/// page of another site cannot use a browser to reach the APIs through the gateway (DNS
+/// rebinding, cross-site requests).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// `Host` values accepted (port ignored, case-insensitive). Default on a loopback
+    /// listener: `localhost`, `127.0.0.1`, `::1`; on any other listener: empty, which accepts
+    /// any `Host` (name your Service there to be strict).
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted. Default empty: any request carrying an `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Validates `[proxy]`.
+pub(super) fn validate_proxy(
+    raw: RawProxy,
+    proxy_listen: SocketAddr,
+    errors: &mut Vec<ConfigError>,
+) -> ProxyConfig {
+    let mut allowed_hosts = raw.allowed_hosts.unwrap_or_else(|| {
+        if proxy_listen.ip().is_loopback() {
+            vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    allowed_hosts.retain(|h| !h.is_empty());
+    ProxyConfig {
+        allowed_hosts,
+        allowed_origins: origins("proxy", raw.allowed_origins, errors),
+    }
+}
+
+/// `SECTION.allowed_origins`: each with its scheme (`null` is accepted as written).
+fn origins(section: &str, raw: Option<Vec<String>>, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    let list = raw.unwrap_or_default();
+    for (i, o) in list.iter().enumerate() {
+        if o != "null" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            errors.push(err(
+                format!("{section}.allowed_origins[{i}]"),
+                format!("{o:?} must include a scheme, e.g. \"https://app.example.com:443\""),
+            ));
+        }
+    }
+    list
+}
+
 /// MCP door settings.
 #[derive(Debug, Clone)]
 pub struct McpConfig {
@@ -165,15 +220,7 @@ pub(super) fn validate_mcp(
         v
     });
     allowed_hosts.retain(|h| !h.is_empty());
-    let allowed_origins = raw.allowed_origins.unwrap_or_default();
-    for (i, o) in allowed_origins.iter().enumerate() {
-        if o != "null" && !(o.starts_with("http://") || o.starts_with("https://")) {
-            errors.push(err(
-                format!("mcp.allowed_origins[{i}]"),
-                format!("{o:?} must include a scheme, e.g. \"https://app.example.com:443\""),
-            ));
-        }
-    }
+    let allowed_origins = origins("mcp", raw.allowed_origins, errors);
     McpConfig {
         allowed_hosts,
         allowed_origins,

@@ -196,6 +196,7 @@ impl HttpServerApp for McpHttpApp {
         let identified = gw
             .pipeline
             .identify(&CallerRequest {
+                door: Door::Mcp,
                 peer: session
                     .client_addr()
                     .and_then(|a| a.as_inet())

@@ -6,8 +6,60 @@ use std::net::IpAddr;
 use http::{HeaderMap, Method};
 
 use crate::auth::Principal;
-use crate::config::{Api, HeaderLimits, IpRules, Rbac, Role};
-use crate::error::GatewayError;
+use crate::config::{Api, HeaderLimits, IpRules, ProxyConfig, Rbac, Role};
+use crate::error::{GatewayError, Reason};
+
+/// The proxy door's `Host` and `Origin` rule: a `Host` outside `proxy.allowed_hosts` (when
+/// set) and any `Origin` outside `proxy.allowed_origins` are refused (403), so a page of
+/// another site cannot use a visitor's browser to call the APIs (DNS rebinding, cross-site
+/// requests). The MCP door applies the same rule from `[mcp]`, in its transport.
+pub fn check_host_origin(rules: &ProxyConfig, headers: &HeaderMap) -> Result<(), GatewayError> {
+    if !rules.allowed_hosts.is_empty() {
+        if let Some(host) = headers.get(http::header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            let name = match host.strip_prefix('[') {
+                // [v6]:port
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+            };
+            if !rules
+                .allowed_hosts
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(name))
+            {
+                return Err(GatewayError::because(
+                    Reason::HostNotAllowed,
+                    format!(
+                        "Host {:?} is not served here; add it to proxy.allowed_hosts",
+                        truncate(name, 64)
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !rules
+            .allowed_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin))
+        {
+            return Err(GatewayError::because(
+                Reason::OriginNotAllowed,
+                format!(
+                    "requests from the web origin {:?} are refused; add it to \
+                     proxy.allowed_origins",
+                    truncate(origin, 64)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
 
 /// The client's address. The peer's own address, unless the peer is a trusted proxy: then
 /// `Forwarded` (else `X-Forwarded-For`) is read from the right, skipping trusted proxies, and

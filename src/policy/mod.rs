@@ -35,6 +35,8 @@ pub use outbound::OutboundHeaders;
 
 /// The HTTP request a caller is identified from.
 pub struct CallerRequest<'a> {
+    /// The door the request came through (the proxy door also checks `Host` and `Origin`).
+    pub door: Door,
     /// The TCP peer's address.
     pub peer: Option<IpAddr>,
     pub method: &'a Method,
@@ -303,9 +305,13 @@ impl Pipeline {
         // 1. Client address and IP rules.
         let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
         access::check_ip(&cfg.ip_rules, client_ip)?;
-        // 2. Header limits and framing.
+        // 2. Header limits, framing, and (proxy door) Host and Origin; the MCP door's are
+        //    checked by its transport, from `[mcp]`.
         access::check_headers(&cfg.header_limits, req.headers)?;
         access::check_raw_framing(req.raw_head)?;
+        if req.door == Door::Proxy {
+            access::check_host_origin(&cfg.proxy, req.headers)?;
+        }
         // 3. Authentication.
         let principal = self.auth.authenticate(req.headers).await?;
         // 4. Signature.

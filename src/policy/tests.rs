@@ -246,6 +246,7 @@ async fn admit(p: &Pipeline, r: &Req) -> Result<Admitted, GatewayError> {
         None => (format!("/{}{}", r.api, r.endpoint), String::new()),
     };
     let caller_req = CallerRequest {
+        door: r.door,
         peer: Some(r.peer.parse().unwrap()),
         method: &r.method,
         path: &path,
@@ -348,6 +349,18 @@ fn one_case_per_refusal_reason() {
                 .header("transfer-encoding", "chunked"),
             400,
             "ambiguous_framing",
+        ),
+        (
+            "proxy door Host of another site",
+            Req::new().header("host", "evil.example:8080"),
+            403,
+            "host_not_allowed",
+        ),
+        (
+            "proxy door request from a web page",
+            Req::new().header("origin", "http://evil.example"),
+            403,
+            "origin_not_allowed",
         ),
         // 3. Authentication.
         (
@@ -641,6 +654,19 @@ fn stages_run_in_order() {
         ),
         (403, "ip_denied")
     );
+    // Host and Origin before authentication, and loopback names pass on a loopback listener.
+    assert_eq!(
+        refusal(
+            &p,
+            &Req::new().anonymous().header("host", "rebound.example")
+        ),
+        (403, "host_not_allowed")
+    );
+    for host in ["127.0.0.1:8080", "LOCALHOST", "[::1]:8080"] {
+        assert!(run(&p, &Req::new().header("host", host)).is_ok(), "{host}");
+    }
+    // The MCP door's Host and Origin are its transport's to check.
+    assert!(run(&p, &Req::new().mcp().header("host", "elsewhere.example")).is_ok());
     // Header limits before authentication.
     let many = (0..13).fold(Req::new().anonymous(), |r, i| {
         r.header(&format!("x-h{i}"), "v")
@@ -888,6 +914,7 @@ require_signature = true
     );
     let caller = Arc::new(
         block_on(p.identify(&CallerRequest {
+            door: Door::Mcp,
             peer: Some("127.0.0.1".parse().unwrap()),
             method: &Method::GET,
             path: "/mcp",
