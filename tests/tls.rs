@@ -58,7 +58,10 @@ async fn listeners_serve_tls_that_a_verifying_client_accepts() {
     .unwrap_err();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     // Plain HTTP on the TLS port gets no HTTP answer.
-    let raw = raw_http(gw.proxy, b"GET /local/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let raw = raw_http(
+        gw.proxy,
+        b"GET /local/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
     assert!(!raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert_eq!(up.count(), 1);
 
