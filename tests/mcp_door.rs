@@ -170,6 +170,9 @@ async fn hostile_endpoints_are_invalid_endpoint() {
         "/%252e%252e/x",
         "/\u{FF0E}\u{FF0E}/x",
         "/a#frag",
+        // Characters a request line cannot carry: the caller's error, not an internal one.
+        "/a b",
+        "/items?q=two words",
     ];
     for e in endpoints {
         let r = s

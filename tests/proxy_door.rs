@@ -494,3 +494,24 @@ async fn foreign_hosts_and_browser_origins_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A deny rule cannot be sidestepped by spelling: it folds case and sees through matrix
+/// parameters, which many upstream frameworks ignore.
+#[tokio::test]
+async fn deny_rules_hold_against_case_and_matrix_parameters() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let auth = format!("Bearer {}", jwt(serde_json::json!({})));
+    for path in ["/local/Secret/x", "/local/SECRET", "/local/secret;v=1/x"] {
+        let r = client()
+            .get(gw.proxy_url(path))
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], "path_not_allowed", "{path}");
+    }
+    assert!(up.seen().is_empty());
+}

@@ -262,10 +262,17 @@ impl Grant {
         self.api == "*" || self.api == api
     }
 
-    pub fn covers(&self, api: &str, method: &Method, segments: &[&str]) -> bool {
+    /// Whether the grant covers `method` on the API, and the path by `matches` (a grant
+    /// without paths covers every path).
+    pub fn covers(
+        &self,
+        api: &str,
+        method: &Method,
+        matches: impl Fn(&PathPattern) -> bool,
+    ) -> bool {
         self.covers_api(api)
             && (self.methods.is_empty() || self.methods.contains(method))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(segments)))
+            && (self.paths.is_empty() || self.paths.iter().any(matches))
     }
 }
 

@@ -26,6 +26,8 @@ pub(super) struct RawApi {
     connect_timeout: Option<HumanDuration>,
     #[serde(default)]
     allow_private_network: bool,
+    #[serde(default)]
+    case_insensitive_paths: bool,
     credentials: Option<RawCredentials>,
     max_response_bytes: Option<usize>,
     rate_limit: Option<RawRateLimit>,
@@ -69,6 +71,9 @@ pub struct Api {
     pub connect_timeout: Duration,
     /// Allow private, loopback and link-local destinations. Default false.
     pub allow_private_network: bool,
+    /// The upstream routes paths regardless of case: `paths` and endpoint limits then match
+    /// case-insensitively (deny rules always do). Default false.
+    pub case_insensitive_paths: bool,
     pub credential: Option<Credential>,
     /// Overrides `mcp.max_response_bytes` for this API.
     pub max_response_bytes: Option<usize>,
@@ -447,6 +452,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         timeout,
         connect_timeout,
         allow_private_network: a.allow_private_network,
+        case_insensitive_paths: a.case_insensitive_paths,
         credential,
         max_response_bytes,
         rate_limit,
@@ -455,6 +461,15 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
 }
 
 impl Api {
+    /// How the API's allow rules and endpoint limits compare path literals.
+    pub fn path_case(&self) -> crate::types::Case {
+        if self.case_insensitive_paths {
+            crate::types::Case::Insensitive
+        } else {
+            crate::types::Case::Sensitive
+        }
+    }
+
     /// An internal destination the gateway itself calls (a JWKS document, an introspection
     /// endpoint): same egress path, SSRF guard and deadlines as an API, no caller-facing rules.
     pub fn internal(
@@ -474,6 +489,7 @@ impl Api {
             timeout,
             connect_timeout: timeout.min(Duration::from_secs(5)),
             allow_private_network,
+            case_insensitive_paths: false,
             credential: None,
             max_response_bytes: Some(1 << 20),
             rate_limit: None,

@@ -47,6 +47,18 @@ impl EndpointPath {
         if raw.contains('\\') {
             return bad("contains a backslash");
         }
+        // What the HTTP request line cannot carry (a space, '"', '<', …) is refused here, as
+        // the caller's error, rather than failing when the upstream request is built.
+        let target: std::borrow::Cow<str> = if raw.starts_with('/') {
+            raw.into()
+        } else {
+            format!("/{raw}").into()
+        };
+        if http::uri::PathAndQuery::try_from(target.as_ref()).is_err() {
+            return bad(
+                "contains characters a URL cannot carry (such as a space); percent-encode them",
+            );
+        }
         if raw.contains('@') {
             return bad("contains '@'");
         }
@@ -240,6 +252,8 @@ mod tests {
     #[test]
     fn hostile_endpoints_rejected() {
         for bad in [
+            "/a b",
+            "/a?q=x y",
             "/../etc/passwd",
             "..",
             "/a/../../b",

@@ -5,9 +5,11 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
 
+use super::paths::RequestPath;
 use crate::auth::Principal;
 use crate::config::{Api, HeaderLimits, IpRules, ProxyConfig, Rbac, Role};
 use crate::error::{GatewayError, Reason};
+use crate::types::Case;
 
 /// The proxy door's `Host` and `Origin` rule: a `Host` outside `proxy.allowed_hosts` (when
 /// set) and any `Origin` outside `proxy.allowed_origins` are refused (403), so a page of
@@ -256,23 +258,34 @@ impl Access<'_> {
         p.roles.is_empty() && p.allowed_apis.is_some()
     }
 
-    /// Whether the principal may call `method` on this path of the API. Deny rules win.
-    pub fn permits(&self, p: &Principal, api: &str, method: &Method, segments: &[&str]) -> bool {
+    /// Whether the principal may call `method` on this path of the API. Deny rules win, and
+    /// read the path as [`RequestPath`] says; allow rules compare as `case` says.
+    pub fn permits(
+        &self,
+        p: &Principal,
+        api: &str,
+        method: &Method,
+        path: &RequestPath<'_>,
+        case: Case,
+    ) -> bool {
         if !Self::key_allows_api(p, api) {
             return false;
         }
         if !self.rbac.enabled() {
             return true;
         }
-        if self
-            .roles(p)
-            .any(|r| r.deny.iter().any(|g| g.covers(api, method, segments)))
-        {
+        if self.roles(p).any(|r| {
+            r.deny
+                .iter()
+                .any(|g| g.covers(api, method, |pat| path.denied_by(pat)))
+        }) {
             return false;
         }
-        self.roles(p)
-            .any(|r| r.allow.iter().any(|g| g.covers(api, method, segments)))
-            || Self::key_list_is_grant(p)
+        self.roles(p).any(|r| {
+            r.allow
+                .iter()
+                .any(|g| g.covers(api, method, |pat| path.allowed_by(pat, case)))
+        }) || Self::key_list_is_grant(p)
     }
 
     /// The API's methods this principal may use somewhere on it: what `tools/list` and
@@ -445,20 +458,62 @@ mod tests {
             allowed_apis: None,
             key_rate_limit: None,
         };
-        assert!(a.permits(&p, "github", &Method::GET, &["user"]));
-        assert!(!a.permits(&p, "github", &Method::POST, &["user"]));
-        assert!(!a.permits(&p, "github", &Method::GET, &["admin", "x"]));
+        assert!(a.permits(
+            &p,
+            "github",
+            &Method::GET,
+            &RequestPath::new(vec!["user"]),
+            Case::Sensitive
+        ));
+        assert!(!a.permits(
+            &p,
+            "github",
+            &Method::POST,
+            &RequestPath::new(vec!["user"]),
+            Case::Sensitive
+        ));
+        assert!(!a.permits(
+            &p,
+            "github",
+            &Method::GET,
+            &RequestPath::new(vec!["admin", "x"]),
+            Case::Sensitive
+        ));
         p.allowed_apis = Some(vec!["weather".into()]);
-        assert!(!a.permits(&p, "github", &Method::GET, &["user"]));
-        assert!(a.permits(&p, "weather", &Method::GET, &["now"]));
+        assert!(!a.permits(
+            &p,
+            "github",
+            &Method::GET,
+            &RequestPath::new(vec!["user"]),
+            Case::Sensitive
+        ));
+        assert!(a.permits(
+            &p,
+            "weather",
+            &Method::GET,
+            &RequestPath::new(vec!["now"]),
+            Case::Sensitive
+        ));
         p.roles.clear();
         assert!(
-            a.permits(&p, "weather", &Method::DELETE, &["now"]),
+            a.permits(
+                &p,
+                "weather",
+                &Method::DELETE,
+                &RequestPath::new(vec!["now"]),
+                Case::Sensitive
+            ),
             "a key's list is its grant"
         );
         p.allowed_apis = None;
         assert!(
-            !a.permits(&p, "weather", &Method::GET, &["now"]),
+            !a.permits(
+                &p,
+                "weather",
+                &Method::GET,
+                &RequestPath::new(vec!["now"]),
+                Case::Sensitive
+            ),
             "no roles, no grant"
         );
     }

@@ -1,6 +1,7 @@
 //! The rate-limit stage: which policies apply to a call (the API's or `rate_limits.default`,
 //! endpoint policies, the API key's own, `per_user`), checked together in one decision.
 
+use super::paths::RequestPath;
 use crate::auth::{Caller, PrincipalKind};
 use crate::config::{Api, RateLimits};
 use crate::error::{ErrorKind, GatewayError, RateLimitDenial};
@@ -10,7 +11,7 @@ use crate::ratelimit::{Limiter, Policy, PolicyState, RateLimitDecision};
 pub fn applicable<'a>(
     limits: &'a RateLimits,
     api: &'a Api,
-    segments: &[&str],
+    path: &RequestPath<'_>,
     caller: &'a Caller,
 ) -> Vec<(String, &'a Policy)> {
     let mut checks = Vec::with_capacity(2);
@@ -18,7 +19,7 @@ pub fn applicable<'a>(
         checks.push((format!("api:{}", api.name), p));
     }
     for (i, (pattern, p)) in api.endpoint_rate_limits.iter().enumerate() {
-        if pattern.matches(segments) {
+        if path.limited_by(pattern, api.path_case()) {
             checks.push((format!("ep:{}:{i}", api.name), p));
         }
     }
@@ -47,10 +48,10 @@ pub async fn check(
     limits: &RateLimits,
     limiter: &Limiter,
     api: &Api,
-    segments: &[&str],
+    path: &RequestPath<'_>,
     caller: &Caller,
 ) -> Result<Vec<PolicyState>, GatewayError> {
-    let checks = applicable(limits, api, segments, caller);
+    let checks = applicable(limits, api, path, caller);
     if checks.is_empty() {
         return Ok(Vec::new());
     }

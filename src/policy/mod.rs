@@ -27,6 +27,7 @@ pub mod access;
 pub mod body;
 pub mod limits;
 pub mod outbound;
+pub mod paths;
 #[cfg(test)]
 mod tests;
 
@@ -272,15 +273,9 @@ impl Pipeline {
         }
 
         // 10. Rate limits, last of the judgements: a call refused above costs no quota.
-        let segments = endpoint.decoded_segments();
-        let rate_limits = limits::check(
-            &self.config.rate_limits,
-            &self.limiter,
-            api,
-            &segments,
-            caller,
-        )
-        .await?;
+        let path = paths::RequestPath::new(endpoint.decoded_segments());
+        let rate_limits =
+            limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller).await?;
 
         // 11. Destination: DNS, and every address past the SSRF guard.
         let addr = self.egress.resolve(api).await?;
@@ -431,9 +426,10 @@ impl Pipeline {
                 ),
             ));
         }
-        let segments = endpoint.decoded_segments();
-        if api.deny_paths.iter().any(|p| p.matches(&segments))
-            || !api.paths.iter().any(|p| p.matches(&segments))
+        let path = paths::RequestPath::new(endpoint.decoded_segments());
+        let case = api.path_case();
+        if api.deny_paths.iter().any(|p| path.denied_by(p))
+            || !api.paths.iter().any(|p| path.allowed_by(p, case))
         {
             return Err(GatewayError::because(
                 Reason::PathNotAllowed,
@@ -446,7 +442,7 @@ impl Pipeline {
         }
         if !self
             .access()
-            .permits(principal, &api.name, method, &segments)
+            .permits(principal, &api.name, method, &path, case)
         {
             return Err(GatewayError::because(
                 Reason::NotPermitted,

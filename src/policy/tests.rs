@@ -482,6 +482,18 @@ fn one_case_per_refusal_reason() {
             "path_not_allowed",
         ),
         (
+            "denied path in another case",
+            Req::new().api("open", "/Admin/users"),
+            403,
+            "path_not_allowed",
+        ),
+        (
+            "denied path behind a matrix parameter",
+            Req::new().api("open", "/admin;v=1/users"),
+            403,
+            "path_not_allowed",
+        ),
+        (
             "path outside paths",
             Req::new().api("narrow", "/other"),
             403,
@@ -816,6 +828,39 @@ fn a_signed_body_is_checked_now_when_whole_and_later_when_streamed() {
     assert_eq!(sized.chunk(&[b' '; 25]).unwrap_err().kind.status(), 413);
     // The same signature again is a replay.
     assert_eq!(refusal(&p, &streamed), (401, "signature_replayed"));
+}
+
+/// Deny rules fold case and see through matrix parameters; allow rules and endpoint limits
+/// follow the API's `case_insensitive_paths`.
+#[test]
+fn path_rules_read_the_path_their_safe_way() {
+    let p = pipeline_with(
+        r#"
+[[apis]]
+name = "folded"
+base_url = "http://127.0.0.1:9"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/search/**", "/items/*"]
+case_insensitive_paths = true
+endpoint_rate_limits = [{ path = "/search/**", requests = 1, window = "1h" }]
+"#,
+    );
+    // RBAC deny rules too: the reader may not see /secret in any case or spelling.
+    for e in ["/Secret/x", "/secret;a=b/x", "/SECRET"] {
+        let r = Req::new().auth("x-api-key", KEY_READER).api("open", e);
+        assert_eq!(refusal(&p, &r), (403, "not_permitted"), "{e}");
+    }
+    // Allow rules: case-sensitive by default, folded where the API says so.
+    assert_eq!(
+        refusal(&p, &Req::new().api("narrow", "/Items/1")),
+        (403, "path_not_allowed")
+    );
+    assert!(run(&p, &Req::new().api("folded", "/Items/1")).is_ok());
+    // A limit on /search counts /Search on a case-insensitive API.
+    assert!(run(&p, &Req::new().api("folded", "/search/a")).is_ok());
+    let e = run(&p, &Req::new().api("folded", "/Search/b")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 pub mod headers;
 mod pattern;
 
-pub use pattern::PathPattern;
+pub use pattern::{Case, PathPattern};
 
 use std::time::Duration;
 

@@ -47,22 +47,41 @@ impl PathPattern {
         &self.raw
     }
 
-    /// Whether the decoded path segments match. Empty segments (a trailing slash) are ignored.
+    /// Whether the decoded path segments match, literals compared exactly. Empty segments
+    /// (a trailing slash) are ignored.
     pub fn matches(&self, path: &[&str]) -> bool {
+        self.matches_case(path, Case::Sensitive)
+    }
+
+    /// Whether the decoded path segments match, literals compared as `case` says.
+    pub fn matches_case(&self, path: &[&str], case: Case) -> bool {
         let path: Vec<&str> = path.iter().copied().filter(|s| !s.is_empty()).collect();
-        match_segments(&self.segments, &path)
+        match_segments(&self.segments, &path, case)
     }
 }
 
-fn match_segments(pattern: &[PatternSegment], path: &[&str]) -> bool {
+/// How path literals compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    Sensitive,
+    /// ASCII case folded, as many upstream frameworks route.
+    Insensitive,
+}
+
+fn match_segments(pattern: &[PatternSegment], path: &[&str], case: Case) -> bool {
     match pattern.split_first() {
         None => path.is_empty(),
         Some((PatternSegment::Any, rest)) => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
+            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..], case))
         }
-        Some((PatternSegment::One, rest)) => !path.is_empty() && match_segments(rest, &path[1..]),
+        Some((PatternSegment::One, rest)) => {
+            !path.is_empty() && match_segments(rest, &path[1..], case)
+        }
         Some((PatternSegment::Literal(lit), rest)) => {
-            path.first().is_some_and(|p| p == lit) && match_segments(rest, &path[1..])
+            path.first().is_some_and(|p| match case {
+                Case::Sensitive => p == lit,
+                Case::Insensitive => p.eq_ignore_ascii_case(lit),
+            }) && match_segments(rest, &path[1..], case)
         }
     }
 }
