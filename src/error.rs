@@ -211,6 +211,8 @@ reasons! {
     /// The request carries a browser `Origin` the door does not accept
     /// (`proxy.allowed_origins`).
     OriginNotAllowed => ("origin_not_allowed", Forbidden),
+    /// The request body's framing is broken (a malformed chunk).
+    MalformedBody => ("malformed_body", InvalidArguments),
     /// The MCP session belongs to another caller.
     SessionNotOwned => ("session_not_owned", Forbidden),
     /// The request's framing could be read two ways (smuggling shapes).

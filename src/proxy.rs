@@ -410,6 +410,13 @@ impl ProxyHttp for ProxyDoor {
     ) -> FailToProxy {
         let err = match (e.etype(), &ctx.target) {
             _ if ctx.refusal.is_some() => ctx.refusal.take().expect("checked"),
+            // Pingora names it only as a custom type (its constant is private).
+            (Custom("InvalidChunk"), _) if e.esource() == &ErrorSource::Downstream => {
+                GatewayError::because(
+                    crate::error::Reason::MalformedBody,
+                    "the request body's chunked encoding is malformed",
+                )
+            }
             (HTTPStatus(code), _) if *code < 500 => {
                 GatewayError::new(ErrorKind::InvalidArguments, "bad request")
             }

@@ -291,9 +291,28 @@ async fn host_and_origin_are_validated_and_bad_json_rejected() {
         &req("Host: 127.0.0.1\r\nOrigin: http://evil.example\r\n", init),
     );
     assert_eq!(status_of(&origin), 403, "{origin}");
-    let bad = raw_http(gw.mcp, &req("Host: 127.0.0.1\r\n", b"{not json"));
-    let status = status_of(&bad);
-    assert!((400..500).contains(&status), "{bad}");
+    // What is not one JSON-RPC 2.0 message gets its JSON-RPC error, with HTTP 400.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#;
+    let old = br#"{"jsonrpc":"1.0","id":7,"method":"tools/list"}"#;
+    for (body, code, id) in [
+        (&b"{not json"[..], -32700, Value::Null),
+        (deep.as_bytes(), -32700, Value::Null),
+        (&batch[..], -32600, Value::Null),
+        (&old[..], -32600, json!(7)),
+    ] {
+        let bad = raw_http(gw.mcp, &req("Host: 127.0.0.1\r\n", body));
+        assert_eq!(status_of(&bad), 400, "{bad}");
+        let reply: Value = serde_json::from_str(bad.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(reply["error"]["code"], code, "{bad}");
+        assert_eq!(reply["id"], id, "{bad}");
+    }
+    // A body over mcp.max_request_bytes (4 MiB) is refused like every other refusal.
+    let over = vec![b' '; (4 << 20) + 100];
+    let big = raw_http(gw.mcp, &req("Host: 127.0.0.1\r\n", &over));
+    assert_eq!(status_of(&big), 413, "{big}");
+    assert!(big.contains("application/problem+json"), "{big}");
+    assert!(big.contains("payload_too_large"), "{big}");
     let other = raw_http(
         gw.mcp,
         b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",

@@ -515,3 +515,22 @@ async fn deny_rules_hold_against_case_and_matrix_parameters() {
     }
     assert!(up.seen().is_empty());
 }
+
+/// A malformed chunked request body is the caller's error (400, reason `malformed_body`),
+/// not the gateway's.
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_bad_request() {
+    let up = Upstream::start();
+    let gw = Gateway::start(up.port);
+    let token = jwt(serde_json::json!({}));
+    let raw = raw_http(
+        gw.proxy,
+        format!(
+            "POST /local/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status_of(&raw), 400, "{raw}");
+    assert!(raw.contains("malformed_body"), "{raw}");
+}

@@ -12,6 +12,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::GatewayMcp;
@@ -150,6 +151,15 @@ impl McpHttpApp {
         let _ = session.write_response_body(Bytes::from(body), true).await;
     }
 
+    async fn respond_json(session: &mut ServerSession, status: u16, body: String) {
+        if let Ok(mut h) = ResponseHeader::build(status, Some(2)) {
+            let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
+            let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+            let _ = session.write_response_header(Box::new(h)).await;
+            let _ = session.write_response_body(Bytes::from(body), true).await;
+        }
+    }
+
     async fn respond_plain(session: &mut ServerSession, status: u16, body: &'static str) {
         if let Ok(mut h) = ResponseHeader::build(status, Some(2)) {
             let _ = h.insert_header(http::header::CONTENT_TYPE, "text/plain");
@@ -224,8 +234,13 @@ impl HttpServerApp for McpHttpApp {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > self.max_request_bytes {
-                        Self::respond_plain(&mut session, 413, "request body too large\n").await;
-                        return None;
+                        let e = GatewayError::payload_too_large(format!(
+                            "an MCP request body may be at most {} bytes (mcp.max_request_bytes)",
+                            self.max_request_bytes
+                        ));
+                        // The rest of the body is not read: the connection is not reused.
+                        session.set_keepalive(None);
+                        return Self::refuse(&gw, session, Some(&caller), &e).await;
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -236,6 +251,10 @@ impl HttpServerApp for McpHttpApp {
         let body = body.freeze();
         if let Err(e) = crate::policy::body::check_signed_body(&caller, &body) {
             return Self::refuse(&gw, session, Some(&caller), &e).await;
+        }
+        if let Some(reply) = malformed_json_rpc(session.req_header(), &body) {
+            Self::respond_json(&mut session, 400, reply).await;
+            return crate::admin::finish(session).await;
         }
         let head = session.req_header();
         let mut builder = http::Request::builder()
@@ -346,5 +365,48 @@ impl HttpServerApp for McpHttpApp {
             return None;
         }
         crate::admin::finish(session).await
+    }
+}
+
+/// A JSON POST that is not one JSON-RPC 2.0 message gets the JSON-RPC error it deserves, with
+/// HTTP 400: `-32700` for text that is not JSON (or nests deeper than 128 levels), `-32600`
+/// for a batch (removed from MCP in 2025-06-18) or a message that is not JSON-RPC 2.0. Other
+/// requests go on to the transport, which answers wrong content types itself.
+fn malformed_json_rpc(head: &pingora::http::RequestHeader, body: &[u8]) -> Option<String> {
+    let json = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if head.method != http::Method::POST || !json {
+        return None;
+    }
+    let error = |id: Value, code: i64, message: &str| {
+        Some(
+            serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": code, "message": message},
+            })
+            .to_string(),
+        )
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Err(e) => error(Value::Null, -32700, &format!("parse error: {e}")),
+        Ok(Value::Array(_)) => error(
+            Value::Null,
+            -32600,
+            "JSON-RPC batches are not supported; send one message per request",
+        ),
+        Ok(Value::Object(m)) if m.get("jsonrpc").and_then(Value::as_str) == Some("2.0") => None,
+        Ok(m) => error(
+            m.get("id").cloned().unwrap_or(Value::Null),
+            -32600,
+            "not a JSON-RPC 2.0 message: \"jsonrpc\" must be \"2.0\"",
+        ),
     }
 }

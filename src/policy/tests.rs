@@ -330,9 +330,16 @@ fn one_case_per_refusal_reason() {
                                            "exp": now() + 600, "iat": now()}),
     );
     let no_exp = jwt(serde_json::json!({"sub": "a", "iss": "https://issuer.test", "aud": "gw"}));
-    let mut forged = good_jwt();
-    forged.pop();
-    forged.push(if forged.ends_with('A') { 'B' } else { 'A' });
+    // The signature's first character changed: its first byte differs (the last character
+    // may only carry padding bits).
+    let good = good_jwt();
+    let at = good.rfind('.').unwrap() + 1;
+    let first = if good[at..].starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{first}{}", &good[..at], &good[at + 1..]);
     let bearer = |t: &str| format!("Bearer {t}");
     let ts = now();
     let many_headers = (0..12).fold(Req::new(), |r, i| r.header(&format!("x-h{i}"), "v"));
