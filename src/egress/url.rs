@@ -49,15 +49,20 @@ impl EndpointPath {
         }
         // What the HTTP request line cannot carry (a space, '"', '<', …) is refused here, as
         // the caller's error, rather than failing when the upstream request is built.
-        let target: std::borrow::Cow<str> = if raw.starts_with('/') {
-            raw.into()
-        } else {
-            format!("/{raw}").into()
-        };
-        if http::uri::PathAndQuery::try_from(target.as_ref()).is_err() {
-            return bad(
-                "contains characters a URL cannot carry (such as a space); percent-encode them",
-            );
+        // Bytes RFC 3986 allows as they are pass at once; anything else is put to the parser
+        // the upstream request is built with.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+        if !raw.bytes().all(plain) {
+            let target: std::borrow::Cow<str> = if raw.starts_with('/') {
+                raw.into()
+            } else {
+                format!("/{raw}").into()
+            };
+            if http::uri::PathAndQuery::try_from(target.as_ref()).is_err() {
+                return bad(
+                    "contains characters a URL cannot carry (such as a space); percent-encode them",
+                );
+            }
         }
         if raw.contains('@') {
             return bad("contains '@'");

@@ -252,10 +252,6 @@ impl HttpServerApp for McpHttpApp {
         if let Err(e) = crate::policy::body::check_signed_body(&caller, &body) {
             return Self::refuse(&gw, session, Some(&caller), &e).await;
         }
-        if let Some(reply) = malformed_json_rpc(session.req_header(), &body) {
-            Self::respond_json(&mut session, 400, reply).await;
-            return crate::admin::finish(session).await;
-        }
         let head = session.req_header();
         let mut builder = http::Request::builder()
             .method(head.method.clone())
@@ -263,7 +259,7 @@ impl HttpServerApp for McpHttpApp {
         for (k, v) in head.headers.iter() {
             builder = builder.header(k, v);
         }
-        let Ok(mut request) = builder.body(Full::new(body)) else {
+        let Ok(mut request) = builder.body(Full::new(body.clone())) else {
             Self::respond_plain(&mut session, 400, "malformed request\n").await;
             return None;
         };
@@ -295,6 +291,15 @@ impl HttpServerApp for McpHttpApp {
             Ok(r) => r,
             Err(never) => match never {},
         };
+        // The transport refuses what it cannot read as one message with 415 and a text body;
+        // a JSON body gets the JSON-RPC error it deserves instead (checked only then, so a
+        // well-formed request is parsed once).
+        if response.status() == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            if let Some(reply) = malformed_json_rpc(session.req_header(), &body) {
+                Self::respond_json(&mut session, 400, reply).await;
+                return crate::admin::finish(session).await;
+            }
+        }
         {
             let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(created) = response

@@ -233,7 +233,9 @@ impl Pipeline {
 
         // 5–6. API, endpoint, method, path, RBAC.
         let api = self.find_api(principal, call.api)?;
-        let endpoint = self.check_target(principal, api, call.method, call.endpoint)?;
+        let endpoint = EndpointPath::parse(call.endpoint)?;
+        let path = paths::RequestPath::new(endpoint.decoded_segments());
+        self.check_rules(principal, api, call.method, &endpoint, &path)?;
         if api.require_signature && caller.signature.is_none() {
             return Err(unauthorized(
                 Reason::SignatureMissing,
@@ -273,7 +275,6 @@ impl Pipeline {
         }
 
         // 10. Rate limits, last of the judgements: a call refused above costs no quota.
-        let path = paths::RequestPath::new(endpoint.decoded_segments());
         let rate_limits =
             limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller).await?;
 
@@ -411,6 +412,20 @@ impl Pipeline {
         endpoint: &str,
     ) -> Result<EndpointPath, GatewayError> {
         let endpoint = EndpointPath::parse(endpoint)?;
+        let path = paths::RequestPath::new(endpoint.decoded_segments());
+        self.check_rules(principal, api, method, &endpoint, &path)?;
+        Ok(endpoint)
+    }
+
+    /// The method, path and role rules for a parsed endpoint and its [`paths::RequestPath`].
+    fn check_rules(
+        &self,
+        principal: &Principal,
+        api: &Api,
+        method: &Method,
+        endpoint: &EndpointPath,
+        path: &paths::RequestPath<'_>,
+    ) -> Result<(), GatewayError> {
         if !api.methods.contains(method) {
             return Err(GatewayError::because(
                 Reason::MethodNotAllowed,
@@ -426,7 +441,6 @@ impl Pipeline {
                 ),
             ));
         }
-        let path = paths::RequestPath::new(endpoint.decoded_segments());
         let case = api.path_case();
         if api.deny_paths.iter().any(|p| path.denied_by(p))
             || !api.paths.iter().any(|p| path.allowed_by(p, case))
@@ -442,7 +456,7 @@ impl Pipeline {
         }
         if !self
             .access()
-            .permits(principal, &api.name, method, &path, case)
+            .permits(principal, &api.name, method, path, case)
         {
             return Err(GatewayError::because(
                 Reason::NotPermitted,
@@ -454,7 +468,7 @@ impl Pipeline {
                 ),
             ));
         }
-        Ok(endpoint)
+        Ok(())
     }
 
     /// A redirect hop, judged again like a new call: the `Location` must land in an

@@ -9,14 +9,16 @@
 
 use crate::types::{Case, PathPattern};
 
-/// A request path's decoded segments, as sent and with matrix parameters stripped.
+/// A request path's decoded segments, as sent and with matrix parameters stripped; empty
+/// segments (a trailing slash) are left out, as patterns ignore them.
 pub struct RequestPath<'a> {
     sent: Vec<&'a str>,
     plain: Vec<&'a str>,
 }
 
 impl<'a> RequestPath<'a> {
-    pub fn new(sent: Vec<&'a str>) -> RequestPath<'a> {
+    pub fn new(mut sent: Vec<&'a str>) -> RequestPath<'a> {
+        sent.retain(|s| !s.is_empty());
         let plain = sent
             .iter()
             .map(|s| s.split(';').next().unwrap_or(""))
@@ -26,18 +28,18 @@ impl<'a> RequestPath<'a> {
 
     /// Whether a deny rule covers the path: either form, case folded.
     pub fn denied_by(&self, p: &PathPattern) -> bool {
-        p.matches_case(&self.sent, Case::Insensitive)
-            || p.matches_case(&self.plain, Case::Insensitive)
+        p.matches_nonempty(&self.sent, Case::Insensitive)
+            || p.matches_nonempty(&self.plain, Case::Insensitive)
     }
 
     /// Whether an allow rule covers the path: both forms, compared as `case` says.
     pub fn allowed_by(&self, p: &PathPattern, case: Case) -> bool {
-        p.matches_case(&self.sent, case) && p.matches_case(&self.plain, case)
+        p.matches_nonempty(&self.sent, case) && p.matches_nonempty(&self.plain, case)
     }
 
     /// Whether an endpoint limit applies to the path: either form, compared as `case` says.
     pub fn limited_by(&self, p: &PathPattern, case: Case) -> bool {
-        p.matches_case(&self.sent, case) || p.matches_case(&self.plain, case)
+        p.matches_nonempty(&self.sent, case) || p.matches_nonempty(&self.plain, case)
     }
 }
 

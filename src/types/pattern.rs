@@ -56,7 +56,12 @@ impl PathPattern {
     /// Whether the decoded path segments match, literals compared as `case` says.
     pub fn matches_case(&self, path: &[&str], case: Case) -> bool {
         let path: Vec<&str> = path.iter().copied().filter(|s| !s.is_empty()).collect();
-        match_segments(&self.segments, &path, case)
+        self.matches_nonempty(&path, case)
+    }
+
+    /// [`PathPattern::matches_case`] for segments known to hold no empty one: no allocation.
+    pub fn matches_nonempty(&self, path: &[&str], case: Case) -> bool {
+        match_segments(&self.segments, path, case)
     }
 }
 
