@@ -1,5 +1,5 @@
-//! `[server]` and `[mcp]`: listeners, threads, shutdown, TLS, the file watch, and the MCP
-//! door's hosts, origins and size limits.
+//! `[server]`, `[mcp]` and `[proxy]`: listeners, threads, shutdown, TLS, the file watch, the MCP
+//! door's hosts, origins and size limits, and the proxy door's hosts and origins.
 
 use std::net::SocketAddr;
 use std::time::Duration;
