@@ -72,7 +72,7 @@ fn pipeline(required: bool, rbac: bool) -> Pipeline {
 
 fn headers(authz: Option<String>, api_key: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("host", "gw.local".parse().unwrap());
+    h.insert("host", "localhost".parse().unwrap());
     h.insert("accept", "application/json".parse().unwrap());
     h.insert("user-agent", "bench/1.0".parse().unwrap());
     if let Some(a) = authz {
