@@ -85,7 +85,7 @@ pub fn check_inspectable(api: &Api, headers: &http::HeaderMap) -> Result<(), Gat
                     "the upstream of API {:?} answered in Content-Encoding {:?}, which the \
                      gateway cannot inspect to mask the API's credential",
                     api.name,
-                    truncate_chars(v, 32)
+                    crate::types::truncate_chars(v, 32)
                 ),
             ));
         }
@@ -106,10 +106,6 @@ fn partial_form_at_end(api: &Api, data: &[u8]) -> usize {
         })
         .max()
         .unwrap_or(0)
-}
-
-fn truncate_chars(s: &str, max: usize) -> &str {
-    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 /// Masks a body that arrives in chunks (the proxy door), so that a form of the credential

@@ -9,7 +9,7 @@ use super::paths::RequestPath;
 use crate::auth::Principal;
 use crate::config::{Api, HeaderLimits, IpRules, ProxyConfig, Rbac, Role};
 use crate::error::{GatewayError, Reason};
-use crate::types::Case;
+use crate::types::{truncate_chars, Case};
 
 /// The proxy door's `Host` and `Origin` rule: a `Host` outside `proxy.allowed_hosts` (when
 /// set) and any `Origin` outside `proxy.allowed_origins` are refused (403), so a page of
@@ -33,7 +33,7 @@ pub fn check_host_origin(rules: &ProxyConfig, headers: &HeaderMap) -> Result<(),
                     Reason::HostNotAllowed,
                     format!(
                         "Host {:?} is not served here; add it to proxy.allowed_hosts",
-                        truncate(name, 64)
+                        truncate_chars(name, 64)
                     ),
                 ));
             }
@@ -51,16 +51,12 @@ pub fn check_host_origin(rules: &ProxyConfig, headers: &HeaderMap) -> Result<(),
                 format!(
                     "requests from the web origin {:?} are refused; add it to \
                      proxy.allowed_origins",
-                    truncate(origin, 64)
+                    truncate_chars(origin, 64)
                 ),
             ));
         }
     }
     Ok(())
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 /// The client's address. The peer's own address, unless the peer is a trusted proxy: then

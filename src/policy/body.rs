@@ -69,7 +69,7 @@ pub fn check(guards: &RequestGuards, body: &BodyShape<'_>) -> Result<(), Gateway
         if !guards.allowed_content_types.contains(&essence) {
             return Err(GatewayError::unsupported_media_type(format!(
                 "content type {:?} is not allowed; allowed: {}",
-                super::truncate(&essence, 64),
+                crate::types::truncate_chars(&essence, 64),
                 guards.allowed_content_types.join(", ")
             )));
         }

@@ -386,7 +386,7 @@ impl Pipeline {
             found => found,
         };
         api.ok_or_else(|| {
-            let name = truncate(name, 64);
+            let name = crate::types::truncate_chars(name, 64);
             if hides {
                 GatewayError::because(
                     Reason::NotPermitted,
@@ -511,12 +511,5 @@ impl Pipeline {
         let addr = self.egress.resolve(&hop).await?;
         let path_and_query = upstream_path_and_query(&hop, &endpoint, &[]);
         Ok((hop, addr, path_and_query))
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }

@@ -48,6 +48,11 @@ pub struct PolicyState {
     pub reset: Duration,
 }
 
+/// At most `max` characters of `s`, for quoting caller input in an error message.
+pub fn truncate_chars(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
 /// Whole seconds, rounded up, for `Retry-After` and `t=`.
 pub fn ceil_secs(d: Duration) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000) as u64
