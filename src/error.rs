@@ -213,6 +213,8 @@ reasons! {
     OriginNotAllowed => ("origin_not_allowed", Forbidden),
     /// The request body's framing is broken (a malformed chunk).
     MalformedBody => ("malformed_body", InvalidArguments),
+    /// The caller (or the gateway) holds as many legacy MCP sessions as allowed.
+    SessionLimit => ("session_limit", RateLimited),
     /// The MCP session belongs to another caller.
     SessionNotOwned => ("session_not_owned", Forbidden),
     /// The request's framing could be read two ways (smuggling shapes).

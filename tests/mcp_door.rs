@@ -446,3 +446,46 @@ fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     assert!(text.contains("missing_credentials"), "{text}");
 }
+
+/// Legacy sessions are bounded per caller (`mcp.max_sessions_per_caller`): one more is refused
+/// with 429 `session_limit`, and closing one makes room again.
+#[tokio::test]
+async fn legacy_sessions_are_capped_per_caller() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}[mcp]\nmax_sessions_per_caller = 2\n[[apis]]\nname = \"local\"\n\
+             base_url = \"http://127.0.0.1:{}\"\nallow_private_network = true\npaths = [\"/**\"]\n",
+            server_section(ports, 1),
+            up.port
+        )
+    });
+    let c = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let open = || {
+        c.post(gw.mcp_url())
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = open().await.unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(r.headers()["mcp-session-id"].to_str().unwrap().to_string());
+    }
+    let r = open().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "session_limit", "{body}");
+    let closed = c
+        .delete(gw.mcp_url())
+        .header("mcp-session-id", &ids[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    assert_eq!(open().await.unwrap().status(), 200, "closing one made room");
+}

@@ -33,6 +33,9 @@ pub(super) struct RawMcp {
     max_request_bytes: Option<usize>,
     legacy_sessions: Option<bool>,
     json_response: Option<bool>,
+    max_sessions: Option<usize>,
+    max_sessions_per_caller: Option<usize>,
+    session_idle_timeout: Option<HumanDuration>,
 }
 
 /// Listeners and process settings.
@@ -131,6 +134,12 @@ pub struct McpConfig {
     /// Answer a stateless request with one `application/json` body instead of an SSE
     /// stream, when the reply is a single message. Default true.
     pub json_response: bool,
+    /// Legacy sessions held at once, in all. Default 10,000.
+    pub max_sessions: usize,
+    /// Legacy sessions one caller (principal) may hold at once. Default 100.
+    pub max_sessions_per_caller: usize,
+    /// A legacy session without traffic for this long is closed. Default 5 minutes.
+    pub session_idle_timeout: Duration,
 }
 
 const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
@@ -238,5 +247,20 @@ pub(super) fn validate_mcp(
         ),
         legacy_sessions: raw.legacy_sessions.unwrap_or(true),
         json_response: raw.json_response.unwrap_or(true),
+        max_sessions: positive(errors, "mcp.max_sessions", raw.max_sessions, 10_000),
+        max_sessions_per_caller: positive(
+            errors,
+            "mcp.max_sessions_per_caller",
+            raw.max_sessions_per_caller,
+            100,
+        ),
+        session_idle_timeout: match raw.session_idle_timeout {
+            Some(d) if d.0 < Duration::from_secs(1) => {
+                errors.push(err("mcp.session_idle_timeout", "must be at least 1s"));
+                d.0
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(300),
+        },
     }
 }

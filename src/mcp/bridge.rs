@@ -26,6 +26,23 @@ pub fn http_service(
     live: Arc<Live>,
     cancel: CancellationToken,
 ) -> StreamableHttpService<GatewayMcp, LocalSessionManager> {
+    let sessions = session_manager(&live.current().config.mcp);
+    http_service_with(live, cancel, sessions)
+}
+
+/// The legacy-session store, with `[mcp] session_idle_timeout`.
+fn session_manager(cfg: &crate::config::McpConfig) -> Arc<LocalSessionManager> {
+    let mut m = LocalSessionManager::default();
+    m.session_config.keep_alive = Some(cfg.session_idle_timeout);
+    Arc::new(m)
+}
+
+/// [`http_service`] over a given session store.
+fn http_service_with(
+    live: Arc<Live>,
+    cancel: CancellationToken,
+    sessions: Arc<LocalSessionManager>,
+) -> StreamableHttpService<GatewayMcp, LocalSessionManager> {
     let gateway = live.current();
     let cfg = &gateway.config.mcp;
     let mut http_cfg = StreamableHttpServerConfig::default()
@@ -43,7 +60,7 @@ pub fn http_service(
     // take their own snapshot, see `GatewayMcp::at`); the factory keeps no config alive.
     StreamableHttpService::new(
         move || Ok(GatewayMcp::new(live.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions,
         http_cfg,
     )
 }
@@ -56,6 +73,8 @@ pub struct McpHttpApp {
     /// Which principal created each legacy session: a session id is usable only by it, so a
     /// leaked id cannot be used (for instance to read its event stream) by another caller.
     owners: std::sync::Mutex<SessionOwners>,
+    /// The live legacy sessions (a session leaves when it closes or idles out).
+    sessions: Arc<LocalSessionManager>,
 }
 
 /// Session id → principal id, bounded: the oldest entries go first.
@@ -90,12 +109,50 @@ fn host_of(session: &ServerSession) -> Option<&str> {
 
 impl McpHttpApp {
     pub fn new(live: Arc<Live>, cancel: CancellationToken) -> Self {
+        let sessions = session_manager(&live.current().config.mcp);
         McpHttpApp {
-            service: http_service(live.clone(), cancel),
+            service: http_service_with(live.clone(), cancel, sessions.clone()),
             max_request_bytes: live.current().config.mcp.max_request_bytes,
             live,
             owners: std::sync::Mutex::new(SessionOwners::default()),
+            sessions,
         }
+    }
+
+    /// Why a caller may not open another legacy session now, if it may not: the gateway holds
+    /// `mcp.max_sessions`, or the caller `mcp.max_sessions_per_caller`, live sessions.
+    async fn session_limit(
+        &self,
+        cfg: &crate::config::McpConfig,
+        principal: &str,
+    ) -> Option<GatewayError> {
+        let live = self.sessions.sessions.read().await;
+        let full = |message: String| {
+            Some(GatewayError::because(
+                crate::error::Reason::SessionLimit,
+                message,
+            ))
+        };
+        if live.len() >= cfg.max_sessions {
+            return full(format!(
+                "the gateway holds {} MCP sessions (mcp.max_sessions); retry when one closes, \
+                 or use stateless requests",
+                live.len()
+            ));
+        }
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        // Sessions that closed or idled out no longer count (nor are they kept).
+        owners.by_id.retain(|id, _| live.contains_key(id.as_str()));
+        let SessionOwners { by_id, order } = &mut *owners;
+        order.retain(|id| by_id.contains_key(id));
+        let held = owners.by_id.values().filter(|p| *p == principal).count();
+        if held >= cfg.max_sessions_per_caller {
+            return full(format!(
+                "you hold {held} MCP sessions (mcp.max_sessions_per_caller); close one with \
+                 DELETE /mcp, or let one idle out (mcp.session_idle_timeout)"
+            ));
+        }
+        None
     }
 
     /// Writes a gateway error as problem+json; a 401 carries `WWW-Authenticate` pointing at
@@ -280,6 +337,24 @@ impl HttpServerApp for McpHttpApp {
             let e = GatewayError::forbidden("this MCP session belongs to another caller")
                 .with_reason(crate::error::Reason::SessionNotOwned);
             return Self::refuse(&gw, session, Some(&caller), &e).await;
+        }
+        // A request that may open a legacy session (no session id, and not a 2026-07-28
+        // stateless request, which names its method in Mcp-Method) is refused while the caller,
+        // or the gateway, holds as many sessions as allowed.
+        let may_open = session_id.is_none()
+            && request.method() == http::Method::POST
+            && gw.config.mcp.legacy_sessions
+            && request
+                .headers()
+                .get("mcp-method")
+                .is_none_or(|m| m.as_bytes() == b"initialize");
+        if may_open {
+            if let Some(e) = self
+                .session_limit(&gw.config.mcp, &caller.principal.id)
+                .await
+            {
+                return Self::refuse(&gw, session, Some(&caller), &e).await;
+            }
         }
         let principal_id = caller.principal.id.clone();
         let closing = request.method() == http::Method::DELETE;
