@@ -72,10 +72,7 @@ impl AuditEvent {
             ts: rfc3339_now(),
             request_id: request_id(),
             trace_id: caller.map(|c| c.trace.trace_id_hex()),
-            door: match door {
-                Door::Mcp => "mcp",
-                Door::Proxy => "proxy",
-            },
+            door: door.as_str(),
             tool: None,
             principal: caller.map_or("unidentified".into(), |c| c.principal.id.clone()),
             roles: caller.map_or(Vec::new(), |c| c.principal.roles.clone()),

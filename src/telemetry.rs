@@ -277,7 +277,7 @@ impl Metrics {
         elapsed: Duration,
         error: Option<&GatewayError>,
     ) {
-        let label = door_label(door);
+        let label = door.as_str();
         self.calls
             .with_label_values(&[api, method_label(method), status_label(status), label])
             .inc();
@@ -332,7 +332,7 @@ impl Metrics {
         self.upstream_requests
             .with_label_values(&[
                 api.name.as_str(),
-                door_label(door),
+                door.as_str(),
                 if reused { "true" } else { "false" },
             ])
             .inc();
@@ -346,7 +346,7 @@ impl Metrics {
     /// Counts a refusal by its kind and reason (also for requests refused before any API was
     /// named, such as a 401 at the MCP endpoint).
     pub fn refusal(&self, door: Door, api: Option<&str>, e: &GatewayError) {
-        let door = door_label(door);
+        let door = door.as_str();
         let api = api.unwrap_or("none");
         self.errors
             .with_label_values(&[api, door, e.kind.code()])
@@ -383,13 +383,6 @@ impl Metrics {
             }
             _ => {}
         }
-    }
-}
-
-fn door_label(d: Door) -> &'static str {
-    match d {
-        Door::Mcp => "mcp",
-        Door::Proxy => "proxy",
     }
 }
 

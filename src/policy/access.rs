@@ -447,6 +447,15 @@ mod tests {
             }],
         };
         let a = Access { rbac: &rbac };
+        let permits = |p: &Principal, api: &str, m: Method, segments: &[&str]| {
+            a.permits(
+                p,
+                api,
+                &m,
+                &RequestPath::new(segments.to_vec()),
+                Case::Sensitive,
+            )
+        };
         let mut p = Principal {
             id: "u".into(),
             kind: PrincipalKind::Jwt,
@@ -454,62 +463,20 @@ mod tests {
             allowed_apis: None,
             key_rate_limit: None,
         };
-        assert!(a.permits(
-            &p,
-            "github",
-            &Method::GET,
-            &RequestPath::new(vec!["user"]),
-            Case::Sensitive
-        ));
-        assert!(!a.permits(
-            &p,
-            "github",
-            &Method::POST,
-            &RequestPath::new(vec!["user"]),
-            Case::Sensitive
-        ));
-        assert!(!a.permits(
-            &p,
-            "github",
-            &Method::GET,
-            &RequestPath::new(vec!["admin", "x"]),
-            Case::Sensitive
-        ));
+        assert!(permits(&p, "github", Method::GET, &["user"]));
+        assert!(!permits(&p, "github", Method::POST, &["user"]));
+        assert!(!permits(&p, "github", Method::GET, &["admin", "x"]));
         p.allowed_apis = Some(vec!["weather".into()]);
-        assert!(!a.permits(
-            &p,
-            "github",
-            &Method::GET,
-            &RequestPath::new(vec!["user"]),
-            Case::Sensitive
-        ));
-        assert!(a.permits(
-            &p,
-            "weather",
-            &Method::GET,
-            &RequestPath::new(vec!["now"]),
-            Case::Sensitive
-        ));
+        assert!(!permits(&p, "github", Method::GET, &["user"]));
+        assert!(permits(&p, "weather", Method::GET, &["now"]));
         p.roles.clear();
         assert!(
-            a.permits(
-                &p,
-                "weather",
-                &Method::DELETE,
-                &RequestPath::new(vec!["now"]),
-                Case::Sensitive
-            ),
+            permits(&p, "weather", Method::DELETE, &["now"]),
             "a key's list is its grant"
         );
         p.allowed_apis = None;
         assert!(
-            !a.permits(
-                &p,
-                "weather",
-                &Method::GET,
-                &RequestPath::new(vec!["now"]),
-                Case::Sensitive
-            ),
+            !permits(&p, "weather", Method::GET, &["now"]),
             "no roles, no grant"
         );
     }
