@@ -51,8 +51,13 @@ impl HttpServerApp for AdminApp {
         mut session: ServerSession,
         _shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if !matches!(session.read_request().await, Ok(true)) {
-            return None;
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                crate::listener::answer_unreadable(&mut session, &e).await;
+                return None;
+            }
         }
         if session.req_header().uri.path() == "/metrics" {
             let body = Bytes::from(crate::telemetry::metrics().render());

@@ -47,6 +47,12 @@ pub enum ErrorKind {
     UpstreamError,
     /// A bug or resource failure inside the gateway. 500 `internal_error`.
     Internal,
+    /// The request head did not arrive in time. 408 `request_timeout`.
+    RequestTimeout,
+    /// The method is not one this door serves at all (CONNECT). 405 `method_not_supported`.
+    MethodNotSupported,
+    /// The listener holds as many connections as it may. 503 `overloaded`.
+    Overloaded,
 }
 
 impl ErrorKind {
@@ -69,6 +75,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::UpstreamError => 502,
             ErrorKind::Internal => 500,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::MethodNotSupported => 405,
+            ErrorKind::Overloaded => 503,
         }
     }
 
@@ -92,6 +101,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamError => "upstream_error",
             ErrorKind::Internal => "internal_error",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::MethodNotSupported => "method_not_supported",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
@@ -114,6 +126,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "Upstream timeout",
             ErrorKind::UpstreamError => "Upstream error",
             ErrorKind::Internal => "Internal error",
+            ErrorKind::RequestTimeout => "Request timeout",
+            ErrorKind::MethodNotSupported => "Method not supported",
+            ErrorKind::Overloaded => "Too many connections",
         }
     }
 }
@@ -228,6 +243,14 @@ reasons! {
     /// The upstream of an API with a credential answered in a `Content-Encoding` the gateway
     /// cannot inspect to mask it.
     UnmaskableEncoding => ("unmaskable_encoding", UpstreamError),
+    /// The request head is not valid HTTP/1.1 (on the doors that parse it themselves).
+    MalformedRequest => ("malformed_request", InvalidHeader),
+    /// The request head took longer than `server.request_head_timeout`.
+    HeadTimeout => ("head_timeout", RequestTimeout),
+    /// The listener holds `server.max_connections` connections already.
+    ConnectionLimit => ("connection_limit", Overloaded),
+    /// CONNECT: the proxy door forwards requests to APIs; it is not a tunnel.
+    ConnectMethod => ("connect_method", MethodNotSupported),
 }
 
 impl serde::Serialize for Reason {

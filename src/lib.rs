@@ -12,6 +12,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod gateway;
+pub mod listener;
 pub mod mcp;
 pub mod policy;
 pub mod proxy;

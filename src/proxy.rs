@@ -229,6 +229,10 @@ impl ProxyHttp for ProxyDoor {
                 Ok(false)
             }
             Err(e) => {
+                if session.req_header().method == http::Method::CONNECT {
+                    // What follows a CONNECT head is not HTTP: the connection is not reused.
+                    session.set_keepalive(None);
+                }
                 write_problem(session, &e, &ctx.gw).await?;
                 ctx.answered = Some(e);
                 Ok(true)

@@ -16,6 +16,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::config::{Listener, TlsConfig};
 use crate::gateway::{Gateway, Live};
+use crate::listener::{Guarded, Limits};
 use crate::mcp::McpHttpApp;
 use crate::proxy::ProxyDoor;
 
@@ -73,21 +74,27 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ProxyDoor::new(live.clone()),
-        "proxy",
-    );
+    let (doors, admin_limits) = connection_limits(&cfg.server);
+    let mut proxy_app =
+        pingora::proxy::http_proxy(&server.configuration, ProxyDoor::new(live.clone()));
+    // CONNECT reaches the door, which refuses it with a reason (Pingora's own refusal is an
+    // empty 405); nothing is ever tunnelled.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.allow_connect_method_proxying = true;
+    proxy_app.server_options = Some(options);
+    let mut proxy = Service::new("proxy".to_string(), Guarded::new(proxy_app, doors, "proxy"));
     let tls = cfg.server.tls.as_ref();
     listen(&mut proxy, cfg.server.proxy_listen, tls, Listener::Proxy)?;
 
-    let mut mcp = Service::new(
-        "mcp".to_string(),
-        McpHttpApp::new(live.clone(), CancellationToken::new()),
-    );
+    let mcp_app = McpHttpApp::new(live.clone(), CancellationToken::new());
+    let mut mcp = Service::new("mcp".to_string(), Guarded::new(mcp_app, doors, "mcp"));
     listen(&mut mcp, cfg.server.mcp_listen, tls, Listener::Mcp)?;
 
-    let mut admin = Service::new("admin".to_string(), AdminApp::new(live.clone()));
+    let admin_app = AdminApp::new(live.clone());
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Guarded::new(admin_app, admin_limits, "admin"),
+    );
     listen(&mut admin, cfg.server.admin_listen, tls, Listener::Admin)?;
     admin.threads = Some(1);
 
@@ -97,6 +104,7 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         mcp = %cfg.server.mcp_listen,
         proxy = %cfg.server.proxy_listen,
         admin = %cfg.server.admin_listen,
+        max_connections = doors.max_connections,
         apis = cfg.apis.len(),
         "api-gateway-mcp listening"
     );
@@ -117,6 +125,49 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     // The doors have drained: write every queued audit record before exiting.
     live.current().shutdown();
     Ok(())
+}
+
+/// The door listeners' and the admin listener's connection caps and head deadline.
+///
+/// The descriptor limit is raised to its hard maximum first. Without `server.max_connections`,
+/// each door may hold a quarter of what remains after a reserve (a door connection can hold
+/// an upstream connection too, and there are two doors), at most 10,000: the admin listener,
+/// the audit file and the Redis connections keep the reserve.
+fn connection_limits(server: &crate::config::ServerConfig) -> (Limits, Limits) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const RESERVE: u64 = 256;
+    let nofile = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let derived = (nofile.saturating_sub(RESERVE) / 4).clamp(16, 10_000) as usize;
+    let max_connections = server.max_connections.unwrap_or(derived);
+    if (max_connections as u64).saturating_mul(4) + RESERVE > nofile {
+        tracing::warn!(
+            max_connections,
+            descriptor_limit = nofile,
+            "server.max_connections is more than the descriptor limit allows for both doors; \
+             under load the admin listener may not accept (raise `ulimit -n`)"
+        );
+    }
+    let head_timeout = server.request_head_timeout;
+    (
+        Limits {
+            max_connections,
+            head_timeout,
+        },
+        Limits {
+            max_connections: server.admin_max_connections,
+            head_timeout,
+        },
+    )
 }
 
 /// Pingora's Unix signals, plus a drain phase: on SIGTERM `/readyz` fails at once, the doors

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `api_config_last_reload_success_timestamp_seconds`: when the serving config was loaded.
     pub config_loaded_at: IntGauge,
+    /// `api_connections_open{listener}`: connections each listener holds now.
+    pub connections_open: prometheus::IntGaugeVec,
+    /// `api_connections_refused_total{listener,reason}`: connections closed by the listener
+    /// guard: `connection_limit` (over `server.max_connections`) or `head_timeout`.
+    pub connections_refused: IntCounterVec,
     /// The principals that have a label value of their own; past `max_principals`, the rest
     /// share `other`. `None`: the principal label is off.
     principals: Mutex<Option<Principals>>,
@@ -142,6 +147,24 @@ impl Metrics {
                 "api_policy_denials_total",
                 "Calls refused by policy (allow-lists, RBAC, SSRF, guards), by reason",
                 &["reason", "door"],
+            ),
+            connections_open: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "api_connections_open",
+                        "Connections each listener holds now",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            connections_refused: counter(
+                &r,
+                "api_connections_refused_total",
+                "Connections the listener guard closed: over server.max_connections, or a request head over server.request_head_timeout",
+                &["listener", "reason"],
             ),
             config_reloads: {
                 let c = counter(
@@ -251,6 +274,8 @@ impl Metrics {
             self.trace_spans_dropped.desc(),
             self.config_reloads.desc(),
             self.config_loaded_at.desc(),
+            self.connections_open.desc(),
+            self.connections_refused.desc(),
         ]
         .into_iter()
         .flatten()

@@ -22,6 +22,9 @@ pub(super) struct RawServer {
     tls: Option<tls::RawTls>,
     watch_config: Option<bool>,
     watch_interval: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    admin_max_connections: Option<usize>,
+    request_head_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +63,17 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// How often the file is checked. Default 2 s.
     pub watch_interval: Duration,
+    /// Connections each door listener (MCP, proxy) holds at once; the next is answered 503
+    /// `connection_limit`. Default: derived from the process's descriptor limit at start
+    /// (a quarter of it less a reserve, at most 10,000), so that both doors together, each
+    /// connection with its upstream one, cannot take the descriptors the admin listener needs.
+    pub max_connections: Option<usize>,
+    /// Connections the admin listener holds at once. Default 64.
+    pub admin_max_connections: usize,
+    /// How long a request head may take: from the accept for a connection's first request,
+    /// from its first byte for each later one. Then 408 `head_timeout` and the connection
+    /// closes. Default 10 s.
+    pub request_head_timeout: Duration,
 }
 
 /// `[proxy]` as written.
@@ -210,6 +224,23 @@ pub(super) fn validate_server(raw: RawServer, errors: &mut Vec<ConfigError>) -> 
             }
             Some(d) => d.0,
             None => Duration::from_secs(2),
+        },
+        max_connections: raw
+            .max_connections
+            .map(|n| positive(errors, "server.max_connections", Some(n), n)),
+        admin_max_connections: positive(
+            errors,
+            "server.admin_max_connections",
+            raw.admin_max_connections,
+            64,
+        ),
+        request_head_timeout: match raw.request_head_timeout {
+            Some(d) if d.0 < Duration::from_millis(100) => {
+                errors.push(err("server.request_head_timeout", "must be at least 100ms"));
+                d.0
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(10),
         },
     }
 }

@@ -238,7 +238,11 @@ impl HttpServerApp for McpHttpApp {
     ) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
-            _ => return None,
+            Ok(false) => return None,
+            Err(e) => {
+                crate::listener::answer_unreadable(&mut session, &e).await;
+                return None;
+            }
         }
         // This request is served on the config that is current now, to its end, and a
         // graceful shutdown waits for it.

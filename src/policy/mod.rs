@@ -191,7 +191,8 @@ impl Pipeline {
     ///
     /// 1. client address (forwarded headers count only from `security.trusted_proxies`),
     ///    then `security.ip_deny` / `ip_allow` — 403 `ip_denied`;
-    /// 2. header count and size (431) and framing (400 `ambiguous_framing`);
+    /// 2. CONNECT (405 `connect_method`), header count and size (431) and framing (400
+    ///    `ambiguous_framing`);
     /// 3. authentication — 401 with a reason (anonymous only when `auth.required = false`);
     /// 4. the request signature, when present or required — 401 `signature_*`;
     /// 5. API, endpoint, method, path — 404 `unknown_api` (with RBAC, 403 `not_permitted`,
@@ -303,6 +304,12 @@ impl Pipeline {
         access::check_ip(&cfg.ip_rules, client_ip)?;
         // 2. Header limits, framing, and (proxy door) Host and Origin; the MCP door's are
         //    checked by its transport, from `[mcp]`.
+        if req.method == http::Method::CONNECT {
+            return Err(GatewayError::because(
+                Reason::ConnectMethod,
+                "CONNECT is not served: this gateway forwards requests to configured APIs, it is not a tunnel",
+            ));
+        }
         access::check_headers(&cfg.header_limits, req.headers)?;
         access::check_raw_framing(req.raw_head)?;
         if req.door == Door::Proxy {
