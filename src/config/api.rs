@@ -155,11 +155,16 @@ pub struct Credential {
     /// `value` as a header value (marked sensitive), parsed once while loading; `Some` for a
     /// header placement.
     pub header_value: Option<http::HeaderValue>,
-    /// Every form of the value the gateway may send, longest first, for masking echoes and
-    /// checking redirect targets: the value, the token of a scheme-prefixed value (`Bearer X`
-    /// gives `X`), and each as the URL builder percent-encodes it. Forms under 4 bytes are
-    /// left out: masking them would mangle ordinary text.
+    /// Every form of the value an upstream may echo, longest first, for masking echoes and
+    /// checking redirect targets: the value; the token of a scheme-prefixed value (`Bearer X`
+    /// gives `X`; `Basic` also gives the decoded `user:pass` and the password); each as the
+    /// URL builder percent-encodes it; and each as it appears inside base64 text (standard
+    /// and URL-safe alphabets, at each of the three byte alignments, the characters that
+    /// depend on the secret alone). Forms under 4 bytes (8 for base64) are left out: masking
+    /// them would mangle ordinary text.
     pub forms: Vec<String>,
+    /// All of `forms` in one automaton, so a body is scanned once for every form.
+    pub matcher: aho_corasick::AhoCorasick,
 }
 
 impl Credential {
@@ -174,8 +179,13 @@ impl Credential {
             }
             CredentialPlacement::Query(_) => None,
         };
+        let forms = credential_forms(&value);
         Credential {
-            forms: credential_forms(&value),
+            // The forms are a few dozen short strings: building cannot exceed the defaults'
+            // limits, and an empty automaton (no form) matches nothing.
+            matcher: aho_corasick::AhoCorasick::new(&forms)
+                .unwrap_or_else(|_| aho_corasick::AhoCorasick::new([""; 0]).expect("empty")),
+            forms,
             header_value,
             placement,
             value,
@@ -184,6 +194,7 @@ impl Credential {
 }
 
 fn credential_forms(value: &str) -> Vec<String> {
+    use base64::Engine;
     let mut plain = vec![value.to_string()];
     if let Some((scheme, token)) = value.split_once(' ') {
         let token = token.trim();
@@ -192,21 +203,60 @@ fn credential_forms(value: &str) -> Vec<String> {
             && !token.is_empty()
         {
             plain.push(token.to_string());
+            // `Basic` carries `user:pass` in base64: an upstream may echo it decoded.
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            if let (true, Some(pair)) = (scheme.eq_ignore_ascii_case("basic"), decoded) {
+                if let Some((_, password)) = pair.split_once(':') {
+                    plain.push(password.to_string());
+                }
+                plain.push(pair);
+            }
         }
     }
     let mut forms = Vec::new();
-    for p in plain {
+    for p in &plain {
         let encoded =
-            percent_encoding::utf8_percent_encode(&p, crate::types::QUERY_ENCODE).to_string();
-        if encoded != p {
+            percent_encoding::utf8_percent_encode(p, crate::types::QUERY_ENCODE).to_string();
+        if encoded != *p {
             forms.push(encoded);
         }
-        forms.push(p);
+        forms.push(p.clone());
     }
     forms.retain(|f| f.len() >= 4);
+    for p in &plain {
+        forms.extend(base64_forms(p.as_bytes()));
+    }
     forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
     forms.dedup();
     forms
+}
+
+/// How `secret` shows inside any base64 text that contains it: for each of the three places
+/// it can start within a 3-byte group, the characters of the whole groups it fills, in the
+/// standard and the URL-safe alphabet. At most two bytes at each end stay visible.
+fn base64_forms(secret: &[u8]) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let mut out = Vec::new();
+    for skip in 0..3 {
+        let Some(rest) = secret.get(skip..) else {
+            break;
+        };
+        let whole = rest.len() / 3 * 3;
+        if whole < 6 {
+            continue;
+        }
+        for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
+            let form = engine.encode(&rest[..whole]);
+            if !out.contains(&form) {
+                out.push(form);
+            }
+        }
+    }
+    out
 }
 
 impl fmt::Debug for Credential {

@@ -451,4 +451,105 @@ mod tests {
         assert!(parse_base_url("https://u:p@x").is_err());
         assert!(parse_base_url("https://x/?a=1").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every example config shipped in `config/`.
+        fn examples() -> Vec<String> {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            files
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap())
+                .collect()
+        }
+
+        const HOSTILE: &[&str] = &[
+            "\"\"",
+            "-1",
+            "0",
+            "18446744073709551616",
+            "9223372036854775807",
+            "-0.0",
+            "\"${UNSET_VARIABLE}\"",
+            "[]",
+            "{}",
+            "\"\\u0000\"",
+            "\"/**/**/**\"",
+            "true",
+            "\"0s\"",
+            "\"999999999999999h\"",
+            "\"18446744073709551615ms\"",
+            "[[1]]",
+            "\"http://[::1\"",
+            "\"*\"",
+            "\"\\r\\nX: y\"",
+            "\"../../etc/passwd\"",
+            "\"300.0.0.1/33\"",
+            "\"GET\"",
+            "[\"\"]",
+            "{ a = 1 }",
+            "nan",
+            "inf",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1500))]
+
+            /// Whatever an operator gets wrong in a real config (a value of the wrong kind or
+            /// size, a line lost or doubled, a file cut short), loading answers with errors
+            /// that say what is wrong, and never panics.
+            #[test]
+            fn loading_a_damaged_config_never_panics(
+                file in any::<prop::sample::Index>(),
+                line in any::<prop::sample::Index>(),
+                value in prop::sample::select(HOSTILE),
+                how in 0u8..4,
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let examples = examples();
+                let text = file.get(&examples);
+                let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+                let i = line.index(lines.len());
+                let damaged = match how {
+                    0 => {
+                        if let Some((key, _)) = lines[i].split_once('=') {
+                            lines[i] = format!("{key}= {value}");
+                        }
+                        lines.join("\n")
+                    }
+                    1 => {
+                        lines.remove(i);
+                        lines.join("\n")
+                    }
+                    2 => {
+                        let copy = lines[i].clone();
+                        lines.insert(i, copy);
+                        lines.join("\n")
+                    }
+                    _ => {
+                        let mut at = cut.index(text.len() + 1);
+                        while !text.is_char_boundary(at) {
+                            at -= 1;
+                        }
+                        text[..at].to_string()
+                    }
+                };
+                if let Err(errors) = Config::parse(&damaged, &|_| Some("x".to_string())) {
+                    prop_assert!(!errors.0.is_empty());
+                    for e in &errors.0 {
+                        prop_assert!(!e.message.is_empty(), "an error without a message: {e:?}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -26,12 +26,11 @@ pub const SAFE_RESPONSE_HEADERS: &[&str] = &[
 ];
 
 /// Masks every occurrence of each form of the API's credential (the value, the token of a
-/// `Bearer X` value, their percent-encoded forms: [`Credential::forms`]) with `*` of the same
-/// length, so an upstream that echoes its request cannot leak the credential to the caller.
-/// The length is kept so that `Content-Length` framing on the proxy door stays valid.
-///
-/// On the proxy door the body is masked chunk by chunk; a value split across two chunks is
-/// not caught there. The MCP door masks the whole (capped) body at once.
+/// `Bearer X` value, their percent-encoded and base64 forms: [`Credential::forms`]) with `*`
+/// of the same length, so an upstream that echoes its request cannot leak the credential to
+/// the caller. Overlapping occurrences are all masked. The length is kept so that
+/// `Content-Length` framing on the proxy door stays valid. A body without a form is returned
+/// as it is, without a copy.
 ///
 /// [`Credential::forms`]: crate::config::Credential::forms
 pub fn redact_credential(api: &Api, data: Bytes) -> Bytes {
@@ -39,22 +38,8 @@ pub fn redact_credential(api: &Api, data: Bytes) -> Bytes {
         return data;
     };
     let mut out: Option<Vec<u8>> = None;
-    for form in &c.forms {
-        let secret = form.as_bytes();
-        let hay = out.as_deref().unwrap_or(&data);
-        if !contains(hay, secret) {
-            continue;
-        }
-        let buf = out.get_or_insert_with(|| data.to_vec());
-        let mut i = 0;
-        while i + secret.len() <= buf.len() {
-            if buf[i..].starts_with(secret) {
-                buf[i..i + secret.len()].fill(b'*');
-                i += secret.len();
-            } else {
-                i += 1;
-            }
-        }
+    for m in c.matcher.find_overlapping_iter(&data[..]) {
+        out.get_or_insert_with(|| data.to_vec())[m.range()].fill(b'*');
     }
     out.map_or(data, Bytes::from)
 }
@@ -95,14 +80,16 @@ pub fn check_inspectable(api: &Api, headers: &http::HeaderMap) -> Result<(), Gat
 
 /// The length of the longest end of `data` that is the start (not the whole) of a form.
 fn partial_form_at_end(api: &Api, data: &[u8]) -> usize {
-    let Some(c) = &api.credential else { return 0 };
+    let (Some(c), Some(&last)) = (&api.credential, data.last()) else {
+        return 0;
+    };
     c.forms
         .iter()
         .filter_map(|f| {
             let f = f.as_bytes();
             (1..f.len().min(data.len() + 1))
                 .rev()
-                .find(|&k| data.ends_with(&f[..k]))
+                .find(|&k| f[k - 1] == last && data.ends_with(&f[..k]))
         })
         .max()
         .unwrap_or(0)
@@ -124,11 +111,15 @@ impl StreamRedactor {
 
     /// Takes the next chunk (or none) and gives what may leave now: everything at `end`.
     pub fn push(&mut self, api: &Api, chunk: Option<Bytes>, end: bool) -> Option<Bytes> {
-        let mut all = std::mem::take(&mut self.held);
-        if let Some(c) = chunk {
-            all.extend_from_slice(&c);
-        }
-        let masked = redact_credential(api, Bytes::from(all));
+        let data = match (self.held.is_empty(), chunk) {
+            (true, chunk) => chunk.unwrap_or_default(),
+            (false, chunk) => {
+                let mut all = std::mem::take(&mut self.held);
+                all.extend_from_slice(chunk.as_deref().unwrap_or_default());
+                Bytes::from(all)
+            }
+        };
+        let masked = redact_credential(api, data);
         let cut = if end {
             masked.len()
         } else {
@@ -138,18 +129,15 @@ impl StreamRedactor {
         (cut > 0).then(|| masked.slice(..cut))
     }
 }
+
+/// Whether `text` (a URL, a redirect target) carries any form of the API's credential, as
+/// written or percent-decoded.
 pub fn carries_credential(api: &Api, text: &str) -> bool {
     let Some(c) = &api.credential else {
         return false;
     };
     let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
-    c.forms
-        .iter()
-        .any(|f| text.contains(f.as_str()) || decoded.contains(f.as_str()))
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    c.matcher.is_match(text) || c.matcher.is_match(decoded.as_ref())
 }
 
 #[cfg(test)]
@@ -245,6 +233,68 @@ mod tests {
         plain = api("Bearer tok+en/42=");
         h.insert("content-encoding", "identity".parse().unwrap());
         assert!(check_inspectable(&plain, &h).is_ok());
+    }
+
+    /// An upstream that echoes its request inside base64 text (a JSON field, a signed blob)
+    /// has the secret masked wherever it falls in the 3-byte groups, in either alphabet, and
+    /// at most two bytes of it at each end are left to decode.
+    #[test]
+    fn a_credential_inside_base64_text_is_masked_at_every_alignment() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        use base64::Engine;
+        let secret = "sk_live_0123456789abcdef?>?";
+        let a = api(&format!("Bearer {secret}"));
+        for prefix in ["", "a", "ab", "abc"] {
+            for engine in [STANDARD, URL_SAFE] {
+                let echoed =
+                    engine.encode(format!("{prefix}{{\"authorization\":\"Bearer {secret}\"}}"));
+                let out = redact_credential(&a, Bytes::from(echoed.clone()));
+                let out = std::str::from_utf8(&out).unwrap();
+                assert!(out.contains("********"), "{prefix:?}: {out}");
+                // Decode what is left around the stars: no run of 3 secret bytes survives.
+                let kept: String = out
+                    .chars()
+                    .map(|c| if c == '*' { 'A' } else { c })
+                    .collect();
+                let decoded = engine.decode(kept.as_bytes()).unwrap_or_default();
+                let text = String::from_utf8_lossy(&decoded);
+                let framing = format!("{prefix}{{\"authorization\":\"Bearer \"}}");
+                for w in secret.as_bytes().windows(3) {
+                    let w = std::str::from_utf8(w).unwrap();
+                    assert!(
+                        !text.contains(w) || framing.contains(w),
+                        "{prefix:?}: {w:?} decodes from {out}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `Basic` credentials are also masked as the decoded `user:pass` and as the password.
+    #[test]
+    fn a_basic_credential_is_masked_decoded_too() {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode("robot:hunter2-long");
+        let a = api(&format!("Basic {token}"));
+        for (echo, must_not) in [
+            ("{\"user\":\"robot:hunter2-long\"}".to_string(), "hunter2"),
+            ("password=hunter2-long".to_string(), "hunter2"),
+            (format!("auth {token}"), token.as_str()),
+        ] {
+            let out = redact_credential(&a, Bytes::from(echo.clone()));
+            let out = String::from_utf8_lossy(&out);
+            assert!(!out.contains(must_not), "{echo} gave {out}");
+        }
+    }
+
+    /// Two forms that overlap in the text are both masked, whole.
+    #[test]
+    fn overlapping_forms_are_all_masked() {
+        let a = api("Bearer abcdefgh");
+        let forms = &a.credential.as_ref().unwrap().forms;
+        assert!(forms.contains(&"abcdefgh".to_string()));
+        let out = redact_credential(&a, Bytes::from_static(b"xBearer abcdefghabcdefgh!"));
+        assert_eq!(&out[..], b"x***********************!");
     }
 
     #[test]

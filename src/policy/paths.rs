@@ -80,4 +80,49 @@ mod tests {
         assert!(!path("/Search/a").limited_by(&search, Case::Sensitive));
         assert!(path("/Search/a").limited_by(&search, Case::Insensitive));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof!["admin", "Admin", "x", "secret", "v1"]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// A path a deny rule refuses stays refused whatever case it is sent in and
+            /// whatever matrix parameters ride on its segments; and whatever an allow rule
+            /// admits, it admits in the stripped form too (the form an upstream may route).
+            #[test]
+            fn deny_holds_through_case_and_matrix_parameters(
+                rule in proptest::collection::vec(prop_oneof!["admin", "x", "\\*", "\\*\\*"], 1..4),
+                segs in proptest::collection::vec(segment(), 1..5),
+                upper in proptest::collection::vec(any::<bool>(), 5),
+                params in proptest::collection::vec(prop_oneof!["", ";x=1", ";", ";v=2;y"], 5),
+            ) {
+                let rule = PathPattern::parse(&format!("/{}", rule.join("/"))).unwrap();
+                let plain: Vec<&str> = segs.iter().map(String::as_str).collect();
+                let variant: Vec<String> = segs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let s = if upper[i] { s.to_ascii_uppercase() } else { s.clone() };
+                        format!("{s}{}", params[i])
+                    })
+                    .collect();
+                let variant_path = RequestPath::new(variant.iter().map(String::as_str).collect());
+                if RequestPath::new(plain.clone()).denied_by(&rule) {
+                    prop_assert!(variant_path.denied_by(&rule), "{} misses {:?}", rule.as_str(), variant);
+                }
+                for case in [Case::Sensitive, Case::Insensitive] {
+                    if variant_path.allowed_by(&rule, case) {
+                        let stripped: Vec<&str> = variant.iter().map(|s| s.split(';').next().unwrap_or("")).collect();
+                        prop_assert!(rule.matches_case(&stripped, case));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -73,22 +73,46 @@ pub enum Case {
     Insensitive,
 }
 
+/// Glob matching over segments, `**` as the star and `*` as the single wildcard: the
+/// classic greedy algorithm that returns to the last `**` on a mismatch. It takes at most
+/// pattern × path steps, so a path of thousands of segments against a rule with several `**`
+/// cannot make matching explode (a plain recursive match would try every split).
 fn match_segments(pattern: &[PatternSegment], path: &[&str], case: Case) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((PatternSegment::Any, rest)) => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..], case))
-        }
-        Some((PatternSegment::One, rest)) => {
-            !path.is_empty() && match_segments(rest, &path[1..], case)
-        }
-        Some((PatternSegment::Literal(lit), rest)) => {
-            path.first().is_some_and(|p| match case {
-                Case::Sensitive => p == lit,
-                Case::Insensitive => p.eq_ignore_ascii_case(lit),
-            }) && match_segments(rest, &path[1..], case)
+    let one = |seg: &PatternSegment, p: &str| match seg {
+        PatternSegment::One => true,
+        PatternSegment::Literal(lit) => match case {
+            Case::Sensitive => p == lit,
+            Case::Insensitive => p.eq_ignore_ascii_case(lit),
+        },
+        PatternSegment::Any => false,
+    };
+    let (mut p, mut s) = (0, 0);
+    // The last `**` seen, and the path position its current try consumes up to.
+    let mut star: Option<(usize, usize)> = None;
+    while s < path.len() {
+        match pattern.get(p) {
+            Some(PatternSegment::Any) => {
+                star = Some((p, s));
+                p += 1;
+            }
+            Some(seg) if one(seg, path[s]) => {
+                p += 1;
+                s += 1;
+            }
+            _ => match star {
+                // Let that `**` take one more segment and try again after it.
+                Some((sp, ss)) => {
+                    star = Some((sp, ss + 1));
+                    p = sp + 1;
+                    s = ss + 1;
+                }
+                None => return false,
+            },
         }
     }
+    pattern[p..]
+        .iter()
+        .all(|seg| matches!(seg, PatternSegment::Any))
 }
 
 #[cfg(test)]
@@ -119,5 +143,61 @@ mod tests {
         assert!(PathPattern::parse("v1").is_err());
         assert!(PathPattern::parse("/v1*").is_err());
         assert!(PathPattern::parse("/../x").is_err());
+    }
+
+    /// Several `**` against a path of thousands of segments: answered, not explored.
+    #[test]
+    fn many_double_stars_against_a_long_path_stay_linear() {
+        let pattern = PathPattern::parse("/**/a/**/b/**/c/**/d/**/e").unwrap();
+        let long: Vec<&str> = std::iter::repeat_n("a", 4000).collect();
+        assert!(!pattern.matches(&long));
+        let mut hit = long.clone();
+        hit.extend(["b", "c", "d", "e"]);
+        assert!(pattern.matches(&hit));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The definition: every way `**` can split the path is tried.
+        fn reference(pattern: &[PatternSegment], path: &[&str], case: Case) -> bool {
+            match pattern.split_first() {
+                None => path.is_empty(),
+                Some((PatternSegment::Any, rest)) => {
+                    (0..=path.len()).any(|skip| reference(rest, &path[skip..], case))
+                }
+                Some((PatternSegment::One, rest)) => {
+                    !path.is_empty() && reference(rest, &path[1..], case)
+                }
+                Some((PatternSegment::Literal(lit), rest)) => {
+                    path.first().is_some_and(|p| match case {
+                        Case::Sensitive => p == lit,
+                        Case::Insensitive => p.eq_ignore_ascii_case(lit),
+                    }) && reference(rest, &path[1..], case)
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// The linear matcher agrees with the definition on any pattern and path.
+            #[test]
+            fn matching_agrees_with_the_definition(
+                pattern in proptest::collection::vec(prop_oneof!["a", "A", "b", "\\*", "\\*\\*"], 0..7),
+                path in proptest::collection::vec(prop_oneof!["a", "A", "b", "c"], 0..9),
+                insensitive in any::<bool>(),
+            ) {
+                let p = PathPattern::parse(&format!("/{}", pattern.join("/"))).unwrap();
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                let case = if insensitive { Case::Insensitive } else { Case::Sensitive };
+                prop_assert_eq!(
+                    p.matches_nonempty(&path, case),
+                    reference(&p.segments, &path, case),
+                    "{} against {:?}", p.as_str(), path
+                );
+            }
+        }
     }
 }
