@@ -221,10 +221,10 @@ reasons! {
     PathNotAllowed => ("path_not_allowed", Forbidden),
     /// An upstream redirect points where the caller may not go.
     RedirectDenied => ("redirect_denied", Forbidden),
-    /// The request's `Host` is not one the door accepts (`proxy.allowed_hosts`).
+    /// The request's `Host` is not one the door accepts (`allowed_hosts` of `[proxy]`/`[mcp]`).
     HostNotAllowed => ("host_not_allowed", Forbidden),
     /// The request carries a browser `Origin` the door does not accept
-    /// (`proxy.allowed_origins`).
+    /// (`allowed_origins` of `[proxy]`/`[mcp]`).
     OriginNotAllowed => ("origin_not_allowed", Forbidden),
     /// The request body's framing is broken (a malformed chunk).
     MalformedBody => ("malformed_body", InvalidArguments),
@@ -253,6 +253,49 @@ reasons! {
     ConnectMethod => ("connect_method", MethodNotSupported),
 }
 
+/// The admission stage that refused a call (see [`crate::policy::Pipeline::admit`]), shown
+/// as `stage` in every refusal so a caller (or a model) knows which rule to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Client address and IP rules.
+    Address,
+    /// The request itself: method, header limits, framing, Host and Origin.
+    Request,
+    Authentication,
+    Signature,
+    /// The API, endpoint, method and path.
+    Target,
+    /// RBAC and per-API signature requirements.
+    Authorization,
+    /// Body size, content type and digest.
+    Body,
+    /// Caller headers, by the outbound rule.
+    Headers,
+    /// The audit trail's health.
+    Audit,
+    RateLimit,
+    /// DNS and the SSRF guard.
+    Destination,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Address => "address",
+            Stage::Request => "request",
+            Stage::Authentication => "authentication",
+            Stage::Signature => "signature",
+            Stage::Target => "target",
+            Stage::Authorization => "authorization",
+            Stage::Body => "body",
+            Stage::Headers => "headers",
+            Stage::Audit => "audit",
+            Stage::RateLimit => "rate_limit",
+            Stage::Destination => "destination",
+        }
+    }
+}
+
 impl serde::Serialize for Reason {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.code())
@@ -271,6 +314,11 @@ pub struct GatewayError {
     /// A finer machine-readable reason within the kind, e.g. `token_expired` for
     /// `unauthorized` or `ip_denied` for `forbidden`.
     pub reason: Option<Reason>,
+    /// The admission stage that refused, when admission did.
+    pub stage: Option<Stage>,
+    /// More machine-readable fields for the caller (`pointer` and `expected` of an invalid
+    /// argument), added to both the problem and the tool error.
+    pub details: Option<Box<serde_json::Map<String, Value>>>,
 }
 
 /// The details of a rate-limit denial, shown the same way on both doors.
@@ -288,7 +336,58 @@ impl GatewayError {
             message: message.into(),
             rate_limit: None,
             reason: None,
+            stage: None,
+            details: None,
         }
+    }
+
+    /// Adds a machine-readable field to the error's JSON.
+    pub fn with_detail(mut self, key: &str, value: Value) -> Self {
+        self.details
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value);
+        self
+    }
+
+    /// One sentence a model (or a person) can act on: what to do next.
+    pub fn advice(&self) -> String {
+        let next = match (self.kind, self.reason) {
+            (ErrorKind::UnknownApi, _) => "call list_apis to see the APIs you may call".to_string(),
+            (ErrorKind::RateLimited, _) => match &self.rate_limit {
+                Some(d) => format!("retry after {} s", ceil_secs(d.retry_after)),
+                None => "retry later".to_string(),
+            },
+            (_, Some(Reason::MethodNotAllowed | Reason::PathNotAllowed)) => {
+                "call list_apis to see the methods and paths this API allows".to_string()
+            }
+            (
+                ErrorKind::InvalidArguments | ErrorKind::InvalidEndpoint | ErrorKind::InvalidHeader,
+                _,
+            ) => "change the call as the message says and call again".to_string(),
+            (ErrorKind::Unauthorized, _) | (ErrorKind::Forbidden, _) => {
+                "this caller may not make this call; retrying will not help".to_string()
+            }
+            (ErrorKind::PayloadTooLarge, _) => "send a smaller request".to_string(),
+            (ErrorKind::UpstreamTimeout | ErrorKind::UpstreamError, _) => {
+                "the upstream API may recover; retry later".to_string()
+            }
+            (
+                ErrorKind::AuthUnavailable
+                | ErrorKind::AuditUnavailable
+                | ErrorKind::LimiterUnavailable
+                | ErrorKind::Overloaded,
+                _,
+            ) => "the gateway cannot serve this now; retry in a minute".to_string(),
+            _ => "the call cannot be made as it is".to_string(),
+        };
+        let message = self.message.trim_end_matches('.');
+        format!("{message}. Next: {next}.")
+    }
+
+    /// Marks the admission stage that refused (the first mark stays).
+    pub fn at(mut self, stage: Stage) -> Self {
+        self.stage.get_or_insert(stage);
+        self
     }
 
     /// An error of the reason's kind, with that reason.
@@ -323,13 +422,21 @@ impl GatewayError {
             ),
             rate_limit: Some(Box::new(denial)),
             reason: None,
+            stage: None,
+            details: None,
         }
     }
 
     /// Adds `reason`, and `retry_after_s` and `policy` for a rate-limit denial.
     fn with_rate_limit(&self, mut v: Value) -> Value {
-        if let Some(r) = self.reason {
-            v["reason"] = json!(r.code());
+        v["reason"] = json!(self.reason_code());
+        if let Some(s) = self.stage {
+            v["stage"] = json!(s.as_str());
+        }
+        if let Some(d) = &self.details {
+            for (k, x) in d.iter() {
+                v[k.as_str()] = x.clone();
+            }
         }
         if let Some(d) = &self.rate_limit {
             v["retry_after_s"] = json!(ceil_secs(d.retry_after));
@@ -411,6 +518,9 @@ mod tests {
             UpstreamTimeout,
             UpstreamError,
             Internal,
+            RequestTimeout,
+            MethodNotSupported,
+            Overloaded,
         ];
         let codes: std::collections::HashSet<_> = kinds.iter().map(|k| k.code()).collect();
         assert_eq!(codes.len(), kinds.len());

@@ -247,25 +247,112 @@ async fn redirect_is_returned_not_followed() {
 }
 
 #[tokio::test]
-async fn protocol_errors_only_for_unknown_tools_and_malformed_calls() {
+async fn argument_errors_are_tool_errors_with_a_pointer_and_unknown_tools_protocol_errors() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
     let mut s = McpSession::connect(&gw.mcp_url()).await;
     let r = s
         .request("tools/call", json!({"name": "nope", "arguments": {}}))
         .await;
-    assert!(r.get("error").is_some(), "{r}");
+    assert_eq!(
+        r["error"]["code"], -32602,
+        "an unknown tool is a protocol error: {r}"
+    );
+    // Input validation failures are tool execution errors the model can read and fix.
+    for (args, pointer, expected) in [
+        (json!({}), "/api", "list_apis"),
+        (json!({"api": "local"}), "/endpoint", "relative to the API"),
+        (
+            json!({"api": "local", "endpoint": "/", "bogus": 1}),
+            "/bogus",
+            "only api",
+        ),
+        (
+            json!({"api": "local", "endpoint": 7}),
+            "/endpoint",
+            "a string",
+        ),
+        (
+            json!({"api": "local", "endpoint": "/", "query": []}),
+            "/query",
+            "a map",
+        ),
+    ] {
+        let r = s.call("api_gateway", args.clone()).await;
+        assert_eq!(r["isError"], true, "{args}: {r}");
+        let sc = structured(&r);
+        assert_eq!(sc["reason"], "invalid_arguments", "{args}: {r}");
+        assert_eq!(sc["pointer"], pointer, "{args}: {r}");
+        assert!(
+            sc["expected"].as_str().unwrap().contains(expected),
+            "{args}: {r}"
+        );
+        // The first text says what to do, in a sentence.
+        let advice = r["content"][0]["text"].as_str().unwrap();
+        assert!(
+            advice.contains(pointer) && advice.contains("Next:"),
+            "{advice}"
+        );
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_error_status_is_a_tool_error_with_retryable() {
+    let up = Upstream::start_with(std::sync::Arc::new(|seen: &Seen| {
+        let status = seen.target.rsplit('/').next()?.parse::<u16>().ok()?;
+        Some((
+            status,
+            "application/json".to_string(),
+            format!("{{\"code\":{status}}}").into_bytes(),
+        ))
+    }));
+    let gw = Gateway::start(up.port);
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    for (status, retryable) in [(404, false), (422, false), (429, true), (503, true)] {
+        let r = s
+            .call(
+                "api_gateway",
+                json!({"api": "local", "endpoint": format!("/status/{status}")}),
+            )
+            .await;
+        assert_eq!(r["isError"], true, "{status}: {r}");
+        let sc = structured(&r);
+        assert_eq!(sc["status"], status, "{r}");
+        assert_eq!(sc["retryable"], retryable, "{r}");
+        assert_eq!(sc["reason"], "upstream_status", "{r}");
+        // The upstream's own explanation is there for the model to read.
+        assert_eq!(sc["data"]["code"], status, "{r}");
+        let advice = r["content"][0]["text"].as_str().unwrap();
+        assert!(advice.contains(&status.to_string()), "{advice}");
+    }
+    // A refusal by the gateway names its reason and the stage that refused.
     let r = s
-        .request(
-            "tools/call",
-            json!({"name": "api_gateway", "arguments": {"api": "local"}}),
+        .call(
+            "api_gateway",
+            json!({"api": "local", "endpoint": "/secret/x"}),
         )
         .await;
-    assert_eq!(r["error"]["code"], -32602, "{r}");
+    let sc = structured(&r);
+    assert_eq!(
+        (sc["reason"].as_str(), sc["stage"].as_str()),
+        (Some("path_not_allowed"), Some("target")),
+        "{r}"
+    );
     let r = s
-        .request("tools/call", json!({"name": "api_gateway", "arguments": {"api": "local", "endpoint": "/", "bogus": 1}}))
+        .call("api_gateway", json!({"api": "nope", "endpoint": "/"}))
         .await;
-    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("list_apis"),
+        "{r}"
+    );
+    let r = s
+        .call("api_gateway", json!({"api": "local", "endpoint": "/ok"}))
+        .await;
+    assert_eq!(r["isError"], false, "a 2xx is a result: {r}");
 }
 
 #[tokio::test]
@@ -291,6 +378,45 @@ async fn host_and_origin_are_validated_and_bad_json_rejected() {
         &req("Host: 127.0.0.1\r\nOrigin: http://evil.example\r\n", init),
     );
     assert_eq!(status_of(&origin), 403, "{origin}");
+    assert!(
+        origin.contains("\"reason\":\"origin_not_allowed\""),
+        "{origin}"
+    );
+    assert!(origin.contains("mcp.allowed_origins"), "{origin}");
+    assert!(
+        rebinding.contains("\"reason\":\"host_not_allowed\""),
+        "{rebinding}"
+    );
+    // A browser-based client on this machine (the Inspector's web UI, an IDE webview) is
+    // served from a loopback origin on any port: accepted on a loopback listener. `null`,
+    // look-alikes and foreign origins are not.
+    for accepted in [
+        "http://localhost:3000",
+        "http://127.0.0.1:6274",
+        "https://localhost",
+        "http://[::1]:8080",
+    ] {
+        let r = raw_http(
+            gw.mcp,
+            &req(&format!("Host: 127.0.0.1\r\nOrigin: {accepted}\r\n"), init),
+        );
+        assert_eq!(status_of(&r), 200, "{accepted}: {r}");
+    }
+    for refused in [
+        "null",
+        "https://evil.example",
+        "http://localhost.evil.example:3000",
+        "http://127.0.0.1.nip.io",
+        "file://localhost",
+        "http://localhost:3000@evil.example",
+    ] {
+        let r = raw_http(
+            gw.mcp,
+            &req(&format!("Host: 127.0.0.1\r\nOrigin: {refused}\r\n"), init),
+        );
+        assert_eq!(status_of(&r), 403, "{refused}: {r}");
+        assert!(r.contains("origin_not_allowed"), "{refused}: {r}");
+    }
     // What is not one JSON-RPC 2.0 message gets its JSON-RPC error, with HTTP 400.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#;

@@ -40,7 +40,7 @@ use ratelimit::{rate_policy, RawRateLimit};
 pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topology};
 pub use security::RequestGuards;
 use security::{RawEgress, RawSecurity};
-pub use server::{McpConfig, ProxyConfig, ServerConfig};
+pub use server::{BrowserRules, McpConfig, ProxyConfig, ServerConfig};
 use server::{RawMcp, RawProxy, RawServer};
 pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
 pub use tls::{Listener, TlsConfig};
@@ -381,14 +381,26 @@ mod tests {
     fn proxy_hosts_default_by_listener_and_origins_need_a_scheme() {
         let api = "[auth]\nrequired = false\n[[apis]]\nname = \"a\"\nbase_url = \"https://a.example\"\nmethods = [\"GET\"]\npaths = [\"/**\"]\n";
         let local = Config::parse(api, &env).unwrap();
-        assert_eq!(local.proxy.allowed_hosts, ["localhost", "127.0.0.1", "::1"]);
-        assert!(local.proxy.allowed_origins.is_empty());
+        assert_eq!(
+            local.proxy.browser.allowed_hosts,
+            ["localhost", "127.0.0.1", "::1"]
+        );
+        assert!(local.proxy.browser.allowed_origins.is_empty());
+        assert!(!local.proxy.browser.loopback_origins);
+        // The MCP door accepts loopback origins on a loopback listener until a list is set.
+        assert!(local.mcp.browser.loopback_origins);
         let wide = Config::parse(
             &format!("[server]\nproxy_listen = \"0.0.0.0:8080\"\n{api}"),
             &env,
         )
         .unwrap();
-        assert!(wide.proxy.allowed_hosts.is_empty());
+        assert!(wide.proxy.browser.allowed_hosts.is_empty());
+        let listed = Config::parse(
+            &format!("[mcp]\nallowed_origins = [\"https://app.example:*\"]\n{api}"),
+            &env,
+        )
+        .unwrap();
+        assert!(!listed.mcp.browser.loopback_origins);
         let e = Config::parse(
             &format!("[proxy]\nallowed_origins = [\"app.example\"]\n{api}"),
             &env,

@@ -84,17 +84,28 @@ pub(super) struct RawProxy {
     allowed_origins: Option<Vec<String>>,
 }
 
-/// Proxy door settings: which `Host` and `Origin` values a request may carry, so that a web
-/// page of another site cannot use a browser to reach the APIs through the gateway (DNS
-/// rebinding, cross-site requests).
+/// Which `Host` and browser `Origin` values a door accepts, so that a web page of another
+/// site cannot use a browser to reach the gateway (DNS rebinding, cross-site requests).
+#[derive(Debug, Clone)]
+pub struct BrowserRules {
+    /// The config section the lists come from, for error messages: `mcp` or `proxy`.
+    pub section: &'static str,
+    /// `Host` values accepted (port ignored, case-insensitive); empty accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted: `scheme://host:port`, `scheme://host:*` for any port.
+    pub allowed_origins: Vec<String>,
+    /// Also accept the loopback origins (`http(s)://localhost`, `127.0.0.1`, `[::1]`, any
+    /// port): the MCP door's default on a loopback listener while `allowed_origins` is unset.
+    pub loopback_origins: bool,
+}
+
+/// Proxy door settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// `Host` values accepted (port ignored, case-insensitive). Default on a loopback
-    /// listener: `localhost`, `127.0.0.1`, `::1`; on any other listener: empty, which accepts
-    /// any `Host` (name your Service there to be strict).
-    pub allowed_hosts: Vec<String>,
-    /// Browser `Origin`s accepted. Default empty: any request carrying an `Origin` is refused.
-    pub allowed_origins: Vec<String>,
+    /// `Host` default on a loopback listener: `localhost`, `127.0.0.1`, `::1`; on any other
+    /// listener: empty, which accepts any `Host` (name your Service there to be strict).
+    /// `Origin` default: none: any request carrying an `Origin` is refused.
+    pub browser: BrowserRules,
 }
 
 /// Validates `[proxy]`.
@@ -112,12 +123,17 @@ pub(super) fn validate_proxy(
     });
     allowed_hosts.retain(|h| !h.is_empty());
     ProxyConfig {
-        allowed_hosts,
-        allowed_origins: origins("proxy", raw.allowed_origins, errors),
+        browser: BrowserRules {
+            section: "proxy",
+            allowed_hosts,
+            allowed_origins: origins("proxy", raw.allowed_origins, errors),
+            loopback_origins: false,
+        },
     }
 }
 
-/// `SECTION.allowed_origins`: each with its scheme (`null` is accepted as written).
+/// `SECTION.allowed_origins`: each with its scheme (`null` is accepted as written); a port
+/// of `*` accepts any port.
 fn origins(section: &str, raw: Option<Vec<String>>, errors: &mut Vec<ConfigError>) -> Vec<String> {
     let list = raw.unwrap_or_default();
     for (i, o) in list.iter().enumerate() {
@@ -134,11 +150,10 @@ fn origins(section: &str, raw: Option<Vec<String>>, errors: &mut Vec<ConfigError
 /// MCP door settings.
 #[derive(Debug, Clone)]
 pub struct McpConfig {
-    /// `Host` values accepted on the MCP listener (DNS-rebinding guard).
-    /// Default: `localhost`, `127.0.0.1`, `::1` and the listener's own IP.
-    pub allowed_hosts: Vec<String>,
-    /// Browser `Origin`s accepted. Default empty: any request carrying an `Origin` is refused.
-    pub allowed_origins: Vec<String>,
+    /// `Host` default: `localhost`, `127.0.0.1`, `::1` and the listener's own IP. `Origin`
+    /// default: on a loopback listener the loopback origins (browser-based MCP clients on
+    /// this machine), elsewhere none.
+    pub browser: BrowserRules,
     /// Upstream response bytes returned to the model before `truncated` is set. Default 1 MiB.
     pub max_response_bytes: usize,
     /// Largest JSON-RPC request body accepted. Default 4 MiB.
@@ -260,10 +275,14 @@ pub(super) fn validate_mcp(
         v
     });
     allowed_hosts.retain(|h| !h.is_empty());
-    let allowed_origins = origins("mcp", raw.allowed_origins, errors);
+    let loopback_origins = raw.allowed_origins.is_none() && mcp_listen.ip().is_loopback();
     McpConfig {
-        allowed_hosts,
-        allowed_origins,
+        browser: BrowserRules {
+            section: "mcp",
+            allowed_hosts,
+            allowed_origins: origins("mcp", raw.allowed_origins, errors),
+            loopback_origins,
+        },
         max_response_bytes: positive(
             errors,
             "mcp.max_response_bytes",

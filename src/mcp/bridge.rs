@@ -45,17 +45,14 @@ fn http_service_with(
 ) -> StreamableHttpService<GatewayMcp, LocalSessionManager> {
     let gateway = live.current();
     let cfg = &gateway.config.mcp;
-    let mut http_cfg = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(cfg.allowed_hosts.clone())
-        .with_allowed_origins(cfg.allowed_origins.clone())
+    let http_cfg = StreamableHttpServerConfig::default()
+        // Host and Origin are judged by the admission pipeline (stage 2) before rmcp sees
+        // the request; rmcp checks the Host list again, and leaves Origin to that stage.
+        .with_allowed_hosts(cfg.browser.allowed_hosts.clone())
         .with_legacy_session_mode(cfg.legacy_sessions)
         .with_json_response(cfg.json_response)
         .with_max_request_body_bytes(cfg.max_request_bytes)
         .with_cancellation_token(cancel);
-    if cfg.allowed_origins.is_empty() {
-        // Secure default: with no configured origins, any browser Origin is refused.
-        http_cfg = http_cfg.enforce_origin_validation();
-    }
     // Each request or session gets a handler on the config serving then (requests still
     // take their own snapshot, see `GatewayMcp::at`); the factory keeps no config alive.
     StreamableHttpService::new(

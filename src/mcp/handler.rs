@@ -355,6 +355,90 @@ impl GatewayMcp {
     }
 }
 
+/// The `api_gateway` arguments, or an `invalid_arguments` error that names the offending
+/// field by JSON pointer and says what was expected.
+fn parse_args(args: Value) -> Result<ApiGatewayArgs, GatewayError> {
+    serde_path_to_error::deserialize::<_, ApiGatewayArgs>(args).map_err(|e| {
+        let mut pointer: String = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(format!("/{key}")),
+                serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
+                _ => None,
+            })
+            .collect();
+        let inner = e.inner().to_string();
+        // serde names a missing or unknown field in its message, not in the path.
+        let named = |prefix: &str| {
+            inner
+                .strip_prefix(prefix)
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string)
+        };
+        let expected = if let Some(f) = named("missing field `") {
+            pointer.push_str(&format!("/{f}"));
+            match f.as_str() {
+                "api" => "the name of an API (call list_apis to see them)".to_string(),
+                "endpoint" => {
+                    "the path to call, relative to the API, e.g. \"/repos/o/r\"".to_string()
+                }
+                _ => format!("a value for {f}"),
+            }
+        } else if named("unknown field `").is_some() {
+            // The path already ends at the unknown field.
+            "only api, endpoint, method, headers, query and body".to_string()
+        } else {
+            // "invalid type: integer `1`, expected a string" and the like.
+            inner.split_once("expected ").map_or_else(
+                || inner.clone(),
+                |(_, x)| x.split(" at line").next().unwrap_or(x).to_string(),
+            )
+        };
+        if pointer.is_empty() {
+            pointer.push('/');
+        }
+        GatewayError::invalid_arguments(format!(
+            "argument {pointer} of api_gateway is invalid: expected {expected}"
+        ))
+        .with_detail("pointer", json!(pointer))
+        .with_detail("expected", json!(expected))
+    })
+}
+
+/// An `isError` result for a refusal or failure: the structured error, and a first text line
+/// the model can act on.
+fn tool_error(e: &GatewayError) -> CallToolResult {
+    let v = e.tool_error_json();
+    let mut r = CallToolResult::structured_error(v);
+    r.content
+        .insert(0, rmcp::model::ContentBlock::text(e.advice()));
+    r
+}
+
+/// An upstream that answered 4xx or 5xx: an `isError` result with the upstream's status,
+/// whether a retry may succeed, and its (masked, cut) body.
+fn upstream_error(mut v: Value) -> CallToolResult {
+    let status = v["status"].as_u64().unwrap_or(0);
+    let retryable = matches!(status, 408 | 425 | 429 | 500 | 502 | 503 | 504);
+    v["retryable"] = json!(retryable);
+    v["error"] = json!("upstream_status");
+    v["reason"] = json!("upstream_status");
+    let retry_after = v["headers"]["retry-after"].as_str().map(str::to_string);
+    let advice = match (status, retryable, retry_after) {
+        (_, true, Some(s)) => format!("The upstream API answered {status}; retry after {s} s."),
+        (_, true, None) => format!("The upstream API answered {status}; a retry later may succeed."),
+        (401 | 403, _, _) => format!(
+            "The upstream API answered {status}: the gateway's credential for it does not allow this call; retrying will not help."
+        ),
+        (404, _, _) => "The upstream API answered 404: check the endpoint path and its identifiers.".to_string(),
+        _ => format!("The upstream API answered {status}; read data for its explanation and change the request."),
+    };
+    let mut r = CallToolResult::structured_error(v);
+    r.content.insert(0, rmcp::model::ContentBlock::text(advice));
+    r
+}
+
 /// A string, number or boolean argument as text (a header or query value), else `None`.
 fn scalar_text(v: &Value) -> Option<String> {
     match v {
@@ -413,9 +497,12 @@ impl ServerHandler for GatewayMcp {
         match request.name.as_ref() {
             "list_apis" => Ok(this.list_apis(&caller).into()),
             "api_gateway" => {
-                let args: ApiGatewayArgs = serde_json::from_value(args).map_err(|e| {
-                    McpError::invalid_params(format!("invalid api_gateway arguments: {e}"), None)
-                })?;
+                let args = match parse_args(args) {
+                    Ok(a) => a,
+                    // A model reads a tool error and can fix its call; a protocol error it
+                    // may never see.
+                    Err(e) => return Ok(tool_error(&e).into()),
+                };
                 let method = args.method.to_ascii_uppercase();
                 let mut record = CallRecord::open(
                     &this.gateway,
@@ -435,8 +522,9 @@ impl ServerHandler for GatewayMcp {
                 };
                 record.finish(&this.gateway, status, error);
                 let result = match outcome {
+                    Ok(v) if v["status"].as_u64().is_some_and(|s| s >= 400) => upstream_error(v),
                     Ok(v) => CallToolResult::structured(v),
-                    Err(e) => CallToolResult::structured_error(e.tool_error_json()),
+                    Err(e) => tool_error(&e),
                 };
                 Ok(result.into())
             }

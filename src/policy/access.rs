@@ -7,15 +7,15 @@ use http::{HeaderMap, Method};
 
 use super::paths::RequestPath;
 use crate::auth::Principal;
-use crate::config::{Api, HeaderLimits, IpRules, ProxyConfig, Rbac, Role};
+use crate::config::{Api, BrowserRules, HeaderLimits, IpRules, Rbac, Role};
 use crate::error::{GatewayError, Reason};
 use crate::types::{truncate_chars, Case};
 
-/// The proxy door's `Host` and `Origin` rule: a `Host` outside `proxy.allowed_hosts` (when
-/// set) and any `Origin` outside `proxy.allowed_origins` are refused (403), so a page of
-/// another site cannot use a visitor's browser to call the APIs (DNS rebinding, cross-site
-/// requests). The MCP door applies the same rule from `[mcp]`, in its transport.
-pub fn check_host_origin(rules: &ProxyConfig, headers: &HeaderMap) -> Result<(), GatewayError> {
+/// The browser rule of both doors: a `Host` outside the door's `allowed_hosts` (when set)
+/// and an `Origin` it does not accept are refused (403), so a page of another site cannot use
+/// a visitor's browser to call the gateway (DNS rebinding, cross-site requests).
+pub fn check_host_origin(rules: &BrowserRules, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let section = rules.section;
     if !rules.allowed_hosts.is_empty() {
         if let Some(host) = headers.get(http::header::HOST) {
             let host = host.to_str().unwrap_or("");
@@ -32,7 +32,7 @@ pub fn check_host_origin(rules: &ProxyConfig, headers: &HeaderMap) -> Result<(),
                 return Err(GatewayError::because(
                     Reason::HostNotAllowed,
                     format!(
-                        "Host {:?} is not served here; add it to proxy.allowed_hosts",
+                        "Host {:?} is not served here; add it to {section}.allowed_hosts",
                         truncate_chars(name, 64)
                     ),
                 ));
@@ -41,22 +41,52 @@ pub fn check_host_origin(rules: &ProxyConfig, headers: &HeaderMap) -> Result<(),
     }
     if let Some(origin) = headers.get(http::header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        if !rules
-            .allowed_origins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(origin))
-        {
+        if !origin_accepted(rules, origin) {
             return Err(GatewayError::because(
                 Reason::OriginNotAllowed,
                 format!(
                     "requests from the web origin {:?} are refused; add it to \
-                     proxy.allowed_origins",
+                     {section}.allowed_origins",
                     truncate_chars(origin, 64)
                 ),
             ));
         }
     }
     Ok(())
+}
+
+/// Whether a browser `Origin` is accepted: listed as written (case-insensitive), listed with
+/// port `*`, or a loopback origin where the rules accept those.
+fn origin_accepted(rules: &BrowserRules, origin: &str) -> bool {
+    // `scheme://host[:port]`, host possibly `[v6]`.
+    let split = origin.split_once("://").map(|(scheme, rest)| {
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((h, p)) => (&rest[..h.len() + 2], p),
+                None => (rest, ""),
+            },
+            None => rest.split_once(':').map_or((rest, ""), |(h, p)| (h, p)),
+        };
+        (scheme, host, port.strip_prefix(':').unwrap_or(port))
+    });
+    let listed = rules.allowed_origins.iter().any(|a| {
+        a.eq_ignore_ascii_case(origin)
+            || a.strip_suffix(":*").is_some_and(|base| {
+                split.is_some_and(|(scheme, host, _)| {
+                    base.len() == scheme.len() + 3 + host.len()
+                        && base.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
+                })
+            })
+    });
+    listed
+        || (rules.loopback_origins
+            && split.is_some_and(|(scheme, host, port)| {
+                matches!(scheme, "http" | "https")
+                    && ["localhost", "127.0.0.1", "[::1]"]
+                        .iter()
+                        .any(|l| l.eq_ignore_ascii_case(host))
+                    && port.bytes().all(|b| b.is_ascii_digit())
+            }))
 }
 
 /// The client's address. The peer's own address, unless the peer is a trusted proxy: then

@@ -18,7 +18,7 @@ pub use crate::auth::Caller;
 use crate::auth::{unauthorized, Authenticator, Principal};
 use crate::config::{Api, Config};
 use crate::egress::{upstream_path_and_query, Egress, EndpointPath};
-use crate::error::{GatewayError, Reason};
+use crate::error::{GatewayError, Reason, Stage};
 use crate::ratelimit::{Limiter, PolicyState, RedisLimiter};
 use crate::trace::TraceContext;
 pub use crate::types::Door;
@@ -233,10 +233,15 @@ impl Pipeline {
         let principal = &caller.principal;
 
         // 5–6. API, endpoint, method, path, RBAC.
-        let api = self.find_api(principal, call.api)?;
-        let endpoint = EndpointPath::parse(call.endpoint)?;
+        let target = |e: GatewayError| match e.reason {
+            Some(Reason::NotPermitted | Reason::SignatureMissing) => e.at(Stage::Authorization),
+            _ => e.at(Stage::Target),
+        };
+        let api = self.find_api(principal, call.api).map_err(target)?;
+        let endpoint = EndpointPath::parse(call.endpoint).map_err(target)?;
         let path = paths::RequestPath::new(endpoint.decoded_segments());
-        self.check_rules(principal, api, call.method, &endpoint, &path)?;
+        self.check_rules(principal, api, call.method, &endpoint, &path)
+            .map_err(target)?;
         if api.require_signature && caller.signature.is_none() {
             return Err(unauthorized(
                 Reason::SignatureMissing,
@@ -244,16 +249,18 @@ impl Pipeline {
                     "calls to API {:?} must be signed (X-Signature headers)",
                     api.name
                 ),
-            ));
+            )
+            .at(Stage::Authorization));
         }
 
         // 7. Body size, content type, digest.
-        let shape = body::BodyShape::of(&call.payload)?;
-        body::check(&self.config.request, &shape)?;
+        let at_body = |e: GatewayError| e.at(Stage::Body);
+        let shape = body::BodyShape::of(&call.payload).map_err(at_body)?;
+        body::check(&self.config.request, &shape).map_err(at_body)?;
         let body_digest = match (&caller.signature, &call.payload) {
             // Nothing will stream, so the digest is checked now.
             (Some(v), Payload::Streamed { .. }) if !shape.has_body => {
-                body::check_digest(&v.content_sha256, b"")?;
+                body::check_digest(&v.content_sha256, b"").map_err(at_body)?;
                 None
             }
             (Some(v), Payload::Streamed { .. }) => Some(v.content_sha256),
@@ -268,19 +275,26 @@ impl Pipeline {
             Payload::Whole { headers, .. } => {
                 outbound::plan(call.door, api, headers.iter().map(|(k, v)| (k, v)))
             }
-        }?;
+        }
+        .map_err(|e| e.at(Stage::Headers))?;
 
         // 9. The audit trail can record the call.
         if let Some(a) = &self.audit {
-            a.admit()?;
+            a.admit().map_err(|e| e.at(Stage::Audit))?;
         }
 
         // 10. Rate limits, last of the judgements: a call refused above costs no quota.
         let rate_limits =
-            limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller).await?;
+            limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller)
+                .await
+                .map_err(|e| e.at(Stage::RateLimit))?;
 
         // 11. Destination: DNS, and every address past the SSRF guard.
-        let addr = self.egress.resolve(api).await?;
+        let addr = self
+            .egress
+            .resolve(api)
+            .await
+            .map_err(|e| e.at(Stage::Destination))?;
 
         // 12. The upstream target, with a query credential when the API puts it there.
         let path_and_query = upstream_path_and_query(api, &endpoint, call.query);
@@ -301,22 +315,28 @@ impl Pipeline {
         let cfg = &self.config;
         // 1. Client address and IP rules.
         let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
-        access::check_ip(&cfg.ip_rules, client_ip)?;
-        // 2. Header limits, framing, and (proxy door) Host and Origin; the MCP door's are
-        //    checked by its transport, from `[mcp]`.
+        access::check_ip(&cfg.ip_rules, client_ip).map_err(|e| e.at(Stage::Address))?;
+        // 2. CONNECT, header limits, framing, and the door's Host and Origin rule.
+        let at_request = |e: GatewayError| e.at(Stage::Request);
         if req.method == http::Method::CONNECT {
-            return Err(GatewayError::because(
+            return Err(at_request(GatewayError::because(
                 Reason::ConnectMethod,
                 "CONNECT is not served: this gateway forwards requests to configured APIs, it is not a tunnel",
-            ));
+            )));
         }
-        access::check_headers(&cfg.header_limits, req.headers)?;
-        access::check_raw_framing(req.raw_head)?;
-        if req.door == Door::Proxy {
-            access::check_host_origin(&cfg.proxy, req.headers)?;
-        }
+        access::check_headers(&cfg.header_limits, req.headers).map_err(at_request)?;
+        access::check_raw_framing(req.raw_head).map_err(at_request)?;
+        let browser = match req.door {
+            Door::Proxy => &cfg.proxy.browser,
+            Door::Mcp => &cfg.mcp.browser,
+        };
+        access::check_host_origin(browser, req.headers).map_err(at_request)?;
         // 3. Authentication.
-        let principal = self.auth.authenticate(req.headers).await?;
+        let principal = self
+            .auth
+            .authenticate(req.headers)
+            .await
+            .map_err(|e| e.at(Stage::Authentication))?;
         // 4. Signature.
         let signature = self
             .signatures
@@ -328,15 +348,19 @@ impl Pipeline {
                 req.query,
                 req.headers,
             )
-            .await?;
+            .await
+            .map_err(|e| e.at(Stage::Signature))?;
         match (&signature, req.body) {
             (None, _) if cfg.signatures.required => {
                 return Err(unauthorized(
                     Reason::SignatureMissing,
                     "this gateway requires signed requests (X-Signature headers)",
-                ))
+                )
+                .at(Stage::Signature))
             }
-            (Some(v), Some(body)) => body::check_digest(&v.content_sha256, body)?,
+            (Some(v), Some(body)) => {
+                body::check_digest(&v.content_sha256, body).map_err(|e| e.at(Stage::Signature))?
+            }
             _ => {}
         }
         Ok(Caller {

@@ -684,8 +684,21 @@ fn stages_run_in_order() {
     for host in ["127.0.0.1:8080", "LOCALHOST", "[::1]:8080"] {
         assert!(run(&p, &Req::new().header("host", host)).is_ok(), "{host}");
     }
-    // The MCP door's Host and Origin are its transport's to check.
-    assert!(run(&p, &Req::new().mcp().header("host", "elsewhere.example")).is_ok());
+    // The MCP door has the same rule, from `[mcp]`, and accepts loopback browser origins.
+    assert_eq!(
+        refusal(&p, &Req::new().mcp().header("host", "elsewhere.example")),
+        (403, "host_not_allowed")
+    );
+    assert!(run(
+        &p,
+        &Req::new().mcp().header("origin", "http://localhost:6274")
+    )
+    .is_ok());
+    assert_eq!(
+        refusal(&p, &Req::new().header("origin", "http://localhost:6274")),
+        (403, "origin_not_allowed"),
+        "the proxy door accepts no browser origin by default"
+    );
     // Header limits before authentication.
     let many = (0..13).fold(Req::new().anonymous(), |r, i| {
         r.header(&format!("x-h{i}"), "v")
