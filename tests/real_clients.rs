@@ -10,18 +10,6 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn tools() -> PathBuf {
-    let dir = std::env::var_os("AGM_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"));
-    assert!(
-        dir.join("node-bin").exists() && dir.join("venv/bin/python").exists(),
-        "MCP client tools are missing in {}: run scripts/setup.sh (the README's test command does)",
-        dir.display()
-    );
-    dir
-}
-
 fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
@@ -141,7 +129,7 @@ fn python_sdk_over_stdio_legacy_and_auto() {
 }
 
 fn inspector(target: &[&str], args: &[&str], home: &tempfile::TempDir) -> Output {
-    let t = tools();
+    let t = tools_dir();
     let launcher =
         t.join("node/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js");
     let mut cmd = Command::new(t.join("node-bin"));
@@ -252,13 +240,13 @@ fn with_env(mut out: Command, vars: &[(&str, &str)]) -> Output {
 }
 
 fn py_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(tools().join("venv/bin/python"));
+    let mut cmd = Command::new(tools_dir().join("venv/bin/python"));
     cmd.arg(clients_dir().join("py_client.py")).args(args);
     with_env(cmd, vars)
 }
 
 fn ts_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let t = tools();
+    let t = tools_dir();
     let script = t.join("node/ts_client.mjs");
     std::fs::copy(clients_dir().join("ts_client.mjs"), &script).unwrap();
     let mut cmd = Command::new(t.join("node-bin"));

@@ -1012,3 +1012,17 @@ pub async fn https_request(
 pub fn https_get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 }
+
+/// Where `scripts/setup.sh` installed the real MCP clients and the conformance suite:
+/// `.tools/` (or `$AGM_TOOLS`).
+pub fn tools_dir() -> PathBuf {
+    let dir = std::env::var_os("AGM_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"));
+    assert!(
+        dir.join("node-bin").exists() && dir.join("venv/bin/python").exists(),
+        "MCP client tools are missing in {}: run scripts/setup.sh (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
