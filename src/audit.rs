@@ -62,6 +62,10 @@ pub struct AuditEvent {
     pub bytes_out: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// MCP door: how the answer was shaped (`original_bytes`, `returned_chars`,
+    /// `truncated`, `dropped`, and `redacted` counts by kind — never the values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<Value>,
 }
 
 impl AuditEvent {
@@ -88,6 +92,7 @@ impl AuditEvent {
             upstream_ms: None,
             bytes_in: 0,
             bytes_out: 0,
+            shaping: None,
             cost: None,
         }
     }

@@ -35,6 +35,8 @@ pub struct CallRecord {
     pub span: Option<CallSpan>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// How the answer was shaped for a model (MCP door): sizes, cuts, redaction counts.
+    pub shaping: Option<serde_json::Value>,
     /// When the upstream exchange began.
     pub upstream_started: Option<Instant>,
     rate_limit: Option<serde_json::Value>,
@@ -69,6 +71,7 @@ impl CallRecord {
             span: None,
             bytes_in: 0,
             bytes_out: 0,
+            shaping: None,
             upstream_started: None,
             rate_limit: None,
         }
@@ -139,6 +142,7 @@ impl CallRecord {
             event.status = status;
             event.bytes_in = self.bytes_in;
             event.bytes_out = self.bytes_out;
+            event.shaping = self.shaping.take();
             event.upstream_ms = self
                 .upstream_started
                 .map(|t| t.elapsed().as_secs_f64() * 1000.0);

@@ -249,6 +249,8 @@ reasons! {
     HeadTimeout => ("head_timeout", RequestTimeout),
     /// The listener holds `server.max_connections` connections already.
     ConnectionLimit => ("connection_limit", Overloaded),
+    /// A `select` (or the API's `project`) that is not JMESPath or does not fit the answer.
+    InvalidSelect => ("invalid_select", InvalidArguments),
     /// CONNECT: the proxy door forwards requests to APIs; it is not a tunnel.
     ConnectMethod => ("connect_method", MethodNotSupported),
 }

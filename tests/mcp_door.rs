@@ -84,7 +84,8 @@ async fn credentials_echoed_by_upstream_are_redacted() {
         !text.contains(SECRET),
         "credential leaked to the model: {text}"
     );
-    assert!(text.contains(&"*".repeat(SECRET.len())), "{text}");
+    assert!(text.contains("[REDACTED:credential]"), "{text}");
+    assert_eq!(r["_meta"]["redacted"]["credential"], 1, "{r}");
 }
 
 #[tokio::test]
@@ -218,7 +219,21 @@ async fn oversized_response_is_truncated_and_flagged() {
     let sc = structured(&r);
     assert_eq!(r["isError"], false);
     assert_eq!(sc["truncated"], true);
-    assert_eq!(sc["data"].as_str().unwrap().len(), 65536);
+    // Read up to [mcp] max_response_bytes (65536 here), then cut to max_result_chars.
+    let data = sc["data"].as_str().unwrap();
+    assert!(
+        data.len() <= 40_000 && data.len() > 39_000,
+        "{}",
+        data.len()
+    );
+    assert!(data.ends_with("chars]"), "the cut is marked");
+    assert_eq!(r["_meta"]["truncated"], true);
+    assert_eq!(r["_meta"]["original_bytes"], 300_000, "from Content-Length");
+    assert!(
+        r["content"][0]["text"].as_str().unwrap().contains("cut to"),
+        "{}",
+        r["content"][0]
+    );
     // The connection was abandoned, not reused mid-body: the next call still works.
     let r = s
         .call("api_gateway", json!({"api": "local", "endpoint": "/after"}))

@@ -37,6 +37,7 @@ pub(super) struct RawApi {
     require_signature: bool,
     follow_redirects: Option<u8>,
     cost_per_call: Option<f64>,
+    response: Option<super::response::RawResponse>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,8 +76,6 @@ pub struct Api {
     /// case-insensitively (deny rules always do). Default false.
     pub case_insensitive_paths: bool,
     pub credential: Option<Credential>,
-    /// Overrides `mcp.max_response_bytes` for this API.
-    pub max_response_bytes: Option<usize>,
     /// This API's limit, named `api.NAME`; when absent `rate_limits.default` applies.
     pub rate_limit: Option<Policy>,
     /// Extra limits for paths matching a pattern, named `api.NAME:PATTERN`, checked on top of
@@ -88,6 +87,8 @@ pub struct Api {
     pub follow_redirects: u8,
     /// What one call costs, for the `api_cost_total` business metric.
     pub cost_per_call: Option<f64>,
+    /// `[apis.response]`: how answers are shaped for a model on the MCP door.
+    pub response: super::response::ResponseShaping,
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -163,8 +164,11 @@ pub struct Credential {
     /// depend on the secret alone). Forms under 4 bytes (8 for base64) are left out: masking
     /// them would mangle ordinary text.
     pub forms: Vec<String>,
-    /// All of `forms` in one automaton, so a body is scanned once for every form.
+    /// All of `forms` in one automaton, so a body is scanned once for every form; it
+    /// reports overlapping matches, for masking every byte any form covers.
     pub matcher: aho_corasick::AhoCorasick,
+    /// The same forms, longest match first, for replacing each occurrence with a marker.
+    pub replacer: aho_corasick::AhoCorasick,
 }
 
 impl Credential {
@@ -180,11 +184,17 @@ impl Credential {
             CredentialPlacement::Query(_) => None,
         };
         let forms = credential_forms(&value);
+        // The forms are a few dozen short strings: building cannot exceed the defaults'
+        // limits, and an empty automaton (no form) matches nothing.
+        let build = |kind| {
+            aho_corasick::AhoCorasick::builder()
+                .match_kind(kind)
+                .build(&forms)
+                .unwrap_or_else(|_| aho_corasick::AhoCorasick::new([""; 0]).expect("empty"))
+        };
         Credential {
-            // The forms are a few dozen short strings: building cannot exceed the defaults'
-            // limits, and an empty automaton (no form) matches nothing.
-            matcher: aho_corasick::AhoCorasick::new(&forms)
-                .unwrap_or_else(|_| aho_corasick::AhoCorasick::new([""; 0]).expect("empty")),
+            matcher: build(aho_corasick::MatchKind::Standard),
+            replacer: build(aho_corasick::MatchKind::LeftmostLongest),
             forms,
             header_value,
             placement,
@@ -463,13 +473,13 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
             endpoint_rate_limits.push((pattern, policy));
         }
     }
-    let max_response_bytes = a.max_response_bytes;
-    if max_response_bytes == Some(0) {
+    if a.max_response_bytes == Some(0) {
         errors.push(err(
             format!("{p}.max_response_bytes"),
             "must be greater than 0",
         ));
     }
+    let response = super::response::validate(p, a.response, a.max_response_bytes, errors);
 
     if a.cost_per_call
         .is_some_and(|c| !(c.is_finite() && c >= 0.0))
@@ -504,7 +514,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         allow_private_network: a.allow_private_network,
         case_insensitive_paths: a.case_insensitive_paths,
         credential,
-        max_response_bytes,
+        response,
         rate_limit,
         endpoint_rate_limits,
     })
@@ -541,7 +551,10 @@ impl Api {
             allow_private_network,
             case_insensitive_paths: false,
             credential: None,
-            max_response_bytes: Some(1 << 20),
+            response: super::response::ResponseShaping {
+                max_upstream_bytes: Some(1 << 20),
+                ..Default::default()
+            },
             rate_limit: None,
             endpoint_rate_limits: Vec::new(),
             require_signature: false,

@@ -154,7 +154,8 @@ pub struct McpConfig {
     /// default: on a loopback listener the loopback origins (browser-based MCP clients on
     /// this machine), elsewhere none.
     pub browser: BrowserRules,
-    /// Upstream response bytes returned to the model before `truncated` is set. Default 1 MiB.
+    /// The most body bytes read from an upstream for the MCP door, for every API that does
+    /// not set `response.max_upstream_bytes`. Default 10 MiB.
     pub max_response_bytes: usize,
     /// Largest JSON-RPC request body accepted. Default 4 MiB.
     pub max_request_bytes: usize,
@@ -287,7 +288,7 @@ pub(super) fn validate_mcp(
             errors,
             "mcp.max_response_bytes",
             raw.max_response_bytes,
-            1 << 20,
+            10 << 20,
         ),
         max_request_bytes: positive(
             errors,

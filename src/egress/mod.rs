@@ -13,12 +13,14 @@
 //!
 //! One concern per file: `url.rs` validates endpoints and builds the upstream request target,
 //! `guard.rs` is the SSRF guard (address classification, DNS resolution and vetting),
-//! `client.rs` is the pooled Pingora client and its error mapping, and `redact.rs` is the
-//! response-side hygiene (credential masking, the headers shown to a model).
+//! `client.rs` is the pooled Pingora client and its error mapping, `redact.rs` is the
+//! response-side hygiene (credential masking, the headers shown to a model), and `shape.rs`
+//! shapes an answer for a model (project, select, redact, cut so JSON still parses).
 
 mod client;
 mod guard;
 mod redact;
+mod shape;
 mod url;
 
 pub use self::client::{map_pingora_error, Egress, OutboundRequest, UpstreamResponse};
@@ -27,4 +29,5 @@ pub use self::redact::{
     carries_credential, check_inspectable, longest_credential_form, redact_credential,
     StreamRedactor, SAFE_RESPONSE_HEADERS,
 };
+pub use self::shape::{is_json_type, shape, Body, Redactor, Shaped};
 pub use self::url::{upstream_path_and_query, EndpointPath};

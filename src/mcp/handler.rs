@@ -46,6 +46,16 @@ struct ApiGatewayArgs {
     query: Map<String, Value>,
     #[serde(default)]
     body: Option<Value>,
+    /// JMESPath applied to a JSON answer, where the API sets `allow_agent_select`.
+    #[serde(default)]
+    select: Option<String>,
+}
+
+/// A completed `api_gateway` call: the result for the model and the `_meta` saying how it
+/// was shaped.
+pub(super) struct Answer {
+    result: Value,
+    meta: Value,
 }
 
 fn default_method() -> String {
@@ -153,7 +163,7 @@ impl GatewayMcp {
         args: ApiGatewayArgs,
         caller: &Arc<Caller>,
         record: &mut CallRecord,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
             .ok()
             .filter(|m| TOOL_METHODS.contains(&m.as_str()))
@@ -227,12 +237,34 @@ impl GatewayMcp {
         record.admitted(&admitted);
         record.bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
         let api = admitted.api.clone();
+        // The caller's select, checked before the upstream is called.
+        let select = match &args.select {
+            None => None,
+            Some(_) if !api.response.allow_agent_select => {
+                return Err(GatewayError::because(
+                    crate::error::Reason::InvalidSelect,
+                    format!(
+                        "API {:?} does not take select (its response.allow_agent_select is off)",
+                        api.name
+                    ),
+                )
+                .with_detail("pointer", json!("/select")))
+            }
+            Some(text) => Some(crate::config::Query::compile(text).map_err(|e| {
+                GatewayError::because(
+                    crate::error::Reason::InvalidSelect,
+                    format!("select is not a JMESPath expression: {e}"),
+                )
+                .with_detail("pointer", json!("/select"))
+            })?),
+        };
         record.upstream_started = Some(std::time::Instant::now());
         let max_body = api
-            .max_response_bytes
+            .response
+            .max_upstream_bytes
             .unwrap_or(self.gateway.config.mcp.max_response_bytes);
-        // Read past the cut by the longest credential form, so a form straddling the cut is
-        // masked whole before the body is cut (a caller could pad its request to place it so).
+        // Read past the cap by the longest credential form, so a form straddling it is
+        // masked whole before the rest is dropped.
         let read_cap = max_body + egress::longest_credential_form(&api);
         let outbound = |credential: Option<(http::HeaderName, http::HeaderValue)>| {
             let mut h = admitted.headers.forward.clone();
@@ -311,47 +343,51 @@ impl GatewayMcp {
         if let Some(s) = record.span.as_mut() {
             s.upstream_answered(resp.status);
         }
+        egress::check_inspectable(&api, &resp.headers)?;
+        let redactor = egress::Redactor::for_api(&api);
+        let mut redacted = Default::default();
         let mut safe = Map::new();
         for name in SAFE_RESPONSE_HEADERS {
             if let Some(v) = resp.headers.get(*name).and_then(|v| v.to_str().ok()) {
-                let v = String::from_utf8_lossy(&egress::redact_credential(
-                    &api,
-                    Bytes::copy_from_slice(v.as_bytes()),
-                ))
-                .into_owned();
+                let v = redactor
+                    .text(v, &mut redacted)
+                    .unwrap_or_else(|| v.to_string());
                 safe.insert((*name).to_string(), Value::String(v));
             }
         }
-        egress::check_inspectable(&api, &resp.headers)?;
-        let mut body = egress::redact_credential(&api, resp.body);
-        let truncated = resp.truncated || body.len() > max_body;
-        body.truncate(max_body);
-        let is_json = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                let ct = ct
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                ct == "application/json" || ct.ends_with("+json")
-            });
-        let data = if is_json && !truncated {
-            serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-        } else {
-            Value::String(String::from_utf8_lossy(&body).into_owned())
-        };
-        record.bytes_out = body.len() as u64;
-        Ok(json!({
-            "status": resp.status,
-            "headers": safe,
-            "data": data,
-            "truncated": truncated,
-        }))
+        let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
+        let mut bytes = resp.body;
+        let read_cut = resp.truncated || bytes.len() > max_body;
+        if read_cut {
+            // The cap falls where it falls: mask first, then drop what lies past it.
+            bytes = egress::redact_credential(&api, bytes);
+            bytes.truncate(max_body);
+        }
+        let mut shaped = egress::shape(
+            &api,
+            egress::Body {
+                bytes,
+                content_type: header(http::header::CONTENT_TYPE),
+                read_cut,
+                declared_len: header(http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+            },
+            select.as_ref(),
+        )?;
+        for (kind, n) in redacted {
+            *shaped.redacted.entry(kind).or_default() += n;
+        }
+        record.bytes_out = shaped.original_bytes;
+        let meta = shaped.meta();
+        record.shaping = Some(meta.clone());
+        Ok(Answer {
+            result: json!({
+                "status": resp.status,
+                "headers": safe,
+                "data": shaped.data,
+                "truncated": shaped.truncated,
+            }),
+            meta,
+        })
     }
 }
 
@@ -404,6 +440,46 @@ fn parse_args(args: Value) -> Result<ApiGatewayArgs, GatewayError> {
         .with_detail("pointer", json!(pointer))
         .with_detail("expected", json!(expected))
     })
+}
+
+impl Answer {
+    /// The tool result: an upstream 4xx/5xx is an `isError` result; a cut result says so
+    /// first, with how to ask for less.
+    fn into_result(self) -> CallToolResult {
+        let status = self.result["status"].as_u64().unwrap_or(0);
+        let cut = self.meta["truncated"] == true;
+        let mut r = if status >= 400 {
+            upstream_error(self.result)
+        } else {
+            CallToolResult::structured(self.result)
+        };
+        if cut {
+            let dropped = self.meta["dropped"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .take(3)
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            r.content.insert(
+                0,
+                rmcp::model::ContentBlock::text(format!(
+                    "The answer was cut to {} characters from {} bytes{}. To get the rest, ask for less: \
+                     a smaller page or a narrower query (select, where the API allows it).",
+                    self.meta["returned_chars"],
+                    self.meta["original_bytes"],
+                    if dropped.is_empty() { String::new() } else { format!(" ({dropped})") }
+                )),
+            );
+        }
+        if let Value::Object(m) = self.meta {
+            r = r.with_meta(Some(rmcp::model::MetaObject(m)));
+        }
+        r
+    }
 }
 
 /// An `isError` result for a refusal or failure: the structured error, and a first text line
@@ -517,13 +593,12 @@ impl ServerHandler for GatewayMcp {
                 record.identified(&caller);
                 let outcome = this.api_gateway(args, &caller, &mut record).await;
                 let (status, error) = match &outcome {
-                    Ok(v) => (v["status"].as_u64().unwrap_or(0) as u16, None),
+                    Ok(a) => (a.result["status"].as_u64().unwrap_or(0) as u16, None),
                     Err(e) => (e.kind.status(), Some(e)),
                 };
                 record.finish(&this.gateway, status, error);
                 let result = match outcome {
-                    Ok(v) if v["status"].as_u64().is_some_and(|s| s >= 400) => upstream_error(v),
-                    Ok(v) => CallToolResult::structured(v),
+                    Ok(a) => a.into_result(),
                     Err(e) => tool_error(&e),
                 };
                 Ok(result.into())

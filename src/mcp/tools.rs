@@ -67,7 +67,7 @@ impl GatewayMcp {
             .iter()
             .map(|(a, _)| format!("- {}: {}", a.name, a.description))
             .collect();
-        let input = json!({
+        let mut input = json!({
             "type": "object",
             "properties": {
                 "api": {"type": "string", "enum": names,
@@ -84,6 +84,21 @@ impl GatewayMcp {
             "required": ["api", "endpoint"],
             "additionalProperties": false
         });
+        let selectable: Vec<&str> = visible
+            .iter()
+            .filter(|(a, _)| a.response.allow_agent_select)
+            .map(|(a, _)| a.name.as_str())
+            .collect();
+        if !selectable.is_empty() {
+            input["properties"]["select"] = json!({
+                "type": "string",
+                "description": format!(
+                    "JMESPath applied to a JSON answer before it is returned, to get only what you need \
+                     (e.g. \"items[0:10].{{id: id, name: name}}\"). Accepted by: {}.",
+                    selectable.join(", ")
+                )
+            });
+        }
         // One schema for both outcomes: clients (the TypeScript SDK among them) validate
         // `structuredContent` against it even on `isError` results.
         let output = json!({
@@ -97,7 +112,11 @@ impl GatewayMcp {
                 "message": {"type": "string"},
                 "retry_after_s": {"type": "integer", "description": "With error rate_limited: seconds until a retry is admitted"},
                 "policy": {"type": "string", "description": "With error rate_limited: the policy that refused"},
-                "reason": {"type": "string", "description": "A finer machine-readable reason, e.g. token_expired or ip_denied"}
+                "reason": {"type": "string", "description": "The finest machine-readable reason, e.g. token_expired, ip_denied, upstream_status"},
+                "stage": {"type": "string", "description": "On a refusal: the admission stage that refused"},
+                "retryable": {"type": "boolean", "description": "On an upstream error status: whether a retry may succeed"},
+                "pointer": {"type": "string", "description": "With invalid_arguments: the JSON pointer of the offending argument"},
+                "expected": {"type": "string", "description": "With invalid_arguments: what the argument must be"}
             },
             "required": ["status"]
         });
@@ -112,6 +131,15 @@ impl GatewayMcp {
             as_object(input),
         );
         call.output_schema = Some(Arc::new(as_object(output)));
+        // The most a result can hold: the largest data budget plus room for its envelope.
+        let max_chars = visible
+            .iter()
+            .map(|(a, _)| a.response.max_result_chars)
+            .max()
+            .unwrap_or(0);
+        call.meta = Some(rmcp::model::MetaObject(as_object(json!({
+            "anthropic/maxResultSizeChars": max_chars + 4096
+        }))));
         call.annotations = Some(
             ToolAnnotations::with_title("API gateway")
                 .read_only(read_only)

@@ -1,0 +1,283 @@
+//! What the model sees of an answer, through the MCP door: large JSON cut so it still parses,
+//! secrets redacted wherever they appear, `project` and the caller's `select` applied, and
+//! the audit record holding the sizes and redaction counts (never the values).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::{json, Value};
+
+const GITHUB_TOKEN: &str = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+
+/// An upstream with the answers these tests need.
+fn upstream() -> Upstream {
+    Upstream::start_with(Arc::new(|seen: &Seen| {
+        let path = seen.target.split('?').next().unwrap_or("");
+        let key = seen.header("x-upstream-key").unwrap_or("").to_string();
+        let json = |status: u16, v: Value| {
+            Some((
+                status,
+                "application/json".to_string(),
+                v.to_string().into_bytes(),
+            ))
+        };
+        match path.rsplit('/').next().unwrap_or("") {
+            // About 5 MB of JSON: 20,000 items of 250 bytes.
+            "huge" => {
+                let items: Vec<Value> = (0..20_000)
+                    .map(|i| json!({"id": i, "name": format!("item {i}"), "text": "y".repeat(200)}))
+                    .collect();
+                json(200, json!({"total_count": 20_000, "items": items}))
+            }
+            // The injected key echoed in JSON and in a header the model is shown, and a
+            // token of the upstream's own.
+            "leaky" => Some((
+                200,
+                "application/json".to_string(),
+                json!({"seen_key": key, "nested": {"list": [format!("Bearer {key}")]},
+                       "their_token": GITHUB_TOKEN, "user": {"email": "a@b.example", "name": "A"}})
+                .to_string()
+                .into_bytes(),
+            )),
+            "denied" => json(401, json!({"message": format!("bad key {key}")})),
+            "list" => json(
+                200,
+                json!({"items": [{"id": 7, "name": "seven"}, {"id": 8, "name": "eight"}], "next": null}),
+            ),
+            _ => None,
+        }
+    }))
+}
+
+fn config(up: u16) -> impl Fn((u16, u16, u16)) -> String {
+    move |(m, p, a)| {
+        format!(
+            r#"{server}
+[audit]
+enabled = true
+sink = "file"
+path = "audit.jsonl"
+
+[[apis]]
+name = "shaped"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+credentials = {{ header = "X-Upstream-Key", value = "${{AGM_TEST_SECRET}}" }}
+
+[apis.response]
+allow_agent_select = true
+redact = {{ json_paths = ["$.user.email"] }}
+
+[[apis]]
+name = "projected"
+base_url = "http://127.0.0.1:{up}"
+allow_private_network = true
+methods = ["GET"]
+paths = ["/**"]
+
+[apis.response]
+project = "items[*].name"
+max_result_chars = 2000
+"#,
+            server = server_section((m, p, a), 2)
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_5_mb_json_answer_is_cut_to_the_budget_and_still_parses() {
+    let up = upstream();
+    let mut gw = Gateway::start_generated(config(up.port));
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "shaped", "endpoint": "/huge"}))
+        .await;
+    assert_eq!(r["isError"], false, "{}", &r.to_string()[..500]);
+    let sc = &r["structuredContent"];
+    // The data is still the document: an object with its count and a prefix of its items.
+    assert_eq!(sc["data"]["total_count"], 20_000);
+    let kept = sc["data"]["items"].as_array().unwrap().len();
+    assert!(kept > 50 && kept < 20_000, "{kept}");
+    let data_chars = serde_json::to_string(&sc["data"]).unwrap().chars().count();
+    assert!(data_chars <= 40_000, "{data_chars}");
+    let meta = &r["_meta"];
+    assert_eq!(meta["truncated"], true);
+    assert_eq!(sc["truncated"], true);
+    let original = meta["original_bytes"].as_u64().unwrap();
+    assert!(original > 4_500_000, "{original}");
+    assert_eq!(
+        meta["returned_chars"].as_u64().unwrap() as usize,
+        data_chars
+    );
+    let dropped: Vec<&str> = meta["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        dropped.iter().any(|d| d.starts_with("/items: kept")),
+        "{meta}"
+    );
+    assert!(dropped.len() <= 3, "no trail of emptied items: {meta}");
+    // The text the model reads first says what happened and how to ask for less.
+    let first = r["content"][0]["text"].as_str().unwrap();
+    assert!(
+        first.contains("cut to") && first.contains("select"),
+        "{first}"
+    );
+    // The audit record holds the original size.
+    terminate(&mut gw);
+    let audit =
+        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    let rec: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(rec["event"]["bytes_out"].as_u64(), Some(original), "{rec}");
+    assert_eq!(rec["event"]["shaping"]["truncated"], true, "{rec}");
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_in_bodies_headers_and_error_bodies() {
+    let up = upstream();
+    let mut gw = Gateway::start_generated(config(up.port));
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "shaped", "endpoint": "/leaky"}),
+        )
+        .await;
+    let text = r.to_string();
+    assert!(
+        !text.contains(SECRET),
+        "the injected key reached the model: {text}"
+    );
+    assert!(!text.contains(GITHUB_TOKEN), "{text}");
+    let data = &r["structuredContent"]["data"];
+    assert_eq!(data["seen_key"], "[REDACTED:credential]");
+    assert_eq!(data["nested"]["list"][0], "Bearer [REDACTED:credential]");
+    assert_eq!(data["their_token"], "[REDACTED:github]");
+    assert_eq!(data["user"]["email"], "[REDACTED:json_path]");
+    assert_eq!(data["user"]["name"], "A", "only the configured path");
+    assert_eq!(
+        r["_meta"]["redacted"],
+        json!({"credential": 2, "github": 1, "json_path": 1})
+    );
+
+    // An upstream error body is shaped the same way.
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "shaped", "endpoint": "/denied"}),
+        )
+        .await;
+    assert_eq!(r["isError"], true);
+    assert_eq!(r["structuredContent"]["status"], 401);
+    let text = r.to_string();
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("bad key [REDACTED:credential]"), "{text}");
+
+    terminate(&mut gw);
+    let audit =
+        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    assert!(!audit.contains(SECRET) && !audit.contains(GITHUB_TOKEN));
+    assert!(
+        audit.contains("\"github\":1"),
+        "counts are audited: {audit}"
+    );
+}
+
+#[tokio::test]
+async fn select_and_project_narrow_the_answer() {
+    let up = upstream();
+    let gw = Gateway::start_generated(config(up.port));
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    // The tool offers select, naming the APIs that take it, and states its result cap.
+    let tools = s.request("tools/list", json!({})).await;
+    let call = &tools["result"]["tools"][0];
+    assert_eq!(call["name"], "api_gateway");
+    let select = call["inputSchema"]["properties"]["select"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        select.contains("shaped") && !select.contains("projected"),
+        "{select}"
+    );
+    assert!(
+        call["_meta"]["anthropic/maxResultSizeChars"]
+            .as_u64()
+            .unwrap()
+            >= 40_000
+    );
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "shaped", "endpoint": "/list", "select": "items[0].id"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["data"], 7, "{r}");
+    // A malformed select is the caller's to fix, before the upstream is called.
+    let before = up.count();
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "shaped", "endpoint": "/list", "select": "items[0"}),
+        )
+        .await;
+    assert_eq!(r["isError"], true);
+    assert_eq!(r["structuredContent"]["reason"], "invalid_select", "{r}");
+    assert_eq!(r["structuredContent"]["pointer"], "/select");
+    assert_eq!(up.count(), before);
+    // An API that does not allow select refuses it.
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "projected", "endpoint": "/list", "select": "items"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["reason"], "invalid_select", "{r}");
+    // The API's own projection applies to every answer.
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "projected", "endpoint": "/list"}),
+        )
+        .await;
+    assert_eq!(
+        r["structuredContent"]["data"],
+        json!(["seven", "eight"]),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_bad_projection_is_a_config_error_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[apis]]\nname = \"a\"\nbase_url = \"https://a.example\"\nmethods = [\"GET\"]\npaths = [\"/**\"]\n\
+         [apis.response]\nproject = \"items[\"\nredact = { patterns = [\"jwt\", \"nope\"], json_paths = [\"user.email\"] }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("apis[0].response.project"), "{text}");
+    assert!(
+        text.contains("apis[0].response.redact.patterns[1]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apis[0].response.redact.json_paths[0]"),
+        "{text}"
+    );
+}
