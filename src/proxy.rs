@@ -64,6 +64,8 @@ pub struct ProxyCtx {
     refusal: Option<GatewayError>,
     /// The error the caller was answered with, for metrics and audit.
     answered: Option<GatewayError>,
+    /// Response body bytes received from the upstream so far.
+    upstream_bytes: u64,
 }
 
 async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gateway) -> Result<()> {
@@ -214,6 +216,7 @@ impl ProxyHttp for ProxyDoor {
             redactor: None,
             refusal: None,
             answered: None,
+            upstream_bytes: 0,
         }
     }
 
@@ -322,10 +325,29 @@ impl ProxyHttp for ProxyDoor {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut ProxyCtx,
     ) -> Result<Option<std::time::Duration>> {
+        // The API's read cap, for a body without a Content-Length that outgrows it: the
+        // exchange is broken off (the client sees an incomplete body, never a short one).
+        ctx.upstream_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if let Some(cap) = ctx
+            .target
+            .as_ref()
+            .and_then(|t| t.api.response.max_upstream_bytes)
+        {
+            if ctx.upstream_bytes > cap as u64 {
+                ctx.refusal = Some(GatewayError::because(
+                    crate::error::Reason::UpstreamResponseTooLarge,
+                    format!("the upstream body went past response.max_upstream_bytes ({cap}); it was broken off"),
+                ));
+                return Error::e_explain(
+                    HTTPStatus(502),
+                    "upstream body over response.max_upstream_bytes",
+                );
+            }
+        }
         // Each read is bounded by the peer's read timeout; this bounds the whole exchange.
         if let Some(t) = &ctx.target {
             if ctx
@@ -352,6 +374,10 @@ impl ProxyHttp for ProxyDoor {
         if let Err(e) = egress::check_inspectable(&t.api, &response.headers) {
             ctx.refusal = Some(e);
             return Error::e_explain(HTTPStatus(502), "upstream body cannot be masked");
+        }
+        if let Err(e) = egress::check_declared_size(&t.api, &response.headers) {
+            ctx.refusal = Some(e);
+            return Error::e_explain(HTTPStatus(502), "upstream body over its cap");
         }
         insert_rate_limit_headers(
             response,

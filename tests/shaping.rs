@@ -281,3 +281,97 @@ fn a_bad_projection_is_a_config_error_with_its_key_path() {
         "{text}"
     );
 }
+
+/// The proxy door streams bodies through as they are, but not past an API's
+/// `response.max_upstream_bytes`: a declared length over it is a 502 problem before anything
+/// is sent, and a chunked body that outgrows it is broken off, never passed on cut short.
+#[tokio::test]
+async fn the_proxy_door_streams_under_the_cap_and_refuses_over_it() {
+    // 30 MB with a Content-Length, and 2 MB chunked, from a raw upstream.
+    let (listener, port) = bind_free_port();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let chunked = line.contains("/chunked");
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let mut w = conn;
+                let block = vec![b'z'; 1 << 20];
+                if chunked {
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    for _ in 0..2 {
+                        let _ = w.write_all(format!("{:x}\r\n", block.len()).as_bytes());
+                        let _ = w.write_all(&block);
+                        let _ = w.write_all(b"\r\n");
+                    }
+                    let _ = w.write_all(b"0\r\n\r\n");
+                } else {
+                    let _ = w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", 30 * block.len()).as_bytes());
+                    for _ in 0..30 {
+                        if w.write_all(&block).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start_generated(move |(m, p, a)| {
+        format!(
+            "{}{}[apis.response]\nmax_upstream_bytes = 40000000\n\n{}[apis.response]\nmax_upstream_bytes = 1048576\n",
+            server_section((m, p, a), 2),
+            loopback_get_api("roomy", port, ""),
+            loopback_get_api("tight", port, ""),
+        )
+    });
+    let client = reqwest::Client::new();
+    let r = client
+        .get(gw.proxy_url("/roomy/file"))
+        .header("Host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 30 << 20, "streamed through whole");
+    assert!(body.iter().all(|b| *b == b'z'));
+
+    let r = client
+        .get(gw.proxy_url("/tight/file"))
+        .header("Host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["reason"], "upstream_response_too_large",
+        "{problem}"
+    );
+
+    let r = client
+        .get(gw.proxy_url("/tight/chunked"))
+        .header("Host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the head had gone out before the body outgrew the cap"
+    );
+    let read = r.bytes().await;
+    assert!(
+        read.is_err() || read.as_ref().unwrap().len() <= 1 << 20,
+        "a body over the cap is broken off, not delivered whole: {:?}",
+        read.map(|b| b.len())
+    );
+}

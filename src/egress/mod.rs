@@ -26,8 +26,8 @@ mod url;
 pub use self::client::{map_pingora_error, Egress, OutboundRequest, UpstreamResponse};
 pub use self::guard::blocked_reason;
 pub use self::redact::{
-    carries_credential, check_inspectable, longest_credential_form, redact_credential,
-    StreamRedactor, SAFE_RESPONSE_HEADERS,
+    carries_credential, check_declared_size, check_inspectable, longest_credential_form,
+    redact_credential, StreamRedactor, SAFE_RESPONSE_HEADERS,
 };
 pub use self::shape::{is_json_type, shape, Body, Redactor, Shaped};
 pub use self::url::{upstream_path_and_query, EndpointPath};

@@ -78,6 +78,30 @@ pub fn check_inspectable(api: &Api, headers: &http::HeaderMap) -> Result<(), Gat
     Ok(())
 }
 
+/// An API that sets `response.max_upstream_bytes` is not streamed past it: an answer that
+/// declares a larger `Content-Length` is refused before anything is sent (502
+/// `upstream_response_too_large`), never passed on cut short.
+pub fn check_declared_size(api: &Api, headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    let Some(cap) = api.response.max_upstream_bytes else {
+        return Ok(());
+    };
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > cap as u64 => Err(GatewayError::because(
+            Reason::UpstreamResponseTooLarge,
+            format!(
+                "the upstream of API {:?} answered {n} bytes, more than its \
+                 response.max_upstream_bytes ({cap})",
+                api.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The length of the longest end of `data` that is the start (not the whole) of a form.
 fn partial_form_at_end(api: &Api, data: &[u8]) -> usize {
     let (Some(c), Some(&last)) = (&api.credential, data.last()) else {
