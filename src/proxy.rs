@@ -335,7 +335,7 @@ impl ProxyHttp for ProxyDoor {
         if let Some(cap) = ctx
             .target
             .as_ref()
-            .and_then(|t| t.api.response.max_upstream_bytes)
+            .and_then(|t| t.api.response.proxy_max_bytes)
         {
             if ctx.upstream_bytes > cap as u64 {
                 ctx.refusal = Some(GatewayError::because(

@@ -126,6 +126,9 @@ pub struct ResponseShaping {
     /// The most body bytes read from the upstream; the read stops there. `None`: the
     /// gateway-wide `[mcp] max_response_bytes` (default 10 MiB).
     pub max_upstream_bytes: Option<usize>,
+    /// The proxy door's cap: `max_upstream_bytes` when written under `[apis.response]` (the
+    /// older `max_response_bytes` caps only the MCP door, as it always did).
+    pub proxy_max_bytes: Option<usize>,
     /// The most characters of data a model is given; larger JSON is cut so it still parses.
     /// Default 40,000.
     pub max_result_chars: usize,
@@ -140,6 +143,7 @@ impl Default for ResponseShaping {
     fn default() -> Self {
         ResponseShaping {
             max_upstream_bytes: None,
+            proxy_max_bytes: None,
             max_result_chars: 40_000,
             project: None,
             allow_agent_select: false,
@@ -174,10 +178,10 @@ pub(super) fn validate(
         Some(n) => n,
         None => default,
     };
-    let max_upstream_bytes = raw
+    let proxy_max_bytes = raw
         .max_upstream_bytes
-        .map(|n| positive(errors, "max_upstream_bytes", Some(n), n))
-        .or(legacy_cap);
+        .map(|n| positive(errors, "max_upstream_bytes", Some(n), n));
+    let max_upstream_bytes = proxy_max_bytes.or(legacy_cap);
     if raw.max_upstream_bytes.is_some() && legacy_cap.is_some() {
         errors.push(err(
             format!("{p}.max_response_bytes"),
@@ -235,6 +239,7 @@ pub(super) fn validate(
     }
     ResponseShaping {
         max_upstream_bytes,
+        proxy_max_bytes,
         max_result_chars,
         project,
         allow_agent_select: raw.allow_agent_select.unwrap_or(false),

@@ -82,7 +82,7 @@ pub fn check_inspectable(api: &Api, headers: &http::HeaderMap) -> Result<(), Gat
 /// declares a larger `Content-Length` is refused before anything is sent (502
 /// `upstream_response_too_large`), never passed on cut short.
 pub fn check_declared_size(api: &Api, headers: &http::HeaderMap) -> Result<(), GatewayError> {
-    let Some(cap) = api.response.max_upstream_bytes else {
+    let Some(cap) = api.response.proxy_max_bytes else {
         return Ok(());
     };
     let declared = headers
