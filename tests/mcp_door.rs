@@ -630,3 +630,47 @@ async fn legacy_sessions_are_capped_per_caller() {
     assert!(closed.status().is_success(), "{}", closed.status());
     assert_eq!(open().await.unwrap().status(), 200, "closing one made room");
 }
+
+/// A 2026-07-28 `tools/list` carries cache hints: public while every caller sees the same
+/// list, private once roles (or a key's allowed_apis) can filter it.
+#[test]
+fn tools_list_cache_hints_are_private_when_the_list_is_per_caller() {
+    let list = |port: u16, extra: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {},
+                      "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}}})
+        .to_string();
+        let raw = raw_http(
+            port,
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                 Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+                 Mcp-Method: tools/list\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let reply: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        reply["result"].clone()
+    };
+    let up = Upstream::start();
+    let open = Gateway::start(up.port);
+    let r = list(open.mcp, "");
+    assert_eq!(
+        (r["cacheScope"].as_str(), r["ttlMs"].as_u64()),
+        (Some("public"), Some(60_000)),
+        "{r}"
+    );
+    let token = jwt(json!({"sub": "reader", "roles": ["reader"]}));
+    let rbac = Gateway::start_generated(|(m, p, a)| {
+        format!(
+            "{}{}[[rbac.roles]]\nname = \"reader\"\nallow = [{{ api = \"local\", methods = [\"GET\"] }}]\n\n{}",
+            listen_section((m, p, a), 2),
+            auth_section(true),
+            loopback_get_api("local", up.port, "")
+        )
+    });
+    let r = list(rbac.mcp, &format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!(r["cacheScope"], "private", "{r}");
+}

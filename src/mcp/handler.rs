@@ -546,8 +546,20 @@ impl ServerHandler for GatewayMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let caller = self.caller(&context).ok_or_else(no_caller)?;
+        let this = self.at(&context);
+        let cfg = &this.gateway.config;
+        // Cache hints (2026-07-28): the list changes only with the config; it is the
+        // caller's own whenever roles or a key's allowed_apis can filter it.
+        let per_caller =
+            cfg.rbac.enabled() || cfg.auth.api_keys.iter().any(|k| k.allowed_apis.is_some());
         Ok(ListToolsResult {
-            tools: self.at(&context).tools(&caller),
+            tools: this.tools(&caller),
+            ttl_ms: Some(60_000),
+            cache_scope: Some(if per_caller {
+                rmcp::model::CacheScope::Private
+            } else {
+                rmcp::model::CacheScope::Public
+            }),
             ..Default::default()
         })
     }
