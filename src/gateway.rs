@@ -181,6 +181,8 @@ pub struct Live {
     ready: AtomicBool,
     /// One reload at a time.
     reloading: std::sync::Mutex<()>,
+    /// Binary answers behind `resource_link`s; they outlive a reload.
+    pub blobs: crate::blobs::BlobStore,
 }
 
 impl Live {
@@ -191,6 +193,7 @@ impl Live {
             source,
             ready: AtomicBool::new(true),
             reloading: std::sync::Mutex::new(()),
+            blobs: Default::default(),
         })
     }
 

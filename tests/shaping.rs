@@ -375,3 +375,109 @@ async fn the_proxy_door_streams_under_the_cap_and_refuses_over_it() {
         read.map(|b| b.len())
     );
 }
+
+/// Binary answers: a small image comes inline as image content; a 20 MB PDF becomes a
+/// `resource_link` that only the caller it was made for can read, until it expires; an API
+/// set to `binary = "reject"` refuses them.
+#[tokio::test]
+async fn binary_answers_are_images_links_or_refusals() {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR-not-really-an-image";
+    let up = Upstream::start_with(Arc::new(|seen: &Seen| {
+        match seen.target.rsplit('/').next() {
+            Some("doc.pdf") => Some((200, "application/pdf".to_string(), vec![0xA5; 20 << 20])),
+            Some("pic.png") => Some((200, "image/png".to_string(), PNG.to_vec())),
+            _ => None,
+        }
+    }));
+    let gw = Gateway::start_generated(move |(m, p, a)| {
+        format!(
+            "{}{}[mcp]\nresource_ttl = \"2s\"\n\n{}[apis.response]\nmax_upstream_bytes = 33554432\n\n{}[apis.response]\nbinary = \"reject\"\n",
+            listen_section((m, p, a), 2),
+            auth_section(true),
+            loopback_get_api("files", up.port, ""),
+            loopback_get_api("textonly", up.port, ""),
+        )
+    });
+    let alice = format!("Bearer {}", jwt(json!({"sub": "alice"})));
+    let bob = format!("Bearer {}", jwt(json!({"sub": "bob"})));
+    let mut a = McpSession::connect_with(&gw.mcp_url(), &[("Authorization", &alice)]).await;
+    let mut b = McpSession::connect_with(&gw.mcp_url(), &[("Authorization", &bob)]).await;
+
+    let r = a
+        .call(
+            "api_gateway",
+            json!({"api": "files", "endpoint": "/pic.png"}),
+        )
+        .await;
+    let image = r["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "image")
+        .unwrap();
+    assert_eq!(image["mimeType"], "image/png");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(image["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(decoded, PNG);
+    assert_eq!(r["structuredContent"]["data"]["binary"], true);
+
+    let r = a
+        .call(
+            "api_gateway",
+            json!({"api": "files", "endpoint": "/doc.pdf"}),
+        )
+        .await;
+    assert_eq!(
+        r["isError"],
+        false,
+        "{}",
+        &r.to_string()[..400.min(r.to_string().len())]
+    );
+    let link = r["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "resource_link")
+        .unwrap();
+    let uri = link["uri"].as_str().unwrap().to_string();
+    assert_eq!(link["mimeType"], "application/pdf");
+    assert_eq!(link["size"], 20 << 20);
+    assert_eq!(r["structuredContent"]["data"]["resource"], uri.as_str());
+    assert!(
+        r.to_string().len() < 10_000,
+        "the PDF itself is not in the result"
+    );
+
+    let read = a.request("resources/read", json!({"uri": uri})).await;
+    let blob = read["result"]["contents"][0]["blob"].as_str().unwrap();
+    let pdf = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .unwrap();
+    assert_eq!(pdf.len(), 20 << 20);
+    assert!(pdf.iter().all(|x| *x == 0xA5));
+    let other = b.request("resources/read", json!({"uri": uri})).await;
+    assert_eq!(
+        other["error"]["code"], -32002,
+        "another caller cannot read it: {other}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let late = a.request("resources/read", json!({"uri": uri})).await;
+    assert_eq!(
+        late["error"]["code"], -32002,
+        "gone after mcp.resource_ttl: {late}"
+    );
+
+    let r = a
+        .call(
+            "api_gateway",
+            json!({"api": "textonly", "endpoint": "/pic.png"}),
+        )
+        .await;
+    assert_eq!(r["isError"], true);
+    assert_eq!(
+        r["structuredContent"]["error"], "unsupported_media_type",
+        "{r}"
+    );
+}

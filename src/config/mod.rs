@@ -39,7 +39,7 @@ pub use audit::{AuditConfig, AuditSink, OnFailure};
 use ratelimit::RawRateLimits;
 use ratelimit::{rate_policy, RawRateLimit};
 pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topology};
-pub use response::{Query, Redaction, ResponseShaping, SecretKind};
+pub use response::{BinaryMode, Query, Redaction, ResponseShaping, SecretKind};
 pub use security::RequestGuards;
 use security::{RawEgress, RawSecurity};
 pub use server::{BrowserRules, McpConfig, ProxyConfig, ServerConfig};

@@ -16,6 +16,21 @@ pub(super) struct RawResponse {
     project: Option<String>,
     allow_agent_select: Option<bool>,
     redact: Option<RawRedact>,
+    binary: Option<BinaryMode>,
+}
+
+/// What a binary answer (an image, a PDF, an archive) becomes for a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryMode {
+    /// Images up to 1 MiB inline as image content; anything else stored for a while and
+    /// returned as a `resource_link` that only the same caller can read (`resources/read`).
+    #[default]
+    ResourceLink,
+    /// Images as image content, anything else as an embedded resource, in the result.
+    Inline,
+    /// `isError` `unsupported_media_type`.
+    Reject,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +152,7 @@ pub struct ResponseShaping {
     /// Callers may pass `select` (JMESPath) to `api_gateway`.
     pub allow_agent_select: bool,
     pub redact: Redaction,
+    pub binary: BinaryMode,
 }
 
 impl Default for ResponseShaping {
@@ -147,6 +163,7 @@ impl Default for ResponseShaping {
             max_result_chars: 40_000,
             project: None,
             allow_agent_select: false,
+            binary: BinaryMode::default(),
             redact: Redaction {
                 patterns: SecretKind::ALL.to_vec(),
                 json_paths: Vec::new(),
@@ -244,5 +261,6 @@ pub(super) fn validate(
         project,
         allow_agent_select: raw.allow_agent_select.unwrap_or(false),
         redact,
+        binary: raw.binary.unwrap_or_default(),
     }
 }

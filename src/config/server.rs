@@ -39,6 +39,8 @@ pub(super) struct RawMcp {
     max_sessions: Option<usize>,
     max_sessions_per_caller: Option<usize>,
     session_idle_timeout: Option<HumanDuration>,
+    resource_ttl: Option<HumanDuration>,
+    max_resource_bytes: Option<usize>,
 }
 
 /// Listeners and process settings.
@@ -170,6 +172,10 @@ pub struct McpConfig {
     pub max_sessions_per_caller: usize,
     /// A legacy session without traffic for this long is closed. Default 5 minutes.
     pub session_idle_timeout: Duration,
+    /// How long a binary answer stored behind a `resource_link` stays readable. Default 10 min.
+    pub resource_ttl: Duration,
+    /// Bytes of stored binary answers held at once; the oldest go first. Default 256 MiB.
+    pub max_resource_bytes: usize,
 }
 
 const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
@@ -313,5 +319,19 @@ pub(super) fn validate_mcp(
             Some(d) => d.0,
             None => Duration::from_secs(300),
         },
+        resource_ttl: match raw.resource_ttl {
+            Some(d) if d.0 < Duration::from_secs(1) => {
+                errors.push(err("mcp.resource_ttl", "must be at least 1s"));
+                d.0
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(600),
+        },
+        max_resource_bytes: positive(
+            errors,
+            "mcp.max_resource_bytes",
+            raw.max_resource_bytes,
+            256 << 20,
+        ),
     }
 }

@@ -33,6 +33,9 @@ pub struct Shaped {
     pub dropped: Vec<String>,
     /// Redactions by kind: counts only, never values.
     pub redacted: BTreeMap<&'static str, u64>,
+    /// A binary answer (an image, a PDF): its media type and bytes, for the door to return
+    /// as the API's `response.binary` says. `data` then only describes it.
+    pub binary: Option<(String, Bytes)>,
 }
 
 impl Shaped {
@@ -78,6 +81,30 @@ pub fn shape(api: &Api, body: Body<'_>, select: Option<&Query>) -> Result<Shaped
         truncated: body.read_cut,
         ..Shaped::default()
     };
+    let mime = body.content_type.map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    if is_binary(mime.as_deref(), &body.bytes) {
+        if body.read_cut {
+            return Err(GatewayError::because(
+                Reason::UpstreamResponseTooLarge,
+                format!(
+                    "the binary answer ({} bytes) is larger than API {:?} reads \
+                     (response.max_upstream_bytes); a binary body cannot be cut",
+                    out.original_bytes, api.name
+                ),
+            ));
+        }
+        let mime = mime.unwrap_or_else(|| "application/octet-stream".into());
+        out.data = json!({"binary": true, "content_type": mime, "bytes": body.bytes.len()});
+        out.returned_chars = serialised_len(&out.data);
+        out.binary = Some((mime, body.bytes));
+        return Ok(out);
+    }
     let json_type = body.content_type.is_some_and(is_json_type);
     let parsed = (json_type && !body.read_cut)
         .then(|| serde_json::from_slice::<Value>(&body.bytes).ok())
@@ -120,6 +147,52 @@ pub fn shape(api: &Api, body: Body<'_>, select: Option<&Query>) -> Result<Shaped
     out.returned_chars = serialised_len(&fitted);
     out.data = fitted;
     Ok(out)
+}
+
+/// Whether an answer is binary: a media type that is not text (images, audio, video, PDF,
+/// archives, octet streams), or, without a telling type, bytes that are not UTF-8.
+fn is_binary(mime: Option<&str>, bytes: &[u8]) -> bool {
+    let textual = |m: &str| {
+        m.starts_with("text/")
+            || is_json_type(m)
+            || m.ends_with("+xml")
+            || matches!(
+                m,
+                "application/xml"
+                    | "application/javascript"
+                    | "application/x-www-form-urlencoded"
+                    | "application/yaml"
+                    | "application/x-yaml"
+                    | "application/graphql"
+                    | "application/x-ndjson"
+                    | "application/jsonl"
+                    | "application/problem+json"
+            )
+    };
+    match mime {
+        Some(m) if textual(m) => false,
+        Some(m)
+            if m.starts_with("image/")
+                || m.starts_with("audio/")
+                || m.starts_with("video/")
+                || m.starts_with("font/")
+                || matches!(
+                    m,
+                    "application/pdf"
+                        | "application/octet-stream"
+                        | "application/zip"
+                        | "application/gzip"
+                        | "application/x-tar"
+                        | "application/wasm"
+                        | "application/msword"
+                        | "application/vnd.ms-excel"
+                )
+                || m.starts_with("application/vnd.openxmlformats") =>
+        {
+            true
+        }
+        _ => std::str::from_utf8(bytes).is_err(),
+    }
 }
 
 /// `application/json` and `+json` types.

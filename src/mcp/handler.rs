@@ -56,6 +56,8 @@ struct ApiGatewayArgs {
 pub(super) struct Answer {
     result: Value,
     meta: Value,
+    /// Content beside the JSON: an image, an embedded resource or a resource link.
+    blocks: Vec<rmcp::model::ContentBlock>,
 }
 
 fn default_method() -> String {
@@ -377,6 +379,14 @@ impl GatewayMcp {
             *shaped.redacted.entry(kind).or_default() += n;
         }
         record.bytes_out = shaped.original_bytes;
+        let mut blocks = Vec::new();
+        if let Some((mime, bytes)) = shaped.binary.take() {
+            let link = self.binary_block(&api, caller, &mime, bytes)?;
+            if let Some(r) = link.as_resource_link() {
+                shaped.data["resource"] = json!(r.uri);
+            }
+            blocks.push(link);
+        }
         let meta = shaped.meta();
         record.shaping = Some(meta.clone());
         Ok(Answer {
@@ -387,7 +397,82 @@ impl GatewayMcp {
                 "truncated": shaped.truncated,
             }),
             meta,
+            blocks,
         })
+    }
+
+    /// A binary answer as the API's `response.binary` says: an image inline (up to 1 MiB
+    /// unless the API inlines everything), an embedded resource, a link to a stored copy only
+    /// this caller can read, or a refusal.
+    fn binary_block(
+        &self,
+        api: &crate::config::Api,
+        caller: &Caller,
+        mime: &str,
+        bytes: Bytes,
+    ) -> Result<rmcp::model::ContentBlock, GatewayError> {
+        use crate::config::BinaryMode;
+        use base64::Engine;
+        use rmcp::model::{ContentBlock, Resource, ResourceContents};
+        const INLINE_IMAGE_BYTES: usize = 1 << 20;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let image = matches!(
+            mime,
+            "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+        );
+        let mode = api.response.binary;
+        if mode == BinaryMode::Reject {
+            return Err(GatewayError::unsupported_media_type(format!(
+                "API {:?} answered {mime} ({} bytes), and it returns no binary answers \
+                 (response.binary = \"reject\")",
+                api.name,
+                bytes.len()
+            )));
+        }
+        if image && (mode == BinaryMode::Inline || bytes.len() <= INLINE_IMAGE_BYTES) {
+            return Ok(ContentBlock::image(b64(&bytes), mime));
+        }
+        if mode == BinaryMode::Inline {
+            return Ok(ContentBlock::resource(
+                ResourceContents::BlobResourceContents {
+                    uri: format!("{}inline", crate::blobs::URI_PREFIX),
+                    mime_type: Some(mime.to_string()),
+                    blob: b64(&bytes),
+                    meta: None,
+                },
+            ));
+        }
+        let mcp = &self.gateway.config.mcp;
+        let size = bytes.len() as u64;
+        let uri = self
+            .live
+            .blobs
+            .put(
+                &caller.principal.id,
+                mime,
+                bytes,
+                mcp.resource_ttl,
+                mcp.max_resource_bytes,
+            )
+            .ok_or_else(|| {
+                GatewayError::because(
+                    crate::error::Reason::UpstreamResponseTooLarge,
+                    format!(
+                        "the binary answer ({size} bytes) is larger than the gateway keeps \
+                         (mcp.max_resource_bytes)"
+                    ),
+                )
+            })?;
+        let name = format!("{} answer", api.name);
+        Ok(ContentBlock::resource_link(
+            Resource::new(uri, name)
+                .with_mime_type(mime)
+                .with_size(size)
+                .with_description(format!(
+                    "Readable with resources/read by this caller for {} s",
+                    mcp.resource_ttl.as_secs()
+                )),
+        ))
     }
 }
 
@@ -475,6 +560,7 @@ impl Answer {
                 )),
             );
         }
+        r.content.extend(self.blocks);
         if let Value::Object(m) = self.meta {
             r = r.with_meta(Some(rmcp::model::MetaObject(m)));
         }
@@ -532,12 +618,57 @@ fn no_caller() -> McpError {
 
 impl ServerHandler for GatewayMcp {
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        // Resources only where an answer can become a link to read.
+        let links = self
+            .gateway
+            .config
+            .apis
+            .iter()
+            .any(|a| a.response.binary == crate::config::BinaryMode::ResourceLink);
+        let capabilities = if links {
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build()
+        } else {
+            ServerCapabilities::builder().enable_tools().build()
+        };
+        InitializeResult::new(capabilities)
             .with_server_info(Implementation::new("api-gateway-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Call external HTTP APIs with the api_gateway tool; list_apis shows what you may call. \
                  Credentials are injected by the gateway.",
             )
+    }
+
+    /// Reads a binary answer stored behind a `resource_link`: only the caller it was made
+    /// for, and only until `mcp.resource_ttl` has passed.
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
+        use base64::Engine;
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
+        let blob = self
+            .live
+            .blobs
+            .get(&request.uri, &caller.principal.id)
+            .ok_or_else(|| {
+                McpError::resource_not_found(
+                    "no such resource for this caller: it expired (mcp.resource_ttl) or was never yours",
+                    Some(json!({"uri": request.uri})),
+                )
+            })?;
+        Ok(rmcp::model::ReadResourceResult::new(vec![
+            rmcp::model::ResourceContents::BlobResourceContents {
+                uri: request.uri,
+                mime_type: Some(blob.mime),
+                blob: base64::engine::general_purpose::STANDARD.encode(&blob.bytes),
+                meta: None,
+            },
+        ])
+        .into())
     }
 
     async fn list_tools(
