@@ -481,3 +481,110 @@ async fn binary_answers_are_images_links_or_refusals() {
         "{r}"
     );
 }
+
+/// Every shape a result can take validates against the outputSchema its tool declares
+/// (checked with a JSON Schema validator, the `jsonschema` package of the test tools): a
+/// JSON answer, a cut one, text, a binary link, an upstream error status, refusals at
+/// several stages, invalid arguments and invalid selects, and list_apis.
+#[tokio::test]
+async fn every_result_shape_validates_against_the_declared_output_schema() {
+    let up = upstream();
+    let gw = Gateway::start_generated(config(up.port));
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let tools = s.request("tools/list", json!({})).await;
+    let schema_of = |name: &str| {
+        tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["outputSchema"]
+            .clone()
+    };
+    let calls = [
+        ("json", json!({"api": "shaped", "endpoint": "/list"})),
+        ("cut", json!({"api": "shaped", "endpoint": "/huge"})),
+        ("redacted", json!({"api": "shaped", "endpoint": "/leaky"})),
+        ("text", json!({"api": "shaped", "endpoint": "/plain"})),
+        (
+            "upstream 401",
+            json!({"api": "shaped", "endpoint": "/denied"}),
+        ),
+        (
+            "selected",
+            json!({"api": "shaped", "endpoint": "/list", "select": "items[*].id"}),
+        ),
+        (
+            "bad select",
+            json!({"api": "shaped", "endpoint": "/list", "select": "["}),
+        ),
+        (
+            "projected",
+            json!({"api": "projected", "endpoint": "/list"}),
+        ),
+        ("unknown api", json!({"api": "nope", "endpoint": "/"})),
+        (
+            "bad endpoint",
+            json!({"api": "shaped", "endpoint": "/../x"}),
+        ),
+        (
+            "bad method",
+            json!({"api": "shaped", "endpoint": "/x", "method": "DELETE"}),
+        ),
+        ("missing argument", json!({"api": "shaped"})),
+        (
+            "unknown argument",
+            json!({"api": "shaped", "endpoint": "/", "x": 1}),
+        ),
+    ];
+    let mut instances = Vec::new();
+    for (name, args) in calls {
+        let r = s.call("api_gateway", args).await;
+        assert!(r["structuredContent"].is_object(), "{name}: {r}");
+        instances.push(json!({"name": name, "value": r["structuredContent"]}));
+    }
+    let validate = |schema: Value, instances: Vec<Value>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(tools_dir().join("venv/bin/python"))
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/clients/validate_schema.py"),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                json!({"schema": schema, "instances": instances})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["errors"].as_array().unwrap().clone()
+    };
+    let errors = validate(schema_of("api_gateway"), instances);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let list = s.call("list_apis", json!({})).await;
+    let errors = validate(
+        schema_of("list_apis"),
+        vec![json!({"name": "list_apis", "value": list["structuredContent"]})],
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The validator does catch a shape the schema does not declare.
+    let errors = validate(
+        schema_of("api_gateway"),
+        vec![json!({"name": "stray", "value": {"status": 200, "surprise": 1}})],
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}

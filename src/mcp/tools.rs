@@ -118,9 +118,10 @@ impl GatewayMcp {
                 "pointer": {"type": "string", "description": "With invalid_arguments: the JSON pointer of the offending argument"},
                 "expected": {"type": "string", "description": "With invalid_arguments: what the argument must be"}
             },
-            "required": ["status"]
+            "required": ["status"],
+            "additionalProperties": false
         });
-        let read_only = methods.iter().all(|m| *m == "GET");
+        let read_only = methods.iter().all(|m| matches!(*m, "GET" | "HEAD"));
         let mut call = Tool::new(
             "api_gateway",
             format!(
@@ -152,6 +153,29 @@ impl GatewayMcp {
             "List the APIs you may call with api_gateway: names, descriptions, methods and path patterns.",
             as_object(json!({"type": "object", "properties": {}, "additionalProperties": false})),
         );
+        let policy = json!({"type": ["object", "null"], "properties": {
+            "name": {"type": "string"}, "requests": {"type": "integer"},
+            "window_s": {"type": "number"}, "burst": {"type": "integer"}},
+            "required": ["name", "requests", "window_s", "burst"], "additionalProperties": false});
+        list.output_schema = Some(Arc::new(as_object(json!({
+            "type": "object",
+            "properties": {"apis": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "methods": {"type": "array", "items": {"type": "string"}},
+                    "paths": {"type": "array", "items": {"type": "string"}},
+                    "deny_paths": {"type": "array", "items": {"type": "string"}},
+                    "rate_limit": policy.clone(),
+                    "per_user_rate_limit": policy
+                },
+                "required": ["name", "description", "methods", "paths", "deny_paths"],
+                "additionalProperties": false
+            }}},
+            "required": ["apis"],
+            "additionalProperties": false
+        }))));
         list.annotations = Some(
             ToolAnnotations::with_title("List APIs")
                 .read_only(true)
