@@ -243,6 +243,8 @@ reasons! {
     /// The upstream of an API with a credential answered in a `Content-Encoding` the gateway
     /// cannot inspect to mask it.
     UnmaskableEncoding => ("unmaskable_encoding", UpstreamError),
+    /// The upstream's compressed body does not decompress.
+    MalformedUpstreamBody => ("malformed_upstream_body", UpstreamError),
     /// The upstream's body is larger than the API's `response.max_upstream_bytes`.
     UpstreamResponseTooLarge => ("upstream_response_too_large", UpstreamError),
     /// The request head is not valid HTTP/1.1 (on the doors that parse it themselves).

@@ -66,6 +66,9 @@ pub struct ProxyCtx {
     answered: Option<GatewayError>,
     /// Response body bytes received from the upstream so far.
     upstream_bytes: u64,
+    /// With `response.redact.proxy_door`: the whole body, held until its end so it can be
+    /// redacted like an MCP answer (then sent chunked, its length having changed).
+    held: Option<Vec<u8>>,
 }
 
 async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gateway) -> Result<()> {
@@ -217,6 +220,7 @@ impl ProxyHttp for ProxyDoor {
             refusal: None,
             answered: None,
             upstream_bytes: 0,
+            held: None,
         }
     }
 
@@ -379,6 +383,26 @@ impl ProxyHttp for ProxyDoor {
             ctx.refusal = Some(e);
             return Error::e_explain(HTTPStatus(502), "upstream body over its cap");
         }
+        if t.api.response.redact.proxy_door {
+            // The body is redacted whole at its end; its length will change.
+            response.remove_header(&http::header::CONTENT_LENGTH);
+            response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            ctx.held = Some(Vec::new());
+            let redactor = egress::Redactor::for_api(&t.api);
+            let mut counts = Default::default();
+            let changed: Vec<(http::HeaderName, http::HeaderValue)> = response
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    let text = v.to_str().ok()?;
+                    let new = redactor.text(text, &mut counts)?;
+                    Some((k.clone(), http::HeaderValue::from_str(&new).ok()?))
+                })
+                .collect();
+            for (k, v) in changed {
+                response.insert_header(k, v)?;
+            }
+        }
         insert_rate_limit_headers(
             response,
             &t.rate_limits,
@@ -426,6 +450,26 @@ impl ProxyHttp for ProxyDoor {
         end_of_stream: bool,
         ctx: &mut ProxyCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if let (Some(t), Some(held)) = (&ctx.target, ctx.held.as_mut()) {
+            held.extend_from_slice(body.take().as_deref().unwrap_or_default());
+            let cap = t
+                .api
+                .response
+                .proxy_max_bytes
+                .unwrap_or(ctx.gw.config.mcp.max_response_bytes);
+            if held.len() > cap {
+                ctx.refusal = Some(GatewayError::because(
+                    crate::error::Reason::UpstreamResponseTooLarge,
+                    format!("a body redacted on the proxy door is held whole, up to {cap} bytes; this one is larger"),
+                ));
+                return Error::e_explain(HTTPStatus(502), "held body over its cap");
+            }
+            if end_of_stream {
+                let whole = Bytes::from(std::mem::take(held));
+                *body = Some(egress::redact_whole(&t.api, whole));
+            }
+            return Ok(None);
+        }
         if let (Some(t), Some(r)) = (&ctx.target, ctx.redactor.as_mut()) {
             *body = r.push(&t.api, body.take(), end_of_stream);
         }

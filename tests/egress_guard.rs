@@ -428,8 +428,9 @@ fn token_echoes(head: &str) -> Vec<Vec<u8>> {
 
 /// Masking cannot be sidestepped: a token split across two writes is masked on the proxy
 /// door; an API with a credential is asked for plain bodies and a compressed answer is
-/// refused rather than passed unmasked; on the MCP door a cut that falls inside the token
-/// leaves none of it.
+/// refused on the proxy door (the MCP door decompresses it, and refuses one that does not
+/// decompress) rather than passed unmasked; on the MCP door a cut that falls inside the
+/// token leaves none of it.
 #[tokio::test]
 async fn masking_holds_across_chunks_encodings_and_cuts() {
     let up = RawUpstream::start(token_echoes);
@@ -476,8 +477,10 @@ async fn masking_holds_across_chunks_encodings_and_cuts() {
             serde_json::json!({"api": "t", "endpoint": "/gzip"}),
         )
         .await;
+    // The MCP door decompresses gzip to mask and shape it; this "gzip" does not decompress,
+    // so it is refused rather than passed on.
     assert_eq!(
-        r["structuredContent"]["reason"], "unmaskable_encoding",
+        r["structuredContent"]["reason"], "malformed_upstream_body",
         "{r}"
     );
 }

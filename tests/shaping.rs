@@ -42,6 +42,8 @@ fn upstream() -> Upstream {
                 .into_bytes(),
             )),
             "denied" => json(401, json!({"message": format!("bad key {key}")})),
+            // The key in a header the model is shown (Location).
+            "moved" => Some((303, format!("redirect:/elsewhere?key={key}"), Vec::new())),
             "list" => json(
                 200,
                 json!({"items": [{"id": 7, "name": "seven"}, {"id": 8, "name": "eight"}], "next": null}),
@@ -166,6 +168,20 @@ async fn secrets_are_redacted_in_bodies_headers_and_error_bodies() {
         r["_meta"]["redacted"],
         json!({"credential": 2, "github": 1, "json_path": 1})
     );
+
+    // A header the model is shown is redacted too.
+    let r = s
+        .call(
+            "api_gateway",
+            json!({"api": "shaped", "endpoint": "/moved"}),
+        )
+        .await;
+    assert_eq!(r["structuredContent"]["status"], 303, "{r}");
+    assert_eq!(
+        r["structuredContent"]["headers"]["location"], "/elsewhere?key=[REDACTED:credential]",
+        "{r}"
+    );
+    assert!(!r.to_string().contains(SECRET));
 
     // An upstream error body is shaped the same way.
     let r = s
@@ -587,4 +603,131 @@ async fn every_result_shape_validates_against_the_declared_output_schema() {
         vec![json!({"name": "stray", "value": {"status": 200, "surprise": 1}})],
     );
     assert_eq!(errors.len(), 1, "{errors:?}");
+}
+
+/// A raw upstream answering gzip: `/gz` a JSON echo of the credential, `/bomb` 10 MB of
+/// zeros in about 10 KB.
+fn gzip_upstream() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let echo = gz(json!({"seen": SECRET, "token": GITHUB_TOKEN})
+        .to_string()
+        .as_bytes());
+    let bomb = gz(&vec![0u8; 10 << 20]);
+    let (listener, port) = bind_free_port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (echo, bomb) = (echo.clone(), bomb.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let body = if line.contains("/bomb") { bomb } else { echo };
+                let mut w = conn;
+                let _ = w.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = w.write_all(&body);
+            });
+        }
+    });
+    port
+}
+
+/// A gzip answer is decompressed on the MCP door, so it is masked and shaped like any other
+/// (even for an API whose credential must be masked); one that expands more than 100 times
+/// is refused as a bomb.
+#[tokio::test]
+async fn compressed_answers_are_decompressed_with_a_ratio_guard() {
+    let port = gzip_upstream();
+    let gw = Gateway::start_generated(move |(m, p, a)| {
+        format!(
+            "{}{}",
+            server_section((m, p, a), 2),
+            loopback_get_api(
+                "zipped",
+                port,
+                "credentials = { header = \"X-Upstream-Key\", value = \"${AGM_TEST_SECRET}\" }"
+            )
+        )
+    });
+    let mut s = McpSession::connect(&gw.mcp_url()).await;
+    let r = s
+        .call("api_gateway", json!({"api": "zipped", "endpoint": "/gz"}))
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    let data = &r["structuredContent"]["data"];
+    assert_eq!(data["seen"], "[REDACTED:credential]", "{r}");
+    assert_eq!(data["token"], "[REDACTED:github]", "{r}");
+    let r = s
+        .call("api_gateway", json!({"api": "zipped", "endpoint": "/bomb"}))
+        .await;
+    assert_eq!(r["isError"], true);
+    assert_eq!(
+        r["structuredContent"]["reason"], "upstream_response_too_large",
+        "{r}"
+    );
+}
+
+/// An API may opt in to redaction on the proxy door: the body is then held whole, redacted
+/// like an MCP answer, and sent chunked; without the opt-in the proxy door only masks the
+/// credential, at its length.
+#[tokio::test]
+async fn the_proxy_door_redacts_when_the_api_opts_in() {
+    let up = upstream();
+    let gw = Gateway::start_generated(move |(m, p, a)| {
+        let key = "credentials = { header = \"X-Upstream-Key\", value = \"${AGM_TEST_SECRET}\" }";
+        format!(
+            "{}{}[apis.response]\nredact = {{ proxy_door = true, json_paths = [\"$.user.email\"] }}\n\n{}",
+            server_section((m, p, a), 2),
+            loopback_get_api("redacting", up.port, key),
+            loopback_get_api("streaming", up.port, key),
+        )
+    });
+    let c = reqwest::Client::new();
+    let r = c
+        .get(gw.proxy_url("/redacting/leaky"))
+        .header("Host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "its length changed: sent chunked"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["seen_key"], "[REDACTED:credential]");
+    assert_eq!(v["their_token"], "[REDACTED:github]");
+    assert_eq!(v["user"]["email"], "[REDACTED:json_path]");
+    let r = c
+        .get(gw.proxy_url("/streaming/leaky"))
+        .header("Host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains(SECRET) && text.contains(&"*".repeat(SECRET.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains(GITHUB_TOKEN),
+        "without the opt-in only the credential is masked"
+    );
 }

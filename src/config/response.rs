@@ -38,6 +38,7 @@ pub enum BinaryMode {
 struct RawRedact {
     patterns: Option<Vec<String>>,
     json_paths: Option<Vec<String>>,
+    proxy_door: Option<bool>,
 }
 
 /// A compiled JMESPath expression (the `project` of an API, or a caller's `select`).
@@ -133,6 +134,9 @@ pub struct Redaction {
     pub patterns: Vec<SecretKind>,
     /// JSONPath (RFC 9535) expressions whose values are replaced in JSON bodies.
     pub json_paths: Vec<(String, serde_json_path::JsonPath)>,
+    /// Also redact on the proxy door: bodies are then held whole (up to the API's
+    /// `max_upstream_bytes`) and sent chunked. Default false: the proxy door streams.
+    pub proxy_door: bool,
 }
 
 /// How an API's answers are shaped on the MCP door.
@@ -167,6 +171,7 @@ impl Default for ResponseShaping {
             redact: Redaction {
                 patterns: SecretKind::ALL.to_vec(),
                 json_paths: Vec::new(),
+                proxy_door: false,
             },
         }
     }
@@ -229,6 +234,7 @@ pub(super) fn validate(
     });
     let mut redact = d.redact;
     if let Some(r) = raw.redact {
+        redact.proxy_door = r.proxy_door.unwrap_or(false);
         if let Some(names) = r.patterns {
             redact.patterns = Vec::new();
             for (i, name) in names.iter().enumerate() {

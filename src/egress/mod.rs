@@ -29,5 +29,5 @@ pub use self::redact::{
     carries_credential, check_declared_size, check_inspectable, longest_credential_form,
     redact_credential, StreamRedactor, SAFE_RESPONSE_HEADERS,
 };
-pub use self::shape::{is_json_type, shape, Body, Redactor, Shaped};
+pub use self::shape::{decode_body, is_json_type, redact_whole, shape, Body, Redactor, Shaped};
 pub use self::url::{upstream_path_and_query, EndpointPath};

@@ -149,6 +149,89 @@ pub fn shape(api: &Api, body: Body<'_>, select: Option<&Query>) -> Result<Shaped
     Ok(out)
 }
 
+/// A whole body redacted as an MCP answer would be (the credential, the secret formats and,
+/// for JSON, the configured paths), for the proxy door of an API that opts in. Binary
+/// bodies only have the credential masked.
+pub fn redact_whole(api: &Api, body: Bytes) -> Bytes {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return super::redact_credential(api, body);
+    };
+    let mut counts = BTreeMap::new();
+    if !api.response.redact.json_paths.is_empty() {
+        if let Ok(v) = serde_json::from_str::<Value>(text) {
+            let mut v = Redactor::for_api(api).value(v, &mut counts);
+            redact_json_paths(api, &mut v, &mut counts);
+            return Bytes::from(v.to_string());
+        }
+    }
+    match Redactor::for_api(api).text(text, &mut counts) {
+        Some(t) => Bytes::from(t),
+        None => body,
+    }
+}
+
+/// The most a compressed answer may expand: past this ratio it is refused as a bomb.
+pub const MAX_COMPRESSION_RATIO: u64 = 100;
+
+/// A gzip or deflate answer, decompressed so it can be masked and shaped: at most `cap`
+/// bytes and at most [`MAX_COMPRESSION_RATIO`] times its compressed size, or refused
+/// (`upstream_response_too_large`). Returns the body and whether it was decoded; any other
+/// encoding is left to [`super::check_inspectable`].
+pub fn decode_body(
+    api: &Api,
+    headers: &http::HeaderMap,
+    body: Bytes,
+    read_cut: bool,
+    cap: usize,
+) -> Result<(Bytes, bool), GatewayError> {
+    use std::io::Read;
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let too_large = |why: String| {
+        GatewayError::because(
+            Reason::UpstreamResponseTooLarge,
+            format!("the compressed answer of API {:?} {why}", api.name),
+        )
+    };
+    if !matches!(encoding.as_deref(), Some("gzip" | "x-gzip" | "deflate")) {
+        return Ok((body, false));
+    }
+    if read_cut {
+        return Err(too_large(format!(
+            "is larger than response.max_upstream_bytes ({cap}) before decompression"
+        )));
+    }
+    let limit = (cap as u64).min((body.len() as u64).saturating_mul(MAX_COMPRESSION_RATIO));
+    let mut out = Vec::new();
+    let read = if encoding.as_deref() == Some("deflate") {
+        flate2::read::ZlibDecoder::new(&body[..])
+            .take(limit + 1)
+            .read_to_end(&mut out)
+    } else {
+        flate2::read::MultiGzDecoder::new(&body[..])
+            .take(limit + 1)
+            .read_to_end(&mut out)
+    };
+    if let Err(e) = read {
+        return Err(GatewayError::because(
+            Reason::MalformedUpstreamBody,
+            format!(
+                "the compressed answer of API {:?} does not decompress: {e}",
+                api.name
+            ),
+        ));
+    }
+    if out.len() as u64 > limit {
+        return Err(too_large(format!(
+            "expands past {limit} bytes (response.max_upstream_bytes, or {MAX_COMPRESSION_RATIO} times its {} compressed bytes)",
+            body.len()
+        )));
+    }
+    Ok((Bytes::from(out), true))
+}
+
 /// Whether an answer is binary: a media type that is not text (images, audio, video, PDF,
 /// archives, octet streams), or, without a telling type, bytes that are not UTF-8.
 fn is_binary(mime: Option<&str>, bytes: &[u8]) -> bool {

@@ -345,7 +345,6 @@ impl GatewayMcp {
         if let Some(s) = record.span.as_mut() {
             s.upstream_answered(resp.status);
         }
-        egress::check_inspectable(&api, &resp.headers)?;
         let redactor = egress::Redactor::for_api(&api);
         let mut redacted = Default::default();
         let mut safe = Map::new();
@@ -358,9 +357,15 @@ impl GatewayMcp {
             }
         }
         let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
-        let mut bytes = resp.body;
-        let read_cut = resp.truncated || bytes.len() > max_body;
-        if read_cut {
+        let read_cut = resp.truncated || resp.body.len() > max_body;
+        // gzip and deflate are decompressed (bounded) so they can be masked and shaped; an
+        // encoding the gateway cannot read is refused where a credential must be masked.
+        let (mut bytes, decoded) =
+            egress::decode_body(&api, &resp.headers, resp.body, read_cut, max_body)?;
+        if !decoded {
+            egress::check_inspectable(&api, &resp.headers)?;
+        }
+        if read_cut && !decoded {
             // The cap falls where it falls: mask first, then drop what lies past it.
             bytes = egress::redact_credential(&api, bytes);
             bytes.truncate(max_body);
@@ -371,7 +376,9 @@ impl GatewayMcp {
                 bytes,
                 content_type: header(http::header::CONTENT_TYPE),
                 read_cut,
-                declared_len: header(http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+                declared_len: header(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.parse().ok())
+                    .filter(|_| !decoded),
             },
             select.as_ref(),
         )?;
