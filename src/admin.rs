@@ -51,13 +51,8 @@ impl HttpServerApp for AdminApp {
         mut session: ServerSession,
         _shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                crate::listener::answer_unreadable(&mut session, &e).await;
-                return None;
-            }
+        if !crate::listener::read_head(&mut session).await {
+            return None;
         }
         if session.req_header().uri.path() == "/metrics" {
             let body = Bytes::from(crate::telemetry::metrics().render());

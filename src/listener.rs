@@ -428,10 +428,24 @@ impl std::fmt::Debug for HeadClock {
     }
 }
 
+/// Reads a request head for a door that reads its own (MCP, admin): true when there is a
+/// request to serve; otherwise the connection is done, any answer already given (see
+/// [`answer_unreadable`]).
+pub async fn read_head(session: &mut pingora::protocols::http::ServerSession) -> bool {
+    match session.read_request().await {
+        Ok(true) => true,
+        Ok(false) => false,
+        Err(e) => {
+            answer_unreadable(session, &e).await;
+            false
+        }
+    }
+}
+
 /// What a door that reads requests itself (MCP, admin) does when a head cannot be read: a
 /// malformed head is answered 400 `malformed_request`; a head that timed out has had its 408
 /// from [`HeadClock`]; a broken connection gets nothing.
-pub async fn answer_unreadable(
+async fn answer_unreadable(
     session: &mut pingora::protocols::http::ServerSession,
     e: &pingora::Error,
 ) {

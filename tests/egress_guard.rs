@@ -358,51 +358,6 @@ async fn a_query_credential_never_leaves_through_a_redirect_or_an_echo() {
     assert!(!loc.contains(ENCODED) && loc.contains("token=*"), "{loc}");
 }
 
-/// An upstream on a raw socket, for answers the shared one cannot give: a body written in two
-/// parts with a pause between them, a compressed answer, a fixed body. Each request's head is
-/// kept.
-struct RawUpstream {
-    port: u16,
-    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl RawUpstream {
-    fn start(answer: fn(&str) -> Vec<Vec<u8>>) -> RawUpstream {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = heads.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let seen = seen.clone();
-                std::thread::spawn(move || loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match conn.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    seen.lock().unwrap().push(head.clone());
-                    for (i, part) in answer(&head).iter().enumerate() {
-                        if i > 0 {
-                            std::thread::sleep(Duration::from_millis(150));
-                        }
-                        if conn.write_all(part).and_then(|()| conn.flush()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        RawUpstream { port, heads }
-    }
-}
-
 const TOKEN: &str = "s3cr3t-t0ken+value";
 
 /// What the raw upstream answers: `/split` echoes the token in two writes that split it,

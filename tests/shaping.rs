@@ -304,42 +304,26 @@ fn a_bad_projection_is_a_config_error_with_its_key_path() {
 #[tokio::test]
 async fn the_proxy_door_streams_under_the_cap_and_refuses_over_it() {
     // 30 MB with a Content-Length, and 2 MB chunked, from a raw upstream.
-    let (listener, port) = bind_free_port();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let chunked = line.contains("/chunked");
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let mut w = conn;
-                let block = vec![b'z'; 1 << 20];
-                if chunked {
-                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
-                    for _ in 0..2 {
-                        let _ = w.write_all(format!("{:x}\r\n", block.len()).as_bytes());
-                        let _ = w.write_all(&block);
-                        let _ = w.write_all(b"\r\n");
-                    }
-                    let _ = w.write_all(b"0\r\n\r\n");
-                } else {
-                    let _ = w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", 30 * block.len()).as_bytes());
-                    for _ in 0..30 {
-                        if w.write_all(&block).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+    let raw = RawUpstream::start(|head: &str| {
+        let block = vec![b'z'; 1 << 20];
+        let mut out = Vec::new();
+        if head.contains("/chunked") {
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for _ in 0..2 {
+                out.extend_from_slice(format!("{:x}\r\n", block.len()).as_bytes());
+                out.extend_from_slice(&block);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", 30 * block.len()).as_bytes());
+            for _ in 0..30 {
+                out.extend_from_slice(&block);
+            }
         }
+        vec![out]
     });
+    let port = raw.port;
     let gw = Gateway::start_generated(move |(m, p, a)| {
         format!(
             "{}{}[apis.response]\nmax_upstream_bytes = 40000000\n\n{}[apis.response]\nmax_upstream_bytes = 1048576\n",
@@ -607,8 +591,8 @@ async fn every_result_shape_validates_against_the_declared_output_schema() {
 
 /// A raw upstream answering gzip: `/gz` a JSON echo of the credential, `/bomb` 10 MB of
 /// zeros in about 10 KB.
-fn gzip_upstream() -> u16 {
-    use std::io::{BufRead, BufReader, Write};
+fn gzip_upstream() -> RawUpstream {
+    use std::io::Write;
     let gz = |data: &[u8]| {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(data).unwrap();
@@ -618,35 +602,17 @@ fn gzip_upstream() -> u16 {
         .to_string()
         .as_bytes());
     let bomb = gz(&vec![0u8; 10 << 20]);
-    let (listener, port) = bind_free_port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (echo, bomb) = (echo.clone(), bomb.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let body = if line.contains("/bomb") { bomb } else { echo };
-                let mut w = conn;
-                let _ = w.write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-                let _ = w.write_all(&body);
-            });
-        }
-    });
-    port
+    RawUpstream::start(move |head: &str| {
+        let body = if head.contains("/bomb") { &bomb } else { &echo };
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        vec![out]
+    })
 }
 
 /// A gzip answer is decompressed on the MCP door, so it is masked and shaped like any other
@@ -654,7 +620,8 @@ fn gzip_upstream() -> u16 {
 /// is refused as a bomb.
 #[tokio::test]
 async fn compressed_answers_are_decompressed_with_a_ratio_guard() {
-    let port = gzip_upstream();
+    let up = gzip_upstream();
+    let port = up.port;
     let gw = Gateway::start_generated(move |(m, p, a)| {
         format!(
             "{}{}",

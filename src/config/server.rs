@@ -134,6 +134,29 @@ pub(super) fn validate_proxy(
     }
 }
 
+/// A duration setting with a floor: below it is an error naming `key`.
+fn at_least(
+    errors: &mut Vec<ConfigError>,
+    key: &str,
+    raw: Option<HumanDuration>,
+    min: Duration,
+    default: Duration,
+) -> Duration {
+    match raw {
+        Some(d) if d.0 < min => {
+            let shown = if min.subsec_millis() != 0 || min.as_secs() == 0 {
+                format!("{}ms", min.as_millis())
+            } else {
+                format!("{}s", min.as_secs())
+            };
+            errors.push(err(key, format!("must be at least {shown}")));
+            d.0
+        }
+        Some(d) => d.0,
+        None => default,
+    }
+}
+
 /// `SECTION.allowed_origins`: each with its scheme (`null` is accepted as written); a port
 /// of `*` accepts any port.
 fn origins(section: &str, raw: Option<Vec<String>>, errors: &mut Vec<ConfigError>) -> Vec<String> {
@@ -239,14 +262,13 @@ pub(super) fn validate_server(raw: RawServer, errors: &mut Vec<ConfigError>) -> 
         drain_delay: raw.drain_delay.map_or(Duration::ZERO, |d| d.0),
         tls: tls::validate(raw.tls, errors),
         watch_config: raw.watch_config.unwrap_or(true),
-        watch_interval: match raw.watch_interval {
-            Some(d) if d.0 < Duration::from_millis(100) => {
-                errors.push(err("server.watch_interval", "must be at least 100ms"));
-                d.0
-            }
-            Some(d) => d.0,
-            None => Duration::from_secs(2),
-        },
+        watch_interval: at_least(
+            errors,
+            "server.watch_interval",
+            raw.watch_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ),
         max_connections: raw
             .max_connections
             .map(|n| positive(errors, "server.max_connections", Some(n), n)),
@@ -256,14 +278,13 @@ pub(super) fn validate_server(raw: RawServer, errors: &mut Vec<ConfigError>) -> 
             raw.admin_max_connections,
             64,
         ),
-        request_head_timeout: match raw.request_head_timeout {
-            Some(d) if d.0 < Duration::from_millis(100) => {
-                errors.push(err("server.request_head_timeout", "must be at least 100ms"));
-                d.0
-            }
-            Some(d) => d.0,
-            None => Duration::from_secs(10),
-        },
+        request_head_timeout: at_least(
+            errors,
+            "server.request_head_timeout",
+            raw.request_head_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        ),
     }
 }
 
@@ -311,22 +332,20 @@ pub(super) fn validate_mcp(
             raw.max_sessions_per_caller,
             100,
         ),
-        session_idle_timeout: match raw.session_idle_timeout {
-            Some(d) if d.0 < Duration::from_secs(1) => {
-                errors.push(err("mcp.session_idle_timeout", "must be at least 1s"));
-                d.0
-            }
-            Some(d) => d.0,
-            None => Duration::from_secs(300),
-        },
-        resource_ttl: match raw.resource_ttl {
-            Some(d) if d.0 < Duration::from_secs(1) => {
-                errors.push(err("mcp.resource_ttl", "must be at least 1s"));
-                d.0
-            }
-            Some(d) => d.0,
-            None => Duration::from_secs(600),
-        },
+        session_idle_timeout: at_least(
+            errors,
+            "mcp.session_idle_timeout",
+            raw.session_idle_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        ),
+        resource_ttl: at_least(
+            errors,
+            "mcp.resource_ttl",
+            raw.resource_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        ),
         max_resource_bytes: positive(
             errors,
             "mcp.max_resource_bytes",

@@ -233,13 +233,8 @@ impl HttpServerApp for McpHttpApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                crate::listener::answer_unreadable(&mut session, &e).await;
-                return None;
-            }
+        if !crate::listener::read_head(&mut session).await {
+            return None;
         }
         // This request is served on the config that is current now, to its end, and a
         // graceful shutdown waits for it.

@@ -1026,3 +1026,52 @@ pub fn tools_dir() -> PathBuf {
     );
     dir
 }
+
+/// An upstream on a raw socket, for answers the shared one cannot give: a body written in two
+/// parts with a pause between them, a compressed answer, a fixed body. Each request's head is
+/// kept.
+pub struct RawUpstream {
+    pub port: u16,
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawUpstream {
+    /// `answer` gives the parts to write for a request head; parts after the first are
+    /// written 150 ms apart.
+    pub fn start(answer: impl Fn(&str) -> Vec<Vec<u8>> + Send + Sync + 'static) -> RawUpstream {
+        let answer = std::sync::Arc::new(answer);
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let seen = seen.clone();
+                let answer = answer.clone();
+                std::thread::spawn(move || loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    seen.lock().unwrap().push(head.clone());
+                    for (i, part) in answer(&head).iter().enumerate() {
+                        if i > 0 {
+                            std::thread::sleep(Duration::from_millis(150));
+                        }
+                        if conn.write_all(part).and_then(|()| conn.flush()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { port, heads }
+    }
+}
