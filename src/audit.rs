@@ -53,6 +53,12 @@ pub struct AuditEvent {
     pub error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// The admission stage and the rule that refused (always recorded, whatever
+    /// `security.explain_denials` lets the caller see).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     /// The rate-limit policy that refused, or the tightest remaining count when admitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Value>,
@@ -88,6 +94,8 @@ impl AuditEvent {
             decision: "allow",
             error: None,
             reason: None,
+            stage: None,
+            rule: None,
             rate_limit: None,
             upstream_ms: None,
             bytes_in: 0,
@@ -114,6 +122,8 @@ impl AuditEvent {
         };
         self.error = Some(e.kind.code());
         self.reason = e.reason.map(crate::error::Reason::code);
+        self.stage = e.stage.map(crate::error::Stage::as_str);
+        self.rule = e.rule.clone();
         if let Some(d) = &e.rate_limit {
             self.rate_limit = Some(serde_json::json!({
                 "policy": d.policy,

@@ -191,13 +191,14 @@ pub fn problem(
     e: &GatewayError,
     host: Option<&str>,
 ) -> pingora::Result<(ResponseHeader, Bytes)> {
+    let e = e.for_caller(config.explain_denials);
     let body = Bytes::from(e.problem_json().to_string());
     let mut h = ResponseHeader::build(e.kind.status(), Some(7))?;
     if e.kind == ErrorKind::Unauthorized {
         let url = crate::auth::metadata_url(config, host);
         h.insert_header(
             http::header::WWW_AUTHENTICATE,
-            crate::auth::www_authenticate(e, &url),
+            crate::auth::www_authenticate(&e, &url),
         )?;
     }
     h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;

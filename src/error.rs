@@ -322,6 +322,9 @@ pub struct GatewayError {
     pub reason: Option<Reason>,
     /// The admission stage that refused, when admission did.
     pub stage: Option<Stage>,
+    /// The rule that refused, by its config key path (`apis[github].deny_paths[1]`,
+    /// `rbac.roles[2].deny[0]`) or a `builtin.*` name for rules that are not configured.
+    pub rule: Option<String>,
     /// More machine-readable fields for the caller (`pointer` and `expected` of an invalid
     /// argument), added to both the problem and the tool error.
     pub details: Option<Box<serde_json::Map<String, Value>>>,
@@ -343,7 +346,40 @@ impl GatewayError {
             rate_limit: None,
             reason: None,
             stage: None,
+            rule: None,
             details: None,
+        }
+    }
+
+    /// Names the rule that refused (the first name stays).
+    pub fn by_rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule.get_or_insert_with(|| rule.into());
+        self
+    }
+
+    /// What an untrusted caller is told (`security.explain_denials`): `full` keeps the stage,
+    /// the rule and the pattern that matched; `rule` the stage and the rule; `none` neither
+    /// (the audit record keeps them always).
+    pub fn for_caller(&self, shown: crate::types::ExplainDenials) -> std::borrow::Cow<'_, Self> {
+        use crate::types::ExplainDenials;
+        let pattern = self
+            .details
+            .as_ref()
+            .is_some_and(|d| d.contains_key("pattern"));
+        match shown {
+            ExplainDenials::Full => std::borrow::Cow::Borrowed(self),
+            ExplainDenials::Rule if !pattern => std::borrow::Cow::Borrowed(self),
+            _ => {
+                let mut e = self.clone();
+                if let Some(d) = e.details.as_mut() {
+                    d.remove("pattern");
+                }
+                if shown == ExplainDenials::None {
+                    e.stage = None;
+                    e.rule = None;
+                }
+                std::borrow::Cow::Owned(e)
+            }
         }
     }
 
@@ -429,6 +465,7 @@ impl GatewayError {
             rate_limit: Some(Box::new(denial)),
             reason: None,
             stage: None,
+            rule: None,
             details: None,
         }
     }
@@ -438,6 +475,9 @@ impl GatewayError {
         v["reason"] = json!(self.reason_code());
         if let Some(s) = self.stage {
             v["stage"] = json!(s.as_str());
+        }
+        if let Some(r) = &self.rule {
+            v["rule"] = json!(r);
         }
         if let Some(d) = &self.details {
             for (k, x) in d.iter() {

@@ -12,6 +12,7 @@ pub mod call;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod explain;
 pub mod gateway;
 pub mod listener;
 pub mod mcp;

@@ -22,6 +22,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the MCP, proxy and admin listeners. Without --config, the embedded defaults
@@ -39,6 +41,48 @@ enum Command {
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Show how the gateway would judge a call, stage by stage, without making it: which
+    /// rule refuses, or the upstream URL, credential mode and rate limits of an admitted
+    /// call. Exit 0 admitted, 3 refused, 2 config or usage error.
+    Explain {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The door the call comes through.
+        #[arg(long, value_parser = ["mcp", "proxy"])]
+        door: String,
+        #[arg(long)]
+        api: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The path under the API, e.g. /repos/o/r (a ?query may follow).
+        #[arg(long)]
+        endpoint: String,
+        /// A query parameter, k=v (repeatable).
+        #[arg(long, value_name = "K=V")]
+        query: Vec<String>,
+        /// A request header, 'K: V' (repeatable).
+        #[arg(long, value_name = "K: V")]
+        header: Vec<String>,
+        /// Authenticate with this API key.
+        #[arg(long, conflicts_with_all = ["jwt", "principal"])]
+        key: Option<String>,
+        /// Authenticate with this bearer token.
+        #[arg(long, conflicts_with = "principal")]
+        jwt: Option<String>,
+        /// State the caller instead of authenticating: '{"subject": "alice", "roles": ["reader"]}'
+        /// (stages address to signature are then skipped).
+        #[arg(long, value_name = "JSON")]
+        principal: Option<String>,
+        /// The client address (default 127.0.0.1).
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Also resolve the API's host and put its addresses past the SSRF guard.
+        #[arg(long)]
+        resolve: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 when the gateway's admin listener answers /healthz (for container health
     /// checks in images without a shell or curl).
@@ -220,6 +264,92 @@ fn main() -> ExitCode {
             }
         },
         Command::Health { admin } => health(&admin),
+        Command::Explain {
+            config,
+            door,
+            api,
+            method,
+            endpoint,
+            query,
+            header,
+            key,
+            jwt,
+            principal,
+            ip,
+            resolve,
+            json,
+        } => {
+            let usage = |e: String| {
+                eprintln!("explain: {e}");
+                ExitCode::from(2)
+            };
+            let cfg = match Config::load(&config) {
+                Ok(c) => std::sync::Arc::new(c),
+                Err(errors) => {
+                    return usage(format!(
+                        "{}: invalid configuration:\n{errors}",
+                        config.display()
+                    ))
+                }
+            };
+            let pairs = |list: Vec<String>, sep: char, what: &str| {
+                list.into_iter()
+                    .map(|x| {
+                        x.split_once(sep)
+                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                            .ok_or_else(|| format!("--{what} {x:?}: expected K{sep}V"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let described = (|| -> Result<_, String> {
+                Ok(api_gateway_mcp::explain::Described {
+                    door: if door == "mcp" {
+                        api_gateway_mcp::types::Door::Mcp
+                    } else {
+                        api_gateway_mcp::types::Door::Proxy
+                    },
+                    api,
+                    method: http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| format!("--method {method:?} is not a method"))?,
+                    endpoint,
+                    query: pairs(query, '=', "query")?,
+                    headers: pairs(header, ':', "header")?,
+                    key,
+                    jwt,
+                    principal: principal
+                        .map(|p| serde_json::from_str(&p).map_err(|e| format!("--principal: {e}")))
+                        .transpose()?,
+                    ip,
+                    resolve,
+                })
+            })();
+            let described = match described {
+                Ok(d) => d,
+                Err(e) => return usage(e),
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return usage(e.to_string()),
+            };
+            match rt.block_on(api_gateway_mcp::explain::explain(cfg, &described)) {
+                Ok(doc) => {
+                    if json {
+                        println!("{doc}");
+                    } else {
+                        print!("{}", api_gateway_mcp::explain::text(&doc));
+                    }
+                    if doc["decision"] == "admitted" {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    }
+                }
+                Err(e) => usage(e),
+            }
+        }
         Command::Audit {
             command: AuditCommand::Verify { file, sqlite },
         } => audit_verify(file, sqlite),

@@ -189,11 +189,12 @@ async fn a_reload_under_load_loses_no_request() {
     for i in 0..12 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let more = if i % 2 == 0 { other.as_str() } else { "" };
-        std::fs::write(
+        // Written whole, then renamed into place (as a ConfigMap update is): a slow test
+        // thread must not leave a half-written file long enough for the watch to try it.
+        replace_file(
             &gw.config_path,
-            config(ports, up.port, 1_000_000, more, watch),
-        )
-        .unwrap();
+            &config(ports, up.port, 1_000_000, more, watch),
+        );
         if i % 2 == 0 {
             send_signal(&gw, "-HUP");
         }
@@ -335,4 +336,11 @@ async fn sigterm_under_load_completes_every_accepted_request() {
         fast_seen, ok,
         "every answered call reached the upstream once"
     );
+}
+
+/// Replaces a file atomically: written beside it, then renamed over it.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

@@ -153,6 +153,8 @@ pub struct Config {
     pub apis: Vec<Arc<Api>>,
     pub tracing: TracingConfig,
     pub metrics: MetricsConfig,
+    /// `[security] explain_denials`: how much a refused caller is told of the rule.
+    pub explain_denials: crate::types::ExplainDenials,
 }
 
 impl Config {
@@ -269,6 +271,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         ),
     };
     let signatures = access::validate_signatures(raw.security.signatures, &mut errors);
+    let explain_denials = raw.security.explain_denials.unwrap_or_default();
 
     let rate_limits = ratelimit::validate_rate_limits(raw.rate_limits, &mut errors);
 
@@ -330,6 +333,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             apis,
             tracing,
             metrics,
+            explain_denials,
         })
     } else {
         Err(ConfigErrors(errors))

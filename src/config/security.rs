@@ -21,6 +21,7 @@ pub(super) struct RawSecurity {
     pub(super) ip_deny: Option<Vec<String>>,
     pub(super) trusted_proxies: Option<Vec<String>>,
     pub(super) signatures: Option<super::access::RawSignatures>,
+    pub(super) explain_denials: Option<crate::types::ExplainDenials>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -577,7 +577,8 @@ impl Answer {
 
 /// An `isError` result for a refusal or failure: the structured error, and a first text line
 /// the model can act on.
-fn tool_error(e: &GatewayError) -> CallToolResult {
+fn tool_error(e: &GatewayError, shown: crate::types::ExplainDenials) -> CallToolResult {
+    let e = e.for_caller(shown);
     let v = e.tool_error_json();
     let mut r = CallToolResult::structured_error(v);
     r.content
@@ -727,7 +728,7 @@ impl ServerHandler for GatewayMcp {
                     Ok(a) => a,
                     // A model reads a tool error and can fix its call; a protocol error it
                     // may never see.
-                    Err(e) => return Ok(tool_error(&e).into()),
+                    Err(e) => return Ok(tool_error(&e, this.gateway.config.explain_denials).into()),
                 };
                 let method = args.method.to_ascii_uppercase();
                 let mut record = CallRecord::open(
@@ -749,7 +750,7 @@ impl ServerHandler for GatewayMcp {
                 record.finish(&this.gateway, status, error);
                 let result = match outcome {
                     Ok(a) => a.into_result(),
-                    Err(e) => tool_error(&e),
+                    Err(e) => tool_error(&e, this.gateway.config.explain_denials),
                 };
                 Ok(result.into())
             }

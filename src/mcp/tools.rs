@@ -114,6 +114,8 @@ impl GatewayMcp {
                 "policy": {"type": "string", "description": "With error rate_limited: the policy that refused"},
                 "reason": {"type": "string", "description": "The finest machine-readable reason, e.g. token_expired, ip_denied, upstream_status"},
                 "stage": {"type": "string", "description": "On a refusal: the admission stage that refused"},
+                "rule": {"type": "string", "description": "On a refusal: the rule that refused, by config key (apis[x].deny_paths[1], rbac.roles[0].deny[0]) or builtin.* name"},
+                "pattern": {"type": "string", "description": "With security.explain_denials = \"full\": the path pattern of the deny rule that matched"},
                 "retryable": {"type": "boolean", "description": "On an upstream error status: whether a retry may succeed"},
                 "pointer": {"type": "string", "description": "With invalid_arguments: the JSON pointer of the offending argument"},
                 "expected": {"type": "string", "description": "With invalid_arguments: what the argument must be"}

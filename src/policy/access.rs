@@ -35,7 +35,8 @@ pub fn check_host_origin(rules: &BrowserRules, headers: &HeaderMap) -> Result<()
                         "Host {:?} is not served here; add it to {section}.allowed_hosts",
                         truncate_chars(name, 64)
                     ),
-                ));
+                )
+                .by_rule(format!("{section}.allowed_hosts")));
             }
         }
     }
@@ -49,7 +50,8 @@ pub fn check_host_origin(rules: &BrowserRules, headers: &HeaderMap) -> Result<()
                      {section}.allowed_origins",
                     truncate_chars(origin, 64)
                 ),
-            ));
+            )
+            .by_rule(format!("{section}.allowed_origins")));
         }
     }
     Ok(())
@@ -174,16 +176,16 @@ pub fn check_ip(rules: &IpRules, ip: Option<IpAddr>) -> Result<(), GatewayError>
     };
     match ip {
         Some(ip) => {
-            if rules.deny.iter().any(|n| n.contains(&ip)) {
-                return Err(denied());
+            if let Some(i) = rules.deny.iter().position(|n| n.contains(&ip)) {
+                return Err(denied().by_rule(format!("security.ip_deny[{i}]")));
             }
             if !rules.allow.is_empty() && !rules.allow.iter().any(|n| n.contains(&ip)) {
-                return Err(denied());
+                return Err(denied().by_rule("security.ip_allow"));
             }
             Ok(())
         }
         None if rules.allow.is_empty() && rules.deny.is_empty() => Ok(()),
-        None => Err(denied()),
+        None => Err(denied().by_rule("security.ip_allow")),
     }
 }
 
@@ -284,34 +286,51 @@ impl Access<'_> {
         p.roles.is_empty() && p.allowed_apis.is_some()
     }
 
-    /// Whether the principal may call `method` on this path of the API. Deny rules win, and
-    /// read the path as [`RequestPath`] says; allow rules compare as `case` says.
-    pub fn permits(
+    /// Whether the principal may call `method` on this path of the API, and if not, the rule
+    /// that refuses. Deny rules win, and read the path as [`RequestPath`] says; allow rules
+    /// compare as `case` says. The refusing rule is the key's `allowed_apis`, the deny rule
+    /// that matched (`rbac.roles[i].deny[j]`, with its pattern), or `rbac.roles`
+    /// when no grant of the caller's roles covers the call.
+    pub fn decide(
         &self,
         p: &Principal,
         api: &str,
         method: &Method,
         path: &RequestPath<'_>,
         case: Case,
-    ) -> bool {
+    ) -> Result<(), (String, Option<String>)> {
         if !Self::key_allows_api(p, api) {
-            return false;
+            return Err(("auth.api_keys.allowed_apis".to_string(), None));
         }
         if !self.rbac.enabled() {
-            return true;
+            return Ok(());
         }
-        if self.roles(p).any(|r| {
-            r.deny
-                .iter()
-                .any(|g| g.covers(api, method, |pat| path.denied_by(pat)))
-        }) {
-            return false;
+        for (i, r) in self.rbac.roles.iter().enumerate() {
+            if !p.roles.contains(&r.name) {
+                continue;
+            }
+            for (j, g) in r.deny.iter().enumerate() {
+                if g.covers(api, method, |pat| path.denied_by(pat)) {
+                    let shown = g
+                        .paths
+                        .iter()
+                        .map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err((format!("rbac.roles[{i}].deny[{j}]"), Some(shown)));
+                }
+            }
         }
-        self.roles(p).any(|r| {
+        let granted = self.roles(p).any(|r| {
             r.allow
                 .iter()
                 .any(|g| g.covers(api, method, |pat| path.allowed_by(pat, case)))
-        }) || Self::key_list_is_grant(p)
+        }) || Self::key_list_is_grant(p);
+        if granted {
+            Ok(())
+        } else {
+            Err(("rbac.roles".to_string(), None))
+        }
     }
 
     /// The API's methods this principal may use somewhere on it: what `tools/list` and
@@ -478,13 +497,14 @@ mod tests {
         };
         let a = Access { rbac: &rbac };
         let permits = |p: &Principal, api: &str, m: Method, segments: &[&str]| {
-            a.permits(
+            a.decide(
                 p,
                 api,
                 &m,
                 &RequestPath::new(segments.to_vec()),
                 Case::Sensitive,
             )
+            .is_ok()
         };
         let mut p = Principal {
             id: "u".into(),

@@ -18,7 +18,7 @@ pub use crate::auth::Caller;
 use crate::auth::{unauthorized, Authenticator, Principal};
 use crate::config::{Api, Config};
 use crate::egress::{upstream_path_and_query, Egress, EndpointPath};
-use crate::error::{GatewayError, Reason, Stage};
+use crate::error::{ErrorKind, GatewayError, Reason, Stage};
 use crate::ratelimit::{Limiter, PolicyState, RedisLimiter};
 use crate::trace::TraceContext;
 pub use crate::types::Door;
@@ -28,6 +28,52 @@ pub mod body;
 pub mod limits;
 pub mod outbound;
 pub mod paths;
+/// Names the rule of a refusal that did not name its own: the config key (or `builtin.*`
+/// rule) its stage and reason point at, so every refusal carries one.
+fn name_rule(e: GatewayError, api: Option<&str>) -> GatewayError {
+    if e.rule.is_some() {
+        return e;
+    }
+    let api_key = |key: &str| match api {
+        Some(a) => format!("apis[{a}].{key}"),
+        None => format!("apis.{key}"),
+    };
+    let rule = match (e.stage, e.reason, e.kind) {
+        (_, Some(Reason::ConnectMethod), _) => "builtin.connect".to_string(),
+        (_, Some(Reason::AmbiguousFraming), _) => "builtin.framing".to_string(),
+        (_, _, ErrorKind::HeadersTooLarge) => "security.request.max_headers".to_string(),
+        (_, Some(Reason::MissingCredentials), _) => "auth.required".to_string(),
+        (_, Some(Reason::MethodNotEnabled), _) => "auth.methods".to_string(),
+        (_, Some(Reason::InvalidApiKey | Reason::RevokedApiKey), _) => "auth.api_keys".to_string(),
+        (_, Some(Reason::InactiveToken | Reason::IntrospectionUnavailable), _) => {
+            "auth.oauth2".to_string()
+        }
+        (Some(Stage::Authentication), _, _) => "auth.jwt".to_string(),
+        (Some(Stage::Signature), _, _) => "security.signatures".to_string(),
+        (_, Some(Reason::SignatureMissing), _) => api_key("require_signature"),
+        (_, _, ErrorKind::UnknownApi) => "apis".to_string(),
+        (_, _, ErrorKind::InvalidEndpoint) => "builtin.endpoint".to_string(),
+        (_, _, ErrorKind::PayloadTooLarge) => "security.request.max_body_size".to_string(),
+        (_, _, ErrorKind::UnsupportedMediaType) => {
+            "security.request.allowed_content_types".to_string()
+        }
+        (Some(Stage::Body), _, _) => "security.signatures".to_string(),
+        (_, Some(Reason::CredentialHeader), _) => api_key("credentials"),
+        (Some(Stage::Headers), _, _) => "builtin.outbound_headers".to_string(),
+        (Some(Stage::Audit), _, _) => "audit.on_failure".to_string(),
+        (_, _, ErrorKind::RateLimited) => match &e.rate_limit {
+            Some(d) => format!("rate_limits[{}]", d.policy),
+            None => "rate_limits".to_string(),
+        },
+        (_, _, ErrorKind::LimiterUnavailable) => "rate_limits.redis.on_error".to_string(),
+        (_, _, ErrorKind::EgressDenied) => api_key("allow_private_network"),
+        (Some(Stage::Destination), _, _) => "builtin.dns".to_string(),
+        (Some(s), _, _) => format!("builtin.{}", s.as_str()),
+        (None, _, _) => return e,
+    };
+    e.by_rule(rule)
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -118,6 +164,21 @@ pub struct Refused {
 
 /// The verdict of [`Pipeline::admit`].
 pub type Outcome = Result<Admitted, Box<Refused>>;
+
+/// What [`Pipeline::explain`] found: the verdict the doors would reach, and the rate-limit
+/// policies that would count the call (not consumed). Without `resolve`, an admitted call's
+/// `addr` is unspecified (`0.0.0.0`).
+pub struct Explanation {
+    pub outcome: Outcome,
+    pub rate_limits: Vec<String>,
+}
+
+/// Whether the stages act (count limits, resolve, consult the audit trail) or only judge.
+#[derive(Clone, Copy)]
+enum Mode {
+    Enforce,
+    Explain { resolve: bool },
+}
 
 /// The admission order. Built once per config, shared by every request.
 pub struct Pipeline {
@@ -225,11 +286,66 @@ impl Pipeline {
                 error,
             })
         };
-        self.judge(call, &caller).await.map_err(refuse)
+        self.judge(call, &caller)
+            .await
+            .map_err(|e| refuse(name_rule(e, Some(call.api))))
+    }
+
+    /// Runs [`Pipeline::admit`]'s stages without their side effects, for `explain`: rate
+    /// limits are named, not counted; the audit trail's health is not consulted; the
+    /// destination is resolved (and put past the SSRF guard) only with `resolve`.
+    pub async fn explain(&self, call: &Call<'_>, resolve: bool) -> Explanation {
+        let caller = match &call.who {
+            Who::Request(req) => match self.identify(req).await {
+                Ok(c) => Arc::new(c),
+                Err(error) => {
+                    return Explanation {
+                        outcome: Err(Box::new(Refused {
+                            caller: None,
+                            error,
+                        })),
+                        rate_limits: Vec::new(),
+                    }
+                }
+            },
+            Who::Identified(c) => c.clone(),
+        };
+        let outcome = self
+            .judge_with(call, &caller, Mode::Explain { resolve })
+            .await
+            .map_err(|e| {
+                Box::new(Refused {
+                    caller: Some(caller.clone()),
+                    error: name_rule(e, Some(call.api)),
+                })
+            });
+        let rate_limits = match &outcome {
+            Ok(a) => {
+                let path = paths::RequestPath::new(a.endpoint.decoded_segments());
+                limits::applicable(&self.config.rate_limits, &a.api, &path, &caller)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        Explanation {
+            outcome,
+            rate_limits,
+        }
     }
 
     /// Stages 5–12 of [`Pipeline::admit`], for an identified caller.
     async fn judge(&self, call: &Call<'_>, caller: &Arc<Caller>) -> Result<Admitted, GatewayError> {
+        self.judge_with(call, caller, Mode::Enforce).await
+    }
+
+    async fn judge_with(
+        &self,
+        call: &Call<'_>,
+        caller: &Arc<Caller>,
+        mode: Mode,
+    ) -> Result<Admitted, GatewayError> {
         let principal = &caller.principal;
 
         // 5–6. API, endpoint, method, path, RBAC.
@@ -279,22 +395,31 @@ impl Pipeline {
         .map_err(|e| e.at(Stage::Headers))?;
 
         // 9. The audit trail can record the call.
-        if let Some(a) = &self.audit {
+        if let (Some(a), Mode::Enforce) = (&self.audit, mode) {
             a.admit().map_err(|e| e.at(Stage::Audit))?;
         }
 
         // 10. Rate limits, last of the judgements: a call refused above costs no quota.
-        let rate_limits =
-            limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller)
-                .await
-                .map_err(|e| e.at(Stage::RateLimit))?;
+        let rate_limits = match mode {
+            Mode::Enforce => {
+                limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller)
+                    .await
+                    .map_err(|e| e.at(Stage::RateLimit))?
+            }
+            Mode::Explain { .. } => Vec::new(),
+        };
 
         // 11. Destination: DNS, and every address past the SSRF guard.
-        let addr = self
-            .egress
-            .resolve(api)
-            .await
-            .map_err(|e| e.at(Stage::Destination))?;
+        let addr = match mode {
+            Mode::Explain { resolve: false } => {
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), api.base.port)
+            }
+            _ => self
+                .egress
+                .resolve(api)
+                .await
+                .map_err(|e| e.at(Stage::Destination))?,
+        };
 
         // 12. The upstream target, with a query credential when the API puts it there.
         let path_and_query = upstream_path_and_query(api, &endpoint, call.query);
@@ -312,6 +437,12 @@ impl Pipeline {
 
     /// Stages 1–4 of [`Pipeline::admit`]: establishes who is calling.
     pub async fn identify(&self, req: &CallerRequest<'_>) -> Result<Caller, GatewayError> {
+        self.identify_stages(req)
+            .await
+            .map_err(|e| name_rule(e, None))
+    }
+
+    async fn identify_stages(&self, req: &CallerRequest<'_>) -> Result<Caller, GatewayError> {
         let cfg = &self.config;
         // 1. Client address and IP rules.
         let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
@@ -419,12 +550,18 @@ impl Pipeline {
         api.ok_or_else(|| {
             let name = crate::types::truncate_chars(name, 64);
             if hides {
+                // The same rule for both, so the rule does not tell them apart either.
                 GatewayError::because(
                     Reason::NotPermitted,
                     format!(
                         "API {name:?} is not available to you; call list_apis for what you may use"
                     ),
                 )
+                .by_rule(if self.config.rbac.enabled() {
+                    "rbac.roles"
+                } else {
+                    "auth.api_keys.allowed_apis"
+                })
             } else {
                 GatewayError::unknown_api(format!(
                     "no API named {name:?} is configured; call list_apis for the catalogue"
@@ -470,26 +607,33 @@ impl Pipeline {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            ));
+            )
+            .by_rule(format!("apis[{}].methods", api.name)));
         }
         let case = api.path_case();
-        if api.deny_paths.iter().any(|p| path.denied_by(p))
-            || !api.paths.iter().any(|p| path.allowed_by(p, case))
-        {
-            return Err(GatewayError::because(
+        let not_allowed = || {
+            GatewayError::because(
                 Reason::PathNotAllowed,
                 format!(
                     "path {} is not allowed for API {:?}",
                     endpoint.path(),
                     api.name
                 ),
-            ));
+            )
+        };
+        if let Some(i) = api.deny_paths.iter().position(|p| path.denied_by(p)) {
+            return Err(not_allowed()
+                .by_rule(format!("apis[{}].deny_paths[{i}]", api.name))
+                .with_detail("pattern", serde_json::json!(api.deny_paths[i].as_str())));
         }
-        if !self
+        if !api.paths.iter().any(|p| path.allowed_by(p, case)) {
+            return Err(not_allowed().by_rule(format!("apis[{}].paths", api.name)));
+        }
+        if let Err((rule, pattern)) = self
             .access()
-            .permits(principal, &api.name, method, path, case)
+            .decide(principal, &api.name, method, path, case)
         {
-            return Err(GatewayError::because(
+            let e = GatewayError::because(
                 Reason::NotPermitted,
                 format!(
                     "{} {} on API {:?} is not permitted for your roles",
@@ -497,7 +641,12 @@ impl Pipeline {
                     endpoint.path(),
                     api.name
                 ),
-            ));
+            )
+            .by_rule(rule);
+            return Err(match pattern {
+                Some(p) => e.with_detail("pattern", serde_json::json!(p)),
+                None => e,
+            });
         }
         Ok(())
     }

@@ -1038,3 +1038,82 @@ require_signature = true
         .unwrap_err();
     assert_eq!(e.reason_code(), "not_permitted");
 }
+
+/// Every refusal names its stage and the rule that refused, by config key or builtin name.
+#[test]
+fn refusals_name_their_stage_and_rule() {
+    let p = pipeline();
+    let named = |r: &Req| {
+        let e = run(&p, r).expect_err("refused");
+        (
+            e.stage.map(Stage::as_str).unwrap_or("-"),
+            e.rule.clone().unwrap_or_default(),
+        )
+    };
+    let cases: Vec<(Req, (&str, &str))> = vec![
+        (
+            Req::new().peer("127.9.0.1"),
+            ("address", "security.ip_deny[0]"),
+        ),
+        (
+            Req::new().header("host", "rebound.example"),
+            ("request", "proxy.allowed_hosts"),
+        ),
+        (Req::new().anonymous(), ("authentication", "auth.required")),
+        // With RBAC, a missing API and a hidden one are refused alike.
+        (
+            Req::new().api("ghost", "/x"),
+            ("authorization", "rbac.roles"),
+        ),
+        (
+            Req::new()
+                .auth("x-api-key", KEY_READER)
+                .api("narrow", "/items/1"),
+            ("authorization", "rbac.roles"),
+        ),
+        (
+            Req::new().api("open", "/../x"),
+            ("target", "builtin.endpoint"),
+        ),
+        (
+            Req::new().api("narrow", "/items/1").method(Method::POST),
+            ("target", "apis[narrow].methods"),
+        ),
+        (
+            Req::new().api("open", "/admin/x"),
+            ("target", "apis[open].deny_paths[0]"),
+        ),
+        (
+            Req::new().api("narrow", "/other"),
+            ("target", "apis[narrow].paths"),
+        ),
+        (
+            Req::new()
+                .auth("x-api-key", KEY_READER)
+                .api("open", "/secret/x"),
+            ("authorization", "rbac.roles[1].deny[0]"),
+        ),
+        (
+            Req::new()
+                .auth("x-api-key", KEY_READER)
+                .api("open", "/x")
+                .method(Method::POST),
+            ("authorization", "rbac.roles"),
+        ),
+        // A key's allowed_apis hides the rest like RBAC does.
+        (
+            Req::new()
+                .auth("x-api-key", KEY_SCOPED)
+                .api("narrow", "/items/1"),
+            ("authorization", "rbac.roles"),
+        ),
+        (
+            Req::new().api("private", "/x"),
+            ("destination", "apis[private].allow_private_network"),
+        ),
+    ];
+    for (req, want) in cases {
+        let (stage, rule) = named(&req);
+        assert_eq!((stage, rule.as_str()), want, "{} {}", req.api, req.endpoint);
+    }
+}

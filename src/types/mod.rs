@@ -57,3 +57,17 @@ pub fn truncate_chars(s: &str, max: usize) -> &str {
 pub fn ceil_secs(d: Duration) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000) as u64
 }
+
+/// How much a refused caller is told about the rule that refused it
+/// (`[security] explain_denials`); the audit record always has all of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExplainDenials {
+    /// The stage, the rule id and the pattern that matched (`pattern`).
+    Full,
+    /// The stage and the rule id. Default.
+    #[default]
+    Rule,
+    /// Neither the stage nor the rule.
+    None,
+}

@@ -490,7 +490,16 @@ impl Gateway {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // AGM_TEST_GATEWAY_LOGS=DIR keeps each gateway's log as DIR/gateway-PORT.log.
+            .stderr(match std::env::var_os("AGM_TEST_GATEWAY_LOGS") {
+                Some(d) => Stdio::from(
+                    std::fs::File::create(
+                        std::path::Path::new(&d).join(format!("gateway-{mcp}.log")),
+                    )
+                    .unwrap(),
+                ),
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let mut g = Gateway {

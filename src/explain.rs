@@ -1,0 +1,283 @@
+//! `api-gateway-mcp explain`: runs the admission function on a described call, offline and
+//! without side effects, and says what each stage decided, which rule refused, and, for an
+//! admitted call, the upstream URL, the credential mode (never its value) and the rate-limit
+//! policies that would count it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde_json::{json, Value};
+
+use crate::auth::{Caller, Principal, PrincipalKind};
+use crate::config::{Config, CredentialPlacement};
+use crate::error::Stage;
+use crate::policy::{Call, CallerRequest, Payload, Pipeline, Who};
+use crate::types::Door;
+
+/// The order the stages run in (see [`Pipeline::admit`]).
+pub const STAGES: [Stage; 11] = [
+    Stage::Address,
+    Stage::Request,
+    Stage::Authentication,
+    Stage::Signature,
+    Stage::Target,
+    Stage::Authorization,
+    Stage::Body,
+    Stage::Headers,
+    Stage::Audit,
+    Stage::RateLimit,
+    Stage::Destination,
+];
+
+/// A call to explain, as the CLI (and later the admin endpoint) describes it.
+pub struct Described {
+    pub door: Door,
+    pub api: String,
+    pub method: Method,
+    pub endpoint: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub key: Option<String>,
+    pub jwt: Option<String>,
+    /// A caller stated without a token: `{"subject", "roles", "issuer"?, "allowed_apis"?}`.
+    pub principal: Option<Value>,
+    pub ip: Option<IpAddr>,
+    pub resolve: bool,
+}
+
+/// The explanation document (`explain --json`): `decision`, `reason`, `stage`, `rule`,
+/// `message`, `status`, `stages` (one `{stage, verdict}` per stage), and for an admitted call
+/// `upstream`, `credential` and `rate_limits`.
+pub async fn explain(config: Arc<Config>, d: &Described) -> Result<Value, String> {
+    let egress = Arc::new(crate::egress::Egress::with_nameservers(&config.nameservers));
+    let pipeline = Pipeline::new(config.clone(), egress, None)?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &d.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("--header: {k:?} is not a header name"))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| format!("--header: the value of {k} is not a header value"))?;
+        headers.append(name, value);
+    }
+    if let Some(t) = &d.jwt {
+        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| "--jwt: not a token".to_string())?;
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+    if let Some(k) = &d.key {
+        let v = HeaderValue::from_str(k).map_err(|_| "--key: not a key".to_string())?;
+        headers.insert(HeaderName::from_static("x-api-key"), v);
+    }
+    let asserted = d.principal.as_ref().map(principal_of).transpose()?;
+    let (path, query) = match d.endpoint.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (d.endpoint.clone(), String::new()),
+    };
+    let request_path = match d.door {
+        Door::Proxy => format!("/{}{}", d.api, path),
+        Door::Mcp => "/mcp".to_string(),
+    };
+    let who = match asserted {
+        Some(p) => Who::Identified(Arc::new(Caller {
+            principal: p,
+            client_ip: d.ip,
+            signature: None,
+            trace: crate::trace::TraceContext::from_headers(&headers),
+        })),
+        None => Who::Request(CallerRequest {
+            door: d.door,
+            peer: d.ip.or(Some(IpAddr::from([127, 0, 0, 1]))),
+            method: &d.method,
+            path: &request_path,
+            query: &query,
+            headers: &headers,
+            raw_head: None,
+            body: None,
+            trace: crate::trace::TraceContext::from_headers(&headers),
+        }),
+    };
+    let asserted = matches!(who, Who::Identified(_));
+    let whole: Vec<(HeaderName, HeaderValue)> = Vec::new();
+    let call = Call {
+        door: d.door,
+        who,
+        api: &d.api,
+        method: &d.method,
+        endpoint: &d.endpoint,
+        query: &d.query,
+        payload: match d.door {
+            Door::Proxy => Payload::Streamed { headers: &headers },
+            Door::Mcp => Payload::Whole {
+                headers: &whole,
+                body: None,
+            },
+        },
+    };
+    let found = pipeline.explain(&call, d.resolve).await;
+    let refused_at = found.outcome.as_ref().err().and_then(|r| r.error.stage);
+    let mut stages = Vec::new();
+    let mut reached = true;
+    for stage in STAGES {
+        let verdict = if asserted && STAGES[..4].contains(&stage) {
+            "skipped (principal asserted)"
+        } else if !reached {
+            "not reached"
+        } else if Some(stage) == refused_at {
+            reached = false;
+            "refused"
+        } else if found.outcome.is_err() && refused_at.is_none() {
+            "not reached"
+        } else {
+            match stage {
+                Stage::Audit => "not checked offline",
+                Stage::Destination if !d.resolve => "not resolved (pass --resolve)",
+                _ => "pass",
+            }
+        };
+        stages.push(json!({"stage": stage.as_str(), "verdict": verdict}));
+    }
+    let mut doc = match &found.outcome {
+        Ok(a) => {
+            let url = a
+                .api
+                .base
+                .url_of(&a.path_and_query)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            // A query credential is in the URL: shown masked, never its value.
+            let url = String::from_utf8_lossy(&crate::egress::redact_credential(
+                &a.api,
+                bytes::Bytes::from(url),
+            ))
+            .into_owned();
+            let credential = a.api.credential.as_ref().map(|c| match &c.placement {
+                CredentialPlacement::Header(h) => {
+                    json!({"placement": "header", "name": h.as_str()})
+                }
+                CredentialPlacement::Query(q) => json!({"placement": "query", "name": q}),
+            });
+            let mut doc = json!({
+                "decision": "admitted",
+                "api": a.api.name,
+                "principal": a.caller.principal.id,
+                "upstream": url,
+                "credential": credential,
+                "rate_limits": found.rate_limits,
+            });
+            if d.resolve {
+                doc["address"] = json!(a.addr.to_string());
+            }
+            doc
+        }
+        Err(r) => {
+            let e = &r.error;
+            json!({
+                "decision": "refused",
+                "status": e.kind.status(),
+                "error": e.kind.code(),
+                "reason": e.reason_code(),
+                "stage": e.stage.map(Stage::as_str),
+                "rule": e.rule,
+                "message": e.message,
+                "principal": r.caller.as_ref().map(|c| c.principal.id.clone()),
+            })
+        }
+    };
+    doc["door"] = json!(d.door.as_str());
+    doc["principal_asserted"] = json!(asserted);
+    doc["stages"] = Value::Array(stages);
+    Ok(doc)
+}
+
+/// A principal stated with `--principal`.
+fn principal_of(v: &Value) -> Result<Principal, String> {
+    let bad = |what: &str| {
+        format!("--principal: {what} (e.g. '{{\"subject\": \"alice\", \"roles\": [\"reader\"]}}')")
+    };
+    let subject = v["subject"]
+        .as_str()
+        .ok_or_else(|| bad("\"subject\" must be a string"))?;
+    let roles = match &v["roles"] {
+        Value::Null => Vec::new(),
+        Value::Array(a) => a
+            .iter()
+            .map(|r| r.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("\"roles\" must be strings"))?,
+        _ => return Err(bad("\"roles\" must be an array")),
+    };
+    let allowed_apis = match &v["allowed_apis"] {
+        Value::Null => None,
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|r| r.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("\"allowed_apis\" must be strings"))?,
+        ),
+        _ => return Err(bad("\"allowed_apis\" must be an array")),
+    };
+    let id = match v["issuer"].as_str() {
+        Some(iss) => format!("jwt:{iss}#{subject}"),
+        None => format!("jwt:{subject}"),
+    };
+    Ok(Principal {
+        id,
+        kind: PrincipalKind::Jwt,
+        roles,
+        allowed_apis,
+        key_rate_limit: None,
+    })
+}
+
+/// The document as lines for a person.
+pub fn text(doc: &Value) -> String {
+    let mut out = String::new();
+    for s in doc["stages"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<15} {}\n",
+            s["stage"].as_str().unwrap_or(""),
+            s["verdict"].as_str().unwrap_or("")
+        ));
+    }
+    if doc["decision"] == "admitted" {
+        out.push_str(&format!(
+            "\nADMITTED for {}\nupstream:    {}\ncredential:  {}\nrate limits: {}\n",
+            doc["principal"].as_str().unwrap_or("?"),
+            doc["upstream"].as_str().unwrap_or(""),
+            match &doc["credential"] {
+                Value::Null => "none".to_string(),
+                c => format!(
+                    "{} {}",
+                    c["placement"].as_str().unwrap_or(""),
+                    c["name"].as_str().unwrap_or("")
+                ),
+            },
+            doc["rate_limits"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_else(|| "none".to_string()),
+        ));
+        if let Some(a) = doc["address"].as_str() {
+            out.push_str(&format!("address:     {a}\n"));
+        }
+    } else {
+        out.push_str(&format!(
+            "\nREFUSED {} {} at stage {} by rule {}\n{}\n",
+            doc["status"],
+            doc["reason"].as_str().unwrap_or(""),
+            doc["stage"].as_str().unwrap_or("?"),
+            doc["rule"].as_str().unwrap_or("?"),
+            doc["message"].as_str().unwrap_or("")
+        ));
+    }
+    if doc["principal_asserted"] == true {
+        out.push_str("(the caller was stated with --principal, not authenticated)\n");
+    }
+    out
+}
