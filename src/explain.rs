@@ -50,8 +50,29 @@ pub struct Described {
 /// `message`, `status`, `stages` (one `{stage, verdict}` per stage), and for an admitted call
 /// `upstream`, `credential` and `rate_limits`.
 pub async fn explain(config: Arc<Config>, d: &Described) -> Result<Value, String> {
-    let egress = Arc::new(crate::egress::Egress::with_nameservers(&config.nameservers));
-    let pipeline = Pipeline::new(config.clone(), egress, None)?;
+    Explainer::new(config)?.explain(d).await
+}
+
+/// A config's admission function, built once, for explaining many calls.
+pub struct Explainer {
+    pipeline: Pipeline,
+}
+
+impl Explainer {
+    pub fn new(config: Arc<Config>) -> Result<Explainer, String> {
+        let egress = Arc::new(crate::egress::Egress::with_nameservers(&config.nameservers));
+        Ok(Explainer {
+            pipeline: Pipeline::new(config, egress, None)?,
+        })
+    }
+
+    /// See [`explain`].
+    pub async fn explain(&self, d: &Described) -> Result<Value, String> {
+        explain_with(&self.pipeline, d).await
+    }
+}
+
+async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, String> {
     let mut headers = HeaderMap::new();
     for (k, v) in &d.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
