@@ -62,7 +62,15 @@ impl HttpServerApp for AdminApp {
             }
             return finish(session).await;
         }
-        let (status, body) = match session.req_header().uri.path() {
+        let path = session.req_header().uri.path().to_string();
+        if !matches!(path.as_str(), "/healthz" | "/readyz") {
+            let (status, ct, body) = self.guarded(&mut session, &path).await;
+            if !respond(&mut session, status, ct, body).await {
+                return None;
+            }
+            return finish(session).await;
+        }
+        let (status, body) = match path.as_str() {
             "/healthz" => (200, "{\"status\":\"ok\"}".to_string()),
             "/readyz" if !self.live.ready() => (503, "{\"status\":\"draining\"}".to_string()),
             "/readyz" => (
@@ -78,6 +86,80 @@ impl HttpServerApp for AdminApp {
             return None;
         }
         finish(session).await
+    }
+}
+
+impl AdminApp {
+    /// Every route beyond health and metrics: the caller must be an admin
+    /// ([`crate::policy::Pipeline::authenticate_admin`]), then the route runs.
+    async fn guarded(&self, session: &mut ServerSession, path: &str) -> (u16, &'static str, Bytes) {
+        let gw = self.live.current();
+        let problem = |e: &crate::error::GatewayError| {
+            (
+                e.kind.status(),
+                "application/problem+json",
+                Bytes::from(e.problem_json().to_string()),
+            )
+        };
+        let route_exists = matches!(path, "/explain");
+        if !route_exists {
+            return (
+                404,
+                "application/json",
+                Bytes::from_static(b"{\"error\":\"not_found\"}"),
+            );
+        }
+        if let Err(e) = gw
+            .pipeline
+            .authenticate_admin(&session.req_header().headers)
+            .await
+        {
+            return problem(&e);
+        }
+        if session.req_header().method != http::Method::POST {
+            let e = crate::error::GatewayError::because(
+                crate::error::Reason::MethodNotAllowed,
+                "POST a call description to /explain",
+            );
+            return problem(&e);
+        }
+        // The description is small: at most 64 KiB is read.
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= 64 << 10 => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    session.set_keepalive(None);
+                    return problem(&crate::error::GatewayError::payload_too_large(
+                        "a call description may be at most 64 KiB",
+                    ));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    session.set_keepalive(None);
+                    return problem(&crate::error::GatewayError::invalid_arguments(
+                        "the request body could not be read",
+                    ));
+                }
+            }
+        }
+        let described = serde_json::from_slice::<serde_json::Value>(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|v| crate::explain::Described::from_json(&v));
+        let described = match described {
+            Ok(d) => d,
+            Err(e) => {
+                return problem(&crate::error::GatewayError::invalid_arguments(format!(
+                    "not a call description: {e}"
+                )))
+            }
+        };
+        match crate::explain::explain_with(&gw.pipeline, &described).await {
+            Ok(doc) => (200, "application/json", Bytes::from(doc.to_string())),
+            Err(e) => problem(&crate::error::GatewayError::invalid_arguments(e)),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ pub const STAGES: [Stage; 11] = [
     Stage::Destination,
 ];
 
-/// A call to explain, as the CLI (and later the admin endpoint) describes it.
+/// A call to explain, as the CLI and the admin listener's `POST /explain` describe it.
 pub struct Described {
     pub door: Door,
     pub api: String,
@@ -72,7 +72,9 @@ impl Explainer {
     }
 }
 
-async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, String> {
+/// [`explain`] on a pipeline that already exists (the serving one, for the admin listener's
+/// `POST /explain`): explaining consumes no limit and writes no audit record.
+pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, String> {
     let mut headers = HeaderMap::new();
     for (k, v) in &d.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
@@ -301,4 +303,52 @@ pub fn text(doc: &Value) -> String {
         out.push_str("(the caller was stated with --principal, not authenticated)\n");
     }
     out
+}
+
+impl Described {
+    /// The admin listener's JSON: `{"door", "api", "method"?, "endpoint", "principal"?,
+    /// "ip"?, "query"?: {k: v}, "headers"?: {k: v}, "resolve"?}`.
+    pub fn from_json(v: &Value) -> Result<Described, String> {
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        let pairs = |k: &str| -> Result<Vec<(String, String)>, String> {
+            match &v[k] {
+                Value::Null => Ok(Vec::new()),
+                Value::Object(m) => m
+                    .iter()
+                    .map(|(a, b)| {
+                        b.as_str()
+                            .map(|b| (a.clone(), b.to_string()))
+                            .ok_or_else(|| format!("{k}.{a} must be a string"))
+                    })
+                    .collect(),
+                _ => Err(format!("{k} must be an object of strings")),
+            }
+        };
+        let door = match v["door"].as_str() {
+            Some("mcp") => Door::Mcp,
+            Some("proxy") => Door::Proxy,
+            _ => return Err("door must be \"mcp\" or \"proxy\"".into()),
+        };
+        let method = text("method").unwrap_or_else(|| "GET".into());
+        Ok(Described {
+            door,
+            api: text("api").ok_or("api (a string) is required")?,
+            method: Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("method {method:?} is not a method"))?,
+            endpoint: text("endpoint").ok_or("endpoint (a string) is required")?,
+            query: pairs("query")?,
+            headers: pairs("headers")?,
+            key: None,
+            jwt: None,
+            principal: (!v["principal"].is_null()).then(|| v["principal"].clone()),
+            ip: match text("ip") {
+                Some(ip) => Some(
+                    ip.parse()
+                        .map_err(|_| format!("ip {ip:?} is not an address"))?,
+                ),
+                None => None,
+            },
+            resolve: v["resolve"].as_bool().unwrap_or(false),
+        })
+    }
 }

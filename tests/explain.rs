@@ -353,3 +353,85 @@ async fn explain_agrees_with_the_proxy_door_on_generated_calls() {
     }
     assert_eq!(checked, 2000);
 }
+
+/// `POST /explain` on the admin listener answers the same document as the CLI, for admins
+/// only: no credential is 401, a caller without `[admin] role` 403.
+#[tokio::test]
+async fn the_admin_listener_explains_for_admins_only() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(config(up.port, "[admin]\nrole = \"gatekeeper\"\n"));
+    let url = format!("http://127.0.0.1:{}/explain", gw.admin);
+    let c = reqwest::Client::new();
+    let ask = json!({"door": "proxy", "api": "local", "method": "DELETE", "endpoint": "/records/7",
+                     "principal": {"subject": "wanda", "roles": ["writer"]}});
+    let r = c.post(&url).json(&ask).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let writer = format!("Bearer {}", jwt(json!({"sub": "w", "roles": ["writer"]})));
+    let r = c
+        .post(&url)
+        .header("Authorization", &writer)
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["rule"], "admin.role", "{p}");
+    let admin = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "ops", "roles": ["gatekeeper"]}))
+    );
+    let r = c
+        .post(&url)
+        .header("Authorization", &admin)
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            doc["decision"].as_str(),
+            doc["rule"].as_str(),
+            doc["principal_asserted"].as_bool()
+        ),
+        (Some("refused"), Some("rbac.roles[0].deny[0]"), Some(true)),
+        "{doc}"
+    );
+    let (_, cli) = explain(
+        &gw,
+        &[
+            "--door",
+            "proxy",
+            "--api",
+            "local",
+            "--method",
+            "DELETE",
+            "--endpoint",
+            "/records/7",
+            "--principal",
+            r#"{"subject": "wanda", "roles": ["writer"]}"#,
+        ],
+    );
+    assert_eq!(doc, cli, "the admin listener and the CLI say the same");
+    // A malformed description is a 400 with the reason.
+    let r = c
+        .post(&url)
+        .header("Authorization", &admin)
+        .body("{\"door\": \"tunnel\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Health and metrics stay open.
+    assert_eq!(
+        c.get(format!("http://127.0.0.1:{}/healthz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(up.count(), 0);
+}

@@ -102,11 +102,28 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 // Raw schema: what the TOML file may contain. Unknown keys are rejected everywhere.
 // ---------------------------------------------------------------------------------------
 
+/// `[admin]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    role: Option<String>,
+}
+
+/// The admin listener's access rule: every route but `/healthz`, `/readyz` and `/metrics`
+/// needs a principal (authenticated as on the doors) holding `role`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Default `"admin"`.
+    pub role: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
     #[serde(default)]
     mcp: RawMcp,
     #[serde(default)]
@@ -155,6 +172,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[security] explain_denials`: how much a refused caller is told of the rule.
     pub explain_denials: crate::types::ExplainDenials,
+    /// `[admin]`: who may use the admin listener's routes beyond health and metrics.
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -334,6 +353,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             tracing,
             metrics,
             explain_denials,
+            admin: AdminConfig {
+                role: raw.admin.role.unwrap_or_else(|| "admin".to_string()),
+            },
         })
     } else {
         Err(ConfigErrors(errors))

@@ -291,6 +291,28 @@ impl Pipeline {
             .map_err(|e| refuse(name_rule(e, Some(call.api))))
     }
 
+    /// The admin listener's rule for every route beyond health and metrics: a principal
+    /// authenticated as on the doors (401 with its reason otherwise) that holds
+    /// `[admin] role` (403 `not_permitted`, rule `admin.role`, otherwise).
+    pub async fn authenticate_admin(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
+        let principal = self
+            .auth
+            .authenticate(headers)
+            .await
+            .map_err(|e| name_rule(e.at(Stage::Authentication), None))?;
+        let role = &self.config.admin.role;
+        if principal.roles.iter().any(|r| r == role) {
+            Ok(principal)
+        } else {
+            Err(GatewayError::because(
+                Reason::NotPermitted,
+                format!("admin routes need the role {role:?} ([admin] role)"),
+            )
+            .at(Stage::Authorization)
+            .by_rule("admin.role"))
+        }
+    }
+
     /// Runs [`Pipeline::admit`]'s stages without their side effects, for `explain`: rate
     /// limits are named, not counted; the audit trail's health is not consulted; the
     /// destination is resolved (and put past the SSRF guard) only with `resolve`.
