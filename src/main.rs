@@ -37,10 +37,14 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Validate a config file: prints OK, or every error with its key path, and exits 0 or 1.
+    /// Validate a config file: prints every error with its key path (exit 1), or its
+    /// warnings (codes W001…) and OK (exit 0; with --strict, 1 when there are warnings).
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show how the gateway would judge a call, stage by stage, without making it: which
     /// rule refuses, or the upstream URL, credential mode and rate limits of an admitted
@@ -250,10 +254,26 @@ fn init_logs() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("OK");
-                ExitCode::SUCCESS
+        Command::Check { config, strict } => match Config::load(&config) {
+            Ok(c) => {
+                let warnings = api_gateway_mcp::config::lint::lint(&c);
+                for w in &warnings {
+                    println!("{w}");
+                }
+                if warnings.is_empty() {
+                    println!("OK");
+                    ExitCode::SUCCESS
+                } else if strict {
+                    println!(
+                        "{}: {} warning(s) (--strict)",
+                        config.display(),
+                        warnings.len()
+                    );
+                    ExitCode::from(1)
+                } else {
+                    println!("OK ({} warning(s))", warnings.len());
+                    ExitCode::SUCCESS
+                }
             }
             Err(errors) => {
                 println!("{}: {} error(s)", config.display(), errors.0.len());

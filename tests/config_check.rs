@@ -28,7 +28,8 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
 
 fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(common::bin())
-        .args(["check", "-c"])
+        // --strict: the examples must load without warnings too.
+        .args(["check", "--strict", "-c"])
         .arg(path)
         .envs(env.iter().copied())
         .output()
@@ -185,4 +186,33 @@ fn serve_exits_with_the_key_when_a_listen_address_is_taken() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("server.mcp_listen"), "{err}");
     drop(taken);
+}
+
+/// `check` warns about rules that cannot do what their author meant, with a code and the key
+/// path; `--strict` fails on them, plain `check` passes with a count.
+#[test]
+fn strict_check_fails_on_a_grant_that_can_never_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lint.toml");
+    std::fs::write(
+        &path,
+        "[auth]\nrequired = false\n\
+         [[rbac.roles]]\nname = \"reader\"\nallow = [{ api = \"gh\", paths = [\"/users/**\"] }, { api = \"gh\" }]\n\
+         [[apis]]\nname = \"gh\"\nbase_url = \"https://gh.example\"\nmethods = [\"GET\"]\npaths = [\"/repos/**\"]\n",
+    )
+    .unwrap();
+    let (code, out) = check(&path, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("W001 rbac.roles[0].allow[0]: its path \"/users/**\"")),
+        "{out}"
+    );
+    let plain = Command::new(common::bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("OK (1 warning(s))"));
 }

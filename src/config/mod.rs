@@ -21,6 +21,7 @@ pub use crate::types::PathPattern;
 mod access;
 mod api;
 mod audit;
+pub mod lint;
 pub mod ratelimit;
 mod response;
 mod security;
