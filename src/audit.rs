@@ -41,6 +41,9 @@ pub struct AuditEvent {
     pub tool: Option<&'static str>,
     pub principal: String,
     pub roles: Vec<String>,
+    /// The caller's key's `allowed_apis`, when it has one (for replaying the decision).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_apis: Option<Vec<String>>,
     pub client_ip: Option<String>,
     pub api: String,
     pub method: String,
@@ -86,6 +89,7 @@ impl AuditEvent {
             tool: None,
             principal: caller.map_or("unidentified".into(), |c| c.principal.id.clone()),
             roles: caller.map_or(Vec::new(), |c| c.principal.roles.clone()),
+            allowed_apis: caller.and_then(|c| c.principal.allowed_apis.clone()),
             client_ip: caller.and_then(|c| c.client_ip).map(|ip| ip.to_string()),
             api: "none".into(),
             method: method.to_string(),
@@ -110,6 +114,7 @@ impl AuditEvent {
         self.trace_id = Some(c.trace.trace_id_hex());
         self.principal = c.principal.id.clone();
         self.roles = c.principal.roles.clone();
+        self.allowed_apis = c.principal.allowed_apis.clone();
         self.client_ip = c.client_ip.map(|ip| ip.to_string());
     }
 

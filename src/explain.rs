@@ -240,9 +240,10 @@ fn principal_of(v: &Value) -> Result<Principal, String> {
         ),
         _ => return Err(bad("\"allowed_apis\" must be an array")),
     };
-    let id = match v["issuer"].as_str() {
-        Some(iss) => format!("jwt:{iss}#{subject}"),
-        None => format!("jwt:{subject}"),
+    let id = match (v["id"].as_str(), v["issuer"].as_str()) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(iss)) => format!("jwt:{iss}#{subject}"),
+        (None, None) => format!("jwt:{subject}"),
     };
     Ok(Principal {
         id,
@@ -351,4 +352,131 @@ impl Described {
             resolve: v["resolve"].as_bool().unwrap_or(false),
         })
     }
+}
+
+/// What `explain --replay` found: each recorded call judged again by a candidate config.
+pub struct Replay {
+    pub replayed: usize,
+    /// Refused before an API was judged (address, request, authentication, signature):
+    /// replay states the recorded caller instead of authenticating, so these are not judged.
+    pub skipped: usize,
+    pub changed: Vec<Value>,
+}
+
+impl Replay {
+    pub fn to_json(&self) -> Value {
+        let mut by_rule = serde_json::Map::new();
+        for c in &self.changed {
+            let rule = c["now"]["rule"]
+                .as_str()
+                .or(c["was"]["rule"].as_str())
+                .unwrap_or("(none)")
+                .to_string();
+            let n = by_rule.get(&rule).and_then(Value::as_u64).unwrap_or(0);
+            by_rule.insert(rule, json!(n + 1));
+        }
+        json!({
+            "replayed": self.replayed,
+            "skipped": self.skipped,
+            "changed": self.changed.len(),
+            "by_rule": by_rule,
+            "calls": self.changed,
+        })
+    }
+}
+
+/// Judges recorded calls (audit events) again with `explainer`'s config: the caller is the
+/// recorded principal with its roles and `allowed_apis`, the call its door, API, method and
+/// path (query values are recorded masked, which no path rule reads).
+pub async fn replay(explainer: &Explainer, events: &[Value]) -> Replay {
+    let mut out = Replay {
+        replayed: 0,
+        skipped: 0,
+        changed: Vec::new(),
+    };
+    for e in events {
+        let early = e["stage"]
+            .as_str()
+            .is_some_and(|s| ["address", "request", "authentication", "signature"].contains(&s));
+        let Some(door) = (match e["door"].as_str() {
+            Some("mcp") => Some(Door::Mcp),
+            Some("proxy") => Some(Door::Proxy),
+            _ => None,
+        }) else {
+            out.skipped += 1;
+            continue;
+        };
+        if early || e["principal"] == "unidentified" {
+            out.skipped += 1;
+            continue;
+        }
+        let path = e["path"].as_str().unwrap_or("/");
+        let (api, endpoint) = match door {
+            // The proxy door records the request path, `/{api}/{endpoint}`.
+            Door::Proxy => match path.trim_start_matches('/').split_once('/') {
+                Some((a, rest)) => (a.to_string(), format!("/{rest}")),
+                None => (path.trim_start_matches('/').to_string(), "/".to_string()),
+            },
+            Door::Mcp => (
+                e["api"].as_str().unwrap_or("").to_string(),
+                path.to_string(),
+            ),
+        };
+        let Ok(method) = Method::from_bytes(e["method"].as_str().unwrap_or("GET").as_bytes())
+        else {
+            out.skipped += 1;
+            continue;
+        };
+        let d = Described {
+            door,
+            api,
+            method,
+            endpoint,
+            query: Vec::new(),
+            headers: Vec::new(),
+            key: None,
+            jwt: None,
+            principal: Some(json!({
+                "id": e["principal"],
+                "subject": e["principal"],
+                "roles": e["roles"],
+                "allowed_apis": e["allowed_apis"],
+            })),
+            ip: e["client_ip"].as_str().and_then(|ip| ip.parse().ok()),
+            resolve: false,
+        };
+        let Ok(now) = explainer.explain(&d).await else {
+            out.skipped += 1;
+            continue;
+        };
+        out.replayed += 1;
+        let was_admitted = matches!(e["decision"].as_str(), Some("allow" | "error"));
+        let now_admitted = now["decision"] == "admitted";
+        let differs = was_admitted != now_admitted
+            || (!now_admitted
+                && now["reason"]
+                    != e["reason"]
+                        .as_str()
+                        .map_or(e["error"].clone(), |r| json!(r)));
+        if differs {
+            let verdict = |admitted: bool, reason: &Value, rule: &Value| {
+                if admitted {
+                    json!({"decision": "admitted"})
+                } else {
+                    json!({"decision": "refused", "reason": reason, "rule": rule})
+                }
+            };
+            out.changed.push(json!({
+                "request_id": e["request_id"],
+                "ts": e["ts"],
+                "door": e["door"],
+                "principal": e["principal"],
+                "method": e["method"],
+                "path": e["path"],
+                "was": verdict(was_admitted, &e["reason"].as_str().map_or(e["error"].clone(), |r| json!(r)), &e["rule"]),
+                "now": verdict(now_admitted, &now["reason"], &now["rule"]),
+            }));
+        }
+    }
+    out
 }

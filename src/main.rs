@@ -53,15 +53,20 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The door the call comes through.
-        #[arg(long, value_parser = ["mcp", "proxy"])]
-        door: String,
-        #[arg(long)]
-        api: String,
+        #[arg(long, value_parser = ["mcp", "proxy"], required_unless_present = "replay")]
+        door: Option<String>,
+        #[arg(long, required_unless_present = "replay")]
+        api: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         /// The path under the API, e.g. /repos/o/r (a ?query may follow).
-        #[arg(long)]
-        endpoint: String,
+        #[arg(long, required_unless_present = "replay")]
+        endpoint: Option<String>,
+        /// Instead of one call: judge every call recorded in this audit store (JSON lines or
+        /// SQLite) with the config, and list those whose decision would change. Exit 0 when
+        /// none would, 3 when some would.
+        #[arg(long, value_name = "AUDIT", conflicts_with_all = ["door", "api", "endpoint"])]
+        replay: Option<PathBuf>,
         /// A query parameter, k=v (repeatable).
         #[arg(long, value_name = "K=V")]
         query: Vec<String>,
@@ -251,6 +256,99 @@ fn init_logs() {
         .init();
 }
 
+/// `explain --replay`: the recorded calls whose decision `config` would change.
+fn replay_audit(config: std::sync::Arc<Config>, audit: &std::path::Path, json: bool) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("explain --replay: {e}");
+        ExitCode::from(2)
+    };
+    let events = match read_audit_events(audit) {
+        Ok(e) => e,
+        Err(e) => return fail(format!("{}: {e}", audit.display())),
+    };
+    let explainer = match api_gateway_mcp::explain::Explainer::new(config) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    let found = rt.block_on(api_gateway_mcp::explain::replay(&explainer, &events));
+    let doc = found.to_json();
+    if json {
+        println!("{doc}");
+    } else {
+        for c in doc["calls"].as_array().into_iter().flatten() {
+            let side = |v: &serde_json::Value| match v["decision"].as_str() {
+                Some("admitted") => "admitted".to_string(),
+                _ => format!(
+                    "refused {} by {}",
+                    v["reason"].as_str().unwrap_or("?"),
+                    v["rule"].as_str().unwrap_or("?")
+                ),
+            };
+            println!(
+                "{} {} {} {} as {}: {} -> {}",
+                c["ts"].as_str().unwrap_or(""),
+                c["door"].as_str().unwrap_or(""),
+                c["method"].as_str().unwrap_or(""),
+                c["path"].as_str().unwrap_or(""),
+                c["principal"].as_str().unwrap_or(""),
+                side(&c["was"]),
+                side(&c["now"])
+            );
+        }
+        println!(
+            "{} calls replayed, {} not replayable (refused before authorization), {} would change",
+            doc["replayed"], doc["skipped"], doc["changed"]
+        );
+        for (rule, n) in doc["by_rule"].as_object().into_iter().flatten() {
+            println!("  {n} by {rule}");
+        }
+    }
+    if found.changed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// The events of an audit store: a JSON-lines file or an SQLite database.
+fn read_audit_events(path: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.starts_with(b"SQLite format 3\0") {
+        let db =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| e.to_string())?;
+        let mut stmt = db
+            .prepare("SELECT event FROM audit ORDER BY seq")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| e.to_string())?;
+        return rows
+            .map(|r| {
+                r.map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            })
+            .collect();
+    }
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| v["event"].clone())
+                .map_err(|e| format!("line {}: {e}", i + 1))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -298,6 +396,7 @@ fn main() -> ExitCode {
             ip,
             resolve,
             json,
+            replay,
         } => {
             let usage = |e: String| {
                 eprintln!("explain: {e}");
@@ -312,6 +411,14 @@ fn main() -> ExitCode {
                     ))
                 }
             };
+            if let Some(audit) = replay {
+                return replay_audit(cfg, &audit, json);
+            }
+            let (door, api, endpoint) = (
+                door.unwrap_or_default(),
+                api.unwrap_or_default(),
+                endpoint.unwrap_or_default(),
+            );
             let pairs = |list: Vec<String>, sep: char, what: &str| {
                 list.into_iter()
                     .map(|x| {

@@ -435,3 +435,99 @@ async fn the_admin_listener_explains_for_admins_only() {
     );
     assert_eq!(up.count(), 0);
 }
+
+/// Replay: 200 calls recorded under one config, judged again by a stricter one: the output
+/// lists exactly the calls the new rule refuses, counted by that rule.
+#[tokio::test]
+async fn replay_lists_exactly_the_calls_a_stricter_config_refuses() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start_generated(config(up.port, ""));
+    let auth = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "wanda", "roles": ["writer"]}))
+    );
+    let c = reqwest::Client::new();
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let (method, path) = match i % 4 {
+            0 => (reqwest::Method::GET, format!("/local/other/{i}")),
+            1 => (reqwest::Method::GET, format!("/local/records/{i}")),
+            2 => (reqwest::Method::DELETE, format!("/local/records/{i}")),
+            _ => (reqwest::Method::DELETE, format!("/local/other/{i}")),
+        };
+        let r = c
+            .request(method, gw.proxy_url(&path))
+            .header("Host", "localhost")
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            if i % 4 == 2 { 403 } else { 200 },
+            "{path}"
+        );
+        if i % 4 == 0 {
+            expected.insert(path);
+        }
+    }
+    terminate(&mut gw);
+    let audit = gw.config_path.parent().unwrap().join("audit.jsonl");
+    // The candidate also refuses GET under /other.
+    let stricter = std::fs::read_to_string(&gw.config_path).unwrap().replace(
+        "deny = [{ api = \"local\", methods = [\"DELETE\"], paths = [\"/records/**\"] }]",
+        "deny = [{ api = \"local\", methods = [\"DELETE\"], paths = [\"/records/**\"] }, \
+         { api = \"local\", methods = [\"GET\"], paths = [\"/other/**\"] }]",
+    );
+    let candidate = gw.config_path.with_file_name("candidate.toml");
+    std::fs::write(&candidate, stricter).unwrap();
+    let out = Command::new(bin())
+        .args(["explain", "--replay"])
+        .arg(&audit)
+        .arg("--config")
+        .arg(&candidate)
+        .arg("--json")
+        .env("AGM_TEST_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["replayed"], 200, "{doc}");
+    let listed: std::collections::BTreeSet<String> = doc["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, expected);
+    assert_eq!(
+        doc["by_rule"],
+        json!({"rbac.roles[0].deny[1]": 50}),
+        "{doc}"
+    );
+    assert!(doc["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["was"]["decision"] == "admitted" && c["now"]["reason"] == "not_permitted"));
+    // The recorded config itself changes nothing.
+    let same = Command::new(bin())
+        .args(["explain", "--replay"])
+        .arg(&audit)
+        .arg("--config")
+        .arg(&gw.config_path)
+        .env("AGM_TEST_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+}
