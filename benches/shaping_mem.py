@@ -17,10 +17,11 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BIN, free_port, rss  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("AGM_BIN", os.path.join(ROOT, "target/release/api-gateway-mcp"))
 ITEMS = [{"id": i, "name": f"item {i}", "text": "y" * 200} for i in range(20_000)]
 JSON_BODY = json.dumps({"total_count": len(ITEMS), "items": ITEMS}).encode()
 PDF_BODY = b"%PDF-1.7\n" + b"\xa5" * (20 * 1024 * 1024 - 9)
@@ -41,22 +42,6 @@ class Upstream(BaseHTTPRequestHandler):
         pass
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) / 1024
-    return out
 
 
 def call(port, endpoint, results):
@@ -110,14 +95,14 @@ max_upstream_bytes = 33554432
     time.sleep(0.5)
     try:
         for name, endpoint, size in [("5 MB JSON", "/search", len(JSON_BODY)), ("20 MB PDF", "/doc.pdf", len(PDF_BODY))]:
-            before = status(gw.pid)["VmRSS"]
+            before = rss(gw.pid)["VmRSS"]
             results = []
             t0 = time.time()
             threads = [threading.Thread(target=call, args=(mcp, endpoint, results)) for _ in range(32)]
             [t.start() for t in threads]
             [t.join() for t in threads]
             took = time.time() - t0
-            m = status(gw.pid)
+            m = rss(gw.pid)
             bound = 64 + 2 * 32 * size / (1 << 20)
             print(f"{name:10}  32 concurrent calls in {took:.1f} s; replies {min(results)}-{max(results)} bytes; "
                   f"RSS {before:.1f} MiB before, peak {m['VmHWM']:.1f} MiB (bound {bound:.0f} MiB), {m['VmRSS']:.1f} MiB after")

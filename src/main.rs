@@ -256,6 +256,15 @@ fn init_logs() {
         .init();
 }
 
+/// Runs one future to its end on a small runtime of its own (the CLI's async commands).
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(rt.block_on(f))
+}
+
 /// `explain --replay`: the recorded calls whose decision `config` would change.
 fn replay_audit(config: std::sync::Arc<Config>, audit: &std::path::Path, json: bool) -> ExitCode {
     let fail = |e: String| {
@@ -270,14 +279,10 @@ fn replay_audit(config: std::sync::Arc<Config>, audit: &std::path::Path, json: b
         Ok(x) => x,
         Err(e) => return fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e.to_string()),
+    let found = match block_on(api_gateway_mcp::explain::replay(&explainer, &events)) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
     };
-    let found = rt.block_on(api_gateway_mcp::explain::replay(&explainer, &events));
     let doc = found.to_json();
     if json {
         println!("{doc}");
@@ -454,14 +459,7 @@ fn main() -> ExitCode {
                 Ok(d) => d,
                 Err(e) => return usage(e),
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return usage(e.to_string()),
-            };
-            match rt.block_on(api_gateway_mcp::explain::explain(cfg, &described)) {
+            match block_on(api_gateway_mcp::explain::explain(cfg, &described)).and_then(|r| r) {
                 Ok(doc) => {
                     if json {
                         println!("{doc}");

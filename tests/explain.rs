@@ -26,6 +26,21 @@ fn config(up: u16, extra: &'static str) -> impl Fn((u16, u16, u16)) -> String {
     }
 }
 
+/// A refusal's (reason, stage, rule), from a problem, a tool result or an explanation.
+fn verdict(v: &Value) -> (Option<&str>, Option<&str>, Option<&str>) {
+    (
+        v["reason"].as_str(),
+        v["stage"].as_str(),
+        v["rule"].as_str(),
+    )
+}
+
+const DENIED: (Option<&str>, Option<&str>, Option<&str>) = (
+    Some("not_permitted"),
+    Some("authorization"),
+    Some("rbac.roles[0].deny[0]"),
+);
+
 fn explain(gw: &Gateway, args: &[&str]) -> (i32, Value) {
     let out = Command::new(bin())
         .args(["explain", "-c"])
@@ -56,19 +71,7 @@ async fn a_deny_rule_is_named_on_both_doors_in_the_audit_and_by_explain() {
         .unwrap();
     assert_eq!(r.status(), 403);
     let p: Value = r.json().await.unwrap();
-    assert_eq!(
-        (
-            p["reason"].as_str(),
-            p["stage"].as_str(),
-            p["rule"].as_str()
-        ),
-        (
-            Some("not_permitted"),
-            Some("authorization"),
-            Some("rbac.roles[0].deny[0]")
-        ),
-        "{p}"
-    );
+    assert_eq!(verdict(&p), DENIED, "{p}");
     assert!(
         p.get("pattern").is_none(),
         "the pattern is only shown with explain_denials = full"
@@ -105,19 +108,8 @@ async fn a_deny_rule_is_named_on_both_doors_in_the_audit_and_by_explain() {
         ],
     );
     assert_eq!(code, 3, "{doc}");
-    assert_eq!(
-        (
-            doc["decision"].as_str(),
-            doc["stage"].as_str(),
-            doc["rule"].as_str()
-        ),
-        (
-            Some("refused"),
-            Some("authorization"),
-            Some("rbac.roles[0].deny[0]")
-        ),
-        "{doc}"
-    );
+    assert_eq!(doc["decision"], "refused", "{doc}");
+    assert_eq!(verdict(&doc), DENIED, "{doc}");
     let verdicts: Vec<&str> = doc["stages"]
         .as_array()
         .unwrap()
