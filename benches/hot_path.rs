@@ -207,6 +207,7 @@ fn limiter_benches(c: &mut Criterion) {
         requests: u32::MAX / 2,
         window: std::time::Duration::from_secs(60),
         burst: u32::MAX / 2,
+        shadow: false,
     };
     let user = Policy {
         name: "per_user".into(),

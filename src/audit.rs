@@ -71,6 +71,9 @@ pub struct AuditEvent {
     pub bytes_out: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// What rules in `mode = "shadow"` would have refused: `[{stage, rule, reason}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Value>,
     /// MCP door: how the answer was shaped (`original_bytes`, `returned_chars`,
     /// `truncated`, `dropped`, and `redacted` counts by kind — never the values).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +108,7 @@ impl AuditEvent {
             bytes_in: 0,
             bytes_out: 0,
             shaping: None,
+            shadow: None,
             cost: None,
         }
     }

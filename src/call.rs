@@ -40,6 +40,8 @@ pub struct CallRecord {
     /// When the upstream exchange began.
     pub upstream_started: Option<Instant>,
     rate_limit: Option<serde_json::Value>,
+    /// Would-be refusals of rules in `mode = "shadow"`: `{stage, rule, reason}` each.
+    shadow: Vec<serde_json::Value>,
 }
 
 impl CallRecord {
@@ -74,6 +76,7 @@ impl CallRecord {
             shaping: None,
             upstream_started: None,
             rate_limit: None,
+            shadow: Vec::new(),
         }
     }
 
@@ -103,6 +106,17 @@ impl CallRecord {
         self.api_label = a.api.name.clone();
         self.rate_limit = ratelimit::tightest_json(&a.rate_limits);
         self.api = Some(a.api.clone());
+        self.shadow = a
+            .shadow
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "stage": e.stage.map(crate::error::Stage::as_str),
+                    "rule": e.rule,
+                    "reason": e.reason_code(),
+                })
+            })
+            .collect();
     }
 
     /// Finishes the record: the call's metrics, span, audit event and, for a refusal or
@@ -119,6 +133,13 @@ impl CallRecord {
                 "call refused or failed"
             );
         }
+        for s in &self.shadow {
+            let label = |k: &str| s[k].as_str().unwrap_or("").to_string();
+            crate::telemetry::metrics()
+                .shadow_decisions
+                .with_label_values(&[&label("stage"), &label("rule"), &label("reason")])
+                .inc();
+        }
         crate::telemetry::metrics().call(
             door,
             &self.api_label,
@@ -134,6 +155,12 @@ impl CallRecord {
                     self.api_label.clone(),
                 ));
             }
+            if !self.shadow.is_empty() {
+                span.set(opentelemetry::KeyValue::new(
+                    "api_gateway.shadow",
+                    serde_json::Value::Array(self.shadow.clone()).to_string(),
+                ));
+            }
             // An MCP call's HTTP status belongs to its JSON-RPC exchange, not to the call.
             span.end(if door == Door::Mcp { 0 } else { status }, error);
         }
@@ -143,6 +170,9 @@ impl CallRecord {
             event.bytes_in = self.bytes_in;
             event.bytes_out = self.bytes_out;
             event.shaping = self.shaping.take();
+            if !self.shadow.is_empty() {
+                event.shadow = Some(serde_json::Value::Array(std::mem::take(&mut self.shadow)));
+            }
             event.upstream_ms = self
                 .upstream_started
                 .map(|t| t.elapsed().as_secs_f64() * 1000.0);

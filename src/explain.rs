@@ -187,6 +187,11 @@ pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, S
                 "upstream": url,
                 "credential": credential,
                 "rate_limits": found.rate_limits,
+                "shadow": a.shadow.iter().map(|e| json!({
+                    "stage": e.stage.map(Stage::as_str),
+                    "rule": e.rule,
+                    "reason": e.reason_code(),
+                })).collect::<Vec<_>>(),
             });
             if d.resolve {
                 doc["address"] = json!(a.addr.to_string());

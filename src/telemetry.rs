@@ -59,6 +59,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `api_config_last_reload_success_timestamp_seconds`: when the serving config was loaded.
     pub config_loaded_at: IntGauge,
+    /// `api_policy_shadow_decisions_total{stage,rule,decision}`: would-be refusals of rules
+    /// in `mode = "shadow"` (the decision is the would-be reason).
+    pub shadow_decisions: IntCounterVec,
     /// `api_connections_open{listener}`: connections each listener holds now.
     pub connections_open: prometheus::IntGaugeVec,
     /// `api_connections_refused_total{listener,reason}`: connections closed by the listener
@@ -160,6 +163,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            shadow_decisions: counter(
+                &r,
+                "api_policy_shadow_decisions_total",
+                "Refusals rules in mode = \"shadow\" would have made, by stage, rule and would-be reason",
+                &["stage", "rule", "decision"],
+            ),
             connections_refused: counter(
                 &r,
                 "api_connections_refused_total",
@@ -275,6 +284,7 @@ impl Metrics {
             self.config_reloads.desc(),
             self.config_loaded_at.desc(),
             self.connections_open.desc(),
+            self.shadow_decisions.desc(),
             self.connections_refused.desc(),
         ]
         .into_iter()

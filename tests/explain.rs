@@ -523,3 +523,167 @@ async fn replay_lists_exactly_the_calls_a_stricter_config_refuses() {
         String::from_utf8_lossy(&same.stdout)
     );
 }
+
+/// The value of the shadow-decision counter for one rule (label order aside).
+async fn shadow_count(gw: &Gateway, rule: &str) -> f64 {
+    scrape(gw)
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("api_policy_shadow_decisions_total{")
+                && l.contains(&format!("rule=\"{rule}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Shadow mode: the deny rule set to `mode = "shadow"` lets the DELETE through, once, and the
+/// would-be refusal is counted, audited and shown by explain; a shadowed limit of 2 per
+/// minute admits 5 calls and counts 3 would-be refusals.
+#[tokio::test]
+async fn shadow_rules_are_evaluated_never_enforced() {
+    let up = Upstream::start();
+    let shadowed = |(m, p, a): (u16, u16, u16)| {
+        config(up.port, "")((m, p, a))
+            .replace(
+                "paths = [\"/records/**\"] }]",
+                "paths = [\"/records/**\"], mode = \"shadow\" }]",
+            )
+            .replace(
+                "credentials = { query",
+                "rate_limit = { requests = 2, window = \"1m\", mode = \"shadow\" }\ncredentials = { query",
+            )
+            + &format!(
+                "\n[[apis]]\nname = \"legacy\"\nbase_url = \"http://127.0.0.1:{}\"\nallow_private_network = true\n\
+                 methods = [\"GET\"]\npaths = [\"/v1/**\"]\nmode = \"shadow\"\n\n\
+                 [[rbac.roles]]\nname = \"legacy-user\"\nallow = [{{ api = \"legacy\" }}]\n",
+                up.port
+            )
+    };
+    let mut gw = Gateway::start_generated(shadowed);
+    let auth = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "wanda", "roles": ["writer"]}))
+    );
+    let c = reqwest::Client::new();
+    let r = c
+        .delete(gw.proxy_url("/local/records/7"))
+        .header("Host", "localhost")
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a shadow rule does not refuse");
+    assert_eq!(up.count(), 1);
+    let rule = "rbac.roles[0].deny[0]";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shadow_count(&gw, rule).await < 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow_count(&gw, rule).await, 1.0);
+    // explain shows it too.
+    let (code, doc) = explain(
+        &gw,
+        &[
+            "--door",
+            "proxy",
+            "--api",
+            "local",
+            "--method",
+            "DELETE",
+            "--endpoint",
+            "/records/7",
+            "--principal",
+            r#"{"subject": "wanda", "roles": ["writer"]}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["shadow"][0]["rule"], rule, "{doc}");
+
+    // The shadowed limit: 4 more calls (5 in all), all admitted, 3 over the limit counted.
+    for i in 0..4 {
+        let r = c
+            .get(gw.proxy_url(&format!("/local/x/{i}")))
+            .header("Host", "localhost")
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(up.count(), 5);
+    let limit_rule = "rate_limits[api.local]";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shadow_count(&gw, limit_rule).await < 3.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow_count(&gw, limit_rule).await, 3.0);
+
+    // An API in shadow mode: its method and path rules report, the call goes through.
+    let legacy = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "lee", "roles": ["legacy-user"]}))
+    );
+    let r = c
+        .delete(gw.proxy_url("/legacy/v2/old"))
+        .header("Host", "localhost")
+        .header("Authorization", &legacy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(shadow_count(&gw, "apis[legacy].methods").await, 1.0);
+    assert_eq!(shadow_count(&gw, "apis[legacy].paths").await, 1.0);
+
+    terminate(&mut gw);
+    let audit =
+        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"]["decision"], "allow");
+    assert_eq!(
+        first["event"]["shadow"],
+        json!([{"stage": "authorization", "rule": rule, "reason": "not_permitted"}]),
+        "{first}"
+    );
+}
+
+/// `[policy] mode = "shadow"` puts every policy rule in report mode at once; the safety
+/// rules (endpoint validation, the SSRF guard) still refuse.
+#[tokio::test]
+async fn policy_mode_shadow_reports_every_policy_rule_but_keeps_the_safety_rules() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start_generated(config(up.port, "[policy]\nmode = \"shadow\"\n"));
+    let auth = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "wanda", "roles": ["writer"]}))
+    );
+    let c = reqwest::Client::new();
+    let r = c
+        .delete(gw.proxy_url("/local/records/7"))
+        .header("Host", "localhost")
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Sent as written (an HTTP client would normalise the dots away).
+    let raw = raw_http(
+        gw.proxy,
+        format!("GET /local/%2e%2e/etc HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(
+        status_of(&raw),
+        400,
+        "endpoint validation is never shadowed: {raw}"
+    );
+    assert_eq!(up.count(), 1);
+    terminate(&mut gw);
+    let audit =
+        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains(
+            "\"shadow\":[{\"reason\":\"not_permitted\",\"rule\":\"rbac.roles[0].deny[0]\""
+        ),
+        "{audit}"
+    );
+}

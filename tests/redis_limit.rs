@@ -484,6 +484,7 @@ fn script_modes_agree_with_the_memory_limiter() {
                     requests: 5,
                     window: hour,
                     burst: 1,
+                    shadow: false,
                 },
                 Ceiling::Gcra,
             ),
@@ -493,6 +494,7 @@ fn script_modes_agree_with_the_memory_limiter() {
                     requests: 40,
                     window: hour,
                     burst: 40,
+                    shadow: false,
                 },
                 Ceiling::Log,
             ),
@@ -502,6 +504,7 @@ fn script_modes_agree_with_the_memory_limiter() {
                     requests: 1500,
                     window: hour,
                     burst: 1500,
+                    shadow: false,
                 },
                 Ceiling::Slots,
             ),
@@ -586,12 +589,14 @@ fn concurrent_decisions_share_a_batch_and_agree_with_the_memory_limiter() {
         requests: 1500,
         window: hour,
         burst: 10,
+        shadow: false,
     };
     let log = Policy {
         name: "log".into(),
         requests: 40,
         window: hour,
         burst: 40,
+        shadow: false,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -113,6 +113,8 @@ pub(super) struct RawRole {
     pub allow: Vec<RawGrant>,
     #[serde(default)]
     pub deny: Vec<RawGrant>,
+    #[serde(default)]
+    pub mode: crate::types::RuleMode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +123,8 @@ pub(super) struct RawGrant {
     pub api: String,
     pub methods: Option<Vec<String>>,
     pub paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub mode: crate::types::RuleMode,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +259,8 @@ pub struct Grant {
     pub methods: Vec<Method>,
     /// Empty means every path.
     pub paths: Vec<PathPattern>,
+    /// `mode = "shadow"` (on the rule or its role): evaluated, never enforced.
+    pub shadow: bool,
 }
 
 impl Grant {
@@ -686,6 +692,7 @@ pub(super) fn validate_rbac(
                 format!("duplicate role {:?}", r.name),
             ));
         }
+        let role_shadow = r.mode == crate::types::RuleMode::Shadow;
         let mut grants = |list: Vec<RawGrant>, kind: &str| -> Vec<Grant> {
             let mut out = Vec::new();
             for (g, raw) in list.into_iter().enumerate() {
@@ -723,6 +730,7 @@ pub(super) fn validate_rbac(
                     api: raw.api,
                     methods,
                     paths,
+                    shadow: role_shadow || raw.mode == crate::types::RuleMode::Shadow,
                 });
             }
             out

@@ -38,6 +38,8 @@ pub(super) struct RawApi {
     follow_redirects: Option<u8>,
     cost_per_call: Option<f64>,
     response: Option<super::response::RawResponse>,
+    #[serde(default)]
+    mode: crate::types::RuleMode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +91,8 @@ pub struct Api {
     pub cost_per_call: Option<f64>,
     /// `[apis.response]`: how answers are shaped for a model on the MCP door.
     pub response: super::response::ResponseShaping,
+    /// `mode = "shadow"`: the API's method and path rules are evaluated, never enforced.
+    pub shadow: bool,
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -467,6 +471,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
             requests: e.requests,
             window: e.window,
             burst: e.burst,
+            mode: Default::default(),
         };
         let policy = rate_policy(&ep, &format!("api.{}:{}", a.name, e.path), raw, errors);
         if let (Some(pattern), Some(policy)) = (pattern, policy) {
@@ -515,6 +520,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         case_insensitive_paths: a.case_insensitive_paths,
         credential,
         response,
+        shadow: a.mode == crate::types::RuleMode::Shadow,
         rate_limit,
         endpoint_rate_limits,
     })
@@ -555,6 +561,7 @@ impl Api {
                 max_upstream_bytes: Some(1 << 20),
                 ..Default::default()
             },
+            shadow: false,
             rate_limit: None,
             endpoint_rate_limits: Vec::new(),
             require_signature: false,

@@ -69,7 +69,7 @@ pub fn lint(config: &Config) -> Vec<Warning> {
                     );
                 }
                 if list == "allow" {
-                    if let Some(k) = role.deny.iter().position(|d| covers(d, g)) {
+                    if let Some(k) = role.deny.iter().position(|d| !d.shadow && covers(d, g)) {
                         warn(
                             &mut out,
                             "W005",

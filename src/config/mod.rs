@@ -103,6 +103,14 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 // Raw schema: what the TOML file may contain. Unknown keys are rejected everywhere.
 // ---------------------------------------------------------------------------------------
 
+/// `[policy]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    mode: crate::types::RuleMode,
+}
+
 /// `[admin]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +133,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    policy: RawPolicy,
     #[serde(default)]
     mcp: RawMcp,
     #[serde(default)]
@@ -175,6 +185,9 @@ pub struct Config {
     pub explain_denials: crate::types::ExplainDenials,
     /// `[admin]`: who may use the admin listener's routes beyond health and metrics.
     pub admin: AdminConfig,
+    /// `[policy] mode`: `shadow` evaluates every policy rule (API rules, RBAC, rate limits)
+    /// without enforcing it. Default `enforce`.
+    pub policy_mode: crate::types::RuleMode,
 }
 
 impl Config {
@@ -357,6 +370,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             admin: AdminConfig {
                 role: raw.admin.role.unwrap_or_else(|| "admin".to_string()),
             },
+            policy_mode: raw.policy.mode,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -16,6 +16,8 @@ pub struct Policy {
     pub window: Duration,
     /// 1 ≤ burst ≤ requests; defaults to `requests`.
     pub burst: u32,
+    /// `mode = "shadow"`: counted, and a would-be refusal recorded, never a 429.
+    pub shadow: bool,
 }
 
 /// What to do while Redis cannot be reached.
@@ -139,6 +141,8 @@ pub(crate) struct RawRateLimit {
     pub(super) requests: u32,
     pub(super) window: HumanDuration,
     pub(super) burst: Option<u32>,
+    #[serde(default)]
+    pub(super) mode: crate::types::RuleMode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +217,7 @@ pub(super) fn rate_policy(
         requests: r.requests,
         window: r.window.0,
         burst,
+        shadow: r.mode == crate::types::RuleMode::Shadow,
     })
 }
 

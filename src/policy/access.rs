@@ -299,6 +299,20 @@ impl Access<'_> {
         path: &RequestPath<'_>,
         case: Case,
     ) -> Result<(), (String, Option<String>)> {
+        self.decide_with(p, api, method, path, case, true)
+    }
+
+    /// [`Access::decide`] over the enforced rules only (`all = false`: rules in
+    /// `mode = "shadow"` neither refuse nor grant), or over every rule (`all = true`).
+    pub fn decide_with(
+        &self,
+        p: &Principal,
+        api: &str,
+        method: &Method,
+        path: &RequestPath<'_>,
+        case: Case,
+        all: bool,
+    ) -> Result<(), (String, Option<String>)> {
         if !Self::key_allows_api(p, api) {
             return Err(("auth.api_keys.allowed_apis".to_string(), None));
         }
@@ -310,7 +324,7 @@ impl Access<'_> {
                 continue;
             }
             for (j, g) in r.deny.iter().enumerate() {
-                if g.covers(api, method, |pat| path.denied_by(pat)) {
+                if (all || !g.shadow) && g.covers(api, method, |pat| path.denied_by(pat)) {
                     let shown = g
                         .paths
                         .iter()
@@ -322,9 +336,9 @@ impl Access<'_> {
             }
         }
         let granted = self.roles(p).any(|r| {
-            r.allow
-                .iter()
-                .any(|g| g.covers(api, method, |pat| path.allowed_by(pat, case)))
+            r.allow.iter().any(|g| {
+                (all || !g.shadow) && g.covers(api, method, |pat| path.allowed_by(pat, case))
+            })
         }) || Self::key_list_is_grant(p);
         if granted {
             Ok(())
@@ -487,6 +501,7 @@ mod tests {
                 .iter()
                 .map(|p| PathPattern::parse(p).unwrap())
                 .collect(),
+            shadow: false,
         };
         let rbac = Rbac {
             roles: vec![Role {

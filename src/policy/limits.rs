@@ -42,20 +42,40 @@ pub fn applicable<'a>(
     checks
 }
 
-/// Counts the call against every applicable policy: 429 when one refuses, 503 when the
-/// shared store is down and `on_error = "deny"`.
+/// Counts the call against every applicable policy: 429 when an enforced one refuses, 503
+/// when the shared store is down and `on_error = "deny"`. Policies in `mode = "shadow"` (all
+/// of them with `everything`) are counted apart; their would-be refusal is returned beside
+/// the states instead of answering 429.
 pub async fn check(
     limits: &RateLimits,
     limiter: &Limiter,
     api: &Api,
     path: &RequestPath<'_>,
     caller: &Caller,
+    everything: bool,
+) -> Result<(Vec<PolicyState>, Option<GatewayError>), GatewayError> {
+    let (shadow, enforced): (Vec<_>, Vec<_>) = applicable(limits, api, path, caller)
+        .into_iter()
+        .partition(|(_, p)| everything || p.shadow);
+    let mut states = decide(limiter, &enforced).await?;
+    let shadowed = match decide(limiter, &shadow).await {
+        Ok(more) => {
+            states.extend(more);
+            None
+        }
+        Err(e) => Some(e),
+    };
+    Ok((states, shadowed))
+}
+
+async fn decide(
+    limiter: &Limiter,
+    checks: &[(String, &Policy)],
 ) -> Result<Vec<PolicyState>, GatewayError> {
-    let checks = applicable(limits, api, path, caller);
     if checks.is_empty() {
         return Ok(Vec::new());
     }
-    match limiter.check(&checks).await {
+    match limiter.check(checks).await {
         Err(_) => Err(GatewayError::new(
             ErrorKind::LimiterUnavailable,
             "the shared rate-limit store is unavailable and calls are refused until it recovers",

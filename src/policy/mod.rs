@@ -153,6 +153,9 @@ pub struct Admitted {
     /// For a signed request whose body streams after admission: the SHA-256 the body must
     /// match ([`body::StreamGuard`]).
     pub body_digest: Option<[u8; 32]>,
+    /// What rules in `mode = "shadow"` would have refused (stage, rule and reason named):
+    /// counted, audited and traced by the door, never enforced.
+    pub shadow: Vec<GatewayError>,
 }
 
 /// A refused call: the error the caller sees, and who the caller was when that was known.
@@ -378,8 +381,17 @@ impl Pipeline {
         let api = self.find_api(principal, call.api).map_err(target)?;
         let endpoint = EndpointPath::parse(call.endpoint).map_err(target)?;
         let path = paths::RequestPath::new(endpoint.decoded_segments());
-        self.check_rules(principal, api, call.method, &endpoint, &path)
-            .map_err(target)?;
+        // Refusals by rules in `mode = "shadow"`: recorded, not enforced.
+        let mut shadows = Vec::new();
+        self.check_rules(
+            principal,
+            api,
+            call.method,
+            &endpoint,
+            &path,
+            Some(&mut shadows),
+        )
+        .map_err(target)?;
         if api.require_signature && caller.signature.is_none() {
             return Err(unauthorized(
                 Reason::SignatureMissing,
@@ -424,9 +436,19 @@ impl Pipeline {
         // 10. Rate limits, last of the judgements: a call refused above costs no quota.
         let rate_limits = match mode {
             Mode::Enforce => {
-                limits::check(&self.config.rate_limits, &self.limiter, api, &path, caller)
-                    .await
-                    .map_err(|e| e.at(Stage::RateLimit))?
+                let everything = self.config.policy_mode == crate::types::RuleMode::Shadow;
+                let (states, shadowed) = limits::check(
+                    &self.config.rate_limits,
+                    &self.limiter,
+                    api,
+                    &path,
+                    caller,
+                    everything,
+                )
+                .await
+                .map_err(|e| e.at(Stage::RateLimit))?;
+                shadows.extend(shadowed.map(|e| e.at(Stage::RateLimit)));
+                states
             }
             Mode::Explain { .. } => Vec::new(),
         };
@@ -445,6 +467,10 @@ impl Pipeline {
 
         // 12. The upstream target, with a query credential when the API puts it there.
         let path_and_query = upstream_path_and_query(api, &endpoint, call.query);
+        let shadow = shadows
+            .into_iter()
+            .map(|e| name_rule(target(e), Some(&api.name)))
+            .collect();
         Ok(Admitted {
             caller: caller.clone(),
             api: api.clone(),
@@ -454,6 +480,7 @@ impl Pipeline {
             headers,
             rate_limits,
             body_digest,
+            shadow,
         })
     }
 
@@ -603,11 +630,14 @@ impl Pipeline {
     ) -> Result<EndpointPath, GatewayError> {
         let endpoint = EndpointPath::parse(endpoint)?;
         let path = paths::RequestPath::new(endpoint.decoded_segments());
-        self.check_rules(principal, api, method, &endpoint, &path)?;
+        self.check_rules(principal, api, method, &endpoint, &path, None)?;
         Ok(endpoint)
     }
 
     /// The method, path and role rules for a parsed endpoint and its [`paths::RequestPath`].
+    /// With `shadows`, a refusal by a rule in `mode = "shadow"` (the API's, a role's or a
+    /// grant's, or any of them under `[policy] mode = "shadow"`) is recorded there and the
+    /// call goes on; without (a redirect hop), every rule is enforced.
     fn check_rules(
         &self,
         principal: &Principal,
@@ -615,22 +645,34 @@ impl Pipeline {
         method: &Method,
         endpoint: &EndpointPath,
         path: &paths::RequestPath<'_>,
+        mut shadows: Option<&mut Vec<GatewayError>>,
     ) -> Result<(), GatewayError> {
+        let everything = self.config.policy_mode == crate::types::RuleMode::Shadow;
+        let mut judge = |e: GatewayError, shadow: bool| match shadows.as_deref_mut() {
+            Some(list) if shadow || everything => {
+                list.push(e);
+                Ok(())
+            }
+            _ => Err(e),
+        };
         if !api.methods.contains(method) {
-            return Err(GatewayError::because(
-                Reason::MethodNotAllowed,
-                format!(
-                    "method {} is not allowed for API {:?}; allowed: {}",
-                    method,
-                    api.name,
-                    api.methods
-                        .iter()
-                        .map(Method::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-            .by_rule(format!("apis[{}].methods", api.name)));
+            judge(
+                GatewayError::because(
+                    Reason::MethodNotAllowed,
+                    format!(
+                        "method {} is not allowed for API {:?}; allowed: {}",
+                        method,
+                        api.name,
+                        api.methods
+                            .iter()
+                            .map(Method::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .by_rule(format!("apis[{}].methods", api.name)),
+                api.shadow,
+            )?;
         }
         let case = api.path_case();
         let not_allowed = || {
@@ -644,17 +686,19 @@ impl Pipeline {
             )
         };
         if let Some(i) = api.deny_paths.iter().position(|p| path.denied_by(p)) {
-            return Err(not_allowed()
-                .by_rule(format!("apis[{}].deny_paths[{i}]", api.name))
-                .with_detail("pattern", serde_json::json!(api.deny_paths[i].as_str())));
+            judge(
+                not_allowed()
+                    .by_rule(format!("apis[{}].deny_paths[{i}]", api.name))
+                    .with_detail("pattern", serde_json::json!(api.deny_paths[i].as_str())),
+                api.shadow,
+            )?;
+        } else if !api.paths.iter().any(|p| path.allowed_by(p, case)) {
+            judge(
+                not_allowed().by_rule(format!("apis[{}].paths", api.name)),
+                api.shadow,
+            )?;
         }
-        if !api.paths.iter().any(|p| path.allowed_by(p, case)) {
-            return Err(not_allowed().by_rule(format!("apis[{}].paths", api.name)));
-        }
-        if let Err((rule, pattern)) = self
-            .access()
-            .decide(principal, &api.name, method, path, case)
-        {
+        let refusal = |(rule, pattern): (String, Option<String>)| {
             let e = GatewayError::because(
                 Reason::NotPermitted,
                 format!(
@@ -665,10 +709,19 @@ impl Pipeline {
                 ),
             )
             .by_rule(rule);
-            return Err(match pattern {
+            match pattern {
                 Some(p) => e.with_detail("pattern", serde_json::json!(p)),
                 None => e,
-            });
+            }
+        };
+        let access = self.access();
+        // The enforced rules decide; the shadow ones only say what they would have done.
+        let enforced = access.decide_with(principal, &api.name, method, path, case, false);
+        let all = access.decide_with(principal, &api.name, method, path, case, true);
+        match (enforced, all) {
+            (Err(r), _) => judge(refusal(r), false)?,
+            (Ok(()), Err(r)) => judge(refusal(r), true)?,
+            (Ok(()), Ok(())) => {}
         }
         Ok(())
     }

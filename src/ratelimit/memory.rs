@@ -254,6 +254,7 @@ mod tests {
             requests,
             window: Duration::from_secs(window_s),
             burst,
+            shadow: false,
         }
     }
 

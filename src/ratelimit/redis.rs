@@ -510,5 +510,6 @@ fn scale(p: &Policy, share: f64) -> Policy {
         requests,
         window: p.window,
         burst: ((f64::from(p.burst) * share).floor() as u32).clamp(1, requests),
+        shadow: false,
     }
 }

@@ -71,3 +71,13 @@ pub enum ExplainDenials {
     /// Neither the stage nor the rule.
     None,
 }
+
+/// Whether a rule is enforced or only evaluated (`mode = "shadow"`): a shadow rule's
+/// would-be refusals are counted, audited and traced, and the call goes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
