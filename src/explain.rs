@@ -196,6 +196,19 @@ pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, S
             if d.resolve {
                 doc["address"] = json!(a.addr.to_string());
             }
+            // Where the caller stands now, read without consuming (the serving pipeline's
+            // memory store, on the admin listener; a fresh one offline).
+            if let Some(states) = &found.rate_limit_state {
+                doc["rate_limit_state"] = Value::Array(
+                    states
+                        .iter()
+                        .map(|s| {
+                            json!({"policy": s.name, "limit": s.requests, "remaining": s.remaining,
+                                   "reset_s": crate::types::ceil_secs(s.reset)})
+                        })
+                        .collect(),
+                );
+            }
             doc
         }
         Err(r) => {

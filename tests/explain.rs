@@ -687,3 +687,58 @@ async fn policy_mode_shadow_reports_every_policy_rule_but_keeps_the_safety_rules
         "{audit}"
     );
 }
+
+/// `POST /explain` reads where the caller stands against its limits without consuming: after
+/// two calls of three, three explanations all say one is left, and the third call still
+/// passes.
+#[tokio::test]
+async fn the_admin_explanation_peeks_at_limits_without_consuming() {
+    let up = Upstream::start();
+    let limited = move |ports: (u16, u16, u16)| {
+        config(up.port, "[admin]\nrole = \"gatekeeper\"\n")(ports).replace(
+            "credentials = { query",
+            "rate_limit = { requests = 3, window = \"1m\" }\ncredentials = { query",
+        )
+    };
+    let gw = Gateway::start_generated(limited);
+    let c = reqwest::Client::new();
+    let writer = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "wanda", "roles": ["writer"]}))
+    );
+    let call = || {
+        c.get(gw.proxy_url("/local/x"))
+            .header("Host", "localhost")
+            .header("Authorization", &writer)
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(call().await.unwrap().status(), 200);
+    }
+    let admin = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "ops", "roles": ["gatekeeper"]}))
+    );
+    let ask = json!({"door": "proxy", "api": "local", "endpoint": "/x",
+                     "principal": {"subject": "wanda", "roles": ["writer"]}});
+    for _ in 0..3 {
+        let doc: Value = c
+            .post(format!("http://127.0.0.1:{}/explain", gw.admin))
+            .header("Authorization", &admin)
+            .json(&ask)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["rate_limits"], json!(["api.local"]), "{doc}");
+        assert_eq!(doc["rate_limit_state"][0]["remaining"], 1, "{doc}");
+    }
+    assert_eq!(
+        call().await.unwrap().status(),
+        200,
+        "explaining consumed nothing"
+    );
+    assert_eq!(call().await.unwrap().status(), 429);
+}

@@ -174,6 +174,9 @@ pub type Outcome = Result<Admitted, Box<Refused>>;
 pub struct Explanation {
     pub outcome: Outcome,
     pub rate_limits: Vec<String>,
+    /// Where those policies stand now for this caller, read without consuming (the memory
+    /// store; `None` with Redis).
+    pub rate_limit_state: Option<Vec<PolicyState>>,
 }
 
 /// Whether the stages act (count limits, resolve, consult the audit trail) or only judge.
@@ -330,6 +333,7 @@ impl Pipeline {
                             error,
                         })),
                         rate_limits: Vec::new(),
+                        rate_limit_state: None,
                     }
                 }
             },
@@ -344,19 +348,21 @@ impl Pipeline {
                     error: name_rule(e, Some(call.api)),
                 })
             });
-        let rate_limits = match &outcome {
+        let (rate_limits, rate_limit_state) = match &outcome {
             Ok(a) => {
                 let path = paths::RequestPath::new(a.endpoint.decoded_segments());
-                limits::applicable(&self.config.rate_limits, &a.api, &path, &caller)
-                    .into_iter()
-                    .map(|(name, _)| name)
-                    .collect()
+                let checks = limits::applicable(&self.config.rate_limits, &a.api, &path, &caller);
+                (
+                    checks.iter().map(|(_, p)| p.name.clone()).collect(),
+                    self.limiter.peek(&checks),
+                )
             }
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), None),
         };
         Explanation {
             outcome,
             rate_limits,
+            rate_limit_state,
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Ceiling, Policy, PolicyState, RateLimitDecision};
 
 /// Admission counts in consecutive slots, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SlotCounts {
     /// The slot index (time / slot width) of `counts[0]`.
     base: u64,
@@ -71,7 +71,7 @@ impl SlotCounts {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Bucket {
     /// GCRA theoretical arrival time, in ns on the limiter's clock.
     tat: u64,
@@ -191,6 +191,23 @@ struct Inner {
 impl MemoryLimiter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The state of every `(key, policy)` pair at `now_ns`, consuming nothing: a key not
+    /// seen yet has its whole allowance.
+    pub fn peek(&self, checks: &[(String, &Policy)], now_ns: u64) -> Vec<PolicyState> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        checks
+            .iter()
+            .map(|(key, p)| match inner.buckets.get(key) {
+                Some((seen, b)) if seen == *p => {
+                    let mut b = b.clone();
+                    b.prune(p, now_ns);
+                    b.state(p, now_ns)
+                }
+                _ => Bucket::default().state(p, now_ns),
+            })
+            .collect()
     }
 
     /// Checks every `(key, policy)` pair at time `now_ns` and commits all of them, or none.

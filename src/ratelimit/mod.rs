@@ -61,6 +61,17 @@ impl Limiter {
         }
     }
 
+    /// The current state of every `(key, policy)` pair, consuming nothing; `None` with the
+    /// Redis store (reading it would take a round trip per policy).
+    pub fn peek(&self, checks: &[(String, &Policy)]) -> Option<Vec<PolicyState>> {
+        match self {
+            Limiter::Memory { limiter, epoch } => {
+                Some(limiter.peek(checks, epoch.elapsed().as_nanos() as u64))
+            }
+            Limiter::Redis(_) => None,
+        }
+    }
+
     /// Checks and commits every `(key, policy)` pair together.
     pub async fn check(
         &self,
