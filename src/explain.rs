@@ -107,6 +107,7 @@ pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, S
             client_ip: d.ip,
             signature: None,
             trace: crate::trace::TraceContext::from_headers(&headers),
+            shadow: Vec::new(),
         })),
         None => Who::Request(CallerRequest {
             door: d.door,

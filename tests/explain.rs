@@ -742,3 +742,34 @@ async fn the_admin_explanation_peeks_at_limits_without_consuming() {
     );
     assert_eq!(call().await.unwrap().status(), 429);
 }
+
+/// `[security] ip_mode = "shadow"`: a denied address is let through and its would-be
+/// refusal recorded.
+#[tokio::test]
+async fn ip_rules_can_be_shadowed() {
+    let up = Upstream::start();
+    let mut gw = Gateway::start_generated(config(
+        up.port,
+        "[security]\nip_deny = [\"127.0.0.1/32\"]\nip_mode = \"shadow\"\n",
+    ));
+    let auth = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "wanda", "roles": ["writer"]}))
+    );
+    let r = reqwest::Client::new()
+        .get(gw.proxy_url("/local/x"))
+        .header("Host", "localhost")
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 1);
+    terminate(&mut gw);
+    let audit =
+        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"shadow\":[{\"reason\":\"ip_denied\",\"rule\":\"security.ip_deny[0]\",\"stage\":\"address\"}]"),
+        "{audit}"
+    );
+}

@@ -78,6 +78,9 @@ pub struct Caller {
     pub signature: Option<signature::Verified>,
     /// The caller's W3C trace context, or a new trace.
     pub trace: crate::trace::TraceContext,
+    /// Refusals by rules in shadow mode while the caller was identified (the IP rules under
+    /// `ip_mode = "shadow"`): recorded with the call, never enforced.
+    pub shadow: Vec<crate::error::GatewayError>,
 }
 
 pub fn unauthorized(reason: crate::error::Reason, message: impl Into<String>) -> GatewayError {

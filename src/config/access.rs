@@ -308,6 +308,9 @@ pub struct IpRules {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `[security] ip_mode = "shadow"` (or `[policy] mode = "shadow"`): `ip_allow` and
+    /// `ip_deny` are evaluated, never enforced.
+    pub shadow: bool,
 }
 
 /// Header count and size limits.

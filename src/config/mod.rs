@@ -302,6 +302,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             raw.security.trusted_proxies,
             &mut errors,
         ),
+        shadow: raw.security.ip_mode == crate::types::RuleMode::Shadow
+            || raw.policy.mode == crate::types::RuleMode::Shadow,
     };
     let signatures = access::validate_signatures(raw.security.signatures, &mut errors);
     let explain_denials = raw.security.explain_denials.unwrap_or_default();

@@ -22,6 +22,8 @@ pub(super) struct RawSecurity {
     pub(super) trusted_proxies: Option<Vec<String>>,
     pub(super) signatures: Option<super::access::RawSignatures>,
     pub(super) explain_denials: Option<crate::types::ExplainDenials>,
+    #[serde(default)]
+    pub(super) ip_mode: crate::types::RuleMode,
 }
 
 #[derive(Debug, Default, Deserialize)]

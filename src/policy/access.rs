@@ -392,6 +392,7 @@ mod tests {
             allow: nets(allow),
             deny: nets(deny),
             trusted_proxies: nets(trusted),
+            shadow: false,
         }
     }
 

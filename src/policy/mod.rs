@@ -388,7 +388,7 @@ impl Pipeline {
         let endpoint = EndpointPath::parse(call.endpoint).map_err(target)?;
         let path = paths::RequestPath::new(endpoint.decoded_segments());
         // Refusals by rules in `mode = "shadow"`: recorded, not enforced.
-        let mut shadows = Vec::new();
+        let mut shadows = caller.shadow.clone();
         self.check_rules(
             principal,
             api,
@@ -501,7 +501,14 @@ impl Pipeline {
         let cfg = &self.config;
         // 1. Client address and IP rules.
         let client_ip = access::client_ip(&cfg.ip_rules, req.peer, Some(req.headers));
-        access::check_ip(&cfg.ip_rules, client_ip).map_err(|e| e.at(Stage::Address))?;
+        let mut shadow = Vec::new();
+        if let Err(e) = access::check_ip(&cfg.ip_rules, client_ip) {
+            let e = name_rule(e.at(Stage::Address), None);
+            if !cfg.ip_rules.shadow {
+                return Err(e);
+            }
+            shadow.push(e);
+        }
         // 2. CONNECT, header limits, framing, and the door's Host and Origin rule.
         let at_request = |e: GatewayError| e.at(Stage::Request);
         if req.method == http::Method::CONNECT {
@@ -554,6 +561,7 @@ impl Pipeline {
             client_ip,
             signature,
             trace: req.trace.clone(),
+            shadow,
         })
     }
 
@@ -585,6 +593,7 @@ impl Pipeline {
             client_ip: None,
             signature: None,
             trace: TraceContext::new_root(),
+            shadow: Vec::new(),
         })
     }
 
