@@ -26,6 +26,37 @@ fn config(up: u16, extra: &'static str) -> impl Fn((u16, u16, u16)) -> String {
     }
 }
 
+/// A proxy-door call as `auth`, with the Host the door serves.
+async fn proxy(gw: &Gateway, method: reqwest::Method, path: &str, auth: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(method, gw.proxy_url(path))
+        .header("Host", "localhost")
+        .header("Authorization", auth)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The audit file of a stopped gateway.
+fn audit_of(gw: &mut Gateway) -> String {
+    terminate(gw);
+    std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap()
+}
+
+/// `explain` arguments for the call the tests refuse: wanda, a writer, deleting a record.
+const WANDA_DELETES: &[&str] = &[
+    "--door",
+    "proxy",
+    "--api",
+    "local",
+    "--method",
+    "DELETE",
+    "--endpoint",
+    "/records/7",
+    "--principal",
+    r#"{"subject": "wanda", "roles": ["writer"]}"#,
+];
+
 /// A refusal's (reason, stage, rule), from a problem, a tool result or an explanation.
 fn verdict(v: &Value) -> (Option<&str>, Option<&str>, Option<&str>) {
     (
@@ -62,13 +93,7 @@ async fn a_deny_rule_is_named_on_both_doors_in_the_audit_and_by_explain() {
     let token = jwt(json!({"sub": "wanda", "roles": ["writer"]}));
     let auth = format!("Bearer {token}");
 
-    let r = reqwest::Client::new()
-        .delete(gw.proxy_url("/local/records/7"))
-        .header("Host", "localhost")
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
+    let r = proxy(&gw, reqwest::Method::DELETE, "/local/records/7", &auth).await;
     assert_eq!(r.status(), 403);
     let p: Value = r.json().await.unwrap();
     assert_eq!(verdict(&p), DENIED, "{p}");
@@ -167,9 +192,7 @@ async fn a_deny_rule_is_named_on_both_doors_in_the_audit_and_by_explain() {
     );
     assert_eq!(code, 2);
 
-    terminate(&mut gw);
-    let audit =
-        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    let audit = audit_of(&mut gw);
     let denied: Vec<Value> = audit
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
@@ -206,13 +229,8 @@ async fn explain_denials_decides_what_a_caller_is_told_not_what_is_audited() {
         let extra: &'static str =
             Box::leak(format!("[security]\nexplain_denials = \"{mode}\"\n").into_boxed_str());
         let mut gw = Gateway::start_generated(config(up.port, extra));
-        let p: Value = reqwest::Client::new()
-            .delete(gw.proxy_url("/local/records/7"))
-            .header("Host", "localhost")
-            .header("Authorization", &auth)
-            .send()
+        let p: Value = proxy(&gw, reqwest::Method::DELETE, "/local/records/7", &auth)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -391,21 +409,7 @@ async fn the_admin_listener_explains_for_admins_only() {
         (Some("refused"), Some("rbac.roles[0].deny[0]"), Some(true)),
         "{doc}"
     );
-    let (_, cli) = explain(
-        &gw,
-        &[
-            "--door",
-            "proxy",
-            "--api",
-            "local",
-            "--method",
-            "DELETE",
-            "--endpoint",
-            "/records/7",
-            "--principal",
-            r#"{"subject": "wanda", "roles": ["writer"]}"#,
-        ],
-    );
+    let (_, cli) = explain(&gw, WANDA_DELETES);
     assert_eq!(doc, cli, "the admin listener and the CLI say the same");
     // A malformed description is a 400 with the reason.
     let r = c
@@ -537,6 +541,19 @@ async fn shadow_count(gw: &Gateway, rule: &str) -> f64 {
         .sum()
 }
 
+/// [`shadow_count`] once it has reached `want`, or after 5 s: the doors count after the
+/// answer has gone out.
+async fn shadow_count_at(gw: &Gateway, rule: &str, want: f64) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = shadow_count(gw, rule).await;
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Shadow mode: the deny rule set to `mode = "shadow"` lets the DELETE through, once, and the
 /// would-be refusal is counted, audited and shown by explain; a shadowed limit of 2 per
 /// minute admits 5 calls and counts 3 would-be refusals.
@@ -565,79 +582,36 @@ async fn shadow_rules_are_evaluated_never_enforced() {
         "Bearer {}",
         jwt(json!({"sub": "wanda", "roles": ["writer"]}))
     );
-    let c = reqwest::Client::new();
-    let r = c
-        .delete(gw.proxy_url("/local/records/7"))
-        .header("Host", "localhost")
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
+    let r = proxy(&gw, reqwest::Method::DELETE, "/local/records/7", &auth).await;
     assert_eq!(r.status(), 200, "a shadow rule does not refuse");
     assert_eq!(up.count(), 1);
     let rule = "rbac.roles[0].deny[0]";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while shadow_count(&gw, rule).await < 1.0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(shadow_count(&gw, rule).await, 1.0);
+    assert_eq!(shadow_count_at(&gw, rule, 1.0).await, 1.0);
     // explain shows it too.
-    let (code, doc) = explain(
-        &gw,
-        &[
-            "--door",
-            "proxy",
-            "--api",
-            "local",
-            "--method",
-            "DELETE",
-            "--endpoint",
-            "/records/7",
-            "--principal",
-            r#"{"subject": "wanda", "roles": ["writer"]}"#,
-        ],
-    );
+    let (code, doc) = explain(&gw, WANDA_DELETES);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["shadow"][0]["rule"], rule, "{doc}");
 
     // The shadowed limit: 4 more calls (5 in all), all admitted, 3 over the limit counted.
     for i in 0..4 {
-        let r = c
-            .get(gw.proxy_url(&format!("/local/x/{i}")))
-            .header("Host", "localhost")
-            .header("Authorization", &auth)
-            .send()
-            .await
-            .unwrap();
+        let r = proxy(&gw, reqwest::Method::GET, &format!("/local/x/{i}"), &auth).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(up.count(), 5);
     let limit_rule = "rate_limits[api.local]";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while shadow_count(&gw, limit_rule).await < 3.0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(shadow_count(&gw, limit_rule).await, 3.0);
+    assert_eq!(shadow_count_at(&gw, limit_rule, 3.0).await, 3.0);
 
     // An API in shadow mode: its method and path rules report, the call goes through.
     let legacy = format!(
         "Bearer {}",
         jwt(json!({"sub": "lee", "roles": ["legacy-user"]}))
     );
-    let r = c
-        .delete(gw.proxy_url("/legacy/v2/old"))
-        .header("Host", "localhost")
-        .header("Authorization", &legacy)
-        .send()
-        .await
-        .unwrap();
+    let r = proxy(&gw, reqwest::Method::DELETE, "/legacy/v2/old", &legacy).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(shadow_count(&gw, "apis[legacy].methods").await, 1.0);
-    assert_eq!(shadow_count(&gw, "apis[legacy].paths").await, 1.0);
+    assert_eq!(shadow_count_at(&gw, "apis[legacy].methods", 1.0).await, 1.0);
+    assert_eq!(shadow_count_at(&gw, "apis[legacy].paths", 1.0).await, 1.0);
 
-    terminate(&mut gw);
-    let audit =
-        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    let audit = audit_of(&mut gw);
     let first: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
     assert_eq!(first["event"]["decision"], "allow");
     assert_eq!(
@@ -657,14 +631,7 @@ async fn policy_mode_shadow_reports_every_policy_rule_but_keeps_the_safety_rules
         "Bearer {}",
         jwt(json!({"sub": "wanda", "roles": ["writer"]}))
     );
-    let c = reqwest::Client::new();
-    let r = c
-        .delete(gw.proxy_url("/local/records/7"))
-        .header("Host", "localhost")
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
+    let r = proxy(&gw, reqwest::Method::DELETE, "/local/records/7", &auth).await;
     assert_eq!(r.status(), 200);
     // Sent as written (an HTTP client would normalise the dots away).
     let raw = raw_http(
@@ -677,9 +644,7 @@ async fn policy_mode_shadow_reports_every_policy_rule_but_keeps_the_safety_rules
         "endpoint validation is never shadowed: {raw}"
     );
     assert_eq!(up.count(), 1);
-    terminate(&mut gw);
-    let audit =
-        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    let audit = audit_of(&mut gw);
     assert!(
         audit.contains(
             "\"shadow\":[{\"reason\":\"not_permitted\",\"rule\":\"rbac.roles[0].deny[0]\""
@@ -756,18 +721,10 @@ async fn ip_rules_can_be_shadowed() {
         "Bearer {}",
         jwt(json!({"sub": "wanda", "roles": ["writer"]}))
     );
-    let r = reqwest::Client::new()
-        .get(gw.proxy_url("/local/x"))
-        .header("Host", "localhost")
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
+    let r = proxy(&gw, reqwest::Method::GET, "/local/x", &auth).await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.count(), 1);
-    terminate(&mut gw);
-    let audit =
-        std::fs::read_to_string(gw.config_path.parent().unwrap().join("audit.jsonl")).unwrap();
+    let audit = audit_of(&mut gw);
     assert!(
         audit.contains("\"shadow\":[{\"reason\":\"ip_denied\",\"rule\":\"security.ip_deny[0]\",\"stage\":\"address\"}]"),
         "{audit}"
