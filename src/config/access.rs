@@ -294,6 +294,9 @@ pub struct Role {
 #[derive(Debug, Default)]
 pub struct Rbac {
     pub roles: Vec<Role>,
+    /// Some role or rule is in `mode = "shadow"`: only then is a call judged a second time
+    /// with the shadow rules counted.
+    pub shadow: bool,
 }
 
 impl Rbac {
@@ -746,7 +749,10 @@ pub(super) fn validate_rbac(
             deny,
         });
     }
-    Rbac { roles }
+    let shadow = roles
+        .iter()
+        .any(|r| r.allow.iter().chain(&r.deny).any(|g| g.shadow));
+    Rbac { roles, shadow }
 }
 
 pub(super) fn parse_nets(

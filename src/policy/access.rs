@@ -290,21 +290,10 @@ impl Access<'_> {
     /// that refuses. Deny rules win, and read the path as [`RequestPath`] says; allow rules
     /// compare as `case` says. The refusing rule is the key's `allowed_apis`, the deny rule
     /// that matched (`rbac.roles[i].deny[j]`, with its pattern), or `rbac.roles`
-    /// when no grant of the caller's roles covers the call.
+    /// when no grant of the caller's roles covers the call. With `all = false` only the
+    /// enforced rules count (rules in `mode = "shadow"` neither refuse nor grant); with
+    /// `all = true` every rule does.
     pub fn decide(
-        &self,
-        p: &Principal,
-        api: &str,
-        method: &Method,
-        path: &RequestPath<'_>,
-        case: Case,
-    ) -> Result<(), (String, Option<String>)> {
-        self.decide_with(p, api, method, path, case, true)
-    }
-
-    /// [`Access::decide`] over the enforced rules only (`all = false`: rules in
-    /// `mode = "shadow"` neither refuse nor grant), or over every rule (`all = true`).
-    pub fn decide_with(
         &self,
         p: &Principal,
         api: &str,
@@ -510,6 +499,7 @@ mod tests {
                 allow: vec![grant("*", &[Method::GET], &[])],
                 deny: vec![grant("github", &[], &["/admin/**"])],
             }],
+            shadow: false,
         };
         let a = Access { rbac: &rbac };
         let permits = |p: &Principal, api: &str, m: Method, segments: &[&str]| {
@@ -519,6 +509,7 @@ mod tests {
                 &m,
                 &RequestPath::new(segments.to_vec()),
                 Case::Sensitive,
+                false,
             )
             .is_ok()
         };

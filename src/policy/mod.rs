@@ -730,13 +730,16 @@ impl Pipeline {
             }
         };
         let access = self.access();
-        // The enforced rules decide; the shadow ones only say what they would have done.
-        let enforced = access.decide_with(principal, &api.name, method, path, case, false);
-        let all = access.decide_with(principal, &api.name, method, path, case, true);
-        match (enforced, all) {
-            (Err(r), _) => judge(refusal(r), false)?,
-            (Ok(()), Err(r)) => judge(refusal(r), true)?,
-            (Ok(()), Ok(())) => {}
+        // The enforced rules decide; the shadow ones, when there are any, only say what
+        // they would have done.
+        match access.decide(principal, &api.name, method, path, case, false) {
+            Err(r) => judge(refusal(r), false)?,
+            Ok(()) if self.config.rbac.shadow => {
+                if let Err(r) = access.decide(principal, &api.name, method, path, case, true) {
+                    judge(refusal(r), true)?
+                }
+            }
+            Ok(()) => {}
         }
         Ok(())
     }
