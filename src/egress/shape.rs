@@ -314,15 +314,19 @@ impl<'a> Redactor<'a> {
 
     /// `text` with every secret replaced by `[REDACTED:kind]`, counting each.
     pub fn text(&self, text: &str, counts: &mut BTreeMap<&'static str, u64>) -> Option<String> {
+        // One pass per automaton: each match is counted as it is replaced.
         let mut changed: Option<String> = None;
         if let Some(c) = &self.api.credential {
-            let hits = c.replacer.find_iter(text).count();
+            let mut hits = 0u64;
+            let mut out = String::new();
+            c.replacer.replace_all_with(text, &mut out, |_, _, dst| {
+                hits += 1;
+                dst.push_str("[REDACTED:credential]");
+                true
+            });
             if hits > 0 {
-                *counts.entry("credential").or_default() += hits as u64;
-                let replaced = c
-                    .replacer
-                    .replace_all(text, &vec!["[REDACTED:credential]"; c.forms.len()]);
-                changed = Some(replaced);
+                *counts.entry("credential").or_default() += hits;
+                changed = Some(out);
             }
         }
         for (kind, re) in PATTERNS.iter() {
@@ -330,11 +334,14 @@ impl<'a> Redactor<'a> {
                 continue;
             }
             let current = changed.as_deref().unwrap_or(text);
-            let hits = re.find_iter(current).count();
+            let mut hits = 0u64;
+            let replaced = re.replace_all(current, |_: &regex::Captures<'_>| {
+                hits += 1;
+                format!("[REDACTED:{}]", kind.name())
+            });
             if hits > 0 {
-                *counts.entry(kind.name()).or_default() += hits as u64;
-                let marker = format!("[REDACTED:{}]", kind.name());
-                changed = Some(re.replace_all(current, marker.as_str()).into_owned());
+                *counts.entry(kind.name()).or_default() += hits;
+                changed = Some(replaced.into_owned());
             }
         }
         changed
