@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (config loaded, doors
-//! serving) and `/metrics` (Prometheus text format).
+//! serving) and `/metrics` (Prometheus text format); for principals holding `[admin] role`,
+//! `POST /explain` and the credential routes (`/credentials/{api}[/{principal}]`).
 
 use std::sync::Arc;
 
@@ -101,7 +102,8 @@ impl AdminApp {
                 Bytes::from(e.problem_json().to_string()),
             )
         };
-        let route_exists = matches!(path, "/explain");
+        let credentials = crate::credentials::admin_route(path);
+        let route_exists = path == "/explain" || credentials.is_some();
         if !route_exists {
             return (
                 404,
@@ -109,12 +111,33 @@ impl AdminApp {
                 Bytes::from_static(b"{\"error\":\"not_found\"}"),
             );
         }
-        if let Err(e) = gw
+        let admin = match gw
             .pipeline
             .authenticate_admin(&session.req_header().headers)
             .await
         {
-            return problem(&e);
+            Ok(p) => p,
+            Err(e) => return problem(&e),
+        };
+        if let Some((api, principal)) = credentials {
+            let body = match read_body(session, 64 << 10).await {
+                Ok(b) => b,
+                Err(e) => return problem(&e),
+            };
+            let method = session.req_header().method.clone();
+            let r = crate::credentials::manage(
+                &gw,
+                "admin",
+                None,
+                &admin.id,
+                &method,
+                path,
+                api.as_deref(),
+                principal.as_deref(),
+                &body,
+            )
+            .await;
+            return (r.status, r.content_type, r.body);
         }
         if session.req_header().method != http::Method::POST {
             let e = crate::error::GatewayError::because(
@@ -124,27 +147,10 @@ impl AdminApp {
             return problem(&e);
         }
         // The description is small: at most 64 KiB is read.
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= 64 << 10 => {
-                    body.extend_from_slice(&chunk)
-                }
-                Ok(Some(_)) => {
-                    session.set_keepalive(None);
-                    return problem(&crate::error::GatewayError::payload_too_large(
-                        "a call description may be at most 64 KiB",
-                    ));
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    session.set_keepalive(None);
-                    return problem(&crate::error::GatewayError::invalid_arguments(
-                        "the request body could not be read",
-                    ));
-                }
-            }
-        }
+        let body = match read_body(session, 64 << 10).await {
+            Ok(b) => b,
+            Err(e) => return problem(&e),
+        };
         let described = serde_json::from_slice::<serde_json::Value>(&body)
             .map_err(|e| e.to_string())
             .and_then(|v| crate::explain::Described::from_json(&v));
@@ -159,6 +165,34 @@ impl AdminApp {
         match crate::explain::explain_with(&gw.pipeline, &described).await {
             Ok(doc) => (200, "application/json", Bytes::from(doc.to_string())),
             Err(e) => problem(&crate::error::GatewayError::invalid_arguments(e)),
+        }
+    }
+}
+
+/// Reads a small request body whole: at most `max` bytes, else 413 (and the connection is
+/// not reused, its rest unread).
+pub async fn read_body(
+    session: &mut ServerSession,
+    max: usize,
+) -> Result<Vec<u8>, crate::error::GatewayError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= max => body.extend_from_slice(&chunk),
+            Ok(Some(_)) => {
+                session.set_keepalive(None);
+                return Err(crate::error::GatewayError::payload_too_large(format!(
+                    "the request body may be at most {} KiB",
+                    max >> 10
+                )));
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                session.set_keepalive(None);
+                return Err(crate::error::GatewayError::invalid_arguments(
+                    "the request body could not be read",
+                ));
+            }
         }
     }
 }

@@ -78,6 +78,16 @@ pub struct AuditEvent {
     /// `truncated`, `dropped`, and `redacted` counts by kind — never the values).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shaping: Option<Value>,
+    /// How the injected credential was obtained (`static`, `per_principal`,
+    /// `token_exchange`, `user_oauth`); on a credential's management, `managed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_source: Option<&'static str>,
+    /// The first 8 hex digits of the credential's SHA-256 — never the credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_fingerprint: Option<String>,
+    /// On a credential's management: whose credential was set or deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_subject: Option<String>,
 }
 
 impl AuditEvent {
@@ -110,6 +120,9 @@ impl AuditEvent {
             shaping: None,
             shadow: None,
             cost: None,
+            credential_source: None,
+            credential_fingerprint: None,
+            credential_subject: None,
         }
     }
 
@@ -172,6 +185,11 @@ pub fn rfc3339_now() -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     rfc3339(d.as_secs(), d.subsec_millis())
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn rfc3339_of(secs: u64) -> String {
+    rfc3339(secs, 0)
 }
 
 /// Unix seconds as fixed-width RFC 3339 UTC (civil date by Howard Hinnant's algorithm).

@@ -42,6 +42,9 @@ pub struct CallRecord {
     rate_limit: Option<serde_json::Value>,
     /// Would-be refusals of rules in `mode = "shadow"`: `{stage, rule, reason}` each.
     shadow: Vec<serde_json::Value>,
+    /// A token endpoint request made for this call's credential (exchange or refresh):
+    /// start, end, success. Traced as a child span.
+    token_request: Option<(std::time::SystemTime, std::time::SystemTime, bool)>,
 }
 
 impl CallRecord {
@@ -77,6 +80,7 @@ impl CallRecord {
             upstream_started: None,
             rate_limit: None,
             shadow: Vec::new(),
+            token_request: None,
         }
     }
 
@@ -106,6 +110,17 @@ impl CallRecord {
         self.api_label = a.api.name.clone();
         self.rate_limit = ratelimit::tightest_json(&a.rate_limits);
         self.api = Some(a.api.clone());
+        if let (Some(e), Some(c)) = (&mut self.event, &a.credential) {
+            e.credential_source = Some(c.source);
+            e.credential_fingerprint = Some(c.fingerprint.clone());
+        }
+        if let (Some(span), Some(c)) = (&mut self.span, &a.credential) {
+            span.set(opentelemetry::KeyValue::new(
+                "api_gateway.credential_source",
+                c.source,
+            ));
+        }
+        self.token_request = a.credential.as_ref().and_then(|c| c.fetched);
         self.shadow = a
             .shadow
             .iter()
@@ -160,6 +175,9 @@ impl CallRecord {
                     "api_gateway.shadow",
                     serde_json::Value::Array(self.shadow.clone()).to_string(),
                 ));
+            }
+            if let (Some((start, end, ok)), Some(t)) = (self.token_request, &gw.tracing) {
+                span.child(t, "credential token request", start, end, ok);
             }
             // An MCP call's HTTP status belongs to its JSON-RPC exchange, not to the call.
             span.end(if door == Door::Mcp { 0 } else { status }, error);

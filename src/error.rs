@@ -257,6 +257,9 @@ reasons! {
     InvalidSelect => ("invalid_select", InvalidArguments),
     /// CONNECT: the proxy door forwards requests to APIs; it is not a tunnel.
     ConnectMethod => ("connect_method", MethodNotSupported),
+    CredentialRequired => ("credential_required", Forbidden),
+    CredentialUnavailable => ("credential_unavailable", UpstreamError),
+    CredentialParam => ("credential_param", InvalidEndpoint),
 }
 
 /// The admission stage that refused a call (see [`crate::policy::Pipeline::admit`]), shown
@@ -282,6 +285,8 @@ pub enum Stage {
     RateLimit,
     /// DNS and the SSRF guard.
     Destination,
+    /// The caller's own upstream credential (per principal, exchanged, connected).
+    Credential,
 }
 
 impl Stage {
@@ -298,6 +303,7 @@ impl Stage {
             Stage::Audit => "audit",
             Stage::RateLimit => "rate_limit",
             Stage::Destination => "destination",
+            Stage::Credential => "credential",
         }
     }
 }
@@ -395,6 +401,18 @@ impl GatewayError {
     pub fn advice(&self) -> String {
         let next = match (self.kind, self.reason) {
             (ErrorKind::UnknownApi, _) => "call list_apis to see the APIs you may call".to_string(),
+            (_, Some(Reason::CredentialRequired)) => {
+                match self.details.as_ref().and_then(|d| d.get("connect_url")) {
+                    Some(Value::String(u)) => format!(
+                        "ask the user to open {u} to connect their account, then call again"
+                    ),
+                    _ => "this API needs a credential of the caller's own; retrying will not help"
+                        .to_string(),
+                }
+            }
+            (_, Some(Reason::CredentialParam)) => {
+                "remove that query parameter and call again".to_string()
+            }
             (ErrorKind::RateLimited, _) => match &self.rate_limit {
                 Some(d) => format!("retry after {} s", ceil_secs(d.retry_after)),
                 None => "retry later".to_string(),

@@ -108,6 +108,7 @@ pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, S
             signature: None,
             trace: crate::trace::TraceContext::from_headers(&headers),
             shadow: Vec::new(),
+            subject_token: None,
         })),
         None => Who::Request(CallerRequest {
             door: d.door,

@@ -100,6 +100,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
     },
+    /// Per-caller upstream credentials in `[credential_store]`: set (secret on stdin),
+    /// delete, list (fingerprints only), rotate-key (re-seal records under the current key).
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
     /// Audit-trail tools.
     Audit {
         #[command(subcommand)]
@@ -118,6 +124,42 @@ enum Command {
         /// The `name` for the printed config entry.
         #[arg(long, default_value = "my-key")]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Store a principal's secret for a `per_principal` API; the secret is read from stdin.
+    Set {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        api: String,
+        /// The principal id as in the audit record (`jwt:alice`, `key:ci`).
+        #[arg(long)]
+        principal: String,
+    },
+    /// Remove a principal's credential (a connected account is revoked first).
+    Delete {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        principal: String,
+    },
+    /// List stored credentials: API, principal, kind, fingerprint, dates.
+    List {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// Re-seal every record under the current key (credential_store.key_env); afterwards the
+    /// keys in old_key_envs can be removed.
+    RotateKey {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -243,6 +285,87 @@ fn load(path: Option<&PathBuf>) -> Result<Config, ConfigErrors> {
         Some(p) => Config::load(p),
         None => Config::parse(EMBEDDED_DEFAULT, &|name| std::env::var(name).ok()),
     }
+}
+
+/// `credentials set|delete|list|rotate-key`, on the store the config names.
+async fn credentials(command: CredentialsCommand) -> Result<(), String> {
+    use api_gateway_mcp::vault::Vault;
+    let path = match &command {
+        CredentialsCommand::Set { config, .. }
+        | CredentialsCommand::Delete { config, .. }
+        | CredentialsCommand::List { config, .. }
+        | CredentialsCommand::RotateKey { config } => config.clone(),
+    };
+    let config = std::sync::Arc::new(Config::load(&path).map_err(|e| e.to_string())?);
+    if config.credential_store.is_none() {
+        return Err(format!("{} has no [credential_store]", path.display()));
+    }
+    let vault = Vault::new(
+        config.clone(),
+        std::sync::Arc::new(api_gateway_mcp::egress::Egress::new()),
+    )?;
+    let api_of = |name: &str| {
+        config
+            .api(name)
+            .cloned()
+            .ok_or_else(|| format!("no API named {name:?} in {}", path.display()))
+    };
+    match command {
+        CredentialsCommand::Set { api, principal, .. } => {
+            let api = api_of(&api)?;
+            let mut secret = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut secret)
+                .map_err(|e| format!("cannot read the secret from stdin: {e}"))?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            let rec = vault
+                .set_secret(&api, &principal, secret)
+                .await
+                .map_err(|e| e.message)?;
+            println!(
+                "stored {} for {} (fingerprint {})",
+                rec.api, rec.principal, rec.fingerprint
+            );
+        }
+        CredentialsCommand::Delete { api, principal, .. } => {
+            let api = api_of(&api)?;
+            match vault
+                .delete(&api, &principal)
+                .await
+                .map_err(|e| e.message)?
+            {
+                Some(fp) => println!("deleted {} for {principal} (fingerprint {fp})", api.name),
+                None => return Err(format!("{principal} has no credential for {}", api.name)),
+            }
+        }
+        CredentialsCommand::List { api, .. } => {
+            if let Some(a) = &api {
+                api_of(a)?;
+            }
+            let list = vault.list(api.as_deref()).await.map_err(|e| e.message)?;
+            println!(
+                "{:<16} {:<32} {:<7} {:<9} {:<20}",
+                "API", "PRINCIPAL", "KIND", "FINGERPR", "UPDATED"
+            );
+            for r in list {
+                println!(
+                    "{:<16} {:<32} {:<7} {:<9} {:<20}",
+                    r.api,
+                    r.principal,
+                    r.kind,
+                    r.fingerprint,
+                    api_gateway_mcp::audit::rfc3339_of(r.updated)
+                );
+            }
+        }
+        CredentialsCommand::RotateKey { .. } => {
+            let (resealed, total) = vault.rotate_keys().await?;
+            println!(
+                "re-sealed {resealed} of {total} record(s) under key {}",
+                vault.current_key_id().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logs() {
@@ -478,6 +601,13 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { file, sqlite },
         } => audit_verify(file, sqlite),
+        Command::Credentials { command } => match block_on(credentials(command)).and_then(|r| r) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("credentials: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::HashKey {
             stdin,
             pepper_env,

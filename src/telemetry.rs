@@ -67,6 +67,10 @@ pub struct Metrics {
     /// `api_connections_refused_total{listener,reason}`: connections closed by the listener
     /// guard: `connection_limit` (over `server.max_connections`) or `head_timeout`.
     pub connections_refused: IntCounterVec,
+    /// `api_credential_events_total{api,event}`: per-caller credentials at work: `exchange`,
+    /// `exchange_cache_hit`, `exchange_failure`, `exchange_failure_cached`, `refresh`,
+    /// `refresh_failure`, `connect`, `set`, `delete`, and `store`/`failure`.
+    pub credential_events: IntCounterVec,
     /// The principals that have a label value of their own; past `max_principals`, the rest
     /// share `other`. `None`: the principal label is off.
     principals: Mutex<Option<Principals>>,
@@ -222,6 +226,12 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            credential_events: counter(
+                &r,
+                "api_credential_events_total",
+                "Per-caller credential events: exchanges, cache hits, refreshes, failures",
+                &["api", "event"],
+            ),
             audit_errors: counter(
                 &r,
                 "api_audit_sink_errors_total",

@@ -73,8 +73,18 @@ async fn a_caller_setting_the_credential_header_is_refused() {
 async fn query_credential_is_injected_and_cannot_be_overridden() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
+    // A caller's own copy of the credential parameter is refused, never forwarded.
     let r = client()
         .get(gw.proxy_url("/qapi/weather?q=London&appid=caller-value"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "credential_param");
+    assert!(up.seen().is_empty());
+    let r = client()
+        .get(gw.proxy_url("/qapi/weather?q=London"))
         .send()
         .await
         .unwrap();

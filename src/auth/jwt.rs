@@ -343,8 +343,15 @@ impl JwtVerifier {
                 "the token lacks a sub claim",
             )
         })?;
+        // A second issuer's ids name it; so does a first issuer's when the subject holds the
+        // separator (so `jwt:{sub}` can never read as another issuer's `jwt:{iss}#{sub}`).
+        let id = if issuer.cfg.qualified_ids || sub.contains('#') {
+            format!("jwt:{}#{sub}", issuer.cfg.issuer)
+        } else {
+            format!("jwt:{sub}")
+        };
         Ok(Principal {
-            id: format!("jwt:{sub}"),
+            id,
             kind: PrincipalKind::Jwt,
             roles: roles_from_claims(&claims, issuer.cfg.roles_claim.as_deref()),
             allowed_apis: None,
@@ -378,6 +385,7 @@ fn clone_issuer(i: &JwtIssuer) -> JwtIssuer {
             },
         },
         leeway: i.leeway,
+        qualified_ids: i.qualified_ids,
         max_lifetime: i.max_lifetime,
         roles_claim: i.roles_claim.clone(),
     }
@@ -400,6 +408,7 @@ mod tests {
             leeway: Duration::from_secs(5),
             max_lifetime,
             roles_claim: None,
+            qualified_ids: false,
         };
         JwtVerifier::new(&[issuer], Arc::new(Egress::new())).unwrap()
     }
@@ -502,6 +511,8 @@ mod tests {
             leeway: Duration::from_secs(5),
             max_lifetime: None,
             roles_claim: None,
+            // The second, as from [[auth.jwt_issuers]].
+            qualified_ids: iss == "https://b.test",
         };
         let other = "ffffffffffffffffffffffffffffffff";
         let v = JwtVerifier::new(
@@ -513,14 +524,25 @@ mod tests {
         )
         .unwrap();
         let claims = |iss: &str| json!({"sub": "s", "iss": iss, "aud": "gw", "exp": now() + 60});
-        assert!(v
+        let a = v
             .verify(&token(claims("https://a.test"), Algorithm::HS256, SECRET))
             .await
-            .is_ok());
-        assert!(v
+            .unwrap();
+        let b = v
             .verify(&token(claims("https://b.test"), Algorithm::HS256, other))
             .await
-            .is_ok());
+            .unwrap();
+        // Two issuers' `sub = "s"` are two principals.
+        assert_eq!(a.id, "jwt:s");
+        assert_eq!(b.id, "jwt:https://b.test#s");
+        // A first-issuer subject that looks like a qualified id is qualified itself.
+        let tricky = json!({"sub": "https://b.test#s", "iss": "https://a.test", "aud": "gw", "exp": now() + 60});
+        let t = v
+            .verify(&token(tricky, Algorithm::HS256, SECRET))
+            .await
+            .unwrap();
+        assert_eq!(t.id, "jwt:https://a.test#https://b.test#s");
+        assert_ne!(t.id, b.id);
         // Issuer b's token signed with issuer a's key is forged, and an unknown issuer is refused.
         assert_eq!(
             reason(

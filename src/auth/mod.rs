@@ -81,6 +81,37 @@ pub struct Caller {
     /// Refusals by rules in shadow mode while the caller was identified (the IP rules under
     /// `ip_mode = "shadow"`): recorded with the call, never enforced.
     pub shadow: Vec<crate::error::GatewayError>,
+    /// The bearer token the caller authenticated with, for an API that exchanges it
+    /// (`credentials.mode = "token_exchange"`). Never forwarded, logged or shown.
+    pub subject_token: Option<SubjectToken>,
+}
+
+/// A caller's own token, held only to be exchanged; its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct SubjectToken(std::sync::Arc<str>);
+
+impl SubjectToken {
+    /// The bearer token of `headers`, when they carry one.
+    pub fn from_headers(headers: &HeaderMap) -> Option<SubjectToken> {
+        let v = headers
+            .get(http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .trim();
+        let (scheme, token) = v.split_once(' ')?;
+        (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+            .then(|| SubjectToken(token.trim().into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectToken(<redacted>)")
+    }
 }
 
 pub fn unauthorized(reason: crate::error::Reason, message: impl Into<String>) -> GatewayError {

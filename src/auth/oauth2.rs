@@ -31,6 +31,44 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_');
 
+/// `Content-Type: application/x-www-form-urlencoded`.
+pub fn form_content_type() -> (http::HeaderName, http::HeaderValue) {
+    (
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+    )
+}
+
+/// A form body from `(name, value)` pairs.
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, FORM),
+                utf8_percent_encode(v, FORM)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `client_secret_basic` (RFC 6749 §2.3.1): the id and secret form-encoded, then Basic. The
+/// header value is marked sensitive.
+pub fn client_basic(id: &str, secret: Option<&str>) -> (http::HeaderName, http::HeaderValue) {
+    let enc = |s: &str| utf8_percent_encode(s, FORM).to_string();
+    let pair = format!("{}:{}", enc(id), enc(secret.unwrap_or("")));
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
+    let mut v = http::HeaderValue::from_str(&value)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    (http::header::AUTHORIZATION, v)
+}
+
 pub struct Introspector {
     cfg: OAuth2,
     target: Api,
@@ -85,29 +123,10 @@ impl Introspector {
     }
 
     async fn call(&self, token: &str) -> Result<(Verdict, Duration), GatewayError> {
-        let form = format!(
-            "token={}&token_type_hint=access_token",
-            utf8_percent_encode(token, FORM)
-        );
-        let mut headers = vec![(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
-        )];
+        let form = form_encode(&[("token", token), ("token_type_hint", "access_token")]);
+        let mut headers = vec![form_content_type()];
         if let Some(id) = &self.cfg.client_id {
-            // RFC 6749 §2.3.1: form-encode the id and secret, then Basic.
-            let enc = |s: &str| utf8_percent_encode(s, FORM).to_string();
-            let pair = format!(
-                "{}:{}",
-                enc(id),
-                enc(self.cfg.client_secret.as_deref().unwrap_or(""))
-            );
-            let value = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            );
-            if let Ok(v) = http::HeaderValue::from_str(&value) {
-                headers.push((http::header::AUTHORIZATION, v));
-            }
+            headers.push(client_basic(id, self.cfg.client_secret.as_deref()));
         }
         let path = self.target.base.request_path();
         let unavailable = || {

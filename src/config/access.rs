@@ -211,6 +211,10 @@ pub struct JwtIssuer {
     pub max_lifetime: Option<Duration>,
     /// The claim that carries roles; `None` means `roles`, then `scope`.
     pub roles_claim: Option<String>,
+    /// Principal ids name the issuer: `jwt:{iss}#{sub}` (issuers of `[[auth.jwt_issuers]]`),
+    /// rather than `jwt:{sub}` (`[auth.jwt]`), so two issuers' `sub = "alice"` are two
+    /// principals.
+    pub qualified_ids: bool,
 }
 
 /// One API key. Only its hash is held.
@@ -561,6 +565,11 @@ fn validate_issuer(
             format!("{path}.issuer"),
             "is required: tokens must name their issuer",
         ));
+    } else if issuer.contains('#') {
+        errors.push(err(
+            format!("{path}.issuer"),
+            "must not contain '#' (an issuer identifier has no fragment)",
+        ));
     }
     let audience = match j.audience.map(OneOrMany::into_vec) {
         Some(a) if !a.is_empty() => a,
@@ -678,6 +687,7 @@ fn validate_issuer(
         leeway: j.leeway.map_or(Duration::from_secs(30), |d| d.0),
         max_lifetime: j.max_lifetime.map(|d| d.0),
         roles_claim: j.roles_claim,
+        qualified_ids: path != "auth.jwt",
     })
 }
 

@@ -28,7 +28,7 @@ pub(super) struct RawApi {
     allow_private_network: bool,
     #[serde(default)]
     case_insensitive_paths: bool,
-    credentials: Option<RawCredentials>,
+    credentials: Option<super::credentials::RawCredentials>,
     max_response_bytes: Option<usize>,
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
@@ -51,14 +51,6 @@ struct RawEndpointRateLimit {
     burst: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredentials {
-    header: Option<String>,
-    query: Option<String>,
-    value: String,
-}
-
 /// One allow-listed upstream API.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -77,7 +69,12 @@ pub struct Api {
     /// The upstream routes paths regardless of case: `paths` and endpoint limits then match
     /// case-insensitively (deny rules always do). Default false.
     pub case_insensitive_paths: bool,
+    /// The credential injected into every call: a static one from config, or, for an API
+    /// whose credential is obtained per call (`dynamic_credential`), the caller's, set on the
+    /// per-call copy of the API that admission hands to egress.
     pub credential: Option<Credential>,
+    /// `credentials.mode` other than `static`: how the caller's credential is obtained.
+    pub dynamic_credential: Option<Arc<super::credentials::DynamicCredential>>,
     /// This API's limit, named `api.NAME`; when absent `rate_limits.default` applies.
     pub rate_limit: Option<Policy>,
     /// Extra limits for paths matching a pattern, named `api.NAME:PATTERN`, checked on top of
@@ -93,6 +90,22 @@ pub struct Api {
     pub response: super::response::ResponseShaping,
     /// `mode = "shadow"`: the API's method and path rules are evaluated, never enforced.
     pub shadow: bool,
+}
+
+impl Api {
+    /// Where this API's credential goes, whether it is static or obtained per call.
+    pub fn credential_placement(&self) -> Option<&CredentialPlacement> {
+        match (&self.credential, &self.dynamic_credential) {
+            (Some(c), _) => Some(&c.placement),
+            (None, Some(d)) => Some(&d.placement),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the gateway injects a credential into calls to this API.
+    pub fn injects_credential(&self) -> bool {
+        self.credential.is_some() || self.dynamic_credential.is_some()
+    }
 }
 
 /// A parsed `base_url`: where an API lives.
@@ -146,7 +159,7 @@ impl BaseUrl {
 }
 
 /// Where an upstream credential goes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialPlacement {
     Header(http::HeaderName),
     Query(String),
@@ -173,6 +186,8 @@ pub struct Credential {
     pub matcher: aho_corasick::AhoCorasick,
     /// The same forms, longest match first, for replacing each occurrence with a marker.
     pub replacer: aho_corasick::AhoCorasick,
+    /// The first 8 hex digits of the value's SHA-256, for audit records.
+    pub fingerprint: String,
 }
 
 impl Credential {
@@ -196,7 +211,9 @@ impl Credential {
                 .build(&forms)
                 .unwrap_or_else(|_| aho_corasick::AhoCorasick::new([""; 0]).expect("empty"))
         };
+        use sha2::Digest;
         Credential {
+            fingerprint: hex::encode(&sha2::Sha256::digest(value.as_bytes())[..4]),
             matcher: build(aho_corasick::MatchKind::Standard),
             replacer: build(aho_corasick::MatchKind::LeftmostLongest),
             forms,
@@ -392,51 +409,13 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         ));
     }
 
-    let credential = a.credentials.and_then(|c| {
-        let cp = format!("{p}.credentials");
-        let placement = match (c.header, c.query) {
-            (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) if !crate::types::headers::is_framing_header(&name) => {
-                    Some(CredentialPlacement::Header(name))
-                }
-                Ok(_) => {
-                    errors.push(err(
-                        format!("{cp}.header"),
-                        format!("{h:?} cannot carry a credential"),
-                    ));
-                    None
-                }
-                Err(_) => {
-                    errors.push(err(
-                        format!("{cp}.header"),
-                        format!("{h:?} is not a valid header name"),
-                    ));
-                    None
-                }
-            },
-            (None, Some(q)) if !q.is_empty() => Some(CredentialPlacement::Query(q)),
-            (None, Some(_)) => {
-                errors.push(err(format!("{cp}.query"), "must not be empty"));
-                None
-            }
-            _ => {
-                errors.push(err(cp.clone(), "set exactly one of `header` or `query`"));
-                None
-            }
-        };
-        if c.value.is_empty() {
-            errors.push(err(
-                format!("{cp}.value"),
-                "is empty (did the environment variable expand to nothing?)",
-            ));
-        } else if http::HeaderValue::from_str(&c.value).is_err() {
-            errors.push(err(
-                format!("{cp}.value"),
-                "contains characters not allowed in a header",
-            ));
-        }
-        placement.map(|placement| Credential::new(placement, c.value))
-    });
+    let (credential, dynamic_credential) = match a.credentials.and_then(|c| {
+        super::credentials::validate_credentials(&format!("{p}.credentials"), c, errors)
+    }) {
+        Some(super::credentials::Credentials::Static(c)) => (Some(c), None),
+        Some(super::credentials::Credentials::Dynamic(d)) => (None, Some(Arc::new(d))),
+        None => (None, None),
+    };
 
     let timeout = a.timeout.map_or(Duration::from_secs(30), |d| d.0);
     let connect_timeout = a.connect_timeout.map_or(Duration::from_secs(5), |d| d.0);
@@ -519,6 +498,7 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         allow_private_network: a.allow_private_network,
         case_insensitive_paths: a.case_insensitive_paths,
         credential,
+        dynamic_credential,
         response,
         shadow: a.mode == crate::types::RuleMode::Shadow,
         rate_limit,
@@ -557,6 +537,7 @@ impl Api {
             allow_private_network,
             case_insensitive_paths: false,
             credential: None,
+            dynamic_credential: None,
             response: super::response::ResponseShaping {
                 max_upstream_bytes: Some(1 << 20),
                 ..Default::default()

@@ -21,6 +21,7 @@ pub use crate::types::PathPattern;
 mod access;
 mod api;
 mod audit;
+mod credentials;
 pub mod lint;
 pub mod ratelimit;
 mod response;
@@ -37,6 +38,10 @@ use api::RawApi;
 pub use api::{parse_base_url, Api, BaseUrl, Credential, CredentialPlacement, SUPPORTED_METHODS};
 use audit::{validate_audit, RawAudit};
 pub use audit::{AuditConfig, AuditSink, OnFailure};
+pub use credentials::{
+    decode_key, ClientAuth, CredentialMode, CredentialStoreConfig, DynamicCredential, OAuthClient,
+    OnMissing, StoreKind, TokenExchange, UserOAuth,
+};
 use ratelimit::RawRateLimits;
 use ratelimit::{rate_policy, RawRateLimit};
 pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topology};
@@ -152,6 +157,7 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     apis: Vec<RawApi>,
+    credential_store: Option<credentials::RawCredentialStore>,
     #[serde(default)]
     tracing: telemetry::RawTracing,
     #[serde(default)]
@@ -188,6 +194,9 @@ pub struct Config {
     /// `[policy] mode`: `shadow` evaluates every policy rule (API rules, RBAC, rate limits)
     /// without enforcing it. Default `enforce`.
     pub policy_mode: crate::types::RuleMode,
+    /// `[credential_store]`: where per-caller credentials live (`per_principal` and
+    /// `user_oauth` APIs need it).
+    pub credential_store: Option<CredentialStoreConfig>,
 }
 
 impl Config {
@@ -202,6 +211,14 @@ impl Config {
         let mut config = Self::parse(&text, &|name| std::env::var(name).ok())?;
         // A relative audit path lives next to the config file.
         if let AuditSink::File(p) | AuditSink::Sqlite(p) = &mut config.audit.sink {
+            if p.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        // So does a relative credential store.
+        if let Some(StoreKind::Sqlite(p)) = config.credential_store.as_mut().map(|s| &mut s.kind) {
             if p.is_relative() {
                 if let Some(dir) = path.parent() {
                     *p = dir.join(&*p);
@@ -312,6 +329,24 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 
     let (apis, names) = api::validate_apis(raw.apis, &mut errors);
 
+    let credential_store = raw.credential_store.and_then(|s| {
+        let redis_url = rate_limits.redis.as_ref().map(|r| r.url.as_str());
+        credentials::validate_store(s, redis_url, env, &mut errors)
+    });
+    for (i, a) in apis.iter().enumerate() {
+        if let Some(d) = &a.dynamic_credential {
+            if d.mode.stored() && credential_store.is_none() {
+                errors.push(err(
+                    format!("apis[{i}].credentials.mode"),
+                    format!(
+                        "{:?} keeps each caller's credential in [credential_store], which is not configured",
+                        d.mode.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+
     let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
     let audit = validate_audit(raw.audit, &mut errors);
     let tracing = telemetry::validate_tracing(raw.tracing, env, &mut errors);
@@ -373,6 +408,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 role: raw.admin.role.unwrap_or_else(|| "admin".to_string()),
             },
             policy_mode: raw.policy.mode,
+            credential_store,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -41,6 +41,7 @@ pub(super) struct RawMcp {
     session_idle_timeout: Option<HumanDuration>,
     resource_ttl: Option<HumanDuration>,
     max_resource_bytes: Option<usize>,
+    public_url: Option<String>,
 }
 
 /// Listeners and process settings.
@@ -199,6 +200,10 @@ pub struct McpConfig {
     pub resource_ttl: Duration,
     /// Bytes of stored binary answers held at once; the oldest go first. Default 256 MiB.
     pub max_resource_bytes: usize,
+    /// The MCP listener's address as users' browsers reach it, without a trailing slash:
+    /// the base of the connect links for per-user credentials. Default
+    /// `http://{server.mcp_listen}` (`127.0.0.1` for an unspecified address).
+    pub public_url: String,
 }
 
 const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
@@ -304,7 +309,32 @@ pub(super) fn validate_mcp(
     });
     allowed_hosts.retain(|h| !h.is_empty());
     let loopback_origins = raw.allowed_origins.is_none() && mcp_listen.ip().is_loopback();
+    let public_url = match raw.public_url {
+        Some(u) => {
+            let ok = url::Url::parse(&u).is_ok_and(|p| {
+                matches!(p.scheme(), "http" | "https")
+                    && p.host().is_some()
+                    && p.query().is_none()
+                    && p.fragment().is_none()
+            });
+            if !ok {
+                errors.push(err(
+                    "mcp.public_url",
+                    format!("{u:?} is not an absolute http(s) URL such as \"https://gateway.example.com\""),
+                ));
+            }
+            u.trim_end_matches('/').to_string()
+        }
+        None => {
+            let mut addr = mcp_listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
     McpConfig {
+        public_url,
         browser: BrowserRules {
             section: "mcp",
             allowed_hosts,

@@ -205,6 +205,102 @@ impl McpHttpApp {
         let _ = session.write_response_body(Bytes::from(body), true).await;
     }
 
+    /// The connect page and the OAuth callback: opened in the user's browser, which holds
+    /// no credential of the gateway's; the sealed link (or OAuth `state`) is the authority.
+    async fn serve_connect(
+        gw: &Gateway,
+        mut session: ServerSession,
+        path: &str,
+    ) -> Option<ReusedHttpStream> {
+        let method = session.req_header().method.clone();
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
+        let origin = session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let reply = match crate::admin::read_body(&mut session, 64 << 10).await {
+            Err(e) => crate::credentials::Reply::problem(&e),
+            Ok(_) if path == "/oauth/callback" && method != http::Method::GET => {
+                crate::credentials::Reply::problem(&GatewayError::because(
+                    crate::error::Reason::MethodNotAllowed,
+                    "the OAuth callback is a GET",
+                ))
+            }
+            Ok(_) if path == "/oauth/callback" => {
+                crate::credentials::callback(gw, path, &query).await
+            }
+            Ok(body) => {
+                crate::credentials::connect(gw, &method, path, &query, origin.as_deref(), &body)
+                    .await
+            }
+        };
+        if !reply.write(&mut session).await {
+            return None;
+        }
+        crate::admin::finish(session).await
+    }
+
+    /// `/me/credentials[/{api}]`: the caller manages its own credentials, authenticated as
+    /// on the MCP door.
+    async fn serve_self(
+        gw: &Gateway,
+        mut session: ServerSession,
+        path: &str,
+        api: Option<String>,
+    ) -> Option<ReusedHttpStream> {
+        let head = session.req_header();
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        let identified = gw
+            .pipeline
+            .identify(&CallerRequest {
+                door: Door::Mcp,
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: &head.method,
+                path: head.uri.path(),
+                query: head.uri.query().unwrap_or(""),
+                headers: &head.headers,
+                raw_head: raw_head.as_deref(),
+                body: None,
+                trace: crate::trace::TraceContext::from_headers(&head.headers),
+            })
+            .await;
+        let caller = match identified {
+            Ok(c) => c,
+            Err(e) => {
+                session.set_keepalive(None);
+                return Self::refuse(gw, session, None, &e).await;
+            }
+        };
+        let method = session.req_header().method.clone();
+        let reply = match crate::admin::read_body(&mut session, 64 << 10).await {
+            Err(e) => crate::credentials::Reply::problem(&e),
+            Ok(body) => {
+                let id = caller.principal.id.clone();
+                crate::credentials::manage(
+                    gw,
+                    "mcp",
+                    Some(&caller),
+                    &id,
+                    &method,
+                    path,
+                    api.as_deref(),
+                    Some(&id),
+                    &body,
+                )
+                .await
+            }
+        };
+        if !reply.write(&mut session).await {
+            return None;
+        }
+        crate::admin::finish(session).await
+    }
+
     async fn respond_json(session: &mut ServerSession, status: u16, body: String) {
         if let Ok(mut h) = ResponseHeader::build(status, Some(2)) {
             let _ = h.insert_header(http::header::CONTENT_TYPE, "application/json");
@@ -246,6 +342,12 @@ impl HttpServerApp for McpHttpApp {
         {
             Self::respond_metadata(&gw, &mut session).await;
             return crate::admin::finish(session).await;
+        }
+        if path == "/oauth/callback" || path.starts_with("/connect/") {
+            return Self::serve_connect(&gw, session, &path).await;
+        }
+        if let Some(api) = crate::credentials::self_route(&path) {
+            return Self::serve_self(&gw, session, &path, api).await;
         }
         if path != "/mcp" && path != "/mcp/" {
             Self::respond_plain(&mut session, 404, "not found: the MCP endpoint is /mcp\n").await;

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Method;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, InitializeResult,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ElicitRequest, ElicitRequestParams,
+    ElicitResult, ElicitationAction, Implementation, InitializeResult, InputRequest, InputRequests,
+    InputRequiredResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    RequestStateCodec, SealOptions, ServerCapabilities, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use sha2::Digest;
 
 use super::tools::TOOL_METHODS;
 use crate::call::CallRecord;
@@ -33,7 +36,7 @@ pub struct GatewayMcp {
 }
 
 /// Arguments of the `api_gateway` tool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApiGatewayArgs {
     api: String,
@@ -59,6 +62,20 @@ pub(super) struct Answer {
     /// Content beside the JSON: an image, an embedded resource or a resource link.
     blocks: Vec<rmcp::model::ContentBlock>,
 }
+
+/// The key of the connect request in `inputRequests` / `inputResponses`.
+const CONNECT_INPUT: &str = "connect";
+
+/// Stands in for an API no longer configured, when naming one in a refusal.
+static EMPTY_API: std::sync::LazyLock<crate::config::Api> = std::sync::LazyLock::new(|| {
+    crate::config::Api::internal(
+        "unknown",
+        "http://127.0.0.1/",
+        false,
+        std::time::Duration::from_secs(1),
+    )
+    .expect("a valid URL")
+});
 
 fn default_method() -> String {
     "GET".into()
@@ -124,6 +141,170 @@ impl GatewayMcp {
             gateway,
             live: self.live.clone(),
             local_caller: self.local_caller.clone(),
+        }
+    }
+
+    /// One `api_gateway` call, recorded from admission to answer.
+    async fn run_api_gateway(
+        &self,
+        args: ApiGatewayArgs,
+        caller: &Arc<Caller>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Answer, GatewayError> {
+        let method = args.method.to_ascii_uppercase();
+        let mut record = CallRecord::open(
+            &self.gateway,
+            Door::Mcp,
+            &method,
+            self.gateway.config.api(&args.api),
+            || args.endpoint.clone(),
+            Some("api_gateway"),
+        );
+        let api_label = record.api_label().to_string();
+        let caller = self.start_span(caller.clone(), context, &api_label, &mut record);
+        record.identified(&caller);
+        let outcome = self.api_gateway(args, &caller, &mut record).await;
+        let (status, error) = match &outcome {
+            Ok(a) => (a.result["status"].as_u64().unwrap_or(0) as u16, None),
+            Err(e) => (e.kind.status(), Some(e)),
+        };
+        record.finish(&self.gateway, status, error);
+        outcome
+    }
+
+    fn state_codec(&self) -> Result<RequestStateCodec, McpError> {
+        RequestStateCodec::try_new(self.gateway.pipeline.vault().request_state_key().to_vec())
+            .map_err(|_| McpError::internal_error("request state key unavailable", None))
+    }
+
+    /// The connect link of a `credential_required` refusal, when the API asks for the user
+    /// to be sent there (`on_missing = "connect"`).
+    fn connect_link(&self, e: &GatewayError, api: &str) -> Option<String> {
+        if e.reason != Some(crate::error::Reason::CredentialRequired) {
+            return None;
+        }
+        let connect = self
+            .gateway
+            .config
+            .api(api)
+            .and_then(|a| a.dynamic_credential.as_ref())
+            .is_some_and(|d| d.on_missing == crate::config::OnMissing::Connect);
+        match e.details.as_ref()?.get("connect_url")? {
+            Value::String(u) if connect => Some(u.clone()),
+            _ => None,
+        }
+    }
+
+    /// Sends the user to the connect page, the way the client can take it:
+    /// - a 2026-07-28 client that declares URL elicitation gets `input_required` with the
+    ///   link and a sealed request state (bound to the caller, the arguments and a short
+    ///   expiry); its retry runs the call;
+    /// - a legacy session whose client declared URL elicitation gets `elicitation/create`
+    ///   during the call; once the user accepts and the credential exists, the call runs
+    ///   again, once.
+    ///
+    /// `None`: the client cannot be asked; the refusal (with its `connect_url`) stands.
+    async fn ask_to_connect(
+        &self,
+        url: &str,
+        args: &ApiGatewayArgs,
+        caller: &Arc<Caller>,
+        context: &RequestContext<RoleServer>,
+        bound: &str,
+    ) -> Result<Option<CallToolResponse>, McpError> {
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+        let message = format!(
+            "API {:?} acts with your own account or credential. Open this page to connect it, then continue.",
+            args.api
+        );
+        if modern {
+            let url_ok = context
+                .client_capabilities()
+                .and_then(|c| c.elicitation)
+                .is_some_and(|e| e.url.is_some());
+            if !url_ok {
+                return Ok(None);
+            }
+            let codec = self.state_codec()?;
+            let state = codec
+                .seal_json_with(
+                    &json!({"api": args.api}),
+                    &SealOptions::new()
+                        .associated_data(bound.as_bytes())
+                        .ttl(crate::vault::CONNECT_TTL),
+                )
+                .map_err(|_| McpError::internal_error("could not seal the request state", None))?;
+            let mut requests = InputRequests::new();
+            requests.insert(
+                CONNECT_INPUT.to_string(),
+                InputRequest::Elicitation(ElicitRequest::new(
+                    ElicitRequestParams::UrlElicitationParams {
+                        meta: None,
+                        message,
+                        url: url.to_string(),
+                        elicitation_id: String::new(),
+                    },
+                )),
+            );
+            return Ok(Some(
+                InputRequiredResult::new(Some(requests), Some(state)).into(),
+            ));
+        }
+        // A legacy session: ask during the call, when the client said it can open links.
+        if self.local_caller.is_none() && context.peer.peer_info().is_none() {
+            return Ok(None);
+        }
+        if !context
+            .peer
+            .supported_elicitation_modes()
+            .contains(&rmcp::service::ElicitationMode::Url)
+        {
+            return Ok(None);
+        }
+        let mut id = [0u8; 8];
+        crate::trace::fill_random_id(&mut id);
+        let asked = context
+            .peer
+            .elicit_url_with_timeout(
+                message,
+                url::Url::parse(url)
+                    .map_err(|_| McpError::internal_error("bad connect link", None))?,
+                hex::encode(id),
+                Some(crate::vault::CONNECT_TTL),
+            )
+            .await;
+        let shown = self.gateway.config.explain_denials;
+        let vault = self.gateway.pipeline.vault();
+        let Some(api) = self.gateway.config.api(&args.api).cloned() else {
+            return Ok(None);
+        };
+        match asked {
+            Ok(ElicitationAction::Accept) => {
+                // The user is connecting in the browser: wait (bounded) for the credential.
+                let deadline = std::time::Instant::now() + crate::vault::CONNECT_TTL;
+                while !vault.has(&api.name, &caller.principal.id).await {
+                    if std::time::Instant::now() > deadline || context.ct.is_cancelled() {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                let result = match self.run_api_gateway(args.clone(), caller, context).await {
+                    Ok(a) => a.into_result(),
+                    Err(e) => tool_error(&e, shown),
+                };
+                Ok(Some(result.into()))
+            }
+            Ok(_) => {
+                let e = vault.required(
+                    &api,
+                    &caller.principal.id,
+                    "the user declined to connect their account",
+                );
+                Ok(Some(tool_error(&e, shown).into()))
+            }
+            Err(_) => Ok(None),
         }
     }
 
@@ -724,33 +905,66 @@ impl ServerHandler for GatewayMcp {
         match request.name.as_ref() {
             "list_apis" => Ok(this.list_apis(&caller).into()),
             "api_gateway" => {
+                // The call a sealed request state is bound to: the caller and the arguments.
+                let bound = format!(
+                    "{}\n{}",
+                    caller.principal.id,
+                    hex::encode(sha2::Sha256::digest(args.to_string().as_bytes()))
+                );
                 let args = match parse_args(args) {
                     Ok(a) => a,
                     // A model reads a tool error and can fix its call; a protocol error it
                     // may never see.
                     Err(e) => return Ok(tool_error(&e, this.gateway.config.explain_denials).into()),
                 };
-                let method = args.method.to_ascii_uppercase();
-                let mut record = CallRecord::open(
-                    &this.gateway,
-                    Door::Mcp,
-                    &method,
-                    this.gateway.config.api(&args.api),
-                    || args.endpoint.clone(),
-                    Some("api_gateway"),
-                );
-                let api_label = record.api_label().to_string();
-                let caller = this.start_span(caller, &context, &api_label, &mut record);
-                record.identified(&caller);
-                let outcome = this.api_gateway(args, &caller, &mut record).await;
-                let (status, error) = match &outcome {
-                    Ok(a) => (a.result["status"].as_u64().unwrap_or(0) as u16, None),
-                    Err(e) => (e.kind.status(), Some(e)),
+                let shown = this.gateway.config.explain_denials;
+                if let Some(sealed) = request.request_state.as_deref() {
+                    // The retry of an `input_required` answer: the state must be ours, for
+                    // this caller and these arguments, and fresh; else nothing is called.
+                    let codec = this.state_codec()?;
+                    if codec
+                        .open_json_with::<Value>(sealed, bound.as_bytes())
+                        .is_err()
+                    {
+                        return Err(McpError::invalid_params(
+                            "requestState is not valid for this call (tampered, expired, or made for another caller or other arguments)",
+                            None,
+                        ));
+                    }
+                    let declined = request
+                        .input_responses
+                        .as_ref()
+                        .and_then(|r| r.get(CONNECT_INPUT))
+                        .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok())
+                        .is_some_and(|r| r.action != ElicitationAction::Accept);
+                    if declined {
+                        let e = this.gateway.pipeline.vault().required(
+                            this.gateway
+                                .config
+                                .api(&args.api)
+                                .map_or(&*EMPTY_API, |a| a),
+                            &caller.principal.id,
+                            "the user declined to connect their account",
+                        );
+                        return Ok(tool_error(&e, shown).into());
+                    }
+                }
+                let outcome = this.run_api_gateway(args.clone(), &caller, &context).await;
+                let connect = match &outcome {
+                    Err(e) => this.connect_link(e, &args.api),
+                    Ok(_) => None,
                 };
-                record.finish(&this.gateway, status, error);
+                if let Some(url) = connect {
+                    if let Some(answer) = this
+                        .ask_to_connect(&url, &args, &caller, &context, &bound)
+                        .await?
+                    {
+                        return Ok(answer);
+                    }
+                }
                 let result = match outcome {
                     Ok(a) => a.into_result(),
-                    Err(e) => tool_error(&e, this.gateway.config.explain_denials),
+                    Err(e) => tool_error(&e, shown),
                 };
                 Ok(result.into())
             }

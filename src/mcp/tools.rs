@@ -116,7 +116,8 @@ impl GatewayMcp {
                 "stage": {"type": "string", "description": "On a refusal: the admission stage that refused"},
                 "rule": {"type": "string", "description": "On a refusal: the rule that refused, by config key (apis[x].deny_paths[1], rbac.roles[0].deny[0]) or builtin.* name"},
                 "pattern": {"type": "string", "description": "With security.explain_denials = \"full\": the path pattern of the deny rule that matched"},
-                "retryable": {"type": "boolean", "description": "On an upstream error status: whether a retry may succeed"},
+                "retryable": {"type": "boolean", "description": "On an upstream error status or credential_unavailable: whether a retry may succeed"},
+                "connect_url": {"type": "string", "description": "With credential_required: the page where the user stores their credential or connects their account; ask them to open it, then call again"},
                 "pointer": {"type": "string", "description": "With invalid_arguments: the JSON pointer of the offending argument"},
                 "expected": {"type": "string", "description": "With invalid_arguments: what the argument must be"}
             },

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::audit::Auditor;
 use crate::auth::signature::SignatureVerifier;
 pub use crate::auth::Caller;
-use crate::auth::{unauthorized, Authenticator, Principal};
+use crate::auth::{unauthorized, Authenticator, Principal, PrincipalKind};
 use crate::config::{Api, Config};
 use crate::egress::{upstream_path_and_query, Egress, EndpointPath};
 use crate::error::{ErrorKind, GatewayError, Reason, Stage};
@@ -51,6 +51,7 @@ fn name_rule(e: GatewayError, api: Option<&str>) -> GatewayError {
         (Some(Stage::Authentication), _, _) => "auth.jwt".to_string(),
         (Some(Stage::Signature), _, _) => "security.signatures".to_string(),
         (_, Some(Reason::SignatureMissing), _) => api_key("require_signature"),
+        (_, Some(Reason::CredentialParam), _) => api_key("credentials"),
         (_, _, ErrorKind::UnknownApi) => "apis".to_string(),
         (_, _, ErrorKind::InvalidEndpoint) => "builtin.endpoint".to_string(),
         (_, _, ErrorKind::PayloadTooLarge) => "security.request.max_body_size".to_string(),
@@ -59,6 +60,7 @@ fn name_rule(e: GatewayError, api: Option<&str>) -> GatewayError {
         }
         (Some(Stage::Body), _, _) => "security.signatures".to_string(),
         (_, Some(Reason::CredentialHeader), _) => api_key("credentials"),
+        (Some(Stage::Credential), _, _) => api_key("credentials"),
         (Some(Stage::Headers), _, _) => "builtin.outbound_headers".to_string(),
         (Some(Stage::Audit), _, _) => "audit.on_failure".to_string(),
         (_, _, ErrorKind::RateLimited) => match &e.rate_limit {
@@ -156,6 +158,8 @@ pub struct Admitted {
     /// What rules in `mode = "shadow"` would have refused (stage, rule and reason named):
     /// counted, audited and traced by the door, never enforced.
     pub shadow: Vec<GatewayError>,
+    /// How the credential injected into this call was obtained, when there is one.
+    pub credential: Option<crate::vault::CredentialUse>,
 }
 
 /// A refused call: the error the caller sees, and who the caller was when that was known.
@@ -197,6 +201,8 @@ pub struct Pipeline {
     egress: Arc<Egress>,
     /// The audit writer, whose health can refuse calls (`audit.on_failure = "block"`).
     audit: Option<Arc<Auditor>>,
+    /// Per-caller credentials (`credentials.mode` other than `static`).
+    vault: Arc<crate::vault::Vault>,
 }
 
 impl Pipeline {
@@ -222,6 +228,7 @@ impl Pipeline {
         };
         Ok(Pipeline {
             auth: Authenticator::new(config.clone(), egress.clone())?,
+            vault: Arc::new(crate::vault::Vault::new(config.clone(), egress.clone())?),
             signatures: Arc::new(SignatureVerifier::new()),
             config,
             limiter: Arc::new(limiter),
@@ -235,12 +242,18 @@ impl Pipeline {
     pub fn reconfigured(&self, config: Arc<Config>) -> Result<Self, String> {
         Ok(Pipeline {
             auth: Authenticator::new(config.clone(), self.egress.clone())?,
+            vault: Arc::new(self.vault.reconfigured(config.clone())?),
             signatures: self.signatures.clone(),
             limiter: self.limiter.clone(),
             egress: self.egress.clone(),
             audit: self.audit.clone(),
             config,
         })
+    }
+
+    /// Per-caller credentials, for the management routes and the connect pages.
+    pub fn vault(&self) -> &Arc<crate::vault::Vault> {
+        &self.vault
     }
 
     pub fn authenticator(&self) -> &Authenticator {
@@ -433,6 +446,7 @@ impl Pipeline {
             }
         }
         .map_err(|e| e.at(Stage::Headers))?;
+        outbound::check_query(api, &endpoint, call.query).map_err(|e| e.at(Stage::Headers))?;
 
         // 9. The audit trail can record the call.
         if let (Some(a), Mode::Enforce) = (&self.audit, mode) {
@@ -471,15 +485,42 @@ impl Pipeline {
                 .map_err(|e| e.at(Stage::Destination))?,
         };
 
-        // 12. The upstream target, with a query credential when the API puts it there.
-        let path_and_query = upstream_path_and_query(api, &endpoint, call.query);
+        // 12. The credential: static, or the caller's (per principal, exchanged, or a
+        //     connected account's), set on a per-call copy of the API. Then the upstream
+        //     target, with a query credential when the API puts it there.
+        let (api, credential) = match (&api.dynamic_credential, mode) {
+            (Some(dc), Mode::Enforce) => {
+                let r = self
+                    .vault
+                    .resolve(api, dc, caller)
+                    .await
+                    .map_err(|e| e.at(Stage::Credential))?;
+                (r.api, Some(r.used))
+            }
+            (Some(_), Mode::Explain { .. }) => (api.clone(), None),
+            (None, _) => (
+                api.clone(),
+                api.credential
+                    .as_ref()
+                    .map(|c| crate::vault::CredentialUse {
+                        source: "static",
+                        fingerprint: c.fingerprint.clone(),
+                        fetched: None,
+                    }),
+            ),
+        };
+        let mut headers = headers;
+        if api.dynamic_credential.is_some() {
+            headers.credential = outbound::credential_header(&api);
+        }
+        let path_and_query = upstream_path_and_query(&api, &endpoint, call.query);
         let shadow = shadows
             .into_iter()
             .map(|e| name_rule(target(e), Some(&api.name)))
             .collect();
         Ok(Admitted {
             caller: caller.clone(),
-            api: api.clone(),
+            api,
             endpoint,
             addr,
             path_and_query,
@@ -487,6 +528,7 @@ impl Pipeline {
             rate_limits,
             body_digest,
             shadow,
+            credential,
         })
     }
 
@@ -556,12 +598,16 @@ impl Pipeline {
             }
             _ => {}
         }
+        let subject_token = matches!(principal.kind, PrincipalKind::Jwt | PrincipalKind::OAuth2)
+            .then(|| crate::auth::SubjectToken::from_headers(req.headers))
+            .flatten();
         Ok(Caller {
             principal,
             client_ip,
             signature,
             trace: req.trace.clone(),
             shadow,
+            subject_token,
         })
     }
 
@@ -588,12 +634,17 @@ impl Pipeline {
         if let Some(k) = env("API_GATEWAY_MCP_API_KEY").filter(|k| !k.is_empty()) {
             headers.insert("x-api-key", k.parse().map_err(bad)?);
         }
+        let principal = self.auth.authenticate(&headers).await?;
+        let subject_token = matches!(principal.kind, PrincipalKind::Jwt | PrincipalKind::OAuth2)
+            .then(|| crate::auth::SubjectToken::from_headers(&headers))
+            .flatten();
         Ok(Caller {
-            principal: self.auth.authenticate(&headers).await?,
+            principal,
             client_ip: None,
             signature: None,
             trace: TraceContext::new_root(),
             shadow: Vec::new(),
+            subject_token,
         })
     }
 

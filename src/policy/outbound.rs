@@ -98,7 +98,7 @@ pub fn header_rule(door: Door, api: &Api, name: &HeaderName) -> HeaderRule {
             Door::Mcp => reserved,
         };
     }
-    if n == "traceparent" || (n == "accept-encoding" && api.credential.is_some()) {
+    if n == "traceparent" || (n == "accept-encoding" && api.injects_credential()) {
         return HeaderRule::Strip;
     }
     HeaderRule::Forward
@@ -106,19 +106,20 @@ pub fn header_rule(door: Door, api: &Api, name: &HeaderName) -> HeaderRule {
 
 /// What the gateway sets on every request to `api`.
 fn gateway_set(api: &Api) -> Vec<(HeaderName, HeaderValue)> {
-    match api.credential {
+    if api.injects_credential() {
         // Masking reads the body as sent: no compressed echo of the credential.
-        Some(_) => vec![(
+        vec![(
             http::header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
-        )],
-        None => Vec::new(),
+        )]
+    } else {
+        Vec::new()
     }
 }
 
 /// The header an API's credential is injected in, when it goes in a header.
 fn credential_header_name(api: &Api) -> Option<&HeaderName> {
-    match api.credential.as_ref().map(|c| &c.placement) {
+    match api.credential_placement() {
         Some(CredentialPlacement::Header(h)) => Some(h),
         _ => None,
     }
@@ -132,6 +133,34 @@ pub fn credential_header(api: &Api) -> Option<(HeaderName, HeaderValue)> {
         (CredentialPlacement::Header(name), Some(v)) => Some((name.clone(), v.clone())),
         _ => None,
     }
+}
+
+/// A caller-supplied query parameter named like the API's query credential is refused, as
+/// a caller-supplied credential header is: the gateway injects it, the caller never does.
+pub fn check_query(
+    api: &Api,
+    endpoint: &crate::egress::EndpointPath,
+    extra: &[(String, String)],
+) -> Result<(), GatewayError> {
+    let Some(CredentialPlacement::Query(name)) = api.credential_placement() else {
+        return Ok(());
+    };
+    let in_endpoint = endpoint.query().is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            percent_encoding::percent_decode_str(key).decode_utf8_lossy() == name.as_str()
+        })
+    });
+    if in_endpoint || extra.iter().any(|(k, _)| k == name) {
+        return Err(GatewayError::because(
+            Reason::CredentialParam,
+            format!(
+                "query parameter {name:?} carries API {:?}'s credential, which the gateway injects; do not send it",
+                api.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The caller headers of one admitted call, sorted by the rule.
@@ -212,7 +241,7 @@ pub fn redirect_target<'c>(
     let mut next = here.join(location).ok()?;
     let hidden: Vec<&str> = std::iter::once(from)
         .chain(config.apis.iter().map(|a| &**a))
-        .filter_map(|a| match a.credential.as_ref().map(|c| &c.placement) {
+        .filter_map(|a| match a.credential_placement() {
             Some(CredentialPlacement::Query(name)) => Some(name.as_str()),
             _ => None,
         })

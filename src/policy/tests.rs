@@ -796,15 +796,24 @@ fn an_admitted_proxy_call_carries_its_target_and_header_plan() {
 #[test]
 fn an_admitted_mcp_call_forwards_vetted_headers_and_a_query_credential() {
     let p = pipeline();
+    // A caller's parameter of the credential's name is refused, like a credential header.
+    let e = run(
+        &p,
+        &Req::new()
+            .mcp()
+            .api("narrow", "/items/7?appid=caller-guess&x=1"),
+    )
+    .expect_err("refused");
+    assert_eq!(e.reason_code(), "credential_param");
+    assert_eq!(e.rule.as_deref(), Some("apis[narrow].credentials"));
     let a = run(
         &p,
         &Req::new()
             .mcp()
-            .api("narrow", "/items/7?appid=caller-guess&x=1")
+            .api("narrow", "/items/7?x=1")
             .tool_header("accept", "text/plain"),
     )
     .expect("admitted");
-    // A caller's parameter of the credential's name never reaches the upstream.
     assert_eq!(a.path_and_query, "/items/7?x=1&appid=q-secret");
     assert_eq!(a.headers.forward.len(), 1);
     assert_eq!(a.headers.forward[0].0, "accept");

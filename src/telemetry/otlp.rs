@@ -219,6 +219,29 @@ impl CallSpan {
         )
     }
 
+    /// A finished child span of the call (a token request made for its credential), with
+    /// its own start and end.
+    pub fn child(
+        &mut self,
+        tracing: &Tracing,
+        name: &'static str,
+        start: std::time::SystemTime,
+        end: std::time::SystemTime,
+        ok: bool,
+    ) {
+        let parent = Context::new().with_remote_span_context(self.server.span_context().clone());
+        let mut span = tracing
+            .tracer
+            .span_builder(Cow::Borrowed(name))
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .start_with_context(&tracing.tracer, &parent);
+        if !ok {
+            span.set_status(Status::error("the token endpoint did not issue a token"));
+        }
+        span.end_with_timestamp(end);
+    }
+
     /// Records the status the API answered the current upstream request with.
     pub fn upstream_answered(&mut self, status: u16) {
         if let Some((_, s)) = self.upstream.as_mut() {

@@ -1,0 +1,312 @@
+//! Where sealed per-caller credentials are kept: a SQLite file (one replica) or Redis (many
+//! replicas, one hash per API). The store holds sealed records only; it never sees a secret.
+//! Redis is driven from a runtime of its own, as the rate limiter's is, so that calls from any
+//! listener's runtime share one connection.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::config::StoreKind;
+
+/// One principal's sealed credential for one API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub api: String,
+    pub principal: String,
+    /// `secret` (a `per_principal` secret) or `oauth` (a `user_oauth` token set).
+    pub kind: String,
+    /// [`super::cipher::Keyring::seal`]'s output.
+    pub sealed: String,
+    /// The first 8 hex digits of the secret's (or access token's) SHA-256.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub updated: u64,
+    /// When the access token expires (`oauth`), Unix seconds.
+    pub expires: Option<u64>,
+}
+
+/// A store operation that failed; the message names the store, never a secret.
+pub type StoreResult<T> = Result<T, String>;
+
+pub enum Store {
+    Sqlite(Mutex<rusqlite::Connection>),
+    Redis(RedisStore),
+}
+
+pub struct RedisStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS credentials (
+    api TEXT NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL, sealed TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL,
+    expires INTEGER, PRIMARY KEY (api, principal))";
+
+fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
+    move |e| format!("credential store {path}: {e}")
+}
+
+impl Store {
+    /// Opens (creating if needed) the store; Redis is connected lazily.
+    pub fn open(kind: &StoreKind) -> StoreResult<Store> {
+        match kind {
+            StoreKind::Sqlite(path) => Self::open_sqlite(path),
+            StoreKind::Redis { url, prefix } => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("credential-store")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the credential store's runtime: {e}"))?;
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| format!("credential_store.url: invalid Redis URL: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1);
+                let conn = runtime
+                    .block_on(async { ConnectionManager::new_lazy_with_config(client, config) })
+                    .map_err(|e| format!("cannot create the Redis client: {e}"))?;
+                Ok(Store::Redis(RedisStore {
+                    runtime: Some(runtime),
+                    conn,
+                    prefix: prefix.clone(),
+                }))
+            }
+        }
+    }
+
+    fn open_sqlite(path: &Path) -> StoreResult<Store> {
+        let name = path.display().to_string();
+        let conn = rusqlite::Connection::open(path).map_err(sql_err(&name))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=2000; {SCHEMA};"
+        ))
+        .map_err(sql_err(&name))?;
+        // The file holds sealed records only, but nobody else needs to read it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(Store::Sqlite(Mutex::new(conn)))
+    }
+
+    fn sqlite<T>(
+        conn: &Mutex<rusqlite::Connection>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> StoreResult<T> {
+        let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&c).map_err(|e| format!("credential store: {e}"))
+    }
+
+    /// Runs a Redis command future on the store's runtime.
+    async fn redis<T: Send + 'static>(
+        r: &RedisStore,
+        f: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
+    ) -> StoreResult<T> {
+        let rt = r.runtime.as_ref().ok_or("the credential store is closed")?;
+        rt.spawn(f)
+            .await
+            .map_err(|e| format!("credential store: {e}"))?
+            .map_err(|e| format!("credential store (Redis): {e}"))
+    }
+
+    pub async fn get(&self, api: &str, principal: &str) -> StoreResult<Option<Record>> {
+        match self {
+            Store::Sqlite(c) => Self::sqlite(c, |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT kind, sealed, fingerprint, created, updated, expires FROM credentials WHERE api = ?1 AND principal = ?2",
+                )?;
+                let mut rows = st.query(rusqlite::params![api, principal])?;
+                match rows.next()? {
+                    Some(r) => Ok(Some(Record {
+                        api: api.to_string(),
+                        principal: principal.to_string(),
+                        kind: r.get(0)?,
+                        sealed: r.get(1)?,
+                        fingerprint: r.get(2)?,
+                        created: r.get::<_, i64>(3)? as u64,
+                        updated: r.get::<_, i64>(4)? as u64,
+                        expires: r.get::<_, Option<i64>>(5)?.map(|e| e as u64),
+                    })),
+                    None => Ok(None),
+                }
+            }),
+            Store::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let key = format!("{}{api}", r.prefix);
+                let field = principal.to_string();
+                let raw: Option<String> = Self::redis(r, async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg(field)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(raw.and_then(|j| serde_json::from_str(&j).ok()))
+            }
+        }
+    }
+
+    pub async fn put(&self, rec: &Record) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(c) => Self::sqlite(c, |c| {
+                c.execute(
+                    "INSERT INTO credentials (api, principal, kind, sealed, fingerprint, created, updated, expires)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(api, principal) DO UPDATE SET kind = excluded.kind,
+                       sealed = excluded.sealed, fingerprint = excluded.fingerprint,
+                       updated = excluded.updated, expires = excluded.expires",
+                    rusqlite::params![
+                        rec.api,
+                        rec.principal,
+                        rec.kind,
+                        rec.sealed,
+                        rec.fingerprint,
+                        rec.created as i64,
+                        rec.updated as i64,
+                        rec.expires.map(|e| e as i64)
+                    ],
+                )
+                .map(|_| ())
+            }),
+            Store::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let key = format!("{}{}", r.prefix, rec.api);
+                let field = rec.principal.clone();
+                let value = serde_json::to_string(rec).map_err(|e| e.to_string())?;
+                Self::redis(r, async move {
+                    redis::cmd("HSET")
+                        .arg(key)
+                        .arg(field)
+                        .arg(value)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Removes a record; says whether there was one.
+    pub async fn delete(&self, api: &str, principal: &str) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(c) => Self::sqlite(c, |c| {
+                c.execute(
+                    "DELETE FROM credentials WHERE api = ?1 AND principal = ?2",
+                    rusqlite::params![api, principal],
+                )
+                .map(|n| n > 0)
+            }),
+            Store::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let key = format!("{}{api}", r.prefix);
+                let field = principal.to_string();
+                let n: i64 = Self::redis(r, async move {
+                    redis::cmd("HDEL")
+                        .arg(key)
+                        .arg(field)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    /// Every record of `api`, or of every API in `apis`, sorted by API and principal.
+    pub async fn list(&self, apis: &[String]) -> StoreResult<Vec<Record>> {
+        let mut out = Vec::new();
+        for api in apis {
+            match self {
+                Store::Sqlite(c) => out.extend(Self::sqlite(c, |c| {
+                    let mut st = c.prepare_cached(
+                        "SELECT principal, kind, sealed, fingerprint, created, updated, expires FROM credentials WHERE api = ?1",
+                    )?;
+                    let rows = st.query_map([api], |r| {
+                        Ok(Record {
+                            api: api.clone(),
+                            principal: r.get(0)?,
+                            kind: r.get(1)?,
+                            sealed: r.get(2)?,
+                            fingerprint: r.get(3)?,
+                            created: r.get::<_, i64>(4)? as u64,
+                            updated: r.get::<_, i64>(5)? as u64,
+                            expires: r.get::<_, Option<i64>>(6)?.map(|e| e as u64),
+                        })
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })?),
+                Store::Redis(r) => {
+                    let mut conn = r.conn.clone();
+                    let key = format!("{}{api}", r.prefix);
+                    let all: Vec<(String, String)> = Self::redis(r, async move {
+                        redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+                    })
+                    .await?;
+                    out.extend(all.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.api, &a.principal).cmp(&(&b.api, &b.principal)));
+        Ok(out)
+    }
+
+    /// Takes a short lease named `name` (one token refresh across replicas). SQLite serves one
+    /// replica, whose in-process lock already serialises refreshes: always granted.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> StoreResult<bool> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let key = format!("{}lease:{name}", r.prefix);
+                let ms = ttl.as_millis() as u64;
+                let got: Option<String> = Self::redis(r, async move {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg("1")
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+                Ok(got.is_some())
+            }
+        }
+    }
+
+    /// Gives a lease back before it expires.
+    pub async fn release(&self, name: &str) {
+        if let Store::Redis(r) = self {
+            let mut conn = r.conn.clone();
+            let key = format!("{}lease:{name}", r.prefix);
+            let _ = Self::redis(r, async move {
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await;
+        }
+    }
+}
