@@ -176,11 +176,20 @@ pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, S
                 bytes::Bytes::from(url),
             ))
             .into_owned();
-            let credential = a.api.credential.as_ref().map(|c| match &c.placement {
+            // Where the credential goes and how it is obtained; a per-caller one is not
+            // looked up (nor exchanged) by an explanation.
+            let mode = a
+                .api
+                .dynamic_credential
+                .as_ref()
+                .map_or("static", |d| d.mode.as_str());
+            let credential = a.api.credential_placement().map(|p| match p {
                 CredentialPlacement::Header(h) => {
-                    json!({"placement": "header", "name": h.as_str()})
+                    json!({"placement": "header", "name": h.as_str(), "mode": mode})
                 }
-                CredentialPlacement::Query(q) => json!({"placement": "query", "name": q}),
+                CredentialPlacement::Query(q) => {
+                    json!({"placement": "query", "name": q, "mode": mode})
+                }
             });
             let mut doc = json!({
                 "decision": "admitted",
@@ -292,9 +301,10 @@ pub fn text(doc: &Value) -> String {
             match &doc["credential"] {
                 Value::Null => "none".to_string(),
                 c => format!(
-                    "{} {}",
+                    "{} {} ({})",
                     c["placement"].as_str().unwrap_or(""),
-                    c["name"].as_str().unwrap_or("")
+                    c["name"].as_str().unwrap_or(""),
+                    c["mode"].as_str().unwrap_or("static")
                 ),
             },
             doc["rate_limits"]

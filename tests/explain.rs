@@ -166,7 +166,7 @@ async fn a_deny_rule_is_named_on_both_doors_in_the_audit_and_by_explain() {
     assert_eq!(doc["decision"], "admitted");
     assert_eq!(
         doc["credential"],
-        json!({"placement": "query", "name": "appid"})
+        json!({"placement": "query", "name": "appid", "mode": "static"})
     );
     let upstream = doc["upstream"].as_str().unwrap();
     assert!(

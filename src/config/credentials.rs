@@ -604,6 +604,59 @@ pub(super) fn validate_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn parse(extra: &str, creds: &str) -> Result<Config, String> {
+        let text = format!(
+            "[auth]\nrequired = false\n{extra}\n[[apis]]\nname = \"a\"\nbase_url = \"https://a.example\"\n\
+             methods = [\"GET\"]\npaths = [\"/**\"]\ncredentials = {{ {creds} }}\n"
+        );
+        Config::parse(&text, &|v| (v == "K").then(|| KEY.to_string())).map_err(|e| e.to_string())
+    }
+
+    /// Each mode takes its own keys; the rest are named as not applying, required ones as
+    /// missing, and a per-caller mode without a store is refused.
+    #[test]
+    fn modes_are_validated_by_key_path() {
+        let store = "[credential_store]\nkind = \"sqlite\"\npath = \"c.db\"\nkey_env = \"K\"";
+        let ok = parse(store, "mode = \"per_principal\", header = \"Authorization\"").unwrap();
+        let d = ok.apis[0].dynamic_credential.as_ref().unwrap();
+        assert_eq!(d.format, "Bearer {secret}");
+        assert_eq!(d.on_missing, OnMissing::Connect);
+        assert_eq!(ok.mcp.public_url, "http://127.0.0.1:3000");
+        for (extra, creds, wants) in [
+            ("", "mode = \"per_principal\", header = \"X-T\"", "apis[0].credentials.mode: \"per_principal\" keeps each caller's credential in [credential_store]"),
+            (store, "mode = \"per_principal\", header = \"X-T\", value = \"v\"", "apis[0].credentials.value: does not apply to mode = \"per_principal\""),
+            (store, "mode = \"per_principal\", header = \"X-T\", format = \"token\"", "apis[0].credentials.format: \"token\" does not contain {secret}"),
+            ("", "mode = \"token_exchange\", header = \"X-T\", client_id = \"g\"", "apis[0].credentials.token_endpoint: is required for mode = \"token_exchange\""),
+            ("", "mode = \"token_exchange\", header = \"X-T\", token_endpoint = \"idp/token\", client_id = \"g\"", "is not an absolute http(s) URL"),
+            (store, "mode = \"user_oauth\", header = \"X-T\", token_endpoint = \"https://i/t\", client_id = \"g\"", "apis[0].credentials.authorization_endpoint: is required"),
+            ("", "mode = \"magic\", header = \"X-T\"", "apis[0].credentials.mode: \"magic\" is not one of"),
+            ("", "header = \"X-T\"", "apis[0].credentials.value: is required for mode = \"static\""),
+            ("[credential_store]\nkind = \"sqlite\"\npath = \"c.db\"\nkey_env = \"NOPE\"", "header = \"X-T\", value = \"v\"", "credential_store.key_env: the environment variable NOPE is not set"),
+            ("[credential_store]\nkind = \"redis\"\nkey_env = \"K\"", "header = \"X-T\", value = \"v\"", "credential_store.url: is required for kind = \"redis\""),
+        ] {
+            let e = parse(extra, creds).unwrap_err();
+            assert!(e.contains(wants), "{creds}: {e}");
+        }
+    }
+
+    /// A per-caller API on a listener others reach, without `mcp.public_url`: W006.
+    #[test]
+    fn connect_links_to_loopback_are_warned_about() {
+        let store = "[credential_store]\nkind = \"sqlite\"\npath = \"c.db\"\nkey_env = \"K\"";
+        let creds = "mode = \"per_principal\", header = \"X-T\"";
+        let open = format!("[server]\nmcp_listen = \"0.0.0.0:3000\"\n{store}");
+        let c = parse(&open, creds).unwrap();
+        let w = crate::config::lint::lint(&c);
+        assert!(w.iter().any(|w| w.code == "W006" && w.path == "apis[0].credentials"), "{w:?}");
+        let set = format!("{open}\n[mcp]\npublic_url = \"https://gw.example\"");
+        let c = parse(&set, creds).unwrap();
+        assert!(crate::config::lint::lint(&c).iter().all(|w| w.code != "W006"));
+        assert_eq!(c.mcp.public_url, "https://gw.example");
+    }
 
     #[test]
     fn keys_are_read_as_hex_or_base64_of_exactly_32_bytes() {

@@ -30,6 +30,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("W003", "an API that no role (and no key's allowed_apis) can reach while roles exist"),
     ("W004", "a role with no allow rule"),
     ("W005", "an allow rule that a deny rule of the same role covers entirely: the deny wins everywhere"),
+    ("W006", "an API sends users to connect links, but the links point at a loopback address because mcp.public_url is not set while the MCP listener is not on loopback"),
 ];
 
 /// The warnings of a loaded config, in key-path order.
@@ -104,6 +105,22 @@ pub fn lint(config: &Config) -> Vec<Warning> {
                     format!(
                         "no role allows API {:?}, so no caller can reach it",
                         api.name
+                    ),
+                );
+            }
+        }
+    }
+    let listener = config.server.mcp_listen.ip();
+    if config.mcp.public_url_default && !listener.is_loopback() {
+        for (i, api) in config.apis.iter().enumerate() {
+            if api.dynamic_credential.as_ref().is_some_and(|d| d.mode.stored()) {
+                warn(
+                    &mut out,
+                    "W006",
+                    format!("apis[{i}].credentials"),
+                    format!(
+                        "connect links for API {:?} point at {}, which users' browsers elsewhere cannot reach: set mcp.public_url",
+                        api.name, config.mcp.public_url
                     ),
                 );
             }

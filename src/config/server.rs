@@ -204,6 +204,8 @@ pub struct McpConfig {
     /// the base of the connect links for per-user credentials. Default
     /// `http://{server.mcp_listen}` (`127.0.0.1` for an unspecified address).
     pub public_url: String,
+    /// `public_url` was not set and is derived from the listener.
+    pub public_url_default: bool,
 }
 
 const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
@@ -309,6 +311,7 @@ pub(super) fn validate_mcp(
     });
     allowed_hosts.retain(|h| !h.is_empty());
     let loopback_origins = raw.allowed_origins.is_none() && mcp_listen.ip().is_loopback();
+    let public_url_default = raw.public_url.is_none();
     let public_url = match raw.public_url {
         Some(u) => {
             let ok = url::Url::parse(&u).is_ok_and(|p| {
@@ -335,6 +338,7 @@ pub(super) fn validate_mcp(
     };
     McpConfig {
         public_url,
+        public_url_default,
         browser: BrowserRules {
             section: "mcp",
             allowed_hosts,
