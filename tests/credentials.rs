@@ -659,3 +659,46 @@ async fn replicas_share_credentials_in_redis() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// A real MCP client (the Python SDK) that declares URL elicitation, in both eras: the legacy
+/// session is asked with `elicitation/create` during the call, the 2026-07-28 client gets
+/// `input_required` and retries; either way its user (the callback) stores a secret on the
+/// connect page, and the one call then reaches the upstream, once, with that secret.
+#[test]
+fn real_clients_send_their_user_to_connect_in_both_eras() {
+    for (mode, who) in [("legacy", "gina"), ("auto", "hank")] {
+        let up = Upstream::start();
+        let gw = start(up.port, "connect");
+        let secret = format!("{who}-secret-from-the-page");
+        let out = Command::new(tools_dir().join("venv/bin/python"))
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/clients/py_connect.py"),
+            )
+            .args([&gw.mcp_url(), mode, "vault", &secret])
+            .env("MCP_BEARER", jwt(json!({"sub": who, "roles": ["reader"]})))
+            .output()
+            .expect("python client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            v["elicitations"].as_array().unwrap().len(),
+            1,
+            "{mode}: {v}"
+        );
+        assert_eq!(v["elicitations"][0]["mode"], "url", "{mode}: {v}");
+        assert_eq!(v["isError"], false, "{mode}: {v}");
+        let modern = v["protocol"] == "2026-07-28";
+        assert_eq!(modern, mode == "auto", "{v}");
+        assert_eq!(up.count(), 1, "{mode}");
+        assert_eq!(
+            up.seen()[0].header("authorization"),
+            Some(format!("Bearer {secret}").as_str())
+        );
+    }
+}
