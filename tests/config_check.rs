@@ -24,7 +24,10 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ),
     ("SIGNING_SECRET", "0123456789abcdef0123456789abcdef-sig"),
     ("INTROSPECTION_CLIENT_SECRET", "client-secret"),
-    ("CREDENTIAL_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+    (
+        "CREDENTIAL_KEY",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    ),
     ("TOKEN_EXCHANGE_SECRET", "tx-secret"),
     ("GITHUB_CLIENT_SECRET", "gh-client-secret"),
 ];

@@ -50,7 +50,8 @@ fn sqlite_store(key_env: &str) -> String {
 fn start(up: u16, on_missing: &str) -> Gateway {
     Gateway::start_generated_env(
         |ports| config(up, ports, &sqlite_store("AGM_CRED_KEY"), on_missing),
-        &[("AGM_CRED_KEY", KEY1)],
+        // Everything the gateway logs, so the test can look for secrets in it.
+        &[("AGM_CRED_KEY", KEY1), ("RUST_LOG", "debug")],
     )
 }
 
@@ -179,6 +180,19 @@ async fn each_principal_calls_with_its_own_secret_on_both_doors() {
             );
         }
     }
+    // An upstream that echoes the request: the caller's own secret comes back masked.
+    let r = proxy_get(&gw, "/vault/echo", ("authorization", &alice)).await;
+    let echoed = r.text().await.unwrap();
+    assert!(
+        echoed.contains("authorization") && !echoed.contains(ALICE_SECRET),
+        "{echoed}"
+    );
+    let mut mcp = McpSession::connect_with(&gw.mcp_url(), &[("authorization", &bob)]).await;
+    let res = mcp
+        .call("api_gateway", json!({"api": "vault", "endpoint": "/echo"}))
+        .await;
+    assert!(res.to_string().contains("[REDACTED:credential]"), "{res}");
+    assert!(!res.to_string().contains(BOB_SECRET), "{res}");
     let r = proxy_get(&gw, "/vault/who", ("x-api-key", API_KEY)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(

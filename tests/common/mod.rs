@@ -490,16 +490,15 @@ impl Gateway {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
+            // The log goes to gateway.log beside the config (read it with `Gateway::log`);
             // AGM_TEST_GATEWAY_LOGS=DIR keeps each gateway's log as DIR/gateway-PORT.log.
-            .stderr(match std::env::var_os("AGM_TEST_GATEWAY_LOGS") {
-                Some(d) => Stdio::from(
-                    std::fs::File::create(
-                        std::path::Path::new(&d).join(format!("gateway-{mcp}.log")),
-                    )
-                    .unwrap(),
-                ),
-                None => Stdio::null(),
-            })
+            .stderr(Stdio::from(
+                std::fs::File::create(match std::env::var_os("AGM_TEST_GATEWAY_LOGS") {
+                    Some(d) => std::path::Path::new(&d).join(format!("gateway-{mcp}.log")),
+                    None => dir.path().join("gateway.log"),
+                })
+                .unwrap(),
+            ))
             .spawn()
             .unwrap();
         let mut g = Gateway {
@@ -529,6 +528,12 @@ impl Gateway {
             thread::sleep(Duration::from_millis(25));
         }
         panic!("gateway did not become ready");
+    }
+
+    /// What the gateway has logged so far (empty when AGM_TEST_GATEWAY_LOGS sends it
+    /// elsewhere).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.config_path.with_file_name("gateway.log")).unwrap_or_default()
     }
 
     pub fn proxy_url(&self, path: &str) -> String {
