@@ -716,3 +716,57 @@ fn real_clients_send_their_user_to_connect_in_both_eras() {
         );
     }
 }
+
+/// A reload keeps the stored credentials and drops everything built from them: after the
+/// API's format changes, each principal's next call carries its own secret in the new format
+/// (nothing cached under the old config is used), on both doors.
+#[tokio::test]
+async fn a_reload_keeps_stored_credentials_and_drops_what_was_built() {
+    let up = Upstream::start();
+    let gw = start(up.port, "deny");
+    let (alice, bob) = (bearer("alice", &["reader"]), bearer("bob", &["reader"]));
+    self_put(&gw, "keyed", "alice-team-1", ("authorization", &alice)).await;
+    self_put(&gw, "keyed", "bob-team-2", ("authorization", &bob)).await;
+    for auth in [&alice, &bob] {
+        assert_eq!(
+            proxy_get(&gw, "/keyed/x", ("authorization", auth))
+                .await
+                .status(),
+            200
+        );
+    }
+    let before: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.header("x-team-token").unwrap().to_string())
+        .collect();
+    assert_eq!(before, ["team alice-team-1", "team bob-team-2"]);
+
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        text.replace("team {secret}", "crew {secret}"),
+    )
+    .unwrap();
+    send_signal(&gw, "-HUP");
+    let reloads = "api_config_reloads_total{result=\"success\"}";
+    assert_eq!(counter_at(&gw, reloads, 1.0).await, 1.0);
+    up.clear();
+    assert_eq!(
+        proxy_get(&gw, "/keyed/x", ("authorization", &bob))
+            .await
+            .status(),
+        200
+    );
+    let mut mcp = McpSession::connect_with(&gw.mcp_url(), &[("authorization", &alice)]).await;
+    let res = mcp
+        .call("api_gateway", json!({"api": "keyed", "endpoint": "/x"}))
+        .await;
+    assert_eq!(res["isError"], false, "{res}");
+    let after: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.header("x-team-token").unwrap().to_string())
+        .collect();
+    assert_eq!(after, ["crew bob-team-2", "crew alice-team-1"]);
+}
