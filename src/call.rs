@@ -112,7 +112,7 @@ impl CallRecord {
         self.api = Some(a.api.clone());
         if let (Some(e), Some(c)) = (&mut self.event, &a.credential) {
             e.credential_source = Some(c.source);
-            e.credential_fingerprint = Some(c.fingerprint.clone());
+            e.credential_fingerprint = Some(c.fingerprint.to_string());
         }
         if let (Some(span), Some(c)) = (&mut self.span, &a.credential) {
             span.set(opentelemetry::KeyValue::new(

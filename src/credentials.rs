@@ -323,6 +323,9 @@ pub async fn connect(
             let Some(secret) = param(&form, "secret") else {
                 return Reply::html(400, "Nothing to save", "<p>The form had no credential.</p>");
             };
+            if !vault.consume(token.as_deref().unwrap_or("")).await {
+                return Reply::html(400, "This link was used already", "<p>Each link stores one credential. Ask your agent to make the call again for a fresh link.</p>");
+            }
             match vault.set_secret(api, &claim.p, &secret).await {
                 Ok(rec) => {
                     crate::telemetry::metrics().credential_events.with_label_values(&[&api.name, "set"]).inc();

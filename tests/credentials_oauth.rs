@@ -814,6 +814,10 @@ async fn user_oauth_connect_refresh_disconnect() {
     assert!(page.contains("Connected"), "{page}");
     let redeemed = at(&idp, "/token");
     assert_eq!(redeemed.len(), 1);
+    // The same callback again (a replay) is refused and redeems nothing.
+    let replay = callback(CODE, &state, &idp_base).await.unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_eq!(at(&idp, "/token").len(), 1);
     let f = form(&redeemed[0]);
     assert_eq!(
         f.get("grant_type").map(String::as_str),

@@ -187,7 +187,7 @@ pub struct Credential {
     /// The same forms, longest match first, for replacing each occurrence with a marker.
     pub replacer: aho_corasick::AhoCorasick,
     /// The first 8 hex digits of the value's SHA-256, for audit records.
-    pub fingerprint: String,
+    pub fingerprint: Arc<str>,
 }
 
 impl Credential {
@@ -213,7 +213,7 @@ impl Credential {
         };
         use sha2::Digest;
         Credential {
-            fingerprint: hex::encode(&sha2::Sha256::digest(value.as_bytes())[..4]),
+            fingerprint: hex::encode(&sha2::Sha256::digest(value.as_bytes())[..4]).into(),
             matcher: build(aho_corasick::MatchKind::Standard),
             replacer: build(aho_corasick::MatchKind::LeftmostLongest),
             forms,

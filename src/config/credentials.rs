@@ -621,7 +621,11 @@ mod tests {
     #[test]
     fn modes_are_validated_by_key_path() {
         let store = "[credential_store]\nkind = \"sqlite\"\npath = \"c.db\"\nkey_env = \"K\"";
-        let ok = parse(store, "mode = \"per_principal\", header = \"Authorization\"").unwrap();
+        let ok = parse(
+            store,
+            "mode = \"per_principal\", header = \"Authorization\"",
+        )
+        .unwrap();
         let d = ok.apis[0].dynamic_credential.as_ref().unwrap();
         assert_eq!(d.format, "Bearer {secret}");
         assert_eq!(d.on_missing, OnMissing::Connect);
@@ -651,10 +655,16 @@ mod tests {
         let open = format!("[server]\nmcp_listen = \"0.0.0.0:3000\"\n{store}");
         let c = parse(&open, creds).unwrap();
         let w = crate::config::lint::lint(&c);
-        assert!(w.iter().any(|w| w.code == "W006" && w.path == "apis[0].credentials"), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.code == "W006" && w.path == "apis[0].credentials"),
+            "{w:?}"
+        );
         let set = format!("{open}\n[mcp]\npublic_url = \"https://gw.example\"");
         let c = parse(&set, creds).unwrap();
-        assert!(crate::config::lint::lint(&c).iter().all(|w| w.code != "W006"));
+        assert!(crate::config::lint::lint(&c)
+            .iter()
+            .all(|w| w.code != "W006"));
         assert_eq!(c.mcp.public_url, "https://gw.example");
     }
 

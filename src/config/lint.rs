@@ -113,7 +113,11 @@ pub fn lint(config: &Config) -> Vec<Warning> {
     let listener = config.server.mcp_listen.ip();
     if config.mcp.public_url_default && !listener.is_loopback() {
         for (i, api) in config.apis.iter().enumerate() {
-            if api.dynamic_credential.as_ref().is_some_and(|d| d.mode.stored()) {
+            if api
+                .dynamic_credential
+                .as_ref()
+                .is_some_and(|d| d.mode.stored())
+            {
                 warn(
                     &mut out,
                     "W006",

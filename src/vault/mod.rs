@@ -56,7 +56,7 @@ pub struct CredentialUse {
     /// `static`, `per_principal`, `token_exchange` or `user_oauth`.
     pub source: &'static str,
     /// The first 8 hex digits of the injected secret's SHA-256.
-    pub fingerprint: String,
+    pub fingerprint: Arc<str>,
     /// When a token endpoint was called for this call (an exchange or a refresh): start and
     /// end, and whether it succeeded.
     pub fetched: Option<(SystemTime, SystemTime, bool)>,
@@ -233,6 +233,26 @@ impl Vault {
         (c.exp > now_s()).then_some(c)
     }
 
+    /// Marks a connect link or OAuth state as used: true the first time only (across
+    /// replicas with Redis), so a link that leaked after use, or a replayed callback, does
+    /// nothing.
+    pub async fn consume(&self, token: &str) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let name = format!(
+            "used:{}",
+            &hex::encode(Sha256::digest(token.as_bytes()))[..32]
+        );
+        match store.lease(&name, CONNECT_TTL).await {
+            Ok(first) => first,
+            Err(e) => {
+                self.store_failed(e);
+                false
+            }
+        }
+    }
+
     /// The credential refusal for a caller without a credential yet: `credential_required`
     /// (403) with the `connect_url` where the user fixes it.
     pub fn required(&self, api: &Api, principal: &str, why: &str) -> GatewayError {
@@ -281,7 +301,7 @@ impl Vault {
                     api,
                     used: CredentialUse {
                         source: "per_principal",
-                        fingerprint: rec.fingerprint,
+                        fingerprint: rec.fingerprint.into(),
                         fetched: None,
                     },
                 })

@@ -166,7 +166,7 @@ impl Vault {
                     api: api.clone(),
                     used: CredentialUse {
                         source: "token_exchange",
-                        fingerprint: fingerprint.clone(),
+                        fingerprint: fingerprint.as_str().into(),
                         fetched: None,
                     },
                 });
@@ -235,7 +235,7 @@ impl Vault {
                     api: built,
                     used: CredentialUse {
                         source: "token_exchange",
-                        fingerprint,
+                        fingerprint: fingerprint.into(),
                         fetched: Some((started, ended, true)),
                     },
                 })
@@ -343,7 +343,7 @@ impl Vault {
             api: api_built,
             used: CredentialUse {
                 source: "user_oauth",
-                fingerprint: rec.fingerprint,
+                fingerprint: rec.fingerprint.into(),
                 fetched,
             },
         })
@@ -539,6 +539,11 @@ impl Vault {
             if expected != got {
                 return Err(bad("the authorization server's iss does not match credentials.issuer (mix-up attack?)"));
             }
+        }
+        if !self.consume(state).await {
+            return Err(bad(
+                "this sign-in was completed already; open the connect link again",
+            ));
         }
         let redirect = self.redirect_uri();
         let (status, body) = self

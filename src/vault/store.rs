@@ -55,7 +55,8 @@ impl Drop for RedisStore {
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS credentials (
     api TEXT NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL, sealed TEXT NOT NULL,
     fingerprint TEXT NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL,
-    expires INTEGER, PRIMARY KEY (api, principal))";
+    expires INTEGER, PRIMARY KEY (api, principal));
+    CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, until INTEGER NOT NULL)";
 
 fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
     move |e| format!("credential store {path}: {e}")
@@ -270,11 +271,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Takes a short lease named `name` (one token refresh across replicas). SQLite serves one
-    /// replica, whose in-process lock already serialises refreshes: always granted.
+    /// Takes a lease named `name` for `ttl`: true when nobody holds it (one token refresh
+    /// across replicas; a connect link used once). SQLite keeps leases in a table of its own.
     pub async fn lease(&self, name: &str, ttl: Duration) -> StoreResult<bool> {
         match self {
-            Store::Sqlite(_) => Ok(true),
+            Store::Sqlite(c) => Self::sqlite(c, |c| {
+                let now = super::now_s() as i64;
+                c.execute("DELETE FROM leases WHERE until <= ?1", [now])?;
+                c.execute(
+                    "INSERT OR IGNORE INTO leases (name, until) VALUES (?1, ?2)",
+                    rusqlite::params![name, now + ttl.as_secs().max(1) as i64],
+                )
+                .map(|n| n == 1)
+            }),
             Store::Redis(r) => {
                 let mut conn = r.conn.clone();
                 let key = format!("{}lease:{name}", r.prefix);
@@ -297,6 +306,11 @@ impl Store {
 
     /// Gives a lease back before it expires.
     pub async fn release(&self, name: &str) {
+        if let Store::Sqlite(c) = self {
+            let _ = Self::sqlite(c, |c| {
+                c.execute("DELETE FROM leases WHERE name = ?1", [name])
+            });
+        }
         if let Store::Redis(r) = self {
             let mut conn = r.conn.clone();
             let key = format!("{}lease:{name}", r.prefix);
