@@ -417,3 +417,70 @@ async fn a_collector_that_is_down_is_counted_not_silent() {
         6.0
     );
 }
+
+/// A token exchange made for a call is a child span of the call's server span, ending before
+/// the upstream request starts; neither the exchanged token nor the caller's appears in any
+/// exported span.
+#[tokio::test]
+async fn a_token_exchange_is_a_child_span_of_its_call() {
+    let up = Upstream::start();
+    let idp = Upstream::start_with(Arc::new(|r: &Seen| {
+        (r.target == "/token").then(|| {
+            let body = br#"{"access_token":"exchanged-token-5b1f","expires_in":300}"#.to_vec();
+            (200, "application/json".to_string(), body)
+        })
+    }));
+    let collector = http_collector();
+    let mut gw = Gateway::start_generated_env(
+        |ports| {
+            format!(
+                "{}[tracing]\nendpoint = \"http://127.0.0.1:{}\"\nprotocol = \"http/protobuf\"\n\n{}",
+                server_section(ports, 1),
+                collector.port,
+                loopback_get_api(
+                    "tx",
+                    up.port,
+                    &format!(
+                        "credentials = {{ mode = \"token_exchange\", header = \"Authorization\", \
+                         token_endpoint = \"http://127.0.0.1:{}/token\", client_id = \"gw\", \
+                         allow_private_network = true }}",
+                        idp.port
+                    ),
+                )
+            )
+        },
+        EXPORT_ONLY_AT_SHUTDOWN,
+    );
+    let token = jwt(json!({"sub": "tracy"}));
+    let r = reqwest::Client::new()
+        .get(gw.proxy_url("/tx/traced"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    terminate(&mut gw);
+    let bodies = http_exports(&collector);
+    for b in &bodies {
+        let text = String::from_utf8_lossy(b);
+        assert!(!text.contains("exchanged-token-5b1f") && !text.contains(&token));
+    }
+    let spans: Vec<Span> = decode(&bodies).into_iter().map(|(_, s)| s).collect();
+    let server = spans
+        .iter()
+        .find(|s| kind(s) == SpanKind::Server)
+        .expect("the call's server span");
+    let exchange = spans
+        .iter()
+        .find(|s| s.name == "credential token request")
+        .expect("the exchange's span");
+    assert_eq!(exchange.parent_span_id, server.span_id);
+    assert_eq!(exchange.trace_id, server.trace_id);
+    assert_eq!(kind(exchange), SpanKind::Client);
+    let upstream = spans
+        .iter()
+        .find(|s| kind(s) == SpanKind::Client && s.name == "GET")
+        .expect("the upstream span");
+    assert!(exchange.end_time_unix_nano <= upstream.start_time_unix_nano);
+    assert!(exchange.start_time_unix_nano >= server.start_time_unix_nano);
+}
