@@ -97,6 +97,16 @@ async fn proxy_get(gw: &Gateway, path: &str, auth: (&str, &str)) -> reqwest::Res
         .unwrap()
 }
 
+async fn get_json(url: String, auth: &str) -> Value {
+    let r = http()
+        .get(url)
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
 fn fingerprint(secret: &str) -> String {
     sha256_hex(secret)[..8].to_string()
 }
@@ -206,15 +216,11 @@ async fn each_principal_calls_with_its_own_secret_on_both_doors() {
     }
 
     // The admin listing names principals and fingerprints only.
-    let list: Value = http()
-        .get(format!("http://127.0.0.1:{}/credentials/vault", gw.admin))
-        .header("authorization", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(
+        format!("http://127.0.0.1:{}/credentials/vault", gw.admin),
+        &admin,
+    )
+    .await;
     let principals: Vec<&str> = list["credentials"]
         .as_array()
         .unwrap()
@@ -224,15 +230,7 @@ async fn each_principal_calls_with_its_own_secret_on_both_doors() {
     assert_eq!(principals, ["jwt:alice", "jwt:bob", "key:suite"]);
     assert!(!list.to_string().contains(ALICE_SECRET) && !list.to_string().contains(BOB_SECRET));
     // A caller sees its own, and only its own.
-    let mine: Value = http()
-        .get(format!("http://127.0.0.1:{}/me/credentials", gw.mcp))
-        .header("authorization", &bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine = get_json(format!("http://127.0.0.1:{}/me/credentials", gw.mcp), &bob).await;
     assert_eq!(mine["credentials"].as_array().unwrap().len(), 1, "{mine}");
     assert_eq!(
         mine["credentials"][0]["fingerprint"],
@@ -619,30 +617,8 @@ async fn records_survive_key_rotation() {
 #[tokio::test]
 async fn replicas_share_credentials_in_redis() {
     let up = Upstream::start();
-    let port = free_port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (scripts/setup.sh installs it)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let redis = Redis::start();
+    let port = redis.port;
     let store =
         format!("kind = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nkey_env = \"AGM_CRED_KEY\"");
     let start = || {
@@ -670,8 +646,7 @@ async fn replicas_share_credentials_in_redis() {
     assert_eq!(r.status(), 200);
     let r = proxy_get(&a, "/vault/x", ("authorization", &frank)).await;
     assert_eq!(r.status(), 403);
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }
 
 /// A real MCP client (the Python SDK) that declares URL elicitation, in both eras: the legacy

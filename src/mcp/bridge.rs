@@ -205,6 +205,31 @@ impl McpHttpApp {
         let _ = session.write_response_body(Bytes::from(body), true).await;
     }
 
+    /// Stages 1–4 of admission for a request on this listener, from its head.
+    async fn identify(
+        gw: &Gateway,
+        session: &ServerSession,
+    ) -> Result<crate::auth::Caller, GatewayError> {
+        let head = session.req_header();
+        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        gw.pipeline
+            .identify(&CallerRequest {
+                door: Door::Mcp,
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: &head.method,
+                path: head.uri.path(),
+                query: head.uri.query().unwrap_or(""),
+                headers: &head.headers,
+                raw_head: raw_head.as_deref(),
+                body: None,
+                trace: crate::trace::TraceContext::from_headers(&head.headers),
+            })
+            .await
+    }
+
     /// The connect page and the OAuth callback: opened in the user's browser, which holds
     /// no credential of the gateway's; the sealed link (or OAuth `state`) is the authority.
     async fn serve_connect(
@@ -250,25 +275,7 @@ impl McpHttpApp {
         path: &str,
         api: Option<String>,
     ) -> Option<ReusedHttpStream> {
-        let head = session.req_header();
-        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let identified = gw
-            .pipeline
-            .identify(&CallerRequest {
-                door: Door::Mcp,
-                peer: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                method: &head.method,
-                path: head.uri.path(),
-                query: head.uri.query().unwrap_or(""),
-                headers: &head.headers,
-                raw_head: raw_head.as_deref(),
-                body: None,
-                trace: crate::trace::TraceContext::from_headers(&head.headers),
-            })
-            .await;
+        let identified = Self::identify(gw, &session).await;
         let caller = match identified {
             Ok(c) => c,
             Err(e) => {
@@ -356,25 +363,7 @@ impl HttpServerApp for McpHttpApp {
 
         // Who is calling is decided from the head: a refused caller's body is never read
         // (the connection is closed instead of drained).
-        let head = session.req_header();
-        let raw_head = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        let identified = gw
-            .pipeline
-            .identify(&CallerRequest {
-                door: Door::Mcp,
-                peer: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                method: &head.method,
-                path: head.uri.path(),
-                query: head.uri.query().unwrap_or(""),
-                headers: &head.headers,
-                raw_head: raw_head.as_deref(),
-                body: None,
-                trace: crate::trace::TraceContext::from_headers(&head.headers),
-            })
-            .await;
+        let identified = Self::identify(&gw, &session).await;
         let caller = match identified {
             Ok(c) => Arc::new(c),
             Err(e) => {

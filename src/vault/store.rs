@@ -58,6 +58,20 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS credentials (
     expires INTEGER, PRIMARY KEY (api, principal));
     CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, until INTEGER NOT NULL)";
 
+/// A row of `SELECT principal, kind, sealed, fingerprint, created, updated, expires`.
+fn record(api: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        api: api.to_string(),
+        principal: r.get(0)?,
+        kind: r.get(1)?,
+        sealed: r.get(2)?,
+        fingerprint: r.get(3)?,
+        created: r.get::<_, i64>(4)? as u64,
+        updated: r.get::<_, i64>(5)? as u64,
+        expires: r.get::<_, Option<i64>>(6)?.map(|e| e as u64),
+    })
+}
+
 fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
     move |e| format!("credential store {path}: {e}")
 }
@@ -132,22 +146,11 @@ impl Store {
         match self {
             Store::Sqlite(c) => Self::sqlite(c, |c| {
                 let mut st = c.prepare_cached(
-                    "SELECT kind, sealed, fingerprint, created, updated, expires FROM credentials WHERE api = ?1 AND principal = ?2",
+                    "SELECT principal, kind, sealed, fingerprint, created, updated, expires FROM credentials WHERE api = ?1 AND principal = ?2",
                 )?;
-                let mut rows = st.query(rusqlite::params![api, principal])?;
-                match rows.next()? {
-                    Some(r) => Ok(Some(Record {
-                        api: api.to_string(),
-                        principal: principal.to_string(),
-                        kind: r.get(0)?,
-                        sealed: r.get(1)?,
-                        fingerprint: r.get(2)?,
-                        created: r.get::<_, i64>(3)? as u64,
-                        updated: r.get::<_, i64>(4)? as u64,
-                        expires: r.get::<_, Option<i64>>(5)?.map(|e| e as u64),
-                    })),
-                    None => Ok(None),
-                }
+                let mut rows =
+                    st.query_map(rusqlite::params![api, principal], |r| record(api, r))?;
+                rows.next().transpose()
             }),
             Store::Redis(r) => {
                 let mut conn = r.conn.clone();
@@ -242,18 +245,7 @@ impl Store {
                     let mut st = c.prepare_cached(
                         "SELECT principal, kind, sealed, fingerprint, created, updated, expires FROM credentials WHERE api = ?1",
                     )?;
-                    let rows = st.query_map([api], |r| {
-                        Ok(Record {
-                            api: api.clone(),
-                            principal: r.get(0)?,
-                            kind: r.get(1)?,
-                            sealed: r.get(2)?,
-                            fingerprint: r.get(3)?,
-                            created: r.get::<_, i64>(4)? as u64,
-                            updated: r.get::<_, i64>(5)? as u64,
-                            expires: r.get::<_, Option<i64>>(6)?.map(|e| e as u64),
-                        })
-                    })?;
+                    let rows = st.query_map([api], |r| record(api, r))?;
                     rows.collect::<rusqlite::Result<Vec<_>>>()
                 })?),
                 Store::Redis(r) => {
