@@ -102,6 +102,9 @@ impl AdminApp {
                 Bytes::from(e.problem_json().to_string()),
             )
         };
+        if path == "/approvals" || path.starts_with("/approvals/") {
+            return self.approvals(session, &gw, path).await;
+        }
         let credentials = crate::credentials::admin_route(path);
         let route_exists = path == "/explain" || credentials.is_some();
         if !route_exists {
@@ -165,6 +168,108 @@ impl AdminApp {
         match crate::explain::explain_with(&gw.pipeline, &described).await {
             Ok(doc) => (200, "application/json", Bytes::from(doc.to_string())),
             Err(e) => problem(&crate::error::GatewayError::invalid_arguments(e)),
+        }
+    }
+}
+
+impl AdminApp {
+    /// `GET /approvals[?status=…]`, `GET /approvals/{id}`, `POST /approvals/{id}` with
+    /// `{"approve": bool, "reason": "…"}`: the approval queue, for admins and approvers.
+    async fn approvals(
+        &self,
+        session: &mut ServerSession,
+        gw: &crate::gateway::Gateway,
+        path: &str,
+    ) -> (u16, &'static str, Bytes) {
+        use crate::error::{GatewayError, Reason};
+        let problem = |e: &GatewayError| {
+            (
+                e.kind.status(),
+                "application/problem+json",
+                Bytes::from(e.problem_json().to_string()),
+            )
+        };
+        let json = |status: u16, v: serde_json::Value| {
+            (status, "application/json", Bytes::from(v.to_string()))
+        };
+        let who = match gw
+            .pipeline
+            .authenticate_principal(&session.req_header().headers)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return problem(&e),
+        };
+        let method = session.req_header().method.clone();
+        let id = path.strip_prefix("/approvals/").filter(|s| !s.is_empty());
+        match (&method, id) {
+            (&http::Method::GET, None) => {
+                if !gw.pipeline.sees_approvals(&who) {
+                    return problem(&GatewayError::because(
+                        Reason::NotPermitted,
+                        "the approval queue is for admins and approvers",
+                    ));
+                }
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                let status = url::form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "status")
+                    .map(|(_, v)| v.into_owned());
+                let status = match status.as_deref().map(crate::approvals::Status::parse) {
+                    None => None,
+                    Some(Some(s)) => Some(s),
+                    Some(None) => {
+                        return problem(&GatewayError::invalid_arguments(
+                            "status is one of pending, approved, denied, expired, consumed",
+                        ))
+                    }
+                };
+                match gw.pipeline.approval_records(status).await {
+                    Ok(list) => json(
+                        200,
+                        serde_json::Value::Array(list.iter().map(|r| r.json()).collect()),
+                    ),
+                    Err(e) => problem(&e),
+                }
+            }
+            (&http::Method::GET, Some(id)) => match gw.pipeline.approval_record(id).await {
+                Ok(Some(r)) if gw.pipeline.sees_approvals(&who) || r.principal == who.id => {
+                    json(200, r.json())
+                }
+                Ok(Some(_)) => problem(&GatewayError::because(
+                    Reason::NotPermitted,
+                    "this approval is for admins, approvers and its requester",
+                )),
+                Ok(None) => json(404, serde_json::json!({"error": "not_found"})),
+                Err(e) => problem(&e),
+            },
+            (&http::Method::POST, Some(id)) => {
+                let body = match read_body(session, 16 << 10).await {
+                    Ok(b) => b,
+                    Err(e) => return problem(&e),
+                };
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let Some(approve) = v.get("approve").and_then(serde_json::Value::as_bool) else {
+                    return problem(&GatewayError::invalid_arguments(
+                        "send {\"approve\": true|false, \"reason\": \"…\"}",
+                    ));
+                };
+                let reason = v
+                    .get("reason")
+                    .and_then(serde_json::Value::as_str)
+                    .map(|r| r.chars().take(500).collect());
+                match gw
+                    .pipeline
+                    .decide_approval(id, approve, &who, reason, "admin")
+                    .await
+                {
+                    Ok(r) => json(200, r.json()),
+                    Err(e) => problem(&e),
+                }
+            }
+            _ => problem(&GatewayError::because(
+                Reason::MethodNotAllowed,
+                "GET /approvals[?status=pending], GET or POST /approvals/{id}",
+            )),
         }
     }
 }

@@ -88,6 +88,16 @@ pub struct AuditEvent {
     /// On a credential's management: whose credential was set or deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_subject: Option<String>,
+    /// What the record is about when it is not a call: `approval_requested`,
+    /// `approval_decided`, `approval_consumed`, `approval_expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'static str>,
+    /// The approval a call used, or an approval event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The digest of the call an approval is bound to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_digest: Option<String>,
 }
 
 impl AuditEvent {
@@ -123,6 +133,9 @@ impl AuditEvent {
             credential_source: None,
             credential_fingerprint: None,
             credential_subject: None,
+            event: None,
+            approval_id: None,
+            call_digest: None,
         }
     }
 

@@ -121,6 +121,10 @@ impl CallRecord {
             ));
         }
         self.token_request = a.credential.as_ref().and_then(|c| c.fetched);
+        if let (Some(e), Some(u)) = (&mut self.event, &a.approval) {
+            e.approval_id = Some(u.id.clone());
+            e.call_digest = Some(u.digest.clone());
+        }
         self.shadow = a
             .shadow
             .iter()
@@ -252,6 +256,16 @@ pub fn problem(
     h.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if e.kind == ErrorKind::ApprovalRequired {
+        // Where the request's state can be followed (admin listener), and when to retry.
+        let detail = |k: &str| e.details.as_ref().and_then(|d| d.get(k)).cloned();
+        if let Some(serde_json::Value::String(id)) = detail("approval_id") {
+            h.insert_header(http::header::LOCATION, format!("/approvals/{id}"))?;
+        }
+        if let Some(serde_json::Value::Number(n)) = detail("retry_after_s") {
+            h.insert_header(http::header::RETRY_AFTER, n.to_string())?;
+        }
+    }
     if let Some(d) = &e.rate_limit {
         h.insert_header(
             http::header::RETRY_AFTER,

@@ -53,6 +53,14 @@ pub enum ErrorKind {
     MethodNotSupported,
     /// The listener holds as many connections as it may. 503 `overloaded`.
     Overloaded,
+    /// The call waits for a person's approval. 202 `approval_required` (proxy door, with
+    /// `Location: /approvals/{id}`); an `isError` result on the MCP door.
+    ApprovalRequired,
+    /// The call does not match the approval it names, or the approval was used. 409
+    /// `conflict`.
+    Conflict,
+    /// The approval it names expired. 410 `gone`.
+    Gone,
 }
 
 impl ErrorKind {
@@ -78,6 +86,9 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => 408,
             ErrorKind::MethodNotSupported => 405,
             ErrorKind::Overloaded => 503,
+            ErrorKind::ApprovalRequired => 202,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Gone => 410,
         }
     }
 
@@ -104,6 +115,9 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::MethodNotSupported => "method_not_supported",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ApprovalRequired => "approval_required",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Gone => "gone",
         }
     }
 
@@ -129,6 +143,9 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "Request timeout",
             ErrorKind::MethodNotSupported => "Method not supported",
             ErrorKind::Overloaded => "Too many connections",
+            ErrorKind::ApprovalRequired => "Approval required",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::Gone => "Gone",
         }
     }
 }
@@ -260,6 +277,14 @@ reasons! {
     CredentialRequired => ("credential_required", Forbidden),
     CredentialUnavailable => ("credential_unavailable", UpstreamError),
     CredentialParam => ("credential_param", InvalidEndpoint),
+    ApprovalPending => ("approval_pending", ApprovalRequired),
+    ApprovalDenied => ("approval_denied", Forbidden),
+    ApprovalDeclined => ("approval_declined", Forbidden),
+    ConfirmationUnavailable => ("confirmation_unavailable", Forbidden),
+    ApprovalConsumed => ("approval_consumed", Conflict),
+    ApprovalMismatch => ("approval_mismatch", Conflict),
+    ApprovalUnknown => ("approval_unknown", Conflict),
+    ApprovalExpired => ("approval_expired", Gone),
 }
 
 /// The admission stage that refused a call (see [`crate::policy::Pipeline::admit`]), shown
@@ -287,6 +312,8 @@ pub enum Stage {
     Destination,
     /// The caller's own upstream credential (per principal, exchanged, connected).
     Credential,
+    /// A person's approval, where an `[[approvals]]` rule asks for one.
+    Approval,
 }
 
 impl Stage {
@@ -304,6 +331,7 @@ impl Stage {
             Stage::RateLimit => "rate_limit",
             Stage::Destination => "destination",
             Stage::Credential => "credential",
+            Stage::Approval => "approval",
         }
     }
 }
@@ -585,6 +613,9 @@ mod tests {
             RequestTimeout,
             MethodNotSupported,
             Overloaded,
+            ApprovalRequired,
+            Conflict,
+            Gone,
         ];
         let codes: std::collections::HashSet<_> = kinds.iter().map(|k| k.code()).collect();
         assert_eq!(codes.len(), kinds.len());

@@ -5,6 +5,7 @@
 //! one call record ([`call`]). [`server`] wires them into a single Pingora server.
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod blobs;
@@ -15,6 +16,7 @@ pub mod egress;
 pub mod error;
 pub mod explain;
 pub mod gateway;
+pub mod kv;
 pub mod listener;
 pub mod mcp;
 pub mod policy;

@@ -69,6 +69,8 @@ pub struct ProxyCtx {
     /// With `response.redact.proxy_door`: the whole body, held until its end so it can be
     /// redacted like an MCP answer (then sent chunked, its length having changed).
     held: Option<Vec<u8>>,
+    /// A refused call's approval request, to complete once its body is read.
+    approval_draft: Option<(Box<crate::approvals::Record>, Arc<crate::auth::Caller>)>,
 }
 
 async fn write_problem(session: &mut Session, e: &GatewayError, gateway: &Gateway) -> Result<()> {
@@ -196,12 +198,46 @@ impl ProxyDoor {
                 ));
             }
         }
-        let outcome = outcome.map_err(|r| r.error);
+        let outcome = outcome.map_err(|r| {
+            ctx.approval_draft = r.approval_draft.zip(r.caller);
+            r.error
+        });
         if let Ok(a) = &outcome {
             record.admitted(a);
         }
         ctx.record = Some(record);
         outcome
+    }
+
+    /// A call that needs approval on its first sending: its body is read (within
+    /// `max_body_size`) to complete the request, which the answer then names.
+    async fn request_approval(
+        session: &mut Session,
+        ctx: &mut ProxyCtx,
+        draft: crate::approvals::Record,
+        caller: &crate::auth::Caller,
+    ) -> GatewayError {
+        let max = ctx.gw.config.request.max_body_size;
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 <= max => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    session.set_keepalive(None);
+                    return GatewayError::payload_too_large(format!(
+                        "the request body is larger than security.request.max_body_size ({max} bytes)"
+                    ));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    session.set_keepalive(None);
+                    return GatewayError::invalid_arguments("the request body could not be read");
+                }
+            }
+        }
+        ctx.gw.pipeline.request_approval(draft, &body, caller).await
     }
 }
 
@@ -221,6 +257,7 @@ impl ProxyHttp for ProxyDoor {
             answered: None,
             upstream_bytes: 0,
             held: None,
+            approval_draft: None,
         }
     }
 
@@ -235,7 +272,12 @@ impl ProxyHttp for ProxyDoor {
                 ctx.target = Some(admitted);
                 Ok(false)
             }
-            Err(e) => {
+            Err(mut e) => {
+                if let Some((draft, caller)) = ctx.approval_draft.take() {
+                    if e.kind == crate::error::ErrorKind::ApprovalRequired {
+                        e = Self::request_approval(session, ctx, *draft, &caller).await;
+                    }
+                }
                 if session.req_header().method == http::Method::CONNECT {
                     // What follows a CONNECT head is not HTTP: the connection is not reused.
                     session.set_keepalive(None);

@@ -71,6 +71,13 @@ pub struct Metrics {
     /// `exchange_cache_hit`, `exchange_failure`, `exchange_failure_cached`, `refresh`,
     /// `refresh_failure`, `connect`, `set`, `delete`, and `store`/`failure`.
     pub credential_events: IntCounterVec,
+    /// `api_approvals_total{rule,outcome}`: approval requests by what became of them:
+    /// `requested`, `approved`, `denied`, `declined`, `expired`, `consumed`.
+    pub approvals: IntCounterVec,
+    /// `api_approval_wait_seconds{rule}`: from request to decision.
+    pub approval_wait: HistogramVec,
+    /// `api_approvals_pending{rule}`: requests this replica created that wait now.
+    pub approvals_pending: prometheus::IntGaugeVec,
     /// The principals that have a label value of their own; past `max_principals`, the rest
     /// share `other`. `None`: the principal label is off.
     principals: Mutex<Option<Principals>>,
@@ -225,6 +232,34 @@ impl Metrics {
                 .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
+            },
+            approvals: counter(
+                &r,
+                "api_approvals_total",
+                "Approval requests by outcome",
+                &["rule", "outcome"],
+            ),
+            approval_wait: {
+                let h = HistogramVec::new(
+                    prometheus::HistogramOpts::new(
+                        "api_approval_wait_seconds",
+                        "Time from an approval request to its decision",
+                    )
+                    .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0]),
+                    &["rule"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            approvals_pending: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new("api_approvals_pending", "Approval requests waiting for a decision"),
+                    &["rule"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
             },
             credential_events: counter(
                 &r,

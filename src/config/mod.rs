@@ -20,6 +20,7 @@ pub use crate::types::PathPattern;
 
 mod access;
 mod api;
+mod approvals;
 mod audit;
 mod credentials;
 pub mod lint;
@@ -36,6 +37,7 @@ pub use access::{
 };
 use api::RawApi;
 pub use api::{parse_base_url, Api, BaseUrl, Credential, CredentialPlacement, SUPPORTED_METHODS};
+pub use approvals::{ApprovalMode, ApprovalRule, Approvals, Webhook};
 use audit::{validate_audit, RawAudit};
 pub use audit::{AuditConfig, AuditSink, OnFailure};
 pub use credentials::{
@@ -159,6 +161,8 @@ struct RawConfig {
     apis: Vec<RawApi>,
     credential_store: Option<credentials::RawCredentialStore>,
     #[serde(default)]
+    approvals: Vec<approvals::RawApproval>,
+    #[serde(default)]
     tracing: telemetry::RawTracing,
     #[serde(default)]
     metrics: telemetry::RawMetrics,
@@ -197,6 +201,8 @@ pub struct Config {
     /// `[credential_store]`: where per-caller credentials live (`per_principal` and
     /// `user_oauth` APIs need it).
     pub credential_store: Option<CredentialStoreConfig>,
+    /// `[[approvals]]`: calls that wait for a person.
+    pub approvals: Approvals,
 }
 
 impl Config {
@@ -348,6 +354,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     }
 
     let rbac = access::validate_rbac(raw.rbac, &names, &mut errors);
+    let role_names: Vec<String> = rbac.roles.iter().map(|r| r.name.clone()).collect();
+    let approvals =
+        approvals::validate_approvals(raw.approvals, &names, &role_names, env, &mut errors);
     let audit = validate_audit(raw.audit, &mut errors);
     let tracing = telemetry::validate_tracing(raw.tracing, env, &mut errors);
     let metrics = telemetry::validate_metrics(raw.metrics, &mut errors);
@@ -409,6 +418,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             },
             policy_mode: raw.policy.mode,
             credential_store,
+            approvals,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -24,10 +24,33 @@ use crate::trace::TraceContext;
 pub use crate::types::Door;
 
 pub mod access;
+pub mod approval;
 pub mod body;
 pub mod limits;
 pub mod outbound;
 pub mod paths;
+/// The headers of a call that go upstream, lower-case, for an approval's digest: the MCP
+/// door's vetted `headers` argument; on the proxy door, the caller's headers the outbound
+/// rule does not strip.
+fn upstream_headers(payload: &Payload<'_>, plan: &OutboundHeaders) -> Vec<(String, String)> {
+    let text = |k: &HeaderName, v: &HeaderValue| {
+        (
+            k.as_str().to_string(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    };
+    match payload {
+        Payload::Whole { .. } => plan.forward.iter().map(|(k, v)| text(k, v)).collect(),
+        Payload::Streamed { headers } => headers
+            .iter()
+            .filter(|(k, _)| {
+                !plan.strip.contains(k) && !crate::types::headers::is_framing_header(k)
+            })
+            .map(|(k, v)| text(k, v))
+            .collect(),
+    }
+}
+
 /// Names the rule of a refusal that did not name its own: the config key (or `builtin.*`
 /// rule) its stage and reason point at, so every refusal carries one.
 fn name_rule(e: GatewayError, api: Option<&str>) -> GatewayError {
@@ -160,6 +183,8 @@ pub struct Admitted {
     pub shadow: Vec<GatewayError>,
     /// How the credential injected into this call was obtained, when there is one.
     pub credential: Option<crate::vault::CredentialUse>,
+    /// The approval this call used, when a rule held it for one.
+    pub approval: Option<approval::Used>,
 }
 
 /// A refused call: the error the caller sees, and who the caller was when that was known.
@@ -167,6 +192,9 @@ pub struct Admitted {
 pub struct Refused {
     pub caller: Option<Arc<Caller>>,
     pub error: GatewayError,
+    /// A call that needs approval whose body has not been read (proxy door): the request
+    /// to complete with [`Pipeline::request_approval`] once the door has the body.
+    pub approval_draft: Option<Box<crate::approvals::Record>>,
 }
 
 /// The verdict of [`Pipeline::admit`].
@@ -203,6 +231,9 @@ pub struct Pipeline {
     audit: Option<Arc<Auditor>>,
     /// Per-caller credentials (`credentials.mode` other than `static`).
     vault: Arc<crate::vault::Vault>,
+    /// Approval records: shared with the pipelines of later configs (a reload voids
+    /// requests made under other rules by their version, not by forgetting them).
+    approvals: Arc<crate::approvals::ApprovalStore>,
 }
 
 impl Pipeline {
@@ -229,6 +260,10 @@ impl Pipeline {
         Ok(Pipeline {
             auth: Authenticator::new(config.clone(), egress.clone())?,
             vault: Arc::new(crate::vault::Vault::new(config.clone(), egress.clone())?),
+            approvals: Arc::new(crate::approvals::ApprovalStore::new(
+                &config,
+                egress.clone(),
+            )?),
             signatures: Arc::new(SignatureVerifier::new()),
             config,
             limiter: Arc::new(limiter),
@@ -243,6 +278,7 @@ impl Pipeline {
         Ok(Pipeline {
             auth: Authenticator::new(config.clone(), self.egress.clone())?,
             vault: Arc::new(self.vault.reconfigured(config.clone())?),
+            approvals: self.approvals.clone(),
             signatures: self.signatures.clone(),
             limiter: self.limiter.clone(),
             egress: self.egress.clone(),
@@ -295,19 +331,44 @@ impl Pipeline {
                 Box::new(Refused {
                     caller: None,
                     error,
+                    approval_draft: None,
                 })
             })?,
             Who::Identified(c) => c.clone(),
         };
-        let refuse = |error: GatewayError| {
-            Box::new(Refused {
-                caller: Some(caller.clone()),
-                error,
-            })
-        };
-        self.judge(call, &caller)
+        let mut draft = None;
+        self.judge_with(call, &caller, Mode::Enforce, &mut draft)
             .await
-            .map_err(|e| refuse(name_rule(e, Some(call.api))))
+            .map_err(|e| {
+                Box::new(Refused {
+                    caller: Some(caller.clone()),
+                    error: name_rule(e, Some(call.api)),
+                    approval_draft: draft.map(Box::new),
+                })
+            })
+    }
+
+    /// A principal authenticated as on the doors (the admin listener's approval routes,
+    /// which approvers use without holding `[admin] role`).
+    pub async fn authenticate_principal(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Principal, GatewayError> {
+        self.auth
+            .authenticate(headers)
+            .await
+            .map_err(|e| name_rule(e.at(Stage::Authentication), None))
+    }
+
+    /// Whether `p` may see the approval queue: an admin, or an approver of some rule.
+    pub fn sees_approvals(&self, p: &Principal) -> bool {
+        p.roles.contains(&self.config.admin.role)
+            || self
+                .config
+                .approvals
+                .rules
+                .iter()
+                .any(|r| r.approvers.iter().any(|a| p.roles.contains(a)))
     }
 
     /// The admin listener's rule for every route beyond health and metrics: a principal
@@ -344,6 +405,7 @@ impl Pipeline {
                         outcome: Err(Box::new(Refused {
                             caller: None,
                             error,
+                            approval_draft: None,
                         })),
                         rate_limits: Vec::new(),
                         rate_limit_state: None,
@@ -353,12 +415,13 @@ impl Pipeline {
             Who::Identified(c) => c.clone(),
         };
         let outcome = self
-            .judge_with(call, &caller, Mode::Explain { resolve })
+            .judge_with(call, &caller, Mode::Explain { resolve }, &mut None)
             .await
             .map_err(|e| {
                 Box::new(Refused {
                     caller: Some(caller.clone()),
                     error: name_rule(e, Some(call.api)),
+                    approval_draft: None,
                 })
             });
         let (rate_limits, rate_limit_state) = match &outcome {
@@ -379,16 +442,14 @@ impl Pipeline {
         }
     }
 
-    /// Stages 5–12 of [`Pipeline::admit`], for an identified caller.
-    async fn judge(&self, call: &Call<'_>, caller: &Arc<Caller>) -> Result<Admitted, GatewayError> {
-        self.judge_with(call, caller, Mode::Enforce).await
-    }
-
+    /// Stages 5–12 of [`Pipeline::admit`], for an identified caller. A proxy-door call that
+    /// needs approval leaves its request in `draft`, to be completed with its body.
     async fn judge_with(
         &self,
         call: &Call<'_>,
         caller: &Arc<Caller>,
         mode: Mode,
+        draft: &mut Option<crate::approvals::Record>,
     ) -> Result<Admitted, GatewayError> {
         let principal = &caller.principal;
 
@@ -447,6 +508,82 @@ impl Pipeline {
         }
         .map_err(|e| e.at(Stage::Headers))?;
         outbound::check_query(api, &endpoint, call.query).map_err(|e| e.at(Stage::Headers))?;
+
+        // 8½. Approval: a rule that holds the call for a person, and an approval for exactly
+        //     this call (used here, once).
+        let ask = approval::Ask {
+            api,
+            method: call.method,
+            endpoint: &endpoint,
+            path: &path,
+            extra_query: call.query,
+            headers: upstream_headers(&call.payload, &headers),
+            body: match &call.payload {
+                Payload::Whole { body, .. } => Some(body.unwrap_or(b"")),
+                Payload::Streamed { .. } => None,
+            },
+            approval_id: match &call.payload {
+                Payload::Streamed { headers } => {
+                    headers.get("approval-id").and_then(|v| v.to_str().ok())
+                }
+                Payload::Whole { .. } => None,
+            },
+            body_len: match &call.payload {
+                Payload::Streamed { headers } => headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+                Payload::Whole { .. } => None,
+            },
+        };
+        let mut approval_used = None;
+        if let Some(rule) = approval::rule_for(&self.config.approvals, &ask, caller) {
+            let rule_key = format!("approvals[{}]", rule.id);
+            let at = |e: GatewayError| e.at(Stage::Approval).by_rule(rule_key.clone());
+            match (rule.mode, mode) {
+                (crate::config::ApprovalMode::Shadow, _) => {
+                    shadows.push(at(GatewayError::because(
+                        Reason::ApprovalPending,
+                        "this call would wait for approval",
+                    )))
+                }
+                (_, Mode::Explain { .. }) => {
+                    return Err(at(GatewayError::because(
+                        Reason::ApprovalPending,
+                        format!(
+                            "this call would wait for approval ({} mode)",
+                            approval::mode_name(rule)
+                        ),
+                    )))
+                }
+                (_, Mode::Enforce) => {
+                    approval_used =
+                        Some(self.approval(rule, &ask, caller, draft).await.map_err(at)?)
+                }
+            }
+        }
+        let body_digest = match (&approval_used, body_digest) {
+            (
+                Some(approval::Used {
+                    body_sha256: Some(a),
+                    id,
+                    ..
+                }),
+                Some(signed),
+            ) if *a != signed => {
+                return Err(
+                    approval::mismatch(id, "another body than the signed one").at(Stage::Approval)
+                )
+            }
+            (
+                Some(approval::Used {
+                    body_sha256: Some(d),
+                    ..
+                }),
+                _,
+            ) => Some(*d),
+            (_, d) => d,
+        };
 
         // 9. The audit trail can record the call.
         if let (Some(a), Mode::Enforce) = (&self.audit, mode) {
@@ -529,6 +666,7 @@ impl Pipeline {
             body_digest,
             shadow,
             credential,
+            approval: approval_used,
         })
     }
 

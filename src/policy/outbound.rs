@@ -3,7 +3,7 @@
 //!
 //! | caller header | proxy door | MCP door (`headers` argument) |
 //! |---|---|---|
-//! | gateway credentials: `Authorization`, `Proxy-*`, `Cookie`, `X-Api-Key`, signature headers | stripped: they authenticated the caller to the gateway | refused, `reserved_header` |
+//! | gateway credentials: `Authorization`, `Proxy-*`, `Cookie`, `X-Api-Key`, signature headers, `Approval-Id` | stripped: they authenticated the caller to the gateway | refused, `reserved_header` |
 //! | the API's upstream credential header, when not one of the above | refused, `credential_header` | refused, `credential_header` |
 //! | method and URL overrides: `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Original-URL`, `X-Rewrite-URL` | refused, `override_header` | refused, `override_header` |
 //! | where the request came from: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Cluster-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP` | stripped | refused, `reserved_header` |
@@ -40,8 +40,10 @@ pub enum HeaderRule {
 
 /// Headers that carry the caller's own credentials to the gateway (never forwarded upstream).
 fn is_gateway_credential(name: &str) -> bool {
-    matches!(name, "authorization" | "cookie" | "x-api-key")
-        || name.starts_with("proxy-")
+    matches!(
+        name,
+        "authorization" | "cookie" | "x-api-key" | "approval-id"
+    ) || name.starts_with("proxy-")
         || crate::auth::signature::HEADERS.contains(&name)
 }
 

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::StoreKind;
@@ -35,21 +34,7 @@ pub type StoreResult<T> = Result<T, String>;
 
 pub enum Store {
     Sqlite(Mutex<rusqlite::Connection>),
-    Redis(RedisStore),
-}
-
-pub struct RedisStore {
-    runtime: Option<tokio::runtime::Runtime>,
-    conn: ConnectionManager,
-    prefix: String,
-}
-
-impl Drop for RedisStore {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
+    Redis(crate::kv::RedisHandle),
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS credentials (
@@ -81,28 +66,11 @@ impl Store {
     pub fn open(kind: &StoreKind) -> StoreResult<Store> {
         match kind {
             StoreKind::Sqlite(path) => Self::open_sqlite(path),
-            StoreKind::Redis { url, prefix } => {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("credential-store")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| format!("cannot start the credential store's runtime: {e}"))?;
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| format!("credential_store.url: invalid Redis URL: {e}"))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(1);
-                let conn = runtime
-                    .block_on(async { ConnectionManager::new_lazy_with_config(client, config) })
-                    .map_err(|e| format!("cannot create the Redis client: {e}"))?;
-                Ok(Store::Redis(RedisStore {
-                    runtime: Some(runtime),
-                    conn,
-                    prefix: prefix.clone(),
-                }))
-            }
+            StoreKind::Redis { url, prefix } => Ok(Store::Redis(crate::kv::RedisHandle::open(
+                url,
+                prefix,
+                "credential-store",
+            )?)),
         }
     }
 
@@ -130,18 +98,6 @@ impl Store {
         f(&c).map_err(|e| format!("credential store: {e}"))
     }
 
-    /// Runs a Redis command future on the store's runtime.
-    async fn redis<T: Send + 'static>(
-        r: &RedisStore,
-        f: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
-    ) -> StoreResult<T> {
-        let rt = r.runtime.as_ref().ok_or("the credential store is closed")?;
-        rt.spawn(f)
-            .await
-            .map_err(|e| format!("credential store: {e}"))?
-            .map_err(|e| format!("credential store (Redis): {e}"))
-    }
-
     pub async fn get(&self, api: &str, principal: &str) -> StoreResult<Option<Record>> {
         match self {
             Store::Sqlite(c) => Self::sqlite(c, |c| {
@@ -153,17 +109,17 @@ impl Store {
                 rows.next().transpose()
             }),
             Store::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let key = format!("{}{api}", r.prefix);
+                let key = r.key(api);
                 let field = principal.to_string();
-                let raw: Option<String> = Self::redis(r, async move {
-                    redis::cmd("HGET")
-                        .arg(key)
-                        .arg(field)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+                let raw: Option<String> = r
+                    .run(|mut conn| async move {
+                        redis::cmd("HGET")
+                            .arg(key)
+                            .arg(field)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
                 Ok(raw.and_then(|j| serde_json::from_str(&j).ok()))
             }
         }
@@ -192,11 +148,10 @@ impl Store {
                 .map(|_| ())
             }),
             Store::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let key = format!("{}{}", r.prefix, rec.api);
+                let key = r.key(&rec.api);
                 let field = rec.principal.clone();
                 let value = serde_json::to_string(rec).map_err(|e| e.to_string())?;
-                Self::redis(r, async move {
+                r.run(|mut conn| async move {
                     redis::cmd("HSET")
                         .arg(key)
                         .arg(field)
@@ -220,17 +175,17 @@ impl Store {
                 .map(|n| n > 0)
             }),
             Store::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let key = format!("{}{api}", r.prefix);
+                let key = r.key(api);
                 let field = principal.to_string();
-                let n: i64 = Self::redis(r, async move {
-                    redis::cmd("HDEL")
-                        .arg(key)
-                        .arg(field)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+                let n: i64 = r
+                    .run(|mut conn| async move {
+                        redis::cmd("HDEL")
+                            .arg(key)
+                            .arg(field)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
                 Ok(n > 0)
             }
         }
@@ -249,9 +204,8 @@ impl Store {
                     rows.collect::<rusqlite::Result<Vec<_>>>()
                 })?),
                 Store::Redis(r) => {
-                    let mut conn = r.conn.clone();
-                    let key = format!("{}{api}", r.prefix);
-                    let all: Vec<(String, String)> = Self::redis(r, async move {
+                        let key = r.key(api);
+                    let all: Vec<(String, String)> = r.run(|mut conn| async move {
                         redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
                     })
                     .await?;
@@ -277,20 +231,20 @@ impl Store {
                 .map(|n| n == 1)
             }),
             Store::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let key = format!("{}lease:{name}", r.prefix);
+                let key = r.key(&format!("lease:{name}"));
                 let ms = ttl.as_millis() as u64;
-                let got: Option<String> = Self::redis(r, async move {
-                    redis::cmd("SET")
-                        .arg(key)
-                        .arg("1")
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+                let got: Option<String> = r
+                    .run(|mut conn| async move {
+                        redis::cmd("SET")
+                            .arg(key)
+                            .arg("1")
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(ms)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
                 Ok(got.is_some())
             }
         }
@@ -304,15 +258,15 @@ impl Store {
             });
         }
         if let Store::Redis(r) = self {
-            let mut conn = r.conn.clone();
-            let key = format!("{}lease:{name}", r.prefix);
-            let _ = Self::redis(r, async move {
-                redis::cmd("DEL")
-                    .arg(key)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
-            .await;
+            let key = r.key(&format!("lease:{name}"));
+            let _ = r
+                .run(|mut conn| async move {
+                    redis::cmd("DEL")
+                        .arg(key)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await;
         }
     }
 }
