@@ -183,6 +183,10 @@ pub struct Live {
     reloading: std::sync::Mutex<()>,
     /// Binary answers behind `resource_link`s; they outlive a reload.
     pub blobs: crate::blobs::BlobStore,
+    /// MCP tasks (calls waiting for an approval), and the principal each belongs to; they
+    /// outlive a reload. Per process: a client polls the replica that made its task.
+    pub tasks: rmcp::task_manager::TaskManager,
+    pub task_owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Live {
@@ -194,6 +198,8 @@ impl Live {
             ready: AtomicBool::new(true),
             reloading: std::sync::Mutex::new(()),
             blobs: Default::default(),
+            tasks: Default::default(),
+            task_owners: Default::default(),
         })
     }
 

@@ -277,3 +277,156 @@ async fn an_mcp_call_waits_and_runs_once_approved() {
     assert!(id3 != id2 && id3 != id);
     assert_eq!(up.count(), 1);
 }
+
+fn py_approve(gw: &Gateway, mode: &str) -> std::process::Child {
+    std::process::Command::new(tools_dir().join("venv/bin/python"))
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_approve.py"))
+        .args([&gw.mcp_url(), mode])
+        .env("MCP_API_KEY", API_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python client")
+}
+
+fn client_result(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+/// `self` rules with real clients that can ask their user (the Python SDK): a legacy
+/// session is asked with `elicitation/create` during the call, a 2026-07-28 client gets
+/// `input_required` and retries; a confirmation runs the call once, a refusal never.
+#[test]
+fn the_user_confirms_through_a_real_client_in_both_eras() {
+    for (mode, hits, declined) in [
+        ("legacy-confirm", 1, false),
+        ("auto-confirm", 1, false),
+        ("auto-decline", 0, true),
+    ] {
+        let up = Upstream::start();
+        let hook = hook_server();
+        let gw = start(up.port, hook.port, "");
+        let v = client_result(py_approve(&gw, mode));
+        assert_eq!(
+            v["elicitations"].as_array().unwrap().len(),
+            1,
+            "{mode}: {v}"
+        );
+        let message = v["elicitations"][0]["message"].as_str().unwrap();
+        assert!(message.contains("DELETE /accounts/7"), "{message}");
+        assert_eq!(v["isError"], declined, "{mode}: {v}");
+        if declined {
+            assert_eq!(v["structured"]["reason"], "approval_declined", "{v}");
+        }
+        assert_eq!(up.count(), hits, "{mode}");
+    }
+}
+
+/// A tasks-capable client (the Python SDK with the tasks extension): the call becomes a
+/// task that works while it waits, and completes with the call's result once an approver
+/// approves through the admin listener.
+#[test]
+fn a_task_completes_with_the_result_after_approval() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = Upstream::start();
+    let hook = hook_server();
+    let gw = start(up.port, hook.port, "");
+    let child = py_approve(&gw, "auto-task");
+    // The approver finds the request in the queue and approves it.
+    let finance = bearer("fiona", &["finance"]);
+    let id = rt.block_on(async {
+        for _ in 0..100 {
+            let q: Value = http()
+                .get(format!(
+                    "http://127.0.0.1:{}/approvals?status=pending",
+                    gw.admin
+                ))
+                .header("authorization", &finance)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(id) = q[0]["id"].as_str() {
+                return id.to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no pending approval appeared");
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(up.count(), 0, "nothing runs before the decision");
+    assert_eq!(rt.block_on(decide(&gw, &id, &finance, true)).0, 200);
+    let v = client_result(child);
+    assert_eq!(v["isError"], false, "{v}");
+    assert_eq!(v["structured"]["status"], 200, "{v}");
+    let polls: Vec<&str> = v["polls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        polls.contains(&"working") && polls.last() == Some(&"completed"),
+        "{polls:?}"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+/// `self` over raw 2026-07-28 requests: a confirmation's request state works once (replayed
+/// it is `approval_consumed`, no second call); a tampered one is `-32602`.
+#[tokio::test]
+async fn a_confirmation_state_is_single_use_and_sealed() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let gw = start(up.port, hook.port, "");
+    let caps = json!({"elicitation": {"form": {}}});
+    let args = json!({"api": "pay", "method": "DELETE", "endpoint": "/accounts/9"});
+    let call = |extra: Value| {
+        stateless_tool_call(
+            &gw,
+            ("x-api-key", API_KEY),
+            caps.clone(),
+            args.clone(),
+            extra,
+        )
+    };
+    let first = call(json!({})).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let form = &result["inputRequests"]["approve"]["params"];
+    assert_eq!(form["mode"], "form", "{first}");
+    assert_eq!(
+        form["requestedSchema"]["properties"]["confirm"]["type"],
+        "boolean"
+    );
+    let state = result["requestState"].as_str().unwrap().to_string();
+    let yes = json!({"approve": {"action": "accept", "content": {"confirm": true}}});
+
+    let mut bad = state.clone().into_bytes();
+    let i = bad.len() - 4;
+    bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+    let r =
+        call(json!({"requestState": String::from_utf8(bad).unwrap(), "inputResponses": yes})).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert_eq!(up.count(), 0);
+
+    let ok = call(json!({"requestState": state, "inputResponses": yes})).await;
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+    assert_eq!(up.count(), 1);
+    let replay = call(json!({"requestState": state, "inputResponses": yes})).await;
+    assert_eq!(replay["result"]["isError"], true, "{replay}");
+    assert_eq!(
+        replay["result"]["structuredContent"]["reason"],
+        "approval_consumed"
+    );
+    assert_eq!(up.count(), 1);
+}

@@ -111,34 +111,16 @@ fn fingerprint(secret: &str) -> String {
     sha256_hex(secret)[..8].to_string()
 }
 
-/// A stateless 2026-07-28 `tools/call` of `api_gateway`, with the client declaring URL
-/// elicitation; `extra` is merged into `params` (a request state, input responses).
+/// A stateless 2026-07-28 `tools/call` of `api_gateway` by a client that can open links.
 async fn modern_call(gw: &Gateway, auth: &str, args: Value, extra: Value) -> Value {
-    let mut params = json!({
-        "name": "api_gateway",
-        "arguments": args,
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}},
-                  "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}
-    });
-    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
-        params[k] = v;
-    }
-    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params});
-    let r = http()
-        .post(gw.mcp_url())
-        .header("authorization", auth)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "api_gateway")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
-    parse_rpc_response(&text, 7).unwrap_or_else(|| panic!("no response in {text}"))
+    stateless_tool_call(
+        gw,
+        ("authorization", auth),
+        json!({"elicitation": {"url": {}}}),
+        args,
+        extra,
+    )
+    .await
 }
 
 /// Two principals call the same `per_principal` API through each door: the upstream sees

@@ -38,11 +38,11 @@ pub struct GatewayMcp {
 /// Arguments of the `api_gateway` tool.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ApiGatewayArgs {
-    api: String,
-    endpoint: String,
+pub(super) struct ApiGatewayArgs {
+    pub(super) api: String,
+    pub(super) endpoint: String,
     #[serde(default = "default_method")]
-    method: String,
+    pub(super) method: String,
     #[serde(default)]
     headers: Map<String, Value>,
     #[serde(default)]
@@ -88,7 +88,7 @@ impl GatewayMcp {
     fn start_span(
         &self,
         caller: Arc<Caller>,
-        context: &RequestContext<RoleServer>,
+        request_id: &str,
         api: &str,
         record: &mut CallRecord,
     ) -> Arc<Caller> {
@@ -105,7 +105,7 @@ impl GatewayMcp {
                         KeyValue::new("mcp.method.name", "tools/call"),
                         KeyValue::new("gen_ai.tool.name", "api_gateway"),
                         KeyValue::new("gen_ai.operation.name", "execute_tool"),
-                        KeyValue::new("jsonrpc.request.id", context.id.to_string()),
+                        KeyValue::new("jsonrpc.request.id", request_id.to_string()),
                         KeyValue::new("network.transport", if http { "tcp" } else { "pipe" }),
                         KeyValue::new("api_gateway.door", "mcp"),
                         KeyValue::new("api_gateway.api", api.to_string()),
@@ -145,11 +145,11 @@ impl GatewayMcp {
     }
 
     /// One `api_gateway` call, recorded from admission to answer.
-    async fn run_api_gateway(
+    pub(super) async fn run_api_gateway(
         &self,
         args: ApiGatewayArgs,
         caller: &Arc<Caller>,
-        context: &RequestContext<RoleServer>,
+        request_id: &str,
     ) -> Result<Answer, GatewayError> {
         let method = args.method.to_ascii_uppercase();
         let mut record = CallRecord::open(
@@ -161,7 +161,7 @@ impl GatewayMcp {
             Some("api_gateway"),
         );
         let api_label = record.api_label().to_string();
-        let caller = self.start_span(caller.clone(), context, &api_label, &mut record);
+        let caller = self.start_span(caller.clone(), request_id, &api_label, &mut record);
         record.identified(&caller);
         let outcome = self.api_gateway(args, &caller, &mut record).await;
         let (status, error) = match &outcome {
@@ -172,7 +172,7 @@ impl GatewayMcp {
         outcome
     }
 
-    fn state_codec(&self) -> Result<RequestStateCodec, McpError> {
+    pub(super) fn state_codec(&self) -> Result<RequestStateCodec, McpError> {
         RequestStateCodec::try_new(self.gateway.pipeline.vault().request_state_key().to_vec())
             .map_err(|_| McpError::internal_error("request state key unavailable", None))
     }
@@ -230,7 +230,7 @@ impl GatewayMcp {
             let codec = self.state_codec()?;
             let state = codec
                 .seal_json_with(
-                    &json!({"api": args.api}),
+                    &json!({"k": "connect", "api": args.api}),
                     &SealOptions::new()
                         .associated_data(bound.as_bytes())
                         .ttl(crate::vault::CONNECT_TTL),
@@ -290,7 +290,10 @@ impl GatewayMcp {
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 }
-                let result = match self.run_api_gateway(args.clone(), caller, context).await {
+                let result = match self
+                    .run_api_gateway(args.clone(), caller, &context.id.to_string())
+                    .await
+                {
                     Ok(a) => a.into_result(),
                     Err(e) => tool_error(&e, shown),
                 };
@@ -718,7 +721,7 @@ fn parse_args(args: Value) -> Result<ApiGatewayArgs, GatewayError> {
 impl Answer {
     /// The tool result: an upstream 4xx/5xx is an `isError` result; a cut result says so
     /// first, with how to ask for less.
-    fn into_result(self) -> CallToolResult {
+    pub(super) fn into_result(self) -> CallToolResult {
         let status = self.result["status"].as_u64().unwrap_or(0);
         let cut = self.meta["truncated"] == true;
         let mut r = if status >= 400 {
@@ -758,7 +761,7 @@ impl Answer {
 
 /// An `isError` result for a refusal or failure: the structured error, and a first text line
 /// the model can act on.
-fn tool_error(e: &GatewayError, shown: crate::types::ExplainDenials) -> CallToolResult {
+pub(super) fn tool_error(e: &GatewayError, shown: crate::types::ExplainDenials) -> CallToolResult {
     let e = e.for_caller(shown);
     let v = e.tool_error_json();
     let mut r = CallToolResult::structured_error(v);
@@ -814,7 +817,7 @@ impl ServerHandler for GatewayMcp {
             .apis
             .iter()
             .any(|a| a.response.binary == crate::config::BinaryMode::ResourceLink);
-        let capabilities = if links {
+        let mut capabilities = if links {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
@@ -822,12 +825,55 @@ impl ServerHandler for GatewayMcp {
         } else {
             ServerCapabilities::builder().enable_tools().build()
         };
+        // Tasks where a call can wait for an approver.
+        if self
+            .gateway
+            .config
+            .approvals
+            .rules
+            .iter()
+            .any(|r| r.mode == crate::config::ApprovalMode::External)
+        {
+            capabilities
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert(
+                    rmcp::model::TASKS_EXTENSION_ID.to_string(),
+                    Default::default(),
+                );
+        }
         InitializeResult::new(capabilities)
             .with_server_info(Implementation::new("api-gateway-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Call external HTTP APIs with the api_gateway tool; list_apis shows what you may call. \
                  Credentials are injected by the gateway.",
             )
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, McpError> {
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
+        if !self.owns_task(&request.task_id, &caller.principal.id) {
+            return Err(McpError::invalid_params("no such task", None));
+        }
+        Ok(rmcp::model::GetTaskResult::new(
+            self.live.tasks.get_task(&request.task_id)?,
+        ))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let caller = self.caller(&context).ok_or_else(no_caller)?;
+        if !self.owns_task(&request.task_id, &caller.principal.id) {
+            return Err(McpError::invalid_params("no such task", None));
+        }
+        self.live.tasks.cancel_task(&request.task_id)
     }
 
     /// Reads a binary answer stored behind a `resource_link`: only the caller it was made
@@ -922,21 +968,27 @@ impl ServerHandler for GatewayMcp {
                     // The retry of an `input_required` answer: the state must be ours, for
                     // this caller and these arguments, and fresh; else nothing is called.
                     let codec = this.state_codec()?;
-                    if codec
-                        .open_json_with::<Value>(sealed, bound.as_bytes())
-                        .is_err()
-                    {
+                    let Ok(state) = codec.open_json_with::<Value>(sealed, bound.as_bytes()) else {
                         return Err(McpError::invalid_params(
                             "requestState is not valid for this call (tampered, expired, or made for another caller or other arguments)",
                             None,
                         ));
+                    };
+                    if state["k"] == "approve" {
+                        if let Some(answer) = this
+                            .answer_confirmation(&state, request.input_responses.as_ref(), &caller)
+                            .await
+                        {
+                            return Ok(answer);
+                        }
                     }
-                    let declined = request
-                        .input_responses
-                        .as_ref()
-                        .and_then(|r| r.get(CONNECT_INPUT))
-                        .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok())
-                        .is_some_and(|r| r.action != ElicitationAction::Accept);
+                    let declined = state["k"] != "approve"
+                        && request
+                            .input_responses
+                            .as_ref()
+                            .and_then(|r| r.get(CONNECT_INPUT))
+                            .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok())
+                            .is_some_and(|r| r.action != ElicitationAction::Accept);
                     if declined {
                         let e = this.gateway.pipeline.vault().required(
                             this.gateway
@@ -949,7 +1001,9 @@ impl ServerHandler for GatewayMcp {
                         return Ok(tool_error(&e, shown).into());
                     }
                 }
-                let outcome = this.run_api_gateway(args.clone(), &caller, &context).await;
+                let outcome = this
+                    .run_api_gateway(args.clone(), &caller, &context.id.to_string())
+                    .await;
                 let connect = match &outcome {
                     Err(e) => this.connect_link(e, &args.api),
                     Ok(_) => None,
@@ -960,6 +1014,16 @@ impl ServerHandler for GatewayMcp {
                         .await?
                     {
                         return Ok(answer);
+                    }
+                }
+                if let Err(e) = &outcome {
+                    if e.reason == Some(crate::error::Reason::ApprovalPending) {
+                        if let Some(answer) = this
+                            .ask_to_approve(e, &args, &caller, &context, &bound)
+                            .await?
+                        {
+                            return Ok(answer);
+                        }
                     }
                 }
                 let result = match outcome {

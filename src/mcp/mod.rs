@@ -8,6 +8,7 @@
 //!
 //! [`ServerHandler`]: rmcp::ServerHandler
 
+mod approve;
 mod bridge;
 mod handler;
 mod stdio;

@@ -557,6 +557,32 @@ impl super::Pipeline {
         }
     }
 
+    /// The requester withdraws its own pending request (an MCP task cancelled): denied,
+    /// with the reason saying so.
+    pub async fn withdraw_approval(
+        &self,
+        id: &str,
+        by: &crate::auth::Principal,
+    ) -> Result<Record, GatewayError> {
+        let rec = self
+            .approval_record(id)
+            .await?
+            .filter(|r| r.principal == by.id)
+            .ok_or_else(|| {
+                GatewayError::because(Reason::ApprovalUnknown, "no such request of yours")
+            })?;
+        let d = decide(
+            &self.approvals,
+            &rec,
+            false,
+            &by.id,
+            Some("withdrawn by the requester".into()),
+        )
+        .await?;
+        self.record_event("approval_decided", &d, "mcp", None, &by.id);
+        Ok(d)
+    }
+
     /// An approval record by id.
     pub async fn approval_record(&self, id: &str) -> Result<Option<Record>, GatewayError> {
         self.approvals.get(id).await.map_err(store_down)

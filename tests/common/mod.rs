@@ -695,6 +695,44 @@ impl McpSession {
     }
 }
 
+/// A stateless 2026-07-28 `tools/call` of `api_gateway` with the client capabilities
+/// `caps`, authenticated by the header `auth`; `extra` is merged into `params` (a request
+/// state, input responses). Returns the JSON-RPC response.
+pub async fn stateless_tool_call(
+    gw: &Gateway,
+    auth: (&str, &str),
+    caps: serde_json::Value,
+    args: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut params = serde_json::json!({
+        "name": "api_gateway",
+        "arguments": args,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": caps,
+                  "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"}}
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        params[k] = v;
+    }
+    let body =
+        serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params});
+    let r = reqwest::Client::new()
+        .post(gw.mcp_url())
+        .header(auth.0, auth.1)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "api_gateway")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    parse_rpc_response(&text, 7).unwrap_or_else(|| panic!("no response in {text}"))
+}
+
 /// Finds the JSON-RPC message with `id` in a JSON or SSE response body.
 pub fn parse_rpc_response(text: &str, id: u64) -> Option<serde_json::Value> {
     let candidates: Vec<&str> = if text.trim_start().starts_with('{') {
