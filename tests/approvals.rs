@@ -430,3 +430,225 @@ async fn a_confirmation_state_is_single_use_and_sealed() {
     );
     assert_eq!(up.count(), 1);
 }
+
+/// Three replicas on one Redis: an approval made through one is seen by all, and of 20
+/// concurrent retries of the approved call across them exactly one runs; the rest are
+/// `approval_consumed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_approved_call_runs_once_across_replicas() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let redis = Redis::start();
+    let extra = format!(
+        "\n[rate_limits]\nstore = {{ kind = \"redis\", url = \"redis://127.0.0.1:{}\" }}\n",
+        redis.port
+    );
+    let replicas: Vec<Gateway> = (0..3)
+        .map(|_| {
+            let extra = extra.clone();
+            Gateway::start_generated_env(
+                move |ports| format!("{}{extra}", config(up.port, hook.port, ports, "")),
+                &[("HOOK_SECRET", HOOK_SECRET)],
+            )
+        })
+        .collect();
+    let body = r#"{"amount": 99}"#;
+    let p: Value = refund(&replicas[0], body, None).await.json().await.unwrap();
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    // Decided on another replica than the one that took the request.
+    let (status, _) = decide(&replicas[1], &id, &bearer("fiona", &["finance"]), true).await;
+    assert_eq!(status, 200);
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let url = replicas[i % 3].proxy_url("/pay/refunds/r-17");
+            let id = id.clone();
+            tokio::spawn(async move {
+                http()
+                    .post(url)
+                    .header("host", "localhost")
+                    .header("x-api-key", API_KEY)
+                    .header("content-type", "application/json")
+                    .header("approval-id", id)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for h in handles {
+        statuses.push(h.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        19,
+        "{statuses:?}"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+/// The audit trail holds the approval's life, in order and under one id (requested,
+/// decided, consumed, and for a request nobody answered, expired), and `audit verify` passes.
+#[tokio::test]
+async fn the_audit_trail_tells_each_approval_in_order() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let mut gw = start(up.port, hook.port, "ttl = \"1s\"");
+    let finance = bearer("fiona", &["finance"]);
+    let p: Value = refund(&gw, r#"{"amount": 3}"#, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(decide(&gw, &id, &finance, true).await.0, 200);
+    assert_eq!(
+        refund(&gw, r#"{"amount": 3}"#, Some(&id)).await.status(),
+        200
+    );
+    // A request nobody answers expires: its caller's next identical call finds it so.
+    let mut mcp = McpSession::connect_with(&gw.mcp_url(), &[("x-api-key", API_KEY)]).await;
+    let args =
+        json!({"api": "pay", "method": "POST", "endpoint": "/refunds/r-4", "body": {"amount": 4}});
+    let first = mcp.call("api_gateway", args.clone()).await;
+    let lapsed = first["structuredContent"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let again = mcp.call("api_gateway", args).await;
+    assert_ne!(again["structuredContent"]["approval_id"], lapsed.as_str());
+    terminate(&mut gw);
+
+    let path = gw.config_path.parent().unwrap().join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
+        .collect();
+    let life = |id: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["approval_id"] == id && e["event"].is_string())
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        life(&id),
+        [
+            "approval_requested",
+            "approval_decided",
+            "approval_consumed"
+        ]
+    );
+    assert_eq!(life(&lapsed), ["approval_requested", "approval_expired"]);
+    let digests: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["approval_id"] == id.as_str())
+        .map(|e| &e["call_digest"])
+        .collect();
+    assert!(
+        digests.len() >= 4 && digests.iter().all(|d| *d == digests[0]),
+        "{digests:?}"
+    );
+    // The call that used the approval names it too.
+    assert!(events
+        .iter()
+        .any(|e| e["approval_id"] == id.as_str() && e["status"] == 200 && e["event"].is_null()));
+    let out = std::process::Command::new(bin())
+        .args(["audit", "verify", "--file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A reload that changes the approval rules voids what was asked and given under the old
+/// ones: an unused approval is 410 `approval_expired`.
+#[tokio::test]
+async fn a_reload_that_changes_the_rules_voids_approvals() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let gw = start(up.port, hook.port, "");
+    let body = r#"{"amount": 8}"#;
+    let p: Value = refund(&gw, body, None).await.json().await.unwrap();
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        decide(&gw, &id, &bearer("fiona", &["finance"]), true)
+            .await
+            .0,
+        200
+    );
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        text.replace(
+            "approvers = [\"finance\"]",
+            "approvers = [\"finance\", \"cfo\"]",
+        ),
+    )
+    .unwrap();
+    send_signal(&gw, "-HUP");
+    assert_eq!(
+        counter_at(&gw, "api_config_reloads_total{result=\"success\"}", 1.0).await,
+        1.0
+    );
+    let r = refund(&gw, body, Some(&id)).await;
+    assert_eq!(r.status(), 410);
+    assert!(up.seen().is_empty());
+}
+
+/// A `self` rule on the proxy door, which cannot ask a user: refused, 403
+/// `confirmation_unavailable`; `explain` names the rule that holds such calls.
+#[tokio::test]
+async fn self_rules_are_for_clients_that_can_ask_and_explain_names_them() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let gw = start(up.port, hook.port, "");
+    let r = http()
+        .delete(gw.proxy_url("/pay/accounts/7"))
+        .header("host", "localhost")
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["reason"], "confirmation_unavailable");
+    assert_eq!(p["rule"], "approvals[wipe]");
+    assert!(up.seen().is_empty());
+    let out = std::process::Command::new(bin())
+        .args(["explain", "--json", "-c"])
+        .arg(&gw.config_path)
+        .args([
+            "--door",
+            "proxy",
+            "--api",
+            "pay",
+            "--method",
+            "POST",
+            "--endpoint",
+            "/refunds/x",
+            "--key",
+            API_KEY,
+        ])
+        .env("HOOK_SECRET", HOOK_SECRET)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(3), "{doc}");
+    assert_eq!(doc["reason"], "approval_pending", "{doc}");
+    assert_eq!(doc["rule"], "approvals[refunds]", "{doc}");
+}

@@ -517,7 +517,7 @@ impl Pipeline {
             endpoint: &endpoint,
             path: &path,
             extra_query: call.query,
-            headers: upstream_headers(&call.payload, &headers),
+            headers: Vec::new(),
             body: match &call.payload {
                 Payload::Whole { body, .. } => Some(body.unwrap_or(b"")),
                 Payload::Streamed { .. } => None,
@@ -538,6 +538,13 @@ impl Pipeline {
         };
         let mut approval_used = None;
         if let Some(rule) = approval::rule_for(&self.config.approvals, &ask, caller) {
+            // The headers are part of the call an approval is bound to: read only here, so a
+            // call no rule holds pays nothing for them.
+            let ask = approval::Ask {
+                headers: upstream_headers(&call.payload, &headers),
+                ..ask
+            };
+            let ask = &ask;
             let rule_key = format!("approvals[{}]", rule.id);
             let at = |e: GatewayError| e.at(Stage::Approval).by_rule(rule_key.clone());
             match (rule.mode, mode) {
@@ -558,7 +565,7 @@ impl Pipeline {
                 }
                 (_, Mode::Enforce) => {
                     approval_used =
-                        Some(self.approval(rule, &ask, caller, draft).await.map_err(at)?)
+                        Some(self.approval(rule, ask, caller, draft).await.map_err(at)?)
                 }
             }
         }
