@@ -256,11 +256,30 @@ fn spawn_background(
                         exit_when_drained(phases, live.clone(), grace).await;
                     }
                 };
-                tokio::join!(watch_and_reload(live.clone(), watch), drain);
+                tokio::join!(
+                    watch_and_reload(live.clone(), watch),
+                    drain,
+                    sweep_approvals(live.clone())
+                );
             });
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "no background thread: no reloads, and shutdown waits the whole grace period");
+    }
+}
+
+/// Every 5 s, when approval rules exist: expires requests that outlived their wait (the
+/// `approval_expired` event, `on_timeout = "deny"`) and sets
+/// `api_approval_oldest_pending_ratio{rule}`, the oldest waiting request's age over its
+/// rule's `ttl` (the alert fires past 0.5).
+async fn sweep_approvals(live: Arc<Live>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let gw = live.current();
+        if gw.config.approvals.rules.is_empty() {
+            continue;
+        }
+        gw.pipeline.sweep_approvals().await;
     }
 }
 

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub approval_wait: HistogramVec,
     /// `api_approvals_pending{rule}`: requests this replica created that wait now.
     pub approvals_pending: prometheus::IntGaugeVec,
+    /// `api_approval_oldest_pending_ratio{rule}`: the oldest waiting request's age over its
+    /// rule's `ttl` (0 when none waits), every 5 s.
+    pub approval_oldest_pending: prometheus::GaugeVec,
     /// The principals that have a label value of their own; past `max_principals`, the rest
     /// share `other`. `None`: the principal label is off.
     principals: Mutex<Option<Principals>>,
@@ -261,6 +264,18 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            approval_oldest_pending: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "api_approval_oldest_pending_ratio",
+                        "Age of the oldest waiting approval request over its rule's ttl",
+                    ),
+                    &["rule"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             credential_events: counter(
                 &r,
                 "api_credential_events_total",
@@ -331,6 +346,11 @@ impl Metrics {
             self.connections_open.desc(),
             self.shadow_decisions.desc(),
             self.connections_refused.desc(),
+            self.credential_events.desc(),
+            self.approvals.desc(),
+            self.approval_wait.desc(),
+            self.approvals_pending.desc(),
+            self.approval_oldest_pending.desc(),
         ]
         .into_iter()
         .flatten()

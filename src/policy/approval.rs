@@ -583,6 +583,43 @@ impl super::Pipeline {
         Ok(d)
     }
 
+    /// Expires pending requests past their wait, and reports the oldest waiting request's
+    /// age per rule as a share of the rule's `ttl`.
+    pub async fn sweep_approvals(&self) {
+        let now = approvals_now();
+        let Ok(all) = self.approvals.list(1000).await else {
+            return;
+        };
+        let mut oldest: std::collections::HashMap<&str, f64> = self
+            .config
+            .approvals
+            .rules
+            .iter()
+            .map(|r| (r.id.as_str(), 0.0))
+            .collect();
+        for rec in &all {
+            match (rec.status, rec.effective(now)) {
+                (Status::Pending, Status::Expired) => {
+                    if expire(&self.approvals, rec).await {
+                        self.record_event("approval_expired", rec, "gateway", None, "gateway");
+                    }
+                }
+                (Status::Pending, Status::Pending) => {
+                    let ttl = rec.expires.saturating_sub(rec.created).max(1) as f64;
+                    let ratio = now.saturating_sub(rec.created) as f64 / ttl;
+                    if let Some(o) = oldest.get_mut(rec.rule.as_str()) {
+                        *o = o.max(ratio);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let m = crate::telemetry::metrics();
+        for (rule, ratio) in oldest {
+            m.approval_oldest_pending.with_label_values(&[rule]).set(ratio);
+        }
+    }
+
     /// An approval record by id.
     pub async fn approval_record(&self, id: &str) -> Result<Option<Record>, GatewayError> {
         self.approvals.get(id).await.map_err(store_down)
