@@ -30,6 +30,8 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ),
     ("TOKEN_EXCHANGE_SECRET", "tx-secret"),
     ("GITHUB_CLIENT_SECRET", "gh-client-secret"),
+    ("PAYMENTS_KEY", "pay-test"),
+    ("APPROVAL_WEBHOOK_SECRET", "hook-secret"),
 ];
 
 fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
