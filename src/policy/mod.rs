@@ -318,12 +318,17 @@ impl Pipeline {
     ///    signature when the API requires one — 401 `signature_missing`;
     /// 7. body size (413), content type (415) and, for a body already read, its digest;
     /// 8. caller headers: the outbound rule ([`outbound`]) — 400 `reserved_header` /
-    ///    `credential_header`;
+    ///    `credential_header` / `credential_param`;
+    ///
+    ///    8½. approval, where an `[[approvals]]` rule holds the call ([`approval`]): an
+    ///    approval for exactly this call is used once, else 202 `approval_pending` (the third
+    ///    outcome: the call waits), or 403 / 409 / 410 for a denied, used or expired one;
     /// 9. the audit trail can record the call (`audit.on_failure = "block"`) — 503;
     /// 10. rate limits — 429 (or 503 while a shared store is down and `on_error = "deny"`),
     ///     checked after every other judgement of the call, so a refused call costs no quota;
     /// 11. destination: DNS, then the SSRF guard on every address — 403 `egress_denied`;
-    /// 12. the upstream target and credential.
+    /// 12. the credential (static, or the caller's own from [`crate::vault`]: 403
+    ///     `credential_required`, 502 `credential_unavailable`) and the upstream target.
     pub async fn admit(&self, call: &Call<'_>) -> Outcome {
         // 1–4. Who is calling.
         let caller = match &call.who {
