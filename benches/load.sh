@@ -12,6 +12,8 @@
 #   d  proxy+redis   as c, the limiter in a local redis-server
 #   e  mcp door      wrk POSTs a stateless (2026-07-28) tools/call of api_gateway -> upstream
 #   f  traced        as c, with [tracing] on: two spans per call exported over OTLP/HTTP
+#   h  own credential as c, the API injecting the caller's own secret (credentials.mode =
+#                    "per_principal", read from a SQLite credential store on every call)
 #   g  pingora       a bare Pingora proxy (examples/pingora_floor.rs, same threads and profile)
 #                    that only forwards: the floor under c. Measured when it is built
 #                    (cargo build --release --example pingora_floor).
@@ -99,6 +101,13 @@ gateway_config "" > "$work/memory.toml"
 # answers the exports).
 { gateway_config ""; printf '[tracing]\nendpoint = "http://127.0.0.1:18181"\n'; } > "$work/traced.toml"
 gateway_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis.toml"
+# h: the caller's own credential, stored once before the runs.
+export AGM_BENCH_CRED_KEY; AGM_BENCH_CRED_KEY=$(head -c32 /dev/urandom | base64)
+{ gateway_config ""
+  echo 'credentials = { mode = "per_principal", header = "Authorization" }'
+  printf '[credential_store]\nkind = "sqlite"\npath = "%s/creds.db"\nkey_env = "AGM_BENCH_CRED_KEY"\n' "$work"
+} > "$work/own.toml"
+printf 'bench-own-secret' | "$bin" credentials set -c "$work/own.toml" --api local --principal key:load >/dev/null
 
 # wrk script for the MCP door: a stateless tools/call, as a 2026-07-28 client sends it.
 cat > "$work/mcp.lua" <<LUA
@@ -190,6 +199,10 @@ for round in $(seq "$rounds"); do
     run e0_mcp_base http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
     stop_gateway
   fi
+  start_gateway "$work/own.toml"
+  probe
+  run h_own_credential http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+  stop_gateway
   start_gateway "$work/redis.toml"
   probe
   run d_proxy_redis http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
@@ -212,9 +225,9 @@ sort -k1,1 -s "$work/results" | awk '
     return v[int((cnt + 1) / 2)]
   }
   END {
-    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door d_proxy_redis e0_mcp_base e_mcp_door f_proxy_traced", order, " ")
+    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door h_own_credential d_proxy_redis e0_mcp_base e_mcp_door f_proxy_traced", order, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 9; i++) {
+    for (i = 1; i <= 10; i++) {
       k = order[i]; if (!(k in n)) continue
       rq = med(r, k, n[k])
       printf "%-15s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100

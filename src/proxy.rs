@@ -264,10 +264,15 @@ impl ProxyHttp for ProxyDoor {
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         match Self::admit(session, ctx).await {
             Ok(admitted) => {
-                ctx.body = Some(StreamGuard::new(
-                    &ctx.gw.config.request,
-                    admitted.body_digest,
-                ));
+                let guard = StreamGuard::new(&ctx.gw.config.request, admitted.body_digest);
+                // A body bound by an approval that differs is that approval's mismatch.
+                ctx.body = Some(match &admitted.approval {
+                    Some(a) if a.body_sha256.is_some() => guard.on_mismatch(
+                        crate::policy::approval::mismatch(&a.id, "another body")
+                            .at(crate::error::Stage::Approval),
+                    ),
+                    _ => guard,
+                });
                 ctx.redactor = StreamRedactor::new(&admitted.api);
                 ctx.target = Some(admitted);
                 Ok(false)

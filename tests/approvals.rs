@@ -27,7 +27,8 @@ fn config(up: u16, hook: u16, ports: (u16, u16, u16), extra: &str) -> String {
          mode = \"external\"\napprovers = [\"finance\"]\nsummary = [\"method\", \"endpoint\", \"body\"]\n\
          webhook = {{ url = \"http://127.0.0.1:{hook}/hook\", secret_env = \"HOOK_SECRET\", allow_private_network = true }}\n\
          {extra}\n\
-         [[approvals]]\nid = \"wipe\"\napi = \"pay\"\nmethods = [\"DELETE\"]\nmode = \"self\"\n",
+         [[approvals]]\nid = \"wipe\"\napi = \"pay\"\nmethods = [\"DELETE\"]\nmode = \"self\"\n\n\
+         [[approvals]]\nid = \"peek\"\napi = \"pay\"\nmethods = [\"GET\"]\npaths = [\"/balance\"]\nmode = \"shadow\"\n",
         listen_section(ports, 2),
         auth_section(true),
     )
@@ -232,6 +233,23 @@ async fn expired_and_denied_approvals_are_refused() {
     assert_eq!(p["reason"], "approval_denied");
     assert_eq!(p["rule"], "approvals[refunds]");
     assert!(up.seen().is_empty());
+
+    // A body of the same length but other bytes is caught as it streams: 409
+    // approval_mismatch, the upstream never gets a whole request, and the approval is spent.
+    let p: Value = refund(&gw, r#"{"amount": 25}"#, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id3 = p["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(decide(&gw, &id3, &finance, true).await.0, 200);
+    let r = refund(&gw, r#"{"amount": 52}"#, Some(&id3)).await;
+    assert_eq!(r.status(), 409);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["reason"], "approval_mismatch", "{p}");
+    assert!(up.seen().is_empty());
+    let r = refund(&gw, r#"{"amount": 25}"#, Some(&id3)).await;
+    assert_eq!(r.status(), 409);
 }
 
 /// The MCP door without tasks or elicitation: `approval_pending` with the id and when to
@@ -268,6 +286,20 @@ async fn an_mcp_call_waits_and_runs_once_approved() {
         .to_string();
     assert_ne!(id2, id);
     // Other arguments: another request.
+    // The waiting answer fits the tool's (closed) output schema, as clients check it.
+    let tools = mcp.request("tools/list", json!({})).await;
+    let schema = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "api_gateway")
+        .unwrap()["outputSchema"]
+        .clone();
+    let errors = validate_schema(
+        schema,
+        vec![json!({"name": "pending", "value": res["structuredContent"]})],
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
     let other = json!({"api": "pay", "method": "POST", "endpoint": "/refunds/r-9", "body": {"amount": 700}});
     let res = mcp.call("api_gateway", other).await;
     let id3 = res["structuredContent"]["approval_id"]
@@ -651,4 +683,24 @@ async fn self_rules_are_for_clients_that_can_ask_and_explain_names_them() {
     assert_eq!(out.status.code(), Some(3), "{doc}");
     assert_eq!(doc["reason"], "approval_pending", "{doc}");
     assert_eq!(doc["rule"], "approvals[refunds]", "{doc}");
+}
+
+/// A `shadow` rule holds nothing: the call runs, and "would need approval" is counted as a
+/// shadow decision of the rule.
+#[tokio::test]
+async fn a_shadow_rule_records_and_lets_the_call_run() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let gw = start(up.port, hook.port, "");
+    let r = http()
+        .get(gw.proxy_url("/pay/balance"))
+        .header("host", "localhost")
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 1);
+    let series = "api_policy_shadow_decisions_total{decision=\"approval_pending\",rule=\"approvals[peek]\",stage=\"approval\"}";
+    assert_eq!(counter_at(&gw, series, 1.0).await, 1.0);
 }

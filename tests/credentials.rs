@@ -393,6 +393,20 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
     assert_eq!(sc["reason"], "credential_required", "{res}");
     assert_eq!(sc["status"], 403);
     let link = sc["connect_url"].as_str().unwrap().to_string();
+    // The refusal fits the tool's (closed) output schema, as clients check it.
+    let tools = legacy.request("tools/list", json!({})).await;
+    let schema = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "api_gateway")
+        .unwrap()["outputSchema"]
+        .clone();
+    let errors = validate_schema(
+        schema,
+        vec![json!({"name": "credential_required", "value": sc})],
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
     assert!(res["content"][0]["text"].as_str().unwrap().contains(&link));
     // The proxy door: 403 problem+json with the link.
     let r = proxy_get(&gw, "/vault/mine", ("authorization", &dave)).await;

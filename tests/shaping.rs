@@ -543,36 +543,7 @@ async fn every_result_shape_validates_against_the_declared_output_schema() {
         assert!(r["structuredContent"].is_object(), "{name}: {r}");
         instances.push(json!({"name": name, "value": r["structuredContent"]}));
     }
-    let validate = |schema: Value, instances: Vec<Value>| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(tools_dir().join("venv/bin/python"))
-            .arg(
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/clients/validate_schema.py"),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(
-                json!({"schema": schema, "instances": instances})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["errors"].as_array().unwrap().clone()
-    };
+    let validate = validate_schema;
     let errors = validate(schema_of("api_gateway"), instances);
     assert!(errors.is_empty(), "{errors:#?}");
     let list = s.call("list_apis", json!({})).await;

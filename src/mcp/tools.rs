@@ -117,6 +117,9 @@ impl GatewayMcp {
                 "rule": {"type": "string", "description": "On a refusal: the rule that refused, by config key (apis[x].deny_paths[1], rbac.roles[0].deny[0]) or builtin.* name"},
                 "pattern": {"type": "string", "description": "With security.explain_denials = \"full\": the path pattern of the deny rule that matched"},
                 "retryable": {"type": "boolean", "description": "On an upstream error status or credential_unavailable: whether a retry may succeed"},
+                "approval_id": {"type": "string", "description": "With approval_pending (and other approval reasons): the approval request; call again with the same arguments once it is approved"},
+                "approval_mode": {"type": "string", "description": "With approval_pending: who decides, \"external\" (an approver) or \"self\" (the user)"},
+                "expires": {"type": "string", "description": "With approval_pending: until when the request waits (RFC 3339)"},
                 "connect_url": {"type": "string", "description": "With credential_required: the page where the user stores their credential or connects their account; ask them to open it, then call again"},
                 "pointer": {"type": "string", "description": "With invalid_arguments: the JSON pointer of the offending argument"},
                 "expected": {"type": "string", "description": "With invalid_arguments: what the argument must be"}

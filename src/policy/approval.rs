@@ -616,7 +616,9 @@ impl super::Pipeline {
         }
         let m = crate::telemetry::metrics();
         for (rule, ratio) in oldest {
-            m.approval_oldest_pending.with_label_values(&[rule]).set(ratio);
+            m.approval_oldest_pending
+                .with_label_values(&[rule])
+                .set(ratio);
         }
     }
 

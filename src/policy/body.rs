@@ -131,6 +131,14 @@ impl StreamGuard {
         }
     }
 
+    /// The refusal when the body does not match its digest (default: `signature_invalid`).
+    pub fn on_mismatch(mut self, e: GatewayError) -> Self {
+        if let Some(d) = &mut self.digest {
+            d.mismatch = Some(e);
+        }
+        self
+    }
+
     /// One chunk: 413 once the body passes the limit.
     pub fn chunk(&mut self, chunk: &[u8]) -> Result<(), GatewayError> {
         self.seen += chunk.len() as u64;
@@ -153,6 +161,8 @@ impl StreamGuard {
 struct DigestCheck {
     expected: [u8; 32],
     hasher: sha2::Sha256,
+    /// The refusal when the body does not match: a bad signature, unless set otherwise.
+    mismatch: Option<GatewayError>,
 }
 
 impl DigestCheck {
@@ -160,6 +170,7 @@ impl DigestCheck {
         DigestCheck {
             expected,
             hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            mismatch: None,
         }
     }
 
@@ -170,7 +181,7 @@ impl DigestCheck {
     fn finish(self) -> Result<(), GatewayError> {
         let actual: [u8; 32] = sha2::Digest::finalize(self.hasher).into();
         if actual != self.expected {
-            return Err(digest_mismatch());
+            return Err(self.mismatch.unwrap_or_else(digest_mismatch));
         }
         Ok(())
     }

@@ -569,8 +569,7 @@ impl Pipeline {
                     )))
                 }
                 (_, Mode::Enforce) => {
-                    approval_used =
-                        Some(self.approval(rule, ask, caller, draft).await.map_err(at)?)
+                    approval_used = Some(self.approval(rule, ask, caller, draft).await.map_err(at)?)
                 }
             }
         }

@@ -733,6 +733,42 @@ pub async fn stateless_tool_call(
     parse_rpc_response(&text, 7).unwrap_or_else(|| panic!("no response in {text}"))
 }
 
+/// Validates `instances` (`{name, value}` each) against a JSON Schema with the Python
+/// `jsonschema` package (tests/clients/validate_schema.py); returns the errors.
+pub fn validate_schema(
+    schema: serde_json::Value,
+    instances: Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(tools_dir().join("venv/bin/python"))
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/clients/validate_schema.py"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            serde_json::json!({"schema": schema, "instances": instances})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["errors"].as_array().unwrap().clone()
+}
+
 /// Finds the JSON-RPC message with `id` in a JSON or SSE response body.
 pub fn parse_rpc_response(text: &str, id: u64) -> Option<serde_json::Value> {
     let candidates: Vec<&str> = if text.trim_start().starts_with('{') {
