@@ -599,10 +599,8 @@ impl super::Pipeline {
             .collect();
         for rec in &all {
             match (rec.status, rec.effective(now)) {
-                (Status::Pending, Status::Expired) => {
-                    if expire(&self.approvals, rec).await {
-                        self.record_event("approval_expired", rec, "gateway", None, "gateway");
-                    }
+                (Status::Pending, Status::Expired) if expire(&self.approvals, rec).await => {
+                    self.record_event("approval_expired", rec, "gateway", None, "gateway");
                 }
                 (Status::Pending, Status::Pending) => {
                     let ttl = rec.expires.saturating_sub(rec.created).max(1) as f64;
