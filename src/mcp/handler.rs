@@ -36,7 +36,7 @@ pub struct GatewayMcp {
 }
 
 /// Arguments of the `api_gateway` tool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApiGatewayArgs {
     pub(super) api: String,
@@ -61,6 +61,17 @@ pub(super) struct Answer {
     meta: Value,
     /// Content beside the JSON: an image, an embedded resource or a resource link.
     blocks: Vec<rmcp::model::ContentBlock>,
+}
+
+/// What a sealed request state is bound to: the caller and the call's arguments (worked out
+/// only when a state is made or opened).
+fn bound_to(caller: &Caller, args: &ApiGatewayArgs) -> String {
+    let text = serde_json::to_string(args).unwrap_or_default();
+    format!(
+        "{}\n{}",
+        caller.principal.id,
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    )
 }
 
 /// The key of the connect request in `inputRequests` / `inputResponses`.
@@ -951,12 +962,6 @@ impl ServerHandler for GatewayMcp {
         match request.name.as_ref() {
             "list_apis" => Ok(this.list_apis(&caller).into()),
             "api_gateway" => {
-                // The call a sealed request state is bound to: the caller and the arguments.
-                let bound = format!(
-                    "{}\n{}",
-                    caller.principal.id,
-                    hex::encode(sha2::Sha256::digest(args.to_string().as_bytes()))
-                );
                 let args = match parse_args(args) {
                     Ok(a) => a,
                     // A model reads a tool error and can fix its call; a protocol error it
@@ -968,6 +973,7 @@ impl ServerHandler for GatewayMcp {
                     // The retry of an `input_required` answer: the state must be ours, for
                     // this caller and these arguments, and fresh; else nothing is called.
                     let codec = this.state_codec()?;
+                    let bound = bound_to(&caller, &args);
                     let Ok(state) = codec.open_json_with::<Value>(sealed, bound.as_bytes()) else {
                         return Err(McpError::invalid_params(
                             "requestState is not valid for this call (tampered, expired, or made for another caller or other arguments)",
@@ -1010,7 +1016,7 @@ impl ServerHandler for GatewayMcp {
                 };
                 if let Some(url) = connect {
                     if let Some(answer) = this
-                        .ask_to_connect(&url, &args, &caller, &context, &bound)
+                        .ask_to_connect(&url, &args, &caller, &context, &bound_to(&caller, &args))
                         .await?
                     {
                         return Ok(answer);
@@ -1019,7 +1025,7 @@ impl ServerHandler for GatewayMcp {
                 if let Err(e) = &outcome {
                     if e.reason == Some(crate::error::Reason::ApprovalPending) {
                         if let Some(answer) = this
-                            .ask_to_approve(e, &args, &caller, &context, &bound)
+                            .ask_to_approve(e, &args, &caller, &context, &bound_to(&caller, &args))
                             .await?
                         {
                             return Ok(answer);
