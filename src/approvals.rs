@@ -130,9 +130,10 @@ pub struct CallShape<'a> {
     pub api: &'a str,
     pub method: &'a str,
     pub path: &'a str,
-    /// Query pairs, decoded; sorted here.
+    /// The query as sent (`("?", raw)`), then extra pairs, in order.
     pub query: Vec<(String, String)>,
-    /// Headers that go upstream, lower-case names; sorted here.
+    /// Headers that go upstream, lower-case names, in the order they came (values that are
+    /// not UTF-8 as `hex:…`).
     pub headers: Vec<(String, String)>,
 }
 
@@ -157,19 +158,15 @@ impl CallShape<'_> {
         digest_of(&self.canonical(), body_sha256)
     }
 
-    /// The call without its body, canonically written: the API, method, path, sorted
-    /// query and sorted headers (less those that vary between sendings), as JSON.
+    /// The call without its body, canonically written: the API, method, path, the query as
+    /// sent and the headers in their order (less those that vary between sendings), as JSON.
     pub fn canonical(&self) -> String {
-        let mut query = self.query.clone();
-        query.sort();
-        let mut headers: Vec<(String, String)> = self
+        let headers: Vec<&(String, String)> = self
             .headers
             .iter()
             .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-            .cloned()
             .collect();
-        headers.sort();
-        json!([self.api, self.method, self.path, query, headers]).to_string()
+        json!([self.api, self.method, self.path, self.query, headers]).to_string()
     }
 }
 
@@ -214,6 +211,9 @@ pub struct ApprovalStore {
     egress: Arc<Egress>,
 }
 
+/// Approval records held in memory at most (one replica without Redis).
+const MAX_MEMORY_RECORDS: usize = 10_000;
+
 /// How long a record is kept after it can no longer change.
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 
@@ -235,8 +235,19 @@ impl ApprovalStore {
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
                 let now = now_s();
-                if m.records.len() > 100_000 {
-                    m.records.retain(|_, r| r.expires + KEEP.as_secs() > now);
+                if m.records.len() >= MAX_MEMORY_RECORDS {
+                    // Ended requests go first (with their index entries); if all still live,
+                    // no new one is taken: memory stays bounded.
+                    m.records.retain(|_, r| {
+                        matches!(r.effective(now), Status::Pending | Status::Approved)
+                    });
+                    let Memory { records, by_call } = &mut *m;
+                    by_call.retain(|_, id| records.contains_key(id));
+                    if m.records.len() >= MAX_MEMORY_RECORDS {
+                        return Err(format!(
+                            "{MAX_MEMORY_RECORDS} approval requests are open; no more are taken until some end"
+                        ));
+                    }
                 }
                 m.by_call
                     .insert((rec.principal.clone(), rec.digest.clone()), rec.id.clone());
@@ -274,6 +285,12 @@ impl ApprovalStore {
                         .arg(&all)
                         .arg(created)
                         .arg(&id)
+                        .ignore()
+                        // Ids whose records have expired away leave the list too.
+                        .cmd("ZREMRANGEBYSCORE")
+                        .arg(&all)
+                        .arg("-inf")
+                        .arg(created.saturating_sub(KEEP.as_secs() + 3600))
                         .ignore()
                         .query_async::<()>(&mut c)
                         .await

@@ -88,6 +88,14 @@ impl Reply {
     }
 }
 
+/// Whether an `Origin` header names the origin of `public_url` (scheme, host, port).
+fn same_origin(origin: &str, public_url: &str) -> bool {
+    match (url::Url::parse(origin), url::Url::parse(public_url)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
 /// Escapes text for HTML.
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -184,6 +192,12 @@ pub async fn manage(
 ) -> Reply {
     let vault = gw.pipeline.vault();
     let m = crate::telemetry::metrics();
+    if caller.is_some_and(|c| c.principal.kind == crate::auth::PrincipalKind::Anonymous) {
+        return Reply::problem(&GatewayError::because(
+            Reason::NotPermitted,
+            "anonymous callers share one identity and cannot keep credentials: authenticate first",
+        ));
+    }
     let result: Result<Reply, GatewayError> = async {
         match (method, api, subject) {
             (&Method::GET, api, _) => {
@@ -293,15 +307,32 @@ pub async fn connect(
     };
     let mode = api.dynamic_credential.as_ref().map(|d| &d.mode);
     match (mode, method) {
-        (Some(CredentialMode::UserOAuth(_)), &Method::GET) => match vault.authorize_url(api, &claim.p) {
-            Ok(url) => Reply {
+        (Some(CredentialMode::UserOAuth(_)), &Method::GET) => {
+            // One sign-in per link, bound to this browser by a cookie the callback needs.
+            if !vault.consume(token.as_deref().unwrap_or("")).await {
+                return Reply::html(400, "This link was used already", "<p>Each link starts one sign-in. Ask your agent to make the call again for a fresh link.</p>");
+            }
+            let mut nonce = [0u8; 16];
+            crate::trace::fill_random_id(&mut nonce);
+            let nonce = hex::encode(nonce);
+            match vault.authorize_url(api, &claim.p, &nonce) {
+            Ok(url) => {
+                let secure = if gw.config.mcp.public_url.starts_with("https:") { "; Secure" } else { "" };
+                Reply {
                 status: 302,
                 content_type: "text/plain",
                 body: Bytes::from_static(b"Redirecting to sign in.\n"),
-                headers: vec![("location", url), ("referrer-policy", "no-referrer".into())],
-            },
+                headers: vec![
+                    ("location", url),
+                    ("referrer-policy", "no-referrer".into()),
+                    (
+                        "set-cookie",
+                        format!("{SIGN_IN_COOKIE}={nonce}; HttpOnly; SameSite=Lax; Path=/oauth/callback; Max-Age=900{secure}"),
+                    ),
+                ],
+            }},
             Err(e) => Reply::html(502, "Cannot start the sign-in", &format!("<p>{}</p>", escape(&e.message))),
-        },
+        }},
         (Some(CredentialMode::PerPrincipal), &Method::GET) => Reply::html(
             200,
             &format!("Your credential for {}", api.name),
@@ -317,7 +348,9 @@ pub async fn connect(
         ),
         (Some(CredentialMode::PerPrincipal), &Method::POST) => {
             // A form post from another site is refused: the browser names the page's origin.
-            if origin.is_some_and(|o| o != "null" && !gw.config.mcp.public_url.starts_with(o)) {
+            // `null`: the page's no-referrer policy makes some browsers send that; the sealed
+            // link stays the authority.
+            if origin.is_some_and(|o| o != "null" && !same_origin(o, &gw.config.mcp.public_url)) {
                 return Reply::html(403, "Refused", "<p>This form may only be sent from the gateway's own page.</p>");
             }
             let Some(secret) = param(&form, "secret") else {
@@ -341,8 +374,21 @@ pub async fn connect(
     }
 }
 
+/// The sign-in nonce among a request's cookies.
+fn browser_nonce(cookies: &str) -> String {
+    cookies
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SIGN_IN_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default()
+}
+
+/// The cookie that binds a sign-in to the browser that started it.
+const SIGN_IN_COOKIE: &str = "agm_sign_in";
+
 /// `GET /oauth/callback`: the authorization server sends the browser back here.
-pub async fn callback(gw: &Gateway, path: &str, query: &str) -> Reply {
+pub async fn callback(gw: &Gateway, path: &str, query: &str, cookies: &str) -> Reply {
     if let Some(err) = param(query, "error") {
         return Reply::html(
             400,
@@ -361,7 +407,7 @@ pub async fn callback(gw: &Gateway, path: &str, query: &str) -> Reply {
     match gw
         .pipeline
         .vault()
-        .callback(&code, &state, iss.as_deref())
+        .callback(&code, &state, iss.as_deref(), &browser_nonce(cookies))
         .await
     {
         Ok((api, principal, rec)) => {

@@ -37,9 +37,12 @@ impl RedisHandle {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let conn = runtime
-            .block_on(async { ConnectionManager::new_lazy_with_config(client, config) })
-            .map_err(|e| format!("cannot create the {what} Redis client: {e}"))?;
+        // Entered, not blocked on: this may run inside another runtime (a reload, the CLI).
+        let conn = {
+            let _in = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| format!("cannot create the {what} Redis client: {e}"))?
+        };
         Ok(RedisHandle {
             runtime: Some(runtime),
             conn,

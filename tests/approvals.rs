@@ -704,3 +704,57 @@ async fn a_shadow_rule_records_and_lets_the_call_run() {
     let series = "api_policy_shadow_decisions_total{decision=\"approval_pending\",rule=\"approvals[peek]\",stage=\"approval\"}";
     assert_eq!(counter_at(&gw, series, 1.0).await, 1.0);
 }
+
+/// A `self` request is decided only by its user's confirmation in the MCP client: its
+/// requester cannot approve it on the admin listener. And an approval covers the query as
+/// sent: the same pairs in another order are another call.
+#[tokio::test]
+async fn self_requests_are_not_approved_by_hand_and_query_order_counts() {
+    let up = Upstream::start();
+    let hook = hook_server();
+    let gw = start(up.port, hook.port, "");
+    let mut mcp = McpSession::connect_with(&gw.mcp_url(), &[("x-api-key", API_KEY)]).await;
+    let res = mcp
+        .call(
+            "api_gateway",
+            json!({"api": "pay", "method": "DELETE", "endpoint": "/accounts/3"}),
+        )
+        .await;
+    let id = res["structuredContent"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = http()
+        .post(format!("http://127.0.0.1:{}/approvals/{id}", gw.admin))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"approve": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 403);
+
+    let send = |query: &'static str, approval: Option<String>| {
+        let mut req = http()
+            .post(gw.proxy_url(&format!("/pay/refunds/q?{query}")))
+            .header("host", "localhost")
+            .header("x-api-key", API_KEY)
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(id) = approval {
+            req = req.header("approval-id", id);
+        }
+        req.send()
+    };
+    let p: Value = send("to=a&to=b", None).await.unwrap().json().await.unwrap();
+    let id = p["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        decide(&gw, &id, &bearer("fiona", &["finance"]), true)
+            .await
+            .0,
+        200
+    );
+    let swapped = send("to=b&to=a", Some(id.clone())).await.unwrap();
+    assert_eq!(swapped.status(), 409);
+    assert!(up.seen().is_empty());
+    assert_eq!(send("to=a&to=b", Some(id)).await.unwrap().status(), 200);
+}

@@ -743,6 +743,16 @@ async fn user_oauth_connect_refresh_disconnect() {
     let r = browser.get(&connect_url).send().await.unwrap();
     assert_eq!(r.status(), 302);
     let location = r.headers()["location"].to_str().unwrap().to_string();
+    // The sign-in is bound to this browser by a cookie only the callback path receives.
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("Path=/oauth/callback"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    // The link started its sign-in: it does not start another.
+    let again = browser.get(&connect_url).send().await.unwrap();
+    assert_eq!(again.status(), 400, "a connect link is good for one use");
     assert!(
         location.starts_with(&format!("{idp_base}/authorize?")),
         "{location}"
@@ -779,8 +789,21 @@ async fn user_oauth_connect_refresh_disconnect() {
             .append_pair("code", code)
             .append_pair("state", state)
             .append_pair("iss", iss);
-        browser.get(u.as_str()).send()
+        browser
+            .get(u.as_str())
+            .header("cookie", cookie.as_str())
+            .send()
     };
+
+    // Another browser (someone the sign-in link was sent to) cannot complete it: its
+    // account would land in this principal's slot.
+    let mut u = url::Url::parse(&format!("{public}/oauth/callback")).unwrap();
+    u.query_pairs_mut()
+        .append_pair("code", CODE)
+        .append_pair("state", &state)
+        .append_pair("iss", &idp_base);
+    let r = browser.get(u.as_str()).send().await.unwrap();
+    assert_eq!(r.status(), 400, "a callback without the sign-in's cookie");
 
     // A callback from another authorization server (mix-up) is refused before the code
     // is redeemed.

@@ -203,10 +203,27 @@ impl Introspector {
                 );
             }
         }
-        let who = ["sub", "username", "client_id"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_str))
-            .unwrap_or("unknown");
+        // The id names the claim it came from, so a user and a client of the same name are
+        // two principals; a token naming nobody is refused.
+        let text = |k: &str| {
+            body.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let who = match (text("sub"), text("username"), text("client_id")) {
+            (Some(sub), _, _) => sub.to_string(),
+            (None, Some(user), _) => format!("user:{user}"),
+            (None, None, Some(client)) => format!("client:{client}"),
+            (None, None, None) => {
+                return (
+                    Err(unauthorized(
+                        crate::error::Reason::MissingClaim,
+                        "the introspected token names no subject (sub, username or client_id)",
+                    )),
+                    negative_ttl,
+                )
+            }
+        };
         let ttl = match exp {
             Some(e) => self.cfg.cache_ttl.min(Duration::from_secs(e - now)),
             None => self.cfg.cache_ttl,

@@ -244,11 +244,17 @@ impl GatewayMcp {
                 })
             },
         );
-        self.live
+        let mut owners = self
+            .live
             .task_owners
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(task.task_id.clone(), owner);
+            .unwrap_or_else(|e| e.into_inner());
+        if owners.len() >= 10_000 {
+            // Tasks the manager has let go of need no owner.
+            owners.retain(|id, _| self.live.tasks.get_task(id).is_ok());
+        }
+        owners.insert(task.task_id.clone(), owner);
+        drop(owners);
         CallToolResponse::Task(CreateTaskResult::new(task))
     }
 

@@ -239,6 +239,14 @@ impl McpHttpApp {
     ) -> Option<ReusedHttpStream> {
         let method = session.req_header().method.clone();
         let query = session.req_header().uri.query().unwrap_or("").to_string();
+        let cookies = session
+            .req_header()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
         let origin = session
             .req_header()
             .headers
@@ -254,7 +262,7 @@ impl McpHttpApp {
                 ))
             }
             Ok(_) if path == "/oauth/callback" => {
-                crate::credentials::callback(gw, path, &query).await
+                crate::credentials::callback(gw, path, &query, &cookies).await
             }
             Ok(body) => {
                 crate::credentials::connect(gw, &method, path, &query, origin.as_deref(), &body)

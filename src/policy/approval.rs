@@ -28,6 +28,8 @@ pub struct Ask<'a> {
     pub approval_id: Option<&'a str>,
     /// The proxy door's `Content-Length`.
     pub body_len: Option<u64>,
+    /// The proxy door's body comes chunked (no length declared).
+    pub chunked: bool,
 }
 
 /// An approval used by an admitted call.
@@ -39,6 +41,9 @@ pub struct Used {
     pub body_sha256: Option<[u8; 32]>,
     /// From its request to its use.
     pub waited_s: u64,
+    /// The approved record, used (approved → consumed) only once every later stage has
+    /// admitted the call, so a call refused after this stage keeps its approval.
+    pub record: Option<Box<Record>>,
 }
 
 /// The rule that holds `ask` for approval, if any.
@@ -55,16 +60,14 @@ pub fn rule_for<'r>(
     })
 }
 
-/// The canonical call, to digest.
+/// The canonical call, to digest: the query as sent (raw, in order; the tool's `query`
+/// argument pairs after it, in order) and the headers in the order they came, so two calls
+/// an upstream could read differently never share a digest.
 pub fn shape<'a>(ask: &'a Ask<'a>) -> CallShape<'a> {
     let mut query: Vec<(String, String)> = ask
         .endpoint
         .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
+        .map(|q| vec![("?".to_string(), q.to_string())])
         .unwrap_or_default();
     query.extend(ask.extra_query.iter().cloned());
     CallShape {
@@ -98,7 +101,19 @@ pub fn summary(rule: &ApprovalRule, ask: &Ask<'_>, body: Option<&[u8]>) -> Value
         };
         out.insert(field.clone(), redactor.value(v, &mut counts));
     }
-    Value::Object(out)
+    cap_summary(Value::Object(out))
+}
+
+/// A summary an approver can read and a record can hold: at most 4,000 characters of JSON
+/// (a larger one is replaced by its first characters, as text).
+pub fn cap_summary(v: Value) -> Value {
+    const MAX: usize = 4000;
+    let text = v.to_string();
+    if text.len() <= MAX {
+        return v;
+    }
+    let cut: String = text.chars().take(MAX).collect();
+    json!({"truncated": format!("{cut}…")})
 }
 
 /// The refusal that says a call waits: `approval_pending` with the request's id, when to
@@ -223,6 +238,14 @@ pub async fn decide(
     }
 }
 
+/// Whether an approved record can still be used.
+pub fn usable(rec: &Record) -> Result<(), GatewayError> {
+    match rec.effective(approvals_now()) {
+        Status::Approved => Ok(()),
+        s => Err(unusable(rec, s)),
+    }
+}
+
 /// Uses an approved record, once: approved → consumed.
 pub async fn consume(
     store: &approvals::ApprovalStore,
@@ -313,7 +336,9 @@ impl super::Pipeline {
                 }
             }
             "approval_expired" => {
-                m.approvals_pending.with_label_values(&[&rec.rule]).dec();
+                if rec.status == Status::Pending {
+                    m.approvals_pending.with_label_values(&[&rec.rule]).dec();
+                }
                 "expired"
             }
             _ => "consumed",
@@ -366,18 +391,28 @@ impl super::Pipeline {
             if shape.digest(&rec.body_sha256) != rec.digest {
                 return Err(mismatch(id, "another method, endpoint, query or headers"));
             }
+            // The body streams after admission: its length must be declared, so a body the
+            // approval does not cover is refused before any of it goes upstream; its bytes
+            // are checked as they pass.
+            if ask.chunked {
+                return Err(mismatch(
+                    id,
+                    "a body without Content-Length (send the approved body with its length)",
+                ));
+            }
             if ask.body_len.unwrap_or(0) != rec.body_len {
                 return Err(mismatch(id, "a body of another length"));
             }
-            let used = self.use_approval(&rec, door, caller).await?;
+            usable(&rec)?;
             let mut sha = [0u8; 32];
-            hex::decode_to_slice(&used.body_sha256, &mut sha)
+            hex::decode_to_slice(&rec.body_sha256, &mut sha)
                 .map_err(|_| mismatch(id, "another body"))?;
             return Ok(Used {
-                id: used.id,
-                digest: used.digest,
+                id: rec.id.clone(),
+                digest: rec.digest.clone(),
                 body_sha256: Some(sha),
-                waited_s: approvals_now().saturating_sub(used.created),
+                waited_s: approvals_now().saturating_sub(rec.created),
+                record: Some(Box::new(rec)),
             });
         }
         let summary_fields = summary(rule, ask, ask.body);
@@ -413,12 +448,12 @@ impl super::Pipeline {
             if rec.version == *version {
                 match rec.effective(now) {
                     Status::Approved => {
-                        let used = self.use_approval(&rec, door, caller).await?;
                         return Ok(Used {
-                            id: used.id,
-                            digest: used.digest,
+                            id: rec.id.clone(),
+                            digest: rec.digest.clone(),
                             body_sha256: None,
-                            waited_s: now.saturating_sub(used.created),
+                            waited_s: now.saturating_sub(rec.created),
+                            record: Some(Box::new(rec)),
                         });
                     }
                     Status::Pending => return Err(pending(&rec)),
@@ -474,7 +509,7 @@ impl super::Pipeline {
         Ok(())
     }
 
-    async fn use_approval(
+    pub(super) async fn use_approval(
         &self,
         rec: &Record,
         door: &'static str,
@@ -534,6 +569,7 @@ impl super::Pipeline {
             let v = serde_json::from_slice::<Value>(body)
                 .unwrap_or_else(|_| json!(String::from_utf8_lossy(&body[..body.len().min(2000)])));
             draft.summary["body"] = redactor.value(v, &mut Default::default());
+            draft.summary = cap_summary(std::mem::take(&mut draft.summary));
         }
         let door = "proxy";
         let now = approvals_now();
@@ -662,7 +698,8 @@ impl super::Pipeline {
             .iter()
             .find(|r| r.id == rec.rule);
         let may = match (rule, rec.mode.as_str()) {
-            (_, "self") => by.id == rec.principal,
+            // The user's own confirmation comes only from its MCP client's elicitation.
+            (_, "self") => by.id == rec.principal && door == "mcp",
             (Some(rule), _) => {
                 by.id != rec.principal && by.roles.iter().any(|r| rule.approvers.contains(r))
             }

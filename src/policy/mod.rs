@@ -34,10 +34,11 @@ pub mod paths;
 /// rule does not strip.
 fn upstream_headers(payload: &Payload<'_>, plan: &OutboundHeaders) -> Vec<(String, String)> {
     let text = |k: &HeaderName, v: &HeaderValue| {
-        (
-            k.as_str().to_string(),
-            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        )
+        let value = match v.to_str() {
+            Ok(t) => t.to_string(),
+            Err(_) => format!("hex:{}", hex::encode(v.as_bytes())),
+        };
+        (k.as_str().to_string(), value)
     };
     match payload {
         Payload::Whole { .. } => plan.forward.iter().map(|(k, v)| text(k, v)).collect(),
@@ -365,6 +366,18 @@ impl Pipeline {
             .map_err(|e| name_rule(e.at(Stage::Authentication), None))
     }
 
+    /// Whether `p` may see the requests of approval rule `rule`: an admin, or one of its
+    /// approvers.
+    pub fn sees_rule(&self, p: &Principal, rule: &str) -> bool {
+        p.roles.contains(&self.config.admin.role)
+            || self
+                .config
+                .approvals
+                .rules
+                .iter()
+                .any(|r| r.id == rule && r.approvers.iter().any(|a| p.roles.contains(a)))
+    }
+
     /// Whether `p` may see the approval queue: an admin, or an approver of some rule.
     pub fn sees_approvals(&self, p: &Principal) -> bool {
         p.roles.contains(&self.config.admin.role)
@@ -540,6 +553,12 @@ impl Pipeline {
                     .and_then(|v| v.parse().ok()),
                 Payload::Whole { .. } => None,
             },
+            chunked: match &call.payload {
+                Payload::Streamed { headers } => {
+                    headers.contains_key(http::header::TRANSFER_ENCODING)
+                }
+                Payload::Whole { .. } => false,
+            },
         };
         let mut approval_used = None;
         if let Some(rule) = approval::rule_for(&self.config.approvals, &ask, caller) {
@@ -660,6 +679,19 @@ impl Pipeline {
         let mut headers = headers;
         if api.dynamic_credential.is_some() {
             headers.credential = outbound::credential_header(&api);
+        }
+        // The approval, checked at 8½, is used now that every stage has admitted the call.
+        if let Some(used) = approval_used.as_mut() {
+            if let Some(rec) = used.record.take() {
+                let door = match call.door {
+                    Door::Proxy => "proxy",
+                    Door::Mcp => "mcp",
+                };
+                self.use_approval(&rec, door, caller).await.map_err(|e| {
+                    e.at(Stage::Approval)
+                        .by_rule(format!("approvals[{}]", rec.rule))
+                })?;
+            }
         }
         let path_and_query = upstream_path_and_query(&api, &endpoint, call.query);
         let shadow = shadows

@@ -43,7 +43,8 @@ const MAX_CACHED: usize = 10_000;
 /// A random key for this process, for sealing when no store key is configured.
 static PROCESS_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(|| {
     let mut k = [0u8; 32];
-    let _ = getrandom::fill(&mut k);
+    getrandom::fill(&mut k)
+        .expect("the operating system's randomness is needed to seal request state");
     k
 });
 
@@ -273,6 +274,17 @@ impl Vault {
         caller: &crate::auth::Caller,
     ) -> Result<Resolved, GatewayError> {
         let principal = caller.principal.id.as_str();
+        // Anonymous callers are one principal: none may hold a credential of its own.
+        if caller.principal.kind == crate::auth::PrincipalKind::Anonymous {
+            return Err(GatewayError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "API {:?} acts with the caller's own credential: authenticate first (anonymous callers have none)",
+                    api.name
+                ),
+            )
+            .with_reason(Reason::CredentialRequired));
+        }
         match &dc.mode {
             CredentialMode::PerPrincipal => {
                 let (store, keyring) = self.stored()?;

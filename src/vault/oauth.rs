@@ -41,6 +41,8 @@ struct State {
     a: String,
     v: String,
     exp: u64,
+    /// SHA-256 (hex) of the nonce in the browser's sign-in cookie.
+    c: String,
 }
 
 /// A successful token endpoint answer.
@@ -457,7 +459,12 @@ impl Vault {
     }
 
     /// The authorization request for a connect link's claim: where to send the browser.
-    pub fn authorize_url(&self, api: &Api, principal: &str) -> Result<String, GatewayError> {
+    pub fn authorize_url(
+        &self,
+        api: &Api,
+        principal: &str,
+        browser_nonce: &str,
+    ) -> Result<String, GatewayError> {
         let Some(crate::config::CredentialMode::UserOAuth(cfg)) =
             api.dynamic_credential.as_ref().map(|d| &d.mode)
         else {
@@ -475,6 +482,7 @@ impl Vault {
             a: api.name.clone(),
             v: verifier,
             exp: now_s() + super::CONNECT_TTL.as_secs(),
+            c: hex::encode(Sha256::digest(browser_nonce.as_bytes())),
         };
         let sealed = keyring
             .seal(
@@ -512,6 +520,7 @@ impl Vault {
         code: &str,
         state: &str,
         iss: Option<&str>,
+        browser_nonce: &str,
     ) -> Result<(String, String, super::Record), GatewayError> {
         let keyring = self.keyring()?;
         let bad = |m: &str| GatewayError::invalid_arguments(m.to_string());
@@ -523,6 +532,18 @@ impl Vault {
         if st.exp <= now_s() {
             return Err(bad(
                 "this sign-in took too long; open the connect link again",
+            ));
+        }
+        // Only the browser that opened the connect link may finish its sign-in.
+        let presented = hex::encode(Sha256::digest(browser_nonce.as_bytes()));
+        if browser_nonce.is_empty()
+            || !bool::from(subtle::ConstantTimeEq::ct_eq(
+                presented.as_bytes(),
+                st.c.as_bytes(),
+            ))
+        {
+            return Err(bad(
+                "this sign-in was started in another browser; open the connect link in this one",
             ));
         }
         let api = self
