@@ -63,11 +63,16 @@ async fn decide(gw: &Gateway, id: &str, auth: &str, approve: bool) -> (u16, Valu
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn refund(gw: &Gateway, body: &str, approval: Option<&str>) -> reqwest::Response {
-    let mut req = http()
-        .post(gw.proxy_url("/pay/refunds/r-17"))
+/// A proxy-door request by the suite's API key (principal `key:suite`).
+fn by_suite(gw: &Gateway, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    http()
+        .request(method, gw.proxy_url(path))
         .header("host", "localhost")
         .header("x-api-key", API_KEY)
+}
+
+async fn refund(gw: &Gateway, body: &str, approval: Option<&str>) -> reqwest::Response {
+    let mut req = by_suite(gw, reqwest::Method::POST, "/pay/refunds/r-17")
         .header("content-type", "application/json")
         .body(body.to_string());
     if let Some(id) = approval {
@@ -287,14 +292,7 @@ async fn an_mcp_call_waits_and_runs_once_approved() {
     assert_ne!(id2, id);
     // Other arguments: another request.
     // The waiting answer fits the tool's (closed) output schema, as clients check it.
-    let tools = mcp.request("tools/list", json!({})).await;
-    let schema = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "api_gateway")
-        .unwrap()["outputSchema"]
-        .clone();
+    let schema = output_schema(&mut mcp, "api_gateway").await;
     let errors = validate_schema(
         schema,
         vec![json!({"name": "pending", "value": res["structuredContent"]})],
@@ -649,10 +647,7 @@ async fn self_rules_are_for_clients_that_can_ask_and_explain_names_them() {
     let up = Upstream::start();
     let hook = hook_server();
     let gw = start(up.port, hook.port, "");
-    let r = http()
-        .delete(gw.proxy_url("/pay/accounts/7"))
-        .header("host", "localhost")
-        .header("x-api-key", API_KEY)
+    let r = by_suite(&gw, reqwest::Method::DELETE, "/pay/accounts/7")
         .send()
         .await
         .unwrap();
@@ -692,10 +687,7 @@ async fn a_shadow_rule_records_and_lets_the_call_run() {
     let up = Upstream::start();
     let hook = hook_server();
     let gw = start(up.port, hook.port, "");
-    let r = http()
-        .get(gw.proxy_url("/pay/balance"))
-        .header("host", "localhost")
-        .header("x-api-key", API_KEY)
+    let r = by_suite(&gw, reqwest::Method::GET, "/pay/balance")
         .send()
         .await
         .unwrap();
@@ -734,12 +726,13 @@ async fn self_requests_are_not_approved_by_hand_and_query_order_counts() {
     assert_eq!(own.status(), 403);
 
     let send = |query: &'static str, approval: Option<String>| {
-        let mut req = http()
-            .post(gw.proxy_url(&format!("/pay/refunds/q?{query}")))
-            .header("host", "localhost")
-            .header("x-api-key", API_KEY)
-            .header("content-type", "application/json")
-            .body("{}");
+        let mut req = by_suite(
+            &gw,
+            reqwest::Method::POST,
+            &format!("/pay/refunds/q?{query}"),
+        )
+        .header("content-type", "application/json")
+        .body("{}");
         if let Some(id) = approval {
             req = req.header("approval-id", id);
         }

@@ -394,14 +394,7 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
     assert_eq!(sc["status"], 403);
     let link = sc["connect_url"].as_str().unwrap().to_string();
     // The refusal fits the tool's (closed) output schema, as clients check it.
-    let tools = legacy.request("tools/list", json!({})).await;
-    let schema = tools["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "api_gateway")
-        .unwrap()["outputSchema"]
-        .clone();
+    let schema = output_schema(&mut legacy, "api_gateway").await;
     let errors = validate_schema(
         schema,
         vec![json!({"name": "credential_required", "value": sc})],

@@ -146,14 +146,7 @@ impl GatewayMcp {
                         InputRequiredResult::new(Some(requests), Some(state)).into(),
                     ));
                 }
-                if self.local_caller.is_none() && context.peer.peer_info().is_none() {
-                    return Ok(None);
-                }
-                if !context
-                    .peer
-                    .supported_elicitation_modes()
-                    .contains(&rmcp::service::ElicitationMode::Form)
-                {
+                if !self.session_elicits(context, rmcp::service::ElicitationMode::Form) {
                     return Ok(None);
                 }
                 let expires = self.expiry(&id).await;

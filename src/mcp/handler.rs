@@ -264,14 +264,7 @@ impl GatewayMcp {
             ));
         }
         // A legacy session: ask during the call, when the client said it can open links.
-        if self.local_caller.is_none() && context.peer.peer_info().is_none() {
-            return Ok(None);
-        }
-        if !context
-            .peer
-            .supported_elicitation_modes()
-            .contains(&rmcp::service::ElicitationMode::Url)
-        {
+        if !self.session_elicits(context, rmcp::service::ElicitationMode::Url) {
             return Ok(None);
         }
         let mut id = [0u8; 8];
@@ -320,6 +313,17 @@ impl GatewayMcp {
             }
             Err(_) => Ok(None),
         }
+    }
+
+    /// Whether this is a legacy session (HTTP or stdio) whose client declared elicitation in
+    /// `mode`, so the server may ask it during a call.
+    pub(super) fn session_elicits(
+        &self,
+        context: &RequestContext<RoleServer>,
+        mode: rmcp::service::ElicitationMode,
+    ) -> bool {
+        (self.local_caller.is_some() || context.peer.peer_info().is_some())
+            && context.peer.supported_elicitation_modes().contains(&mode)
     }
 
     /// The caller of this request: attached by the HTTP bridge, or the stdio session's.

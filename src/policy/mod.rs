@@ -380,13 +380,12 @@ impl Pipeline {
 
     /// Whether `p` may see the approval queue: an admin, or an approver of some rule.
     pub fn sees_approvals(&self, p: &Principal) -> bool {
-        p.roles.contains(&self.config.admin.role)
-            || self
-                .config
-                .approvals
-                .rules
-                .iter()
-                .any(|r| r.approvers.iter().any(|a| p.roles.contains(a)))
+        self.config
+            .approvals
+            .rules
+            .iter()
+            .any(|r| self.sees_rule(p, &r.id))
+            || p.roles.contains(&self.config.admin.role)
     }
 
     /// The admin listener's rule for every route beyond health and metrics: a principal

@@ -733,6 +733,18 @@ pub async fn stateless_tool_call(
     parse_rpc_response(&text, 7).unwrap_or_else(|| panic!("no response in {text}"))
 }
 
+/// The output schema a session's `tools/list` declares for `tool`.
+pub async fn output_schema(mcp: &mut McpSession, tool: &str) -> serde_json::Value {
+    let tools = mcp.request("tools/list", serde_json::json!({})).await;
+    tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == tool)
+        .unwrap()["outputSchema"]
+        .clone()
+}
+
 /// Validates `instances` (`{name, value}` each) against a JSON Schema with the Python
 /// `jsonschema` package (tests/clients/validate_schema.py); returns the errors.
 pub fn validate_schema(
