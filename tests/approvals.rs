@@ -81,6 +81,18 @@ async fn refund(gw: &Gateway, body: &str, approval: Option<&str>) -> reqwest::Re
     req.send().await.unwrap()
 }
 
+/// The pending approval requests `auth` may see.
+async fn pending(gw: &Gateway, auth: &str) -> Value {
+    let url = format!("http://127.0.0.1:{}/approvals?status=pending", gw.admin);
+    let r = http()
+        .get(url)
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
 /// Waits for the webhook's `n`th delivery.
 async fn hooks(hook: &Upstream, n: usize) -> Vec<Seen> {
     for _ in 0..100 {
@@ -141,18 +153,7 @@ async fn an_external_approval_runs_the_proxy_call_once() {
 
     // The queue shows it; the requester may not decide; an approver may.
     let finance = bearer("fiona", &["finance"]);
-    let queue: Value = http()
-        .get(format!(
-            "http://127.0.0.1:{}/approvals?status=pending",
-            gw.admin
-        ))
-        .header("authorization", &finance)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queue: Value = pending(&gw, &finance).await;
     let first = &queue.as_array().unwrap()[0];
     assert_eq!(
         (
@@ -373,18 +374,7 @@ fn a_task_completes_with_the_result_after_approval() {
     let finance = bearer("fiona", &["finance"]);
     let id = rt.block_on(async {
         for _ in 0..100 {
-            let q: Value = http()
-                .get(format!(
-                    "http://127.0.0.1:{}/approvals?status=pending",
-                    gw.admin
-                ))
-                .header("authorization", &finance)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let q: Value = pending(&gw, &finance).await;
             if let Some(id) = q[0]["id"].as_str() {
                 return id.to_string();
             }
