@@ -10,13 +10,6 @@ use serde_json::{json, Value};
 
 const HOOK_SECRET: &str = "webhook-signing-secret-3f9a";
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 /// A gateway whose API `pay` holds POSTs to `/refunds/**` for an approver holding role
 /// `finance` (rule `refunds`), and DELETEs for the caller's own confirmation (rule `wipe`).
 fn config(up: u16, hook: u16, ports: (u16, u16, u16), extra: &str) -> String {
@@ -48,12 +41,8 @@ fn hook_server() -> Upstream {
     }))
 }
 
-fn bearer(sub: &str, roles: &[&str]) -> String {
-    format!("Bearer {}", jwt(json!({"sub": sub, "roles": roles})))
-}
-
 async fn decide(gw: &Gateway, id: &str, auth: &str, approve: bool) -> (u16, Value) {
-    let r = http()
+    let r = no_redirects()
         .post(format!("http://127.0.0.1:{}/approvals/{id}", gw.admin))
         .header("authorization", auth)
         .json(&json!({"approve": approve, "reason": "checked the ticket"}))
@@ -65,7 +54,7 @@ async fn decide(gw: &Gateway, id: &str, auth: &str, approve: bool) -> (u16, Valu
 
 /// A proxy-door request by the suite's API key (principal `key:suite`).
 fn by_suite(gw: &Gateway, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-    http()
+    no_redirects()
         .request(method, gw.proxy_url(path))
         .header("host", "localhost")
         .header("x-api-key", API_KEY)
@@ -84,7 +73,7 @@ async fn refund(gw: &Gateway, body: &str, approval: Option<&str>) -> reqwest::Re
 /// The pending approval requests `auth` may see.
 async fn pending(gw: &Gateway, auth: &str) -> Value {
     let url = format!("http://127.0.0.1:{}/approvals?status=pending", gw.admin);
-    let r = http()
+    let r = no_redirects()
         .get(url)
         .header("authorization", auth)
         .send()
@@ -152,7 +141,7 @@ async fn an_external_approval_runs_the_proxy_call_once() {
     assert_eq!(again["approval_id"], id.as_str());
 
     // The queue shows it; the requester may not decide; an approver may.
-    let finance = bearer("fiona", &["finance"]);
+    let finance = bearer_with_roles("fiona", &["finance"]);
     let queue: Value = pending(&gw, &finance).await;
     let first = &queue.as_array().unwrap()[0];
     assert_eq!(
@@ -173,7 +162,7 @@ async fn an_external_approval_runs_the_proxy_call_once() {
             &json!("pending")
         )
     );
-    let own = http()
+    let own = no_redirects()
         .post(format!("http://127.0.0.1:{}/approvals/{id}", gw.admin))
         .header("x-api-key", API_KEY)
         .json(&json!({"approve": true}))
@@ -181,7 +170,7 @@ async fn an_external_approval_runs_the_proxy_call_once() {
         .await
         .unwrap();
     assert_eq!(own.status(), 403);
-    let (status, rec) = decide(&gw, &id, &bearer("otto", &["ops"]), true).await;
+    let (status, rec) = decide(&gw, &id, &bearer_with_roles("otto", &["ops"]), true).await;
     assert_eq!(status, 403, "{rec}");
     let (status, rec) = decide(&gw, &id, &finance, true).await;
     assert_eq!(status, 200, "{rec}");
@@ -214,7 +203,7 @@ async fn expired_and_denied_approvals_are_refused() {
     let up = Upstream::start();
     let hook = hook_server();
     let gw = start(up.port, hook.port, "grant_ttl = \"1s\"");
-    let finance = bearer("fiona", &["finance"]);
+    let finance = bearer_with_roles("fiona", &["finance"]);
     let body = r#"{"amount": 1}"#;
     let p: Value = refund(&gw, body, None).await.json().await.unwrap();
     let id = p["approval_id"].as_str().unwrap().to_string();
@@ -266,7 +255,7 @@ async fn an_mcp_call_waits_and_runs_once_approved() {
     let up = Upstream::start();
     let hook = hook_server();
     let gw = start(up.port, hook.port, "");
-    let finance = bearer("fiona", &["finance"]);
+    let finance = bearer_with_roles("fiona", &["finance"]);
     let mut mcp = McpSession::connect_with(&gw.mcp_url(), &[("x-api-key", API_KEY)]).await;
     let args =
         json!({"api": "pay", "method": "POST", "endpoint": "/refunds/r-9", "body": {"amount": 7}});
@@ -371,7 +360,7 @@ fn a_task_completes_with_the_result_after_approval() {
     let gw = start(up.port, hook.port, "");
     let child = py_approve(&gw, "auto-task");
     // The approver finds the request in the queue and approves it.
-    let finance = bearer("fiona", &["finance"]);
+    let finance = bearer_with_roles("fiona", &["finance"]);
     let id = rt.block_on(async {
         for _ in 0..100 {
             let q: Value = pending(&gw, &finance).await;
@@ -476,14 +465,20 @@ async fn one_approved_call_runs_once_across_replicas() {
     let p: Value = refund(&replicas[0], body, None).await.json().await.unwrap();
     let id = p["approval_id"].as_str().unwrap().to_string();
     // Decided on another replica than the one that took the request.
-    let (status, _) = decide(&replicas[1], &id, &bearer("fiona", &["finance"]), true).await;
+    let (status, _) = decide(
+        &replicas[1],
+        &id,
+        &bearer_with_roles("fiona", &["finance"]),
+        true,
+    )
+    .await;
     assert_eq!(status, 200);
     let handles: Vec<_> = (0..20)
         .map(|i| {
             let url = replicas[i % 3].proxy_url("/pay/refunds/r-17");
             let id = id.clone();
             tokio::spawn(async move {
-                http()
+                no_redirects()
                     .post(url)
                     .header("host", "localhost")
                     .header("x-api-key", API_KEY)
@@ -522,7 +517,7 @@ async fn the_audit_trail_tells_each_approval_in_order() {
     let up = Upstream::start();
     let hook = hook_server();
     let mut gw = start(up.port, hook.port, "ttl = \"1s\"");
-    let finance = bearer("fiona", &["finance"]);
+    let finance = bearer_with_roles("fiona", &["finance"]);
     let p: Value = refund(&gw, r#"{"amount": 3}"#, None)
         .await
         .json()
@@ -606,7 +601,7 @@ async fn a_reload_that_changes_the_rules_voids_approvals() {
     let p: Value = refund(&gw, body, None).await.json().await.unwrap();
     let id = p["approval_id"].as_str().unwrap().to_string();
     assert_eq!(
-        decide(&gw, &id, &bearer("fiona", &["finance"]), true)
+        decide(&gw, &id, &bearer_with_roles("fiona", &["finance"]), true)
             .await
             .0,
         200
@@ -706,7 +701,7 @@ async fn self_requests_are_not_approved_by_hand_and_query_order_counts() {
         .as_str()
         .unwrap()
         .to_string();
-    let own = http()
+    let own = no_redirects()
         .post(format!("http://127.0.0.1:{}/approvals/{id}", gw.admin))
         .header("x-api-key", API_KEY)
         .json(&json!({"approve": true}))
@@ -731,7 +726,7 @@ async fn self_requests_are_not_approved_by_hand_and_query_order_counts() {
     let p: Value = send("to=a&to=b", None).await.unwrap().json().await.unwrap();
     let id = p["approval_id"].as_str().unwrap().to_string();
     assert_eq!(
-        decide(&gw, &id, &bearer("fiona", &["finance"]), true)
+        decide(&gw, &id, &bearer_with_roles("fiona", &["finance"]), true)
             .await
             .0,
         200

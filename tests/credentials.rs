@@ -16,17 +16,6 @@ const KEY2: &str = "222222222222222222222222222222222222222222222222222222222222
 const ALICE_SECRET: &str = "alice-upstream-token-7c1d0e";
 const BOB_SECRET: &str = "bob-upstream-token-42aa19";
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn bearer(sub: &str, roles: &[&str]) -> String {
-    format!("Bearer {}", jwt(json!({"sub": sub, "roles": roles})))
-}
-
 /// A gateway whose API `vault` injects each caller's own secret in `Authorization`, and
 /// whose API `keyed` puts it in `X-Team-Token`; the store is SQLite under `key_env`.
 fn config(up: u16, ports: (u16, u16, u16), store: &str, on_missing: &str) -> String {
@@ -62,7 +51,7 @@ async fn admin_put(
     secret: &str,
     auth: &str,
 ) -> (u16, Value) {
-    let r = http()
+    let r = no_redirects()
         .put(format!(
             "http://127.0.0.1:{}/credentials/{api}/{}",
             gw.admin,
@@ -77,7 +66,7 @@ async fn admin_put(
 }
 
 async fn self_put(gw: &Gateway, api: &str, secret: &str, auth: (&str, &str)) -> (u16, Value) {
-    let r = http()
+    let r = no_redirects()
         .put(format!("http://127.0.0.1:{}/me/credentials/{api}", gw.mcp))
         .header(auth.0, auth.1)
         .json(&json!({ "secret": secret }))
@@ -88,7 +77,7 @@ async fn self_put(gw: &Gateway, api: &str, secret: &str, auth: (&str, &str)) -> 
 }
 
 async fn proxy_get(gw: &Gateway, path: &str, auth: (&str, &str)) -> reqwest::Response {
-    http()
+    no_redirects()
         .get(gw.proxy_url(path))
         .header("host", "localhost")
         .header(auth.0, auth.1)
@@ -98,7 +87,7 @@ async fn proxy_get(gw: &Gateway, path: &str, auth: (&str, &str)) -> reqwest::Res
 }
 
 async fn get_json(url: String, auth: &str) -> Value {
-    let r = http()
+    let r = no_redirects()
         .get(url)
         .header("authorization", auth)
         .send()
@@ -131,9 +120,9 @@ async fn modern_call(gw: &Gateway, auth: &str, args: Value, extra: Value) -> Val
 async fn each_principal_calls_with_its_own_secret_on_both_doors() {
     let up = Upstream::start();
     let gw = start(up.port, "deny");
-    let admin = bearer("root", &["admin"]);
-    let alice = bearer("alice", &["reader"]);
-    let bob = bearer("bob", &["reader"]);
+    let admin = bearer_with_roles("root", &["admin"]);
+    let alice = bearer_with_roles("alice", &["reader"]);
+    let bob = bearer_with_roles("bob", &["reader"]);
 
     // A non-admin may not manage someone else's credential.
     let (status, _) = admin_put(&gw, "vault", "jwt:alice", ALICE_SECRET, &bob).await;
@@ -220,7 +209,7 @@ async fn each_principal_calls_with_its_own_secret_on_both_doors() {
     );
 
     // Deleting bob's credential: his next call is refused, alice's still works.
-    let r = http()
+    let r = no_redirects()
         .delete(format!("http://127.0.0.1:{}/me/credentials/vault", gw.mcp))
         .header("authorization", &bob)
         .send()
@@ -285,10 +274,10 @@ async fn each_principal_calls_with_its_own_secret_on_both_doors() {
 async fn a_callers_copy_of_the_injected_header_is_refused() {
     let up = Upstream::start();
     let gw = start(up.port, "deny");
-    let alice = bearer("alice", &["reader"]);
+    let alice = bearer_with_roles("alice", &["reader"]);
     self_put(&gw, "keyed", "team-secret-1", ("authorization", &alice)).await;
     self_put(&gw, "vault", ALICE_SECRET, ("authorization", &alice)).await;
-    let r = http()
+    let r = no_redirects()
         .get(gw.proxy_url("/keyed/x"))
         .header("host", "localhost")
         .header("authorization", &alice)
@@ -332,7 +321,7 @@ async fn a_callers_copy_of_the_injected_header_is_refused() {
 async fn a_missing_credential_is_a_next_step_on_every_door() {
     let up = Upstream::start();
     let gw = start(up.port, "connect");
-    let carol = bearer("carol", &["reader"]);
+    let carol = bearer_with_roles("carol", &["reader"]);
     let args = json!({"api": "vault", "endpoint": "/mine"});
 
     let first = modern_call(&gw, &carol, args.clone(), json!({})).await;
@@ -363,7 +352,7 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
         assert_eq!(r["error"]["code"], -32602, "{r}");
     }
     // Another caller cannot replay carol's state either.
-    let dave = bearer("dave", &["reader"]);
+    let dave = bearer_with_roles("dave", &["reader"]);
     let r = modern_call(&gw, &dave, args.clone(), json!({"requestState": state})).await;
     assert_eq!(r["error"]["code"], -32602, "{r}");
     assert!(up.seen().is_empty());
@@ -413,7 +402,7 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
     assert_eq!(up.count(), 1);
 
     // The link's page: a form, served with a strict CSP; posting it stores dave's secret.
-    let page = http().get(&link).send().await.unwrap();
+    let page = no_redirects().get(&link).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -427,7 +416,7 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
     );
     let t = link.split("t=").nth(1).unwrap();
     let form = format!("t={t}&secret=dave-secret-77");
-    let cross_site = http()
+    let cross_site = no_redirects()
         .post(format!("http://127.0.0.1:{}/connect/vault", gw.mcp))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("origin", "https://evil.example")
@@ -436,7 +425,7 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
         .await
         .unwrap();
     assert_eq!(cross_site.status(), 403);
-    let saved = http()
+    let saved = no_redirects()
         .post(format!("http://127.0.0.1:{}/connect/vault", gw.mcp))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form)
@@ -450,7 +439,7 @@ async fn a_missing_credential_is_a_next_step_on_every_door() {
         .unwrap()
         .contains(&fingerprint("dave-secret-77")));
     // A damaged link is refused.
-    let bad = http().get(format!("{link}x")).send().await.unwrap();
+    let bad = no_redirects().get(format!("{link}x")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     let res = legacy.call("api_gateway", args).await;
     assert_eq!(res["isError"], false, "{res}");
@@ -535,7 +524,7 @@ async fn records_survive_key_rotation() {
     write(&format!("{}\nold_key_envs = [\"K1\"]", sqlite_store("K2")));
     let both = [("K1", KEY1), ("K2", KEY2)];
     let db = dir.path().join("creds.db");
-    let erin = bearer("erin", &["reader"]);
+    let erin = bearer_with_roles("erin", &["reader"]);
     let call = |env: &'static [(&'static str, &'static str)]| {
         let db = db.clone();
         let up_port = up.port;
@@ -617,7 +606,7 @@ async fn replicas_share_credentials_in_redis() {
         )
     };
     let (a, b) = (start(), start());
-    let frank = bearer("frank", &["reader"]);
+    let frank = bearer_with_roles("frank", &["reader"]);
     let (status, _) = self_put(&a, "vault", "frank-secret-9", ("authorization", &frank)).await;
     assert_eq!(status, 200);
     let r = proxy_get(&b, "/vault/x", ("authorization", &frank)).await;
@@ -626,7 +615,7 @@ async fn replicas_share_credentials_in_redis() {
         up.seen()[0].header("authorization"),
         Some("Bearer frank-secret-9")
     );
-    let r = http()
+    let r = no_redirects()
         .delete(format!("http://127.0.0.1:{}/me/credentials/vault", b.mcp))
         .header("authorization", &frank)
         .send()
@@ -688,7 +677,10 @@ fn real_clients_send_their_user_to_connect_in_both_eras() {
 async fn a_reload_keeps_stored_credentials_and_drops_what_was_built() {
     let up = Upstream::start();
     let gw = start(up.port, "deny");
-    let (alice, bob) = (bearer("alice", &["reader"]), bearer("bob", &["reader"]));
+    let (alice, bob) = (
+        bearer_with_roles("alice", &["reader"]),
+        bearer_with_roles("bob", &["reader"]),
+    );
     self_put(&gw, "keyed", "alice-team-1", ("authorization", &alice)).await;
     self_put(&gw, "keyed", "bob-team-2", ("authorization", &bob)).await;
     for auth in [&alice, &bob] {

@@ -3,18 +3,11 @@
 mod common;
 use common::*;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn allowed_call_reaches_upstream_with_injected_credential_and_no_caller_token() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/items/42?x=1&y=two"))
         .header(
             "Authorization",
@@ -52,7 +45,7 @@ async fn allowed_call_reaches_upstream_with_injected_credential_and_no_caller_to
 async fn a_caller_setting_the_credential_header_is_refused() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/items/42"))
         .header(
             "Authorization",
@@ -74,7 +67,7 @@ async fn query_credential_is_injected_and_cannot_be_overridden() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
     // A caller's own copy of the credential parameter is refused, never forwarded.
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/qapi/weather?q=London&appid=caller-value"))
         .send()
         .await
@@ -83,7 +76,7 @@ async fn query_credential_is_injected_and_cannot_be_overridden() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "credential_param");
     assert!(up.seen().is_empty());
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/qapi/weather?q=London"))
         .send()
         .await
@@ -97,7 +90,7 @@ async fn query_credential_is_injected_and_cannot_be_overridden() {
 async fn disallowed_api_method_and_path_are_denied_without_contacting_upstream() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let c = client();
+    let c = no_redirects();
     let cases = [
         ("DELETE", "/local/items/1", 403, "forbidden"),
         ("PUT", "/readonly/public/x", 403, "forbidden"),
@@ -188,7 +181,7 @@ fn hostile_targets_never_reach_upstream() {
 async fn body_guards_give_413_and_415() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let c = client();
+    let c = no_redirects();
     let r = c
         .post(gw.proxy_url("/local/items"))
         .header("content-type", "application/json")
@@ -238,7 +231,7 @@ async fn hanging_upstream_gives_504() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
     let started = std::time::Instant::now();
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/hang"))
         .send()
         .await
@@ -253,7 +246,11 @@ async fn hanging_upstream_gives_504() {
 async fn dead_upstream_gives_502() {
     let (_held, dead) = refusing_port();
     let gw = Gateway::start(dead);
-    let r = client().get(gw.proxy_url("/local/x")).send().await.unwrap();
+    let r = no_redirects()
+        .get(gw.proxy_url("/local/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let p: serde_json::Value = r.json().await.unwrap();
     assert_eq!(p["error"], "upstream_error");
@@ -263,7 +260,7 @@ async fn dead_upstream_gives_502() {
 async fn redirects_are_returned_not_followed() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/redirect"))
         .send()
         .await
@@ -295,7 +292,7 @@ async fn connection_nominated_headers_are_stripped() {
 async fn admin_health_endpoints() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let c = client();
+    let c = no_redirects();
     let r = c
         .get(format!("http://127.0.0.1:{}/healthz", gw.admin))
         .send()
@@ -322,7 +319,7 @@ async fn admin_health_endpoints() {
 async fn credentials_echoed_by_upstream_are_masked() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/echo"))
         .send()
         .await
@@ -339,7 +336,7 @@ async fn credentials_echoed_by_upstream_are_masked() {
 async fn upstream_connections_are_pooled() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
-    let c = client();
+    let c = no_redirects();
     for i in 0..5 {
         let r = c
             .get(gw.proxy_url(&format!("/local/n{i}")))
@@ -362,7 +359,7 @@ async fn response_body_streams_through() {
     let up = Upstream::start();
     let gw = Gateway::start(up.port);
     let started = std::time::Instant::now();
-    let mut r = client()
+    let mut r = no_redirects()
         .get(gw.proxy_url("/local/slow-stream"))
         .send()
         .await
@@ -405,7 +402,7 @@ async fn redirects_into_an_api_point_back_through_the_gateway() {
     let location = |path: &'static str| {
         let url = gw.proxy_url(path);
         async move {
-            let r = client().get(url).send().await.unwrap();
+            let r = no_redirects().get(url).send().await.unwrap();
             assert_eq!(r.status(), 302);
             r.headers()["location"].to_str().unwrap().to_string()
         }
@@ -433,7 +430,7 @@ async fn override_headers_are_refused_and_client_address_claims_stripped() {
         ("X-Original-URL", "/admin/secret"),
         ("X-Rewrite-URL", "/admin/secret"),
     ] {
-        let r = client()
+        let r = no_redirects()
             .get(gw.proxy_url("/local/items/1"))
             .header("Authorization", &auth)
             .header(h, v)
@@ -445,7 +442,7 @@ async fn override_headers_are_refused_and_client_address_claims_stripped() {
         assert_eq!(body["reason"], "override_header", "{h}");
     }
     assert!(up.seen().is_empty());
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/items/1"))
         .header("Authorization", &auth)
         .header("True-Client-IP", "6.6.6.6")
@@ -481,7 +478,7 @@ async fn foreign_hosts_and_browser_origins_are_refused() {
         ("Host", "evil.example", "host_not_allowed"),
         ("Origin", "http://evil.example", "origin_not_allowed"),
     ] {
-        let r = client()
+        let r = no_redirects()
             .post(gw.proxy_url("/local/items"))
             .header("Authorization", &auth)
             .header(h, v)
@@ -495,7 +492,7 @@ async fn foreign_hosts_and_browser_origins_are_refused() {
         assert_eq!(body["reason"], reason, "{h}");
     }
     assert!(up.seen().is_empty(), "nothing reached the upstream");
-    let r = client()
+    let r = no_redirects()
         .get(gw.proxy_url("/local/items/1"))
         .header("Authorization", &auth)
         .header("Host", "localhost")
@@ -513,7 +510,7 @@ async fn deny_rules_hold_against_case_and_matrix_parameters() {
     let gw = Gateway::start(up.port);
     let auth = format!("Bearer {}", jwt(serde_json::json!({})));
     for path in ["/local/Secret/x", "/local/SECRET", "/local/secret;v=1/x"] {
-        let r = client()
+        let r = no_redirects()
             .get(gw.proxy_url(path))
             .header("Authorization", &auth)
             .send()

@@ -366,6 +366,22 @@ pub fn jwt_signed(extra: serde_json::Value, secret: &str) -> String {
     .unwrap()
 }
 
+/// An HTTP client that returns redirects instead of following them, as the tests read them.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `Authorization: Bearer` with a suite token for `sub` holding `roles`.
+pub fn bearer_with_roles(sub: &str, roles: &[&str]) -> String {
+    format!(
+        "Bearer {}",
+        jwt(serde_json::json!({"sub": sub, "roles": roles}))
+    )
+}
+
 /// An `[[apis]]` entry for a GET-only API on the loopback test upstream, plus `extra` lines.
 pub fn loopback_get_api(name: &str, up: u16, extra: &str) -> String {
     format!(
