@@ -46,16 +46,18 @@ pub struct Used {
     pub record: Option<Box<Record>>,
 }
 
-/// The rule that holds `ask` for approval, if any.
+/// The rule that holds a call (API, method, path, caller) for approval, if any.
 pub fn rule_for<'r>(
     approvals: &'r Approvals,
-    ask: &Ask<'_>,
+    api: &Api,
+    method: &http::Method,
+    path: &RequestPath<'_>,
     caller: &Caller,
 ) -> Option<&'r ApprovalRule> {
     approvals.rules.iter().find(|r| {
-        r.api == ask.api.name
-            && (r.methods.is_empty() || r.methods.contains(ask.method))
-            && (r.paths.is_empty() || r.paths.iter().any(|p| ask.path.denied_by(p)))
+        r.api == api.name
+            && (r.methods.is_empty() || r.methods.contains(method))
+            && (r.paths.is_empty() || r.paths.iter().any(|p| path.denied_by(p)))
             && (r.roles.is_empty() || r.roles.iter().any(|x| caller.principal.roles.contains(x)))
     })
 }

@@ -528,46 +528,36 @@ impl Pipeline {
 
         // 8½. Approval: a rule that holds the call for a person, and an approval for exactly
         //     this call (used here, once).
-        let ask = approval::Ask {
-            api,
-            method: call.method,
-            endpoint: &endpoint,
-            path: &path,
-            extra_query: call.query,
-            headers: Vec::new(),
-            body: match &call.payload {
-                Payload::Whole { body, .. } => Some(body.unwrap_or(b"")),
-                Payload::Streamed { .. } => None,
-            },
-            approval_id: match &call.payload {
-                Payload::Streamed { headers } => {
-                    headers.get("approval-id").and_then(|v| v.to_str().ok())
-                }
+        let mut approval_used = None;
+        if let Some(rule) =
+            approval::rule_for(&self.config.approvals, api, call.method, &path, caller)
+        {
+            // What the approval is bound to is read only here: a call no rule holds pays
+            // nothing for it.
+            let streamed = match &call.payload {
+                Payload::Streamed { headers } => Some(*headers),
                 Payload::Whole { .. } => None,
-            },
-            body_len: match &call.payload {
-                Payload::Streamed { headers } => headers
-                    .get(http::header::CONTENT_LENGTH)
+            };
+            let ask = &approval::Ask {
+                api,
+                method: call.method,
+                endpoint: &endpoint,
+                path: &path,
+                extra_query: call.query,
+                headers: upstream_headers(&call.payload, &headers),
+                body: match &call.payload {
+                    Payload::Whole { body, .. } => Some(body.unwrap_or(b"")),
+                    Payload::Streamed { .. } => None,
+                },
+                approval_id: streamed
+                    .and_then(|h| h.get("approval-id"))
+                    .and_then(|v| v.to_str().ok()),
+                body_len: streamed
+                    .and_then(|h| h.get(http::header::CONTENT_LENGTH))
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok()),
-                Payload::Whole { .. } => None,
-            },
-            chunked: match &call.payload {
-                Payload::Streamed { headers } => {
-                    headers.contains_key(http::header::TRANSFER_ENCODING)
-                }
-                Payload::Whole { .. } => false,
-            },
-        };
-        let mut approval_used = None;
-        if let Some(rule) = approval::rule_for(&self.config.approvals, &ask, caller) {
-            // The headers are part of the call an approval is bound to: read only here, so a
-            // call no rule holds pays nothing for them.
-            let ask = approval::Ask {
-                headers: upstream_headers(&call.payload, &headers),
-                ..ask
+                chunked: streamed.is_some_and(|h| h.contains_key(http::header::TRANSFER_ENCODING)),
             };
-            let ask = &ask;
             let rule_key = format!("approvals[{}]", rule.id);
             let at = |e: GatewayError| e.at(Stage::Approval).by_rule(rule_key.clone());
             match (rule.mode, mode) {
