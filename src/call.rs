@@ -57,7 +57,7 @@ impl CallRecord {
         method: &str,
         api: Option<&Arc<Api>>,
         target: impl FnOnce() -> String,
-        tool: Option<&'static str>,
+        tool: Option<std::borrow::Cow<'static, str>>,
     ) -> CallRecord {
         let api_label = api.map_or("unknown", |a| a.name.as_str()).to_string();
         let event = gw.auditing().then(|| {

@@ -44,6 +44,9 @@ pub struct Described {
     pub principal: Option<Value>,
     pub ip: Option<IpAddr>,
     pub resolve: bool,
+    /// The endpoint was made from a generated tool's arguments (see
+    /// [`Call::opaque_segments`]).
+    pub opaque_segments: bool,
 }
 
 /// The explanation document (`explain --json`): `decision`, `reason`, `stage`, `rule`,
@@ -131,6 +134,7 @@ pub async fn explain_with(pipeline: &Pipeline, d: &Described) -> Result<Value, S
         method: &d.method,
         endpoint: &d.endpoint,
         query: &d.query,
+        opaque_segments: d.opaque_segments,
         payload: match d.door {
             Door::Proxy => Payload::Streamed { headers: &headers },
             Door::Mcp => Payload::Whole {
@@ -336,10 +340,128 @@ pub fn text(doc: &Value) -> String {
     out
 }
 
+/// A tool call as the call admission judges: the API, method, endpoint, query and headers of
+/// `tool` with `arguments` (`api_gateway`'s own, an `operation` of it, or a generated tool's).
+pub struct ToolCall {
+    pub api: String,
+    pub method: Method,
+    pub endpoint: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub opaque_segments: bool,
+}
+
+impl ToolCall {
+    pub fn new(
+        surface: &crate::surface::Surface,
+        tool: &str,
+        arguments: &Value,
+    ) -> Result<ToolCall, String> {
+        let empty = serde_json::Map::new();
+        let args = match arguments {
+            Value::Null => &empty,
+            Value::Object(m) => m,
+            _ => return Err("arguments must be an object".into()),
+        };
+        let strings = |v: Option<&Value>| -> Vec<(String, String)> {
+            v.and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                })
+                .collect()
+        };
+        let generated =
+            |api: String, op: &crate::openapi::Operation, args: &serde_json::Map<String, Value>| {
+                let c = op.to_call(args).map_err(|e| e.message)?;
+                Ok(ToolCall {
+                    api,
+                    method: c.method,
+                    endpoint: c.endpoint,
+                    query: Vec::new(),
+                    headers: strings(Some(&Value::Object(c.headers))),
+                    opaque_segments: true,
+                })
+            };
+        if tool != "api_gateway" {
+            let g = surface
+                .generated
+                .get(tool)
+                .ok_or_else(|| format!("no tool named {tool:?}"))?;
+            return generated(g.api.name.clone(), &g.op, args);
+        }
+        let api = args
+            .get("api")
+            .and_then(Value::as_str)
+            .ok_or("arguments.api (a string) is required")?
+            .to_string();
+        if let Some(name) = args.get("operation").and_then(Value::as_str) {
+            let op = surface
+                .apis
+                .get(&api)
+                .and_then(|s| s.find(name))
+                .ok_or_else(|| format!("API {api:?} has no operation {name:?}"))?;
+            let parts: serde_json::Map<String, Value> = args
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "path" | "query" | "headers" | "body"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return generated(api, op, &parts);
+        }
+        let method = args.get("method").and_then(Value::as_str).unwrap_or("GET");
+        Ok(ToolCall {
+            api,
+            method: Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("method {method:?} is not a method"))?,
+            endpoint: args
+                .get("endpoint")
+                .and_then(Value::as_str)
+                .ok_or("arguments.endpoint (a string) is required")?
+                .to_string(),
+            query: strings(args.get("query")),
+            headers: strings(args.get("headers")),
+            opaque_segments: false,
+        })
+    }
+}
+
 impl Described {
     /// The admin listener's JSON: `{"door", "api", "method"?, "endpoint", "principal"?,
-    /// "ip"?, "query"?: {k: v}, "headers"?: {k: v}, "resolve"?}`.
-    pub fn from_json(v: &Value) -> Result<Described, String> {
+    /// "ip"?, "query"?: {k: v}, "headers"?: {k: v}, "resolve"?}`; or, for an MCP call,
+    /// `{"tool", "arguments", …}` in place of door, api, method, endpoint, query and headers.
+    pub fn from_json(v: &Value, surface: &crate::surface::Surface) -> Result<Described, String> {
+        if let Some(tool) = v["tool"].as_str() {
+            let call = ToolCall::new(surface, tool, &v["arguments"])?;
+            let mut rest = v.clone();
+            if let Value::Object(m) = &mut rest {
+                m.remove("tool");
+                m.remove("arguments");
+                m.insert("door".into(), json!("mcp"));
+                m.insert("api".into(), json!(call.api));
+                m.insert("method".into(), json!(call.method.as_str()));
+                m.insert("endpoint".into(), json!(call.endpoint));
+                m.insert(
+                    "query".into(),
+                    Value::Object(call.query.into_iter().map(|(k, v)| (k, json!(v))).collect()),
+                );
+                m.insert(
+                    "headers".into(),
+                    Value::Object(
+                        call.headers
+                            .into_iter()
+                            .map(|(k, v)| (k, json!(v)))
+                            .collect(),
+                    ),
+                );
+            }
+            let mut d = Self::from_json(&rest, surface)?;
+            d.opaque_segments = call.opaque_segments;
+            return Ok(d);
+        }
         let text = |k: &str| v[k].as_str().map(str::to_string);
         let pairs = |k: &str| -> Result<Vec<(String, String)>, String> {
             match &v[k] {
@@ -380,6 +502,7 @@ impl Described {
                 None => None,
             },
             resolve: v["resolve"].as_bool().unwrap_or(false),
+            opaque_segments: false,
         })
     }
 }
@@ -474,6 +597,8 @@ pub async fn replay(explainer: &Explainer, events: &[Value]) -> Replay {
             })),
             ip: e["client_ip"].as_str().and_then(|ip| ip.parse().ok()),
             resolve: false,
+            // A generated tool's endpoint, recorded as the gateway built it.
+            opaque_segments: e["tool"].as_str().is_some_and(|t| t != "api_gateway"),
         };
         let Ok(now) = explainer.explain(&d).await else {
             out.skipped += 1;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
@@ -28,8 +28,8 @@ pub struct Gateway {
     pub audit: Option<Arc<Auditor>>,
     /// The OTLP span exporter, when `[tracing]` is enabled.
     pub tracing: Option<Arc<Tracing>>,
-    /// The MCP door's tool definitions over this config's APIs, built on first use.
-    pub mcp_tools: OnceLock<Arc<Vec<rmcp::model::Tool>>>,
+    /// The MCP tool surface this config serves; a document refresh may replace it.
+    pub surface: ArcSwap<crate::surface::Surface>,
 }
 
 /// Config sections a running process cannot change: a reload keeps their old values and
@@ -85,14 +85,73 @@ impl Gateway {
         crate::telemetry::metrics().config_loaded_at.set(unix_now());
         let errors = crate::telemetry::metrics().audit_errors.clone();
         let audit = Auditor::start(&config.audit, errors)?.map(Arc::new);
-        Ok(Arc::new(Gateway {
+        let (surface, mut drift) = crate::surface::Surface::build(&config, None);
+        let (surface, fetched) = surface.with_urls_fetched(&config);
+        drift.extend(fetched);
+        surface.check_lock(&config)?;
+        let gateway = Arc::new(Gateway {
             tracing: Tracing::start(&config.tracing)?.map(Arc::new),
             pipeline: Pipeline::new(config.clone(), egress.clone(), audit.clone())?,
             audit,
             egress,
             config,
-            mcp_tools: OnceLock::new(),
-        }))
+            surface: ArcSwap::from_pointee(surface),
+        });
+        gateway.audit_drift(drift);
+        Ok(gateway)
+    }
+
+    /// Writes an audit record for each drift of an API's tool surface.
+    pub fn audit_drift(&self, reports: Vec<crate::surface::DriftReport>) {
+        for r in reports {
+            self.audit(|| {
+                let mut e = crate::audit::AuditEvent::new(crate::types::Door::Mcp, None, "", "");
+                e.principal = "gateway".into();
+                e.api = r.api.clone();
+                e.event = Some(if r.drift.critical.is_empty() {
+                    "surface_drift"
+                } else {
+                    "surface_drift_critical"
+                });
+                e.decision = if r.applied { "allow" } else { "deny" };
+                e.surface = Some(r.to_json());
+                e
+            });
+        }
+    }
+
+    /// Reads one API's document again (on its refresh timer) and serves what its
+    /// `on_change` decides; true when the served tool list changed.
+    pub async fn refresh_document(&self, api: &Arc<crate::config::Api>) -> bool {
+        let Some(cfg) = &api.openapi else {
+            return false;
+        };
+        let bytes = match (&cfg.source, crate::openapi::read_local(cfg)) {
+            (_, Some(b)) => b,
+            (crate::config::DocumentSource::Url(url), None) => {
+                crate::openapi::fetch(&self.egress, api, url, cfg.max_document_bytes).await
+            }
+            _ => return false,
+        };
+        let current = self.surface.load_full();
+        let (next, mut report) = current.refreshed(&self.config, api, bytes);
+        let Some(mut next) = next else {
+            self.audit_drift(report.into_iter().collect());
+            return false;
+        };
+        if next.sha256 != current.sha256 {
+            if let Err(e) = next.check_lock(&self.config) {
+                tracing::error!(api = %api.name, error = %e, "OpenAPI document change not served: the surface would differ from the lock file");
+                if let Some(r) = report.as_mut() {
+                    r.applied = false;
+                }
+                next = current.with_states_of(&self.config, &next);
+            }
+        }
+        self.audit_drift(report.into_iter().collect());
+        let changed = next.sha256 != current.sha256;
+        self.surface.store(Arc::new(next));
+        changed
     }
 
     /// The gateway for a new config, keeping this one's process-wide parts (and the old
@@ -103,17 +162,21 @@ impl Gateway {
     ) -> Result<(Arc<Self>, Vec<&'static str>), String> {
         let kept = restart_only(&self.config, &mut config);
         let config = Arc::new(config);
-        Ok((
-            Arc::new(Gateway {
-                pipeline: self.pipeline.reconfigured(config.clone())?,
-                egress: self.egress.clone(),
-                audit: self.audit.clone(),
-                tracing: self.tracing.clone(),
-                config,
-                mcp_tools: OnceLock::new(),
-            }),
-            kept,
-        ))
+        let (surface, mut drift) =
+            crate::surface::Surface::build(&config, Some(&self.surface.load()));
+        let (surface, fetched) = surface.with_urls_fetched(&config);
+        drift.extend(fetched);
+        surface.check_lock(&config)?;
+        let gateway = Arc::new(Gateway {
+            pipeline: self.pipeline.reconfigured(config.clone())?,
+            egress: self.egress.clone(),
+            audit: self.audit.clone(),
+            tracing: self.tracing.clone(),
+            config,
+            surface: ArcSwap::from_pointee(surface),
+        });
+        gateway.audit_drift(drift);
+        Ok((gateway, kept))
     }
 
     /// Whether calls are audited (`audit.enabled`).
@@ -187,6 +250,11 @@ pub struct Live {
     /// outlive a reload. Per process: a client polls the replica that made its task.
     pub tasks: rmcp::task_manager::TaskManager,
     pub task_owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Legacy MCP sessions, told `notifications/tools/list_changed` when the tool surface
+    /// changes (closed ones are dropped as the list is used).
+    pub sessions: std::sync::Mutex<Vec<rmcp::Peer<rmcp::RoleServer>>>,
+    /// The same news for 2026-07-28 `subscriptions/listen` streams.
+    pub tools_changed: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Live {
@@ -200,7 +268,35 @@ impl Live {
             blobs: Default::default(),
             tasks: Default::default(),
             task_owners: Default::default(),
+            sessions: Default::default(),
+            tools_changed: tokio::sync::broadcast::channel(4).0,
         })
+    }
+
+    /// Remembers a legacy session, to tell it when the tool list changes.
+    pub fn add_session(&self, peer: rmcp::Peer<rmcp::RoleServer>) {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.retain(|p| !p.is_transport_closed());
+        s.push(peer);
+    }
+
+    /// Tells every legacy session and every subscription that the tool list changed (the
+    /// sessions from tasks on the calling runtime).
+    pub fn notify_tools_changed(&self) {
+        let _ = self.tools_changed.send(());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.retain(|p| !p.is_transport_closed());
+        for p in s.iter() {
+            let p = p.clone();
+            runtime.spawn(async move {
+                if let Err(e) = p.notify_tool_list_changed().await {
+                    tracing::debug!(error = %e, "a session was not told the tool list changed");
+                }
+            });
+        }
     }
 
     /// The serving gateway: a request takes this once and keeps it to the end.
@@ -273,8 +369,13 @@ impl Live {
             .as_ref()
             .ok_or("no config file to reload: the gateway runs on the embedded defaults")?;
         let config = Config::load(path).map_err(|e| e.to_string())?;
+        let before = self.current().surface.load().sha256.clone();
         let (next, kept) = self.current().reconfigured(config)?;
+        let changed = next.surface.load().sha256 != before;
         self.current.store(next);
+        if changed {
+            self.notify_tools_changed();
+        }
         Ok(kept)
     }
 }

@@ -1,4 +1,6 @@
-//! The `api-gateway-mcp` command line: `serve`, `stdio`, `check` and `hash-key`.
+//! The `api-gateway-mcp` command line: `serve`, `stdio`, `check`, `explain`, `lock`,
+//! `openapi inspect`, `surface diff|approve`, `credentials`, `audit verify`, `health` and
+//! `hash-key`.
 
 /// With `--features mimalloc`: faster allocation on the MCP door, at a larger footprint.
 #[cfg(feature = "mimalloc")]
@@ -53,15 +55,22 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// The door the call comes through.
-        #[arg(long, value_parser = ["mcp", "proxy"], required_unless_present = "replay")]
+        #[arg(long, value_parser = ["mcp", "proxy"], required_unless_present_any = ["replay", "tool"])]
         door: Option<String>,
-        #[arg(long, required_unless_present = "replay")]
+        #[arg(long, required_unless_present_any = ["replay", "tool"])]
         api: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         /// The path under the API, e.g. /repos/o/r (a ?query may follow).
-        #[arg(long, required_unless_present = "replay")]
+        #[arg(long, required_unless_present_any = ["replay", "tool"])]
         endpoint: Option<String>,
+        /// Instead of door, api, method and endpoint: an MCP tool call, by tool name
+        /// (`api_gateway` or a generated tool) with --arguments.
+        #[arg(long, conflicts_with_all = ["door", "api", "endpoint", "replay"])]
+        tool: Option<String>,
+        /// With --tool: the call's arguments as JSON.
+        #[arg(long, value_name = "JSON", requires = "tool")]
+        arguments: Option<String>,
         /// Instead of one call: judge every call recorded in this audit store (JSON lines or
         /// SQLite) with the config, and list those whose decision would change. Exit 0 when
         /// none would, 3 when some would.
@@ -105,6 +114,28 @@ enum Command {
     Credentials {
         #[command(subcommand)]
         command: CredentialsCommand,
+    },
+    /// Write the lock file of the MCP tool surface (every tool's fingerprint and the total)
+    /// that `[mcp] surface_lock` makes the gateway hold to. Commit it: tool changes become
+    /// reviewable diffs.
+    Lock {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Where to write it (default: `[mcp] surface_lock`, else surface.lock.json beside the
+        /// config).
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// OpenAPI documents behind `[apis.openapi]`.
+    Openapi {
+        #[command(subcommand)]
+        command: OpenapiCommand,
+    },
+    /// The pinned tool surface: compare each API's document with its pin_sha256 and the
+    /// surface with the lock file (diff), or accept the current documents (approve).
+    Surface {
+        #[command(subcommand)]
+        command: SurfaceCommand,
     },
     /// Audit-trail tools.
     Audit {
@@ -161,6 +192,224 @@ enum CredentialsCommand {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum OpenapiCommand {
+    /// Print each operation as included, renamed or skipped (and why), with schema and
+    /// tool-list sizes. Exit 0 when the document was read, 1 when it cannot be.
+    Inspect {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        api: String,
+        /// Print one JSON document: {"operations": [{operation, method, path, status, tool, reason}], …}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SurfaceCommand {
+    /// Compare each API's document with its pin_sha256, and the tool surface with the lock
+    /// file. Exit 0 when nothing differs, 3 when something does.
+    Diff {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this API's document.
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// Accept the current documents: write their fingerprints into the config's
+    /// pin_sha256 (comments and layout kept) and rewrite the lock file, if one is set.
+    Approve {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this API's document.
+        #[arg(long)]
+        api: Option<String>,
+    },
+}
+
+/// `lock`: writes the surface's lock file.
+fn lock(config_path: &std::path::Path, output: Option<PathBuf>) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let (surface, _) = block_on(api_gateway_mcp::surface::build_now(&config))?;
+    for (api, d) in &surface.documents {
+        if let Some(e) = &d.error {
+            return Err(format!("API {api}: {e}"));
+        }
+    }
+    let path = output
+        .or_else(|| config.mcp.surface_lock.clone())
+        .unwrap_or_else(|| {
+            config_path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("surface.lock.json")
+        });
+    let text = serde_json::to_string_pretty(&surface.lock_json()).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!(
+        "wrote {}: {} entries, surface sha256 {}",
+        path.display(),
+        surface.fingerprints.len(),
+        surface.sha256
+    );
+    Ok(())
+}
+
+/// `openapi inspect`.
+fn openapi_inspect(config: &std::path::Path, api: &str, as_json: bool) -> Result<(), String> {
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let a = config
+        .api(api)
+        .cloned()
+        .ok_or_else(|| format!("no API named {api:?}"))?;
+    let bytes = block_on(api_gateway_mcp::surface::read_document(&config, &a))??;
+    let report = api_gateway_mcp::surface::inspect(&a, &bytes)?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: OpenAPI {}, document sha256 {}{}",
+        report["api"].as_str().unwrap_or(""),
+        report["openapi"].as_str().unwrap_or(""),
+        report["document_sha256"].as_str().unwrap_or(""),
+        match report["pinned"].as_bool() {
+            Some(true) => " (pinned)",
+            Some(false) => " (DIFFERS from pin_sha256)",
+            None => "",
+        }
+    );
+    for o in report["operations"].as_array().into_iter().flatten() {
+        let status = o["status"].as_str().unwrap_or("");
+        let line = format!(
+            "{:<8} {:<7} {}",
+            status,
+            o["method"].as_str().unwrap_or(""),
+            o["path"].as_str().unwrap_or("")
+        );
+        match status {
+            "skipped" => println!("{line}  ({})", o["reason"].as_str().unwrap_or("")),
+            _ => println!(
+                "{line}  -> {} [{} B schema]{}",
+                o["tool"].as_str().unwrap_or(""),
+                o["input_schema_bytes"],
+                o["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    println!(
+        "{} included, {} skipped; tools/list {} bytes; served as {}",
+        report["included"],
+        report["skipped"],
+        report["tools_list_bytes"],
+        if report["mode"] == "search" {
+            "progressive discovery (list_apis search, api_gateway operation)"
+        } else {
+            "one tool per operation"
+        }
+    );
+    Ok(())
+}
+
+/// `surface diff` and `surface approve`.
+fn surface(command: SurfaceCommand) -> Result<ExitCode, String> {
+    let (path, only, approve) = match command {
+        SurfaceCommand::Diff { config, api } => (config, api, false),
+        SurfaceCommand::Approve { config, api } => (config, api, true),
+    };
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    if let Some(a) = &only {
+        if config.api(a).is_none_or(|x| x.openapi.is_none()) {
+            return Err(format!("no API named {a:?} with [apis.openapi]"));
+        }
+    }
+    let mut differs = false;
+    let mut pins = Vec::new();
+    for api in &config.apis {
+        let Some(cfg) = &api.openapi else { continue };
+        if only.as_ref().is_some_and(|o| o != &api.name) {
+            continue;
+        }
+        let bytes = block_on(api_gateway_mcp::surface::read_document(&config, api))??;
+        let doc = api_gateway_mcp::openapi::doc::parse(&bytes, cfg.max_document_bytes)
+            .map_err(|e| format!("API {}: {e}", api.name))?;
+        match cfg.pin_sha256.as_deref() {
+            Some(p) if p == doc.sha256 => println!("{}: document matches pin_sha256 {p}", api.name),
+            Some(p) => {
+                differs = true;
+                println!(
+                    "{}: document {} DIFFERS from pin_sha256 {p}",
+                    api.name, doc.sha256
+                );
+            }
+            None => {
+                differs = true;
+                println!(
+                    "{}: document {} is not pinned (no pin_sha256)",
+                    api.name, doc.sha256
+                );
+            }
+        }
+        pins.push((api.name.clone(), doc.sha256));
+    }
+    if approve {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut doc: toml_edit::DocumentMut = text
+            .parse()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let apis = doc
+            .get_mut("apis")
+            .and_then(|a| a.as_array_of_tables_mut())
+            .ok_or("the config has no [[apis]] tables to write pins into")?;
+        for table in apis.iter_mut() {
+            let name = table
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_string();
+            let Some((_, sha)) = pins.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            let Some(openapi) = table.get_mut("openapi").and_then(|o| o.as_table_like_mut()) else {
+                continue;
+            };
+            openapi.insert("pin_sha256", toml_edit::value(sha.clone()));
+            println!("{name}: pinned {sha}");
+        }
+        std::fs::write(&path, doc.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if config.mcp.surface_lock.is_some() {
+            lock(&path, None)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if config.mcp.surface_lock.is_some() {
+        let (surface, _) = block_on(api_gateway_mcp::surface::build_now(&config))?;
+        match surface.check_lock(&config) {
+            Ok(()) => println!("the tool surface matches the lock file"),
+            Err(e) => {
+                differs = true;
+                println!("{e}");
+            }
+        }
+    }
+    Ok(if differs {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[derive(Subcommand)]
@@ -525,6 +774,8 @@ fn main() -> ExitCode {
             resolve,
             json,
             replay,
+            tool,
+            arguments,
         } => {
             let usage = |e: String| {
                 eprintln!("explain: {e}");
@@ -542,11 +793,47 @@ fn main() -> ExitCode {
             if let Some(audit) = replay {
                 return replay_audit(cfg, &audit, json);
             }
-            let (door, api, endpoint) = (
+            let (mut door, mut api, mut endpoint, mut method) = (
                 door.unwrap_or_default(),
                 api.unwrap_or_default(),
                 endpoint.unwrap_or_default(),
+                method,
             );
+            let (mut query, mut header, mut opaque_segments) = (query, header, false);
+            if let Some(tool) = tool {
+                let arguments = match arguments
+                    .as_deref()
+                    .map(serde_json::from_str::<serde_json::Value>)
+                    .transpose()
+                {
+                    Ok(a) => a.unwrap_or_default(),
+                    Err(e) => return usage(format!("--arguments: {e}")),
+                };
+                let surface = match block_on(api_gateway_mcp::surface::build_now(&cfg)) {
+                    Ok((s, _)) => s,
+                    Err(e) => return usage(e),
+                };
+                let call =
+                    match api_gateway_mcp::explain::ToolCall::new(&surface, &tool, &arguments) {
+                        Ok(c) => c,
+                        Err(e) => return usage(format!("--tool {tool}: {e}")),
+                    };
+                door = "mcp".into();
+                api = call.api;
+                endpoint = call.endpoint;
+                method = call.method.to_string();
+                query = call
+                    .query
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                header = call
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                opaque_segments = call.opaque_segments;
+            }
             let pairs = |list: Vec<String>, sep: char, what: &str| {
                 list.into_iter()
                     .map(|x| {
@@ -576,6 +863,7 @@ fn main() -> ExitCode {
                         .transpose()?,
                     ip,
                     resolve,
+                    opaque_segments,
                 })
             })();
             let described = match described {
@@ -601,6 +889,29 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { file, sqlite },
         } => audit_verify(file, sqlite),
+        Command::Lock { config, output } => match lock(&config, output) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lock: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Openapi {
+            command: OpenapiCommand::Inspect { config, api, json },
+        } => match openapi_inspect(&config, &api, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("openapi inspect: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Surface { command } => match surface(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("surface: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Credentials { command } => match block_on(credentials(command)).and_then(|r| r) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -180,6 +180,7 @@ impl ProxyDoor {
             method: &req.method,
             endpoint: &endpoint,
             query: &[],
+            opaque_segments: false,
             payload: Payload::Streamed {
                 headers: &req.headers,
             },

@@ -259,7 +259,8 @@ fn spawn_background(
                 tokio::join!(
                     watch_and_reload(live.clone(), watch),
                     drain,
-                    sweep_approvals(live.clone())
+                    sweep_approvals(live.clone()),
+                    refresh_documents(live.clone())
                 );
             });
         });
@@ -280,6 +281,50 @@ async fn sweep_approvals(live: Arc<Live>) {
             continue;
         }
         gw.pipeline.sweep_approvals().await;
+    }
+}
+
+/// Reads OpenAPI documents again on their timers (they are read at start and reload): a URL
+/// document every `refresh` (default 1 h), a file with `refresh` set; one that could not be
+/// read, within 10 s. A change is
+/// served or kept out as the API's `on_change` says; a change to the tool list is told to the
+/// sessions and subscriptions.
+async fn refresh_documents(live: Arc<Live>) {
+    let mut due: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+    loop {
+        let gw = live.current();
+        let now = tokio::time::Instant::now();
+        for api in &gw.config.apis {
+            let Some(every) = crate::surface::refresh_interval(api) else {
+                continue;
+            };
+            let key = format!(
+                "{}\n{:?}",
+                api.name,
+                api.openapi.as_ref().map(|o| &o.source)
+            );
+            let next = due.entry(key).or_insert(now + every);
+            if *next > now {
+                continue;
+            }
+            if gw.refresh_document(api).await {
+                live.notify_tools_changed();
+            }
+            // A document that could not be read is tried again sooner.
+            let failed = gw
+                .surface
+                .load()
+                .documents
+                .get(&api.name)
+                .is_some_and(|d| d.error.is_some());
+            *next = now
+                + if failed {
+                    every.min(Duration::from_secs(10))
+                } else {
+                    every
+                };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -81,6 +81,9 @@ pub struct Metrics {
     /// `api_approval_oldest_pending_ratio{rule}`: the oldest waiting request's age over its
     /// rule's `ttl` (0 when none waits), every 5 s.
     pub approval_oldest_pending: prometheus::GaugeVec,
+    /// `api_surface_drift{api}`: 1 while an API's OpenAPI document differs from its pin (or,
+    /// unpinned, from the document first served).
+    pub surface_drift: prometheus::IntGaugeVec,
     /// The principals that have a label value of their own; past `max_principals`, the rest
     /// share `other`. `None`: the principal label is off.
     principals: Mutex<Option<Principals>>,
@@ -255,6 +258,18 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
+            surface_drift: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "api_surface_drift",
+                        "1 while an API's OpenAPI document differs from the pinned one",
+                    ),
+                    &["api"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             approvals_pending: {
                 let g = prometheus::IntGaugeVec::new(
                     Opts::new("api_approvals_pending", "Approval requests waiting for a decision"),
@@ -351,6 +366,7 @@ impl Metrics {
             self.approval_wait.desc(),
             self.approvals_pending.desc(),
             self.approval_oldest_pending.desc(),
+            self.surface_drift.desc(),
         ]
         .into_iter()
         .flatten()

@@ -351,6 +351,7 @@ async fn explain_agrees_with_the_proxy_door_on_generated_calls() {
             principal: None,
             ip: Some("127.0.0.1".parse().unwrap()),
             resolve: true,
+            opaque_segments: false,
         };
         let doc = explainer.explain(&described).await.unwrap();
         let said = if doc["decision"] == "admitted" {

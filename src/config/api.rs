@@ -40,6 +40,7 @@ pub(super) struct RawApi {
     response: Option<super::response::RawResponse>,
     #[serde(default)]
     mode: crate::types::RuleMode,
+    openapi: Option<super::openapi::RawOpenApi>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +91,8 @@ pub struct Api {
     pub response: super::response::ResponseShaping,
     /// `mode = "shadow"`: the API's method and path rules are evaluated, never enforced.
     pub shadow: bool,
+    /// `[apis.openapi]`: the API's operations as MCP tools.
+    pub openapi: Option<super::openapi::OpenApiConfig>,
 }
 
 impl Api {
@@ -478,10 +481,15 @@ fn validate_api(p: &str, a: RawApi, errors: &mut Vec<ConfigError>) -> Option<Api
         ));
     }
 
+    let openapi = a.openapi.and_then(|o| {
+        super::openapi::validate_openapi(&format!("{p}.openapi"), o, &a.name, errors)
+    });
+
     if errors.len() != before {
         return None;
     }
     Some(Api {
+        openapi,
         cost_per_call: a.cost_per_call,
         require_signature: a.require_signature,
         follow_redirects,
@@ -548,6 +556,7 @@ impl Api {
             require_signature: false,
             follow_redirects: 0,
             cost_per_call: None,
+            openapi: None,
         })
     }
 }

@@ -24,6 +24,7 @@ mod approvals;
 mod audit;
 mod credentials;
 pub mod lint;
+mod openapi;
 pub mod ratelimit;
 mod response;
 mod security;
@@ -44,6 +45,7 @@ pub use credentials::{
     decode_key, ClientAuth, CredentialMode, CredentialStoreConfig, DynamicCredential, OAuthClient,
     OnMissing, StoreKind, TokenExchange, UserOAuth,
 };
+pub use openapi::{DocumentSource, OnChange, OpenApiConfig, OperationFilter};
 use ratelimit::RawRateLimits;
 use ratelimit::{rate_policy, RawRateLimit};
 pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topology};
@@ -220,6 +222,28 @@ impl Config {
             if p.is_relative() {
                 if let Some(dir) = path.parent() {
                     *p = dir.join(&*p);
+                }
+            }
+        }
+        // So do OpenAPI documents and the surface lock.
+        if let Some(dir) = path.parent() {
+            for api in &mut config.apis {
+                let relative = matches!(
+                    api.openapi.as_ref().map(|o| &o.source),
+                    Some(DocumentSource::File(f)) if f.is_relative()
+                );
+                if relative {
+                    let api = Arc::make_mut(api);
+                    if let Some(DocumentSource::File(f)) =
+                        api.openapi.as_mut().map(|o| &mut o.source)
+                    {
+                        *f = dir.join(&*f);
+                    }
+                }
+            }
+            if let Some(lock) = config.mcp.surface_lock.as_mut() {
+                if lock.is_relative() {
+                    *lock = dir.join(&*lock);
                 }
             }
         }

@@ -42,6 +42,8 @@ pub(super) struct RawMcp {
     resource_ttl: Option<HumanDuration>,
     max_resource_bytes: Option<usize>,
     public_url: Option<String>,
+    surface_lock: Option<String>,
+    on_mismatch: Option<String>,
 }
 
 /// Listeners and process settings.
@@ -206,6 +208,12 @@ pub struct McpConfig {
     pub public_url: String,
     /// `public_url` was not set and is derived from the listener.
     pub public_url_default: bool,
+    /// `surface_lock`: the lock file (`api-gateway-mcp lock`) the served tool surface must
+    /// match; relative to the config file.
+    pub surface_lock: Option<std::path::PathBuf>,
+    /// `on_mismatch = "refuse"` (default: a start or reload whose surface differs fails)
+    /// or `"warn"`.
+    pub refuse_lock_mismatch: bool,
 }
 
 const DEFAULT_MCP_LISTEN: &str = "127.0.0.1:3000";
@@ -336,7 +344,29 @@ pub(super) fn validate_mcp(
             format!("http://{addr}")
         }
     };
+    let refuse_lock_mismatch = match raw.on_mismatch.as_deref() {
+        None | Some("refuse") => true,
+        Some("warn") => false,
+        Some(other) => {
+            errors.push(err(
+                "mcp.on_mismatch",
+                format!("{other:?} is not one of \"refuse\", \"warn\""),
+            ));
+            true
+        }
+    };
+    if raw.on_mismatch.is_some() && raw.surface_lock.is_none() {
+        errors.push(err(
+            "mcp.on_mismatch",
+            "applies only with mcp.surface_lock (the lock file to compare with)",
+        ));
+    }
     McpConfig {
+        surface_lock: raw
+            .surface_lock
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
+        refuse_lock_mismatch,
         public_url,
         public_url_default,
         browser: BrowserRules {

@@ -29,6 +29,15 @@ impl EndpointPath {
     /// - percent-encodings that decode to `/`, `\`, `%`, a dot segment or a control character,
     ///   and malformed `%` escapes.
     pub fn parse(raw: &str) -> Result<EndpointPath, GatewayError> {
+        Self::parse_with(raw, false)
+    }
+
+    /// [`EndpointPath::parse`], or with `opaque_segments` for an endpoint the gateway built
+    /// from a generated tool's arguments, each path parameter percent-encoded whole: an
+    /// encoded `/`, `\`, `%` or `@` is then text inside its one segment (it never splits
+    /// it, for the gateway or, as sent, for the upstream). Dot segments and control
+    /// characters are refused all the same.
+    pub fn parse_with(raw: &str, opaque_segments: bool) -> Result<EndpointPath, GatewayError> {
         let bad = |why: &str| {
             Err(GatewayError::invalid_endpoint(format!(
                 "endpoint rejected: {why}; give a path under the API's base such as \"/v1/items?limit=10\""
@@ -109,7 +118,9 @@ impl EndpointPath {
             }
             let bytes: Vec<u8> = percent_decode_str(seg).collect();
             if bytes.iter().any(|&b| {
-                b == b'/' || b == b'\\' || b == b'%' || b == b'@' || b < 0x20 || b == 0x7f
+                (!opaque_segments && (b == b'/' || b == b'\\' || b == b'%' || b == b'@'))
+                    || b < 0x20
+                    || b == 0x7f
             }) {
                 return bad("contains an encoded separator, '%', '@' or control character");
             }
@@ -144,6 +155,26 @@ impl EndpointPath {
     /// Percent-decoded segments for path-pattern matching.
     pub fn decoded_segments(&self) -> Vec<&str> {
         self.decoded.iter().map(String::as_str).collect()
+    }
+
+    /// For an endpoint with opaque segments that hold an encoded `/` or `\\`: the path an
+    /// upstream that decodes them would route, split at them and with dot segments resolved
+    /// (`/pets/..%2Fadmin` reads `/admin`). The policy judges both readings.
+    pub fn as_decoding_upstream_reads(&self) -> Option<Vec<String>> {
+        if !self.decoded.iter().any(|s| s.contains(['/', '\\'])) {
+            return None;
+        }
+        let mut out: Vec<String> = Vec::new();
+        for part in self.decoded.iter().flat_map(|s| s.split(['/', '\\'])) {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    out.pop();
+                }
+                p => out.push(p.to_string()),
+            }
+        }
+        Some(out)
     }
 }
 

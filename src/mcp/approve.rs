@@ -46,7 +46,7 @@ fn confirm_form(args: &ApiGatewayArgs, summary: &str) -> Result<ElicitRequestPar
         message: format!(
             "Confirm this call before it runs: {} {} on API {:?}.{summary}",
             args.method.to_ascii_uppercase(),
-            args.endpoint,
+            args.endpoint(),
             args.api
         ),
         requested_schema: schema,

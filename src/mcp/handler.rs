@@ -17,12 +17,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 
-use super::tools::TOOL_METHODS;
 use crate::call::CallRecord;
 use crate::egress::{self, OutboundRequest, SAFE_RESPONSE_HEADERS};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
 use crate::policy::{outbound, Call, Caller, Door, Payload, Who};
+use crate::surface::TOOL_METHODS;
 
 /// The MCP server handler. Cheap to clone: the service factory makes one per request.
 #[derive(Clone)]
@@ -40,7 +40,9 @@ pub struct GatewayMcp {
 #[serde(deny_unknown_fields)]
 pub(super) struct ApiGatewayArgs {
     pub(super) api: String,
-    pub(super) endpoint: String,
+    /// Absent only with `operation`, which [`GatewayMcp::resolve_operation`] turns into one.
+    #[serde(default)]
+    pub(super) endpoint: Option<String>,
     #[serde(default = "default_method")]
     pub(super) method: String,
     #[serde(default)]
@@ -52,6 +54,15 @@ pub(super) struct ApiGatewayArgs {
     /// JMESPath applied to a JSON answer, where the API sets `allow_agent_select`.
     #[serde(default)]
     select: Option<String>,
+    /// Instead of `endpoint` and `method`: an operation of an API described by OpenAPI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operation: Option<String>,
+    /// With `operation`: its path parameters.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    path: Map<String, Value>,
+    /// The generated tool this call came through (`None`: `api_gateway`).
+    #[serde(skip)]
+    tool: Option<Arc<str>>,
 }
 
 /// A completed `api_gateway` call: the result for the model and the `_meta` saying how it
@@ -61,6 +72,12 @@ pub(super) struct Answer {
     meta: Value,
     /// Content beside the JSON: an image, an embedded resource or a resource link.
     blocks: Vec<rmcp::model::ContentBlock>,
+}
+
+impl ApiGatewayArgs {
+    pub(super) fn endpoint(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or("")
+    }
 }
 
 /// What a sealed request state is bound to: the caller and the call's arguments (worked out
@@ -101,6 +118,7 @@ impl GatewayMcp {
         caller: Arc<Caller>,
         request_id: &str,
         api: &str,
+        tool: &str,
         record: &mut CallRecord,
     ) -> Arc<Caller> {
         use opentelemetry::KeyValue;
@@ -109,24 +127,24 @@ impl GatewayMcp {
         }
         let mut c = (*caller).clone();
         let http = self.local_caller.is_none();
-        record.span =
-            self.gateway
-                .server_span("tools/call api_gateway".into(), &mut c.trace, || {
-                    let mut attrs = vec![
-                        KeyValue::new("mcp.method.name", "tools/call"),
-                        KeyValue::new("gen_ai.tool.name", "api_gateway"),
-                        KeyValue::new("gen_ai.operation.name", "execute_tool"),
-                        KeyValue::new("jsonrpc.request.id", request_id.to_string()),
-                        KeyValue::new("network.transport", if http { "tcp" } else { "pipe" }),
-                        KeyValue::new("api_gateway.door", "mcp"),
-                        KeyValue::new("api_gateway.api", api.to_string()),
-                        KeyValue::new("api_gateway.principal", c.principal.id.clone()),
-                    ];
-                    if let Some(ip) = c.client_ip {
-                        attrs.push(KeyValue::new("client.address", ip.to_string()));
-                    }
-                    attrs
-                });
+        record.span = self
+            .gateway
+            .server_span(format!("tools/call {tool}"), &mut c.trace, || {
+                let mut attrs = vec![
+                    KeyValue::new("mcp.method.name", "tools/call"),
+                    KeyValue::new("gen_ai.tool.name", tool.to_string()),
+                    KeyValue::new("gen_ai.operation.name", "execute_tool"),
+                    KeyValue::new("jsonrpc.request.id", request_id.to_string()),
+                    KeyValue::new("network.transport", if http { "tcp" } else { "pipe" }),
+                    KeyValue::new("api_gateway.door", "mcp"),
+                    KeyValue::new("api_gateway.api", api.to_string()),
+                    KeyValue::new("api_gateway.principal", c.principal.id.clone()),
+                ];
+                if let Some(ip) = c.client_ip {
+                    attrs.push(KeyValue::new("client.address", ip.to_string()));
+                }
+                attrs
+            });
         Arc::new(c)
     }
 
@@ -163,16 +181,20 @@ impl GatewayMcp {
         request_id: &str,
     ) -> Result<Answer, GatewayError> {
         let method = args.method.to_ascii_uppercase();
+        let tool: std::borrow::Cow<'static, str> = match &args.tool {
+            Some(t) => t.to_string().into(),
+            None => "api_gateway".into(),
+        };
         let mut record = CallRecord::open(
             &self.gateway,
             Door::Mcp,
             &method,
             self.gateway.config.api(&args.api),
-            || args.endpoint.clone(),
-            Some("api_gateway"),
+            || args.endpoint().to_string(),
+            Some(tool.clone()),
         );
         let api_label = record.api_label().to_string();
-        let caller = self.start_span(caller.clone(), request_id, &api_label, &mut record);
+        let caller = self.start_span(caller.clone(), request_id, &api_label, &tool, &mut record);
         record.identified(&caller);
         let outcome = self.api_gateway(args, &caller, &mut record).await;
         let (status, error) = match &outcome {
@@ -426,8 +448,9 @@ impl GatewayMcp {
                 who: Who::Identified(caller.clone()),
                 api: &args.api,
                 method: &method,
-                endpoint: &args.endpoint,
+                endpoint: args.endpoint(),
                 query: &query,
+                opaque_segments: args.tool.is_some() || args.operation.is_some(),
                 payload: Payload::Whole {
                     headers: &headers,
                     body: body.as_deref(),
@@ -714,7 +737,8 @@ fn parse_args(args: Value) -> Result<ApiGatewayArgs, GatewayError> {
             }
         } else if named("unknown field `").is_some() {
             // The path already ends at the unknown field.
-            "only api, endpoint, method, headers, query and body".to_string()
+            "only api, endpoint (or operation and path), method, headers, query, body and select"
+                .to_string()
         } else {
             // "invalid type: integer `1`, expected a string" and the like.
             inner.split_once("expected ").map_or_else(
@@ -835,10 +859,14 @@ impl ServerHandler for GatewayMcp {
         let mut capabilities = if links {
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
                 .build()
         } else {
-            ServerCapabilities::builder().enable_tools().build()
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build()
         };
         // Tasks where a call can wait for an approver.
         if self
@@ -863,6 +891,38 @@ impl ServerHandler for GatewayMcp {
                 "Call external HTTP APIs with the api_gateway tool; list_apis shows what you may call. \
                  Credentials are injected by the gateway.",
             )
+    }
+
+    /// A legacy session is remembered, to be told when the tool list changes.
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        self.live.add_session(context.peer);
+    }
+
+    /// 2026-07-28 subscriptions: the tool list's changes are offered.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        let mut f = rmcp::model::SubscriptionFilter::default();
+        f.tools_list_changed = requested.tools_list_changed;
+        Some(f)
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let mut changes = self.live.tools_changed.subscribe();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                got = changes.recv() => match got {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if context.sink().notify_tool_list_changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => return Ok(()),
+                },
+            }
+        }
     }
 
     async fn get_task(
@@ -933,7 +993,13 @@ impl ServerHandler for GatewayMcp {
         // caller's own whenever roles or a key's allowed_apis can filter it.
         let per_caller =
             cfg.rbac.enabled() || cfg.auth.api_keys.iter().any(|k| k.allowed_apis.is_some());
+        let mut meta = rmcp::model::JsonObject::new();
+        meta.insert(
+            crate::surface::SURFACE_META.into(),
+            json!(this.gateway.surface.load().sha256),
+        );
         Ok(ListToolsResult {
+            meta: Some(rmcp::model::MetaObject(meta)),
             tools: this.tools(&caller),
             ttl_ms: Some(60_000),
             cache_scope: Some(if per_caller {
@@ -948,7 +1014,11 @@ impl ServerHandler for GatewayMcp {
     /// The unfiltered definition (rmcp uses it to validate results); what a caller may use
     /// is decided per call.
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        Self::all_tools(&self.live.current())
+        self.live
+            .current()
+            .surface
+            .load()
+            .tools
             .iter()
             .find(|t| t.name == name)
             .cloned()
@@ -962,90 +1032,192 @@ impl ServerHandler for GatewayMcp {
         let caller = self.caller(&context).ok_or_else(no_caller)?;
         let this = self.at(&context);
         let this = &this;
-        let args = Value::Object(request.arguments.unwrap_or_default());
-        match request.name.as_ref() {
-            "list_apis" => Ok(this.list_apis(&caller).into()),
+        let args = Value::Object(request.arguments.clone().unwrap_or_default());
+        let shown = this.gateway.config.explain_denials;
+        let args = match request.name.as_ref() {
+            "list_apis" => {
+                let Value::Object(map) = &args else {
+                    return Err(McpError::invalid_params(
+                        "arguments must be an object",
+                        None,
+                    ));
+                };
+                return Ok(this.list_apis(&caller, map).into());
+            }
             "api_gateway" => {
-                let args = match parse_args(args) {
+                match parse_args(args).and_then(|a| this.resolve_operation(a, &caller)) {
                     Ok(a) => a,
                     // A model reads a tool error and can fix its call; a protocol error it
                     // may never see.
-                    Err(e) => return Ok(tool_error(&e, this.gateway.config.explain_denials).into()),
-                };
-                let shown = this.gateway.config.explain_denials;
-                if let Some(sealed) = request.request_state.as_deref() {
-                    // The retry of an `input_required` answer: the state must be ours, for
-                    // this caller and these arguments, and fresh; else nothing is called.
-                    let codec = this.state_codec()?;
-                    let bound = bound_to(&caller, &args);
-                    let Ok(state) = codec.open_json_with::<Value>(sealed, bound.as_bytes()) else {
-                        return Err(McpError::invalid_params(
-                            "requestState is not valid for this call (tampered, expired, or made for another caller or other arguments)",
-                            None,
-                        ));
-                    };
-                    if state["k"] == "approve" {
-                        if let Some(answer) = this
-                            .answer_confirmation(&state, request.input_responses.as_ref(), &caller)
-                            .await
-                        {
-                            return Ok(answer);
-                        }
-                    }
-                    let declined = state["k"] != "approve"
-                        && request
-                            .input_responses
-                            .as_ref()
-                            .and_then(|r| r.get(CONNECT_INPUT))
-                            .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok())
-                            .is_some_and(|r| r.action != ElicitationAction::Accept);
-                    if declined {
-                        let e = this.gateway.pipeline.vault().required(
-                            this.gateway
-                                .config
-                                .api(&args.api)
-                                .map_or(&*EMPTY_API, |a| a),
-                            &caller.principal.id,
-                            "the user declined to connect their account",
-                        );
-                        return Ok(tool_error(&e, shown).into());
-                    }
+                    Err(e) => return Ok(tool_error(&e, shown).into()),
                 }
-                let outcome = this
-                    .run_api_gateway(args.clone(), &caller, &context.id.to_string())
-                    .await;
-                let connect = match &outcome {
-                    Err(e) => this.connect_link(e, &args.api),
-                    Ok(_) => None,
-                };
-                if let Some(url) = connect {
-                    if let Some(answer) = this
-                        .ask_to_connect(&url, &args, &caller, &context, &bound_to(&caller, &args))
-                        .await?
-                    {
-                        return Ok(answer);
-                    }
-                }
-                if let Err(e) = &outcome {
-                    if e.reason == Some(crate::error::Reason::ApprovalPending) {
-                        if let Some(answer) = this
-                            .ask_to_approve(e, &args, &caller, &context, &bound_to(&caller, &args))
-                            .await?
-                        {
-                            return Ok(answer);
-                        }
-                    }
-                }
-                let result = match outcome {
-                    Ok(a) => a.into_result(),
-                    Err(e) => tool_error(&e, shown),
-                };
-                Ok(result.into())
             }
-            other => Err(McpError::invalid_params(
-                format!("unknown tool {other:?}"),
-                None,
-            )),
+            name => {
+                // A generated tool, if the caller may see it; else as unknown as a missing one.
+                let Some(g) = this.generated(&caller, name) else {
+                    return Err(McpError::invalid_params(
+                        format!("unknown tool {name:?}"),
+                        None,
+                    ));
+                };
+                let Value::Object(map) = &args else {
+                    return Err(McpError::invalid_params(
+                        "arguments must be an object",
+                        None,
+                    ));
+                };
+                match g.op.to_call(map) {
+                    Ok(call) => ApiGatewayArgs {
+                        api: g.api.name.clone(),
+                        endpoint: Some(call.endpoint),
+                        method: call.method.to_string(),
+                        headers: call.headers,
+                        query: Map::new(),
+                        body: call.body,
+                        select: None,
+                        operation: None,
+                        path: Map::new(),
+                        tool: Some(Arc::from(name)),
+                    },
+                    Err(e) => return Ok(tool_error(&e, shown).into()),
+                }
+            }
+        };
+        this.call_upstream(args, &request, &caller, &context).await
+    }
+}
+
+impl GatewayMcp {
+    /// `api_gateway` with `operation`: the operation's arguments as an endpoint, method,
+    /// headers and body (the call then runs as any other); without it, `endpoint` is needed.
+    fn resolve_operation(
+        &self,
+        mut args: ApiGatewayArgs,
+        caller: &Caller,
+    ) -> Result<ApiGatewayArgs, GatewayError> {
+        let Some(name) = args.operation.clone() else {
+            if args.endpoint.is_none() {
+                return Err(GatewayError::invalid_arguments(
+                    "argument /endpoint of api_gateway is invalid: expected the path to call, relative to the API, e.g. \"/repos/o/r\"",
+                )
+                .with_detail("pointer", json!("/endpoint"))
+                .with_detail("expected", json!("the path to call, relative to the API, e.g. \"/repos/o/r\"")));
+            }
+            if !args.path.is_empty() {
+                return Err(
+                    GatewayError::invalid_arguments("path is given only with operation")
+                        .with_detail("pointer", json!("/path")),
+                );
+            }
+            return Ok(args);
+        };
+        if args.endpoint.is_some() {
+            return Err(
+                GatewayError::invalid_arguments("give endpoint or operation, not both")
+                    .with_detail("pointer", json!("/endpoint")),
+            );
         }
+        let (_, op) = self.operation(caller, &args.api, &name)?;
+        let mut parts = Map::new();
+        for (k, v) in [
+            ("path", std::mem::take(&mut args.path)),
+            ("query", std::mem::take(&mut args.query)),
+            ("headers", std::mem::take(&mut args.headers)),
+        ] {
+            if !v.is_empty() {
+                parts.insert(k.into(), Value::Object(v));
+            }
+        }
+        if let Some(b) = args.body.take() {
+            parts.insert("body".into(), b);
+        }
+        let call = op.to_call(&parts)?;
+        args.endpoint = Some(call.endpoint);
+        args.method = call.method.to_string();
+        args.headers = call.headers;
+        args.body = call.body;
+        Ok(args)
+    }
+
+    /// Runs one admitted-or-refused call of `api_gateway` or a generated tool, with the
+    /// next steps a refusal can have: connecting a credential, or an approval.
+    async fn call_upstream(
+        &self,
+        args: ApiGatewayArgs,
+        request: &CallToolRequestParams,
+        caller: &Arc<Caller>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let this = self;
+        let caller = caller.clone();
+        let shown = this.gateway.config.explain_denials;
+        if let Some(sealed) = request.request_state.as_deref() {
+            // The retry of an `input_required` answer: the state must be ours, for
+            // this caller and these arguments, and fresh; else nothing is called.
+            let codec = this.state_codec()?;
+            let bound = bound_to(&caller, &args);
+            let Ok(state) = codec.open_json_with::<Value>(sealed, bound.as_bytes()) else {
+                return Err(McpError::invalid_params(
+                    "requestState is not valid for this call (tampered, expired, or made for another caller or other arguments)",
+                    None,
+                ));
+            };
+            if state["k"] == "approve" {
+                if let Some(answer) = this
+                    .answer_confirmation(&state, request.input_responses.as_ref(), &caller)
+                    .await
+                {
+                    return Ok(answer);
+                }
+            }
+            let declined = state["k"] != "approve"
+                && request
+                    .input_responses
+                    .as_ref()
+                    .and_then(|r| r.get(CONNECT_INPUT))
+                    .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok())
+                    .is_some_and(|r| r.action != ElicitationAction::Accept);
+            if declined {
+                let e = this.gateway.pipeline.vault().required(
+                    this.gateway
+                        .config
+                        .api(&args.api)
+                        .map_or(&*EMPTY_API, |a| a),
+                    &caller.principal.id,
+                    "the user declined to connect their account",
+                );
+                return Ok(tool_error(&e, shown).into());
+            }
+        }
+        let outcome = this
+            .run_api_gateway(args.clone(), &caller, &context.id.to_string())
+            .await;
+        let connect = match &outcome {
+            Err(e) => this.connect_link(e, &args.api),
+            Ok(_) => None,
+        };
+        if let Some(url) = connect {
+            if let Some(answer) = this
+                .ask_to_connect(&url, &args, &caller, context, &bound_to(&caller, &args))
+                .await?
+            {
+                return Ok(answer);
+            }
+        }
+        if let Err(e) = &outcome {
+            if e.reason == Some(crate::error::Reason::ApprovalPending) {
+                if let Some(answer) = this
+                    .ask_to_approve(e, &args, &caller, context, &bound_to(&caller, &args))
+                    .await?
+                {
+                    return Ok(answer);
+                }
+            }
+        }
+        let result = match outcome {
+            Ok(a) => a.into_result(),
+            Err(e) => tool_error(&e, shown),
+        };
+        Ok(result.into())
     }
 }

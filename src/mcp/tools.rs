@@ -1,28 +1,23 @@
-//! The MCP tool definitions: the `api_gateway` and `list_apis` schemas, filtered per caller
-//! and built once per config, and the `list_apis` result.
+//! The tools each caller sees: the gateway's own over the APIs its roles reach, and the
+//! generated tools whose operation its roles allow; and `list_apis`, which lists the APIs and
+//! searches the operations of those too big to list as tools.
 
 use std::sync::Arc;
 
 use http::Method;
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
-use serde_json::{json, Value};
+use rmcp::model::{CallToolResult, Tool};
+use serde_json::{json, Map, Value};
 
 use super::handler::GatewayMcp;
-use crate::gateway::Gateway;
+use crate::error::GatewayError;
+use crate::openapi::{ApiSurface, Operation};
 use crate::policy::Caller;
+use crate::surface::builtin_tools;
 
-/// Methods the `api_gateway` tool accepts, in schema order.
-pub(super) const TOOL_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// Operations one `list_apis` search returns per page.
+const PAGE: usize = 25;
 
 impl GatewayMcp {
-    /// Every tool, unfiltered, over the gateway's APIs: built once per config.
-    pub(super) fn all_tools(gateway: &Gateway) -> Arc<Vec<Tool>> {
-        gateway
-            .mcp_tools
-            .get_or_init(|| Arc::new(Self::build_all_tools(gateway)))
-            .clone()
-    }
-
     /// The APIs this caller may use, each with the methods it may use on it.
     fn visible_apis(&self, caller: &Caller) -> Vec<(&Arc<crate::config::Api>, Vec<Method>)> {
         let access = self.gateway.pipeline.access();
@@ -35,194 +30,238 @@ impl GatewayMcp {
             .collect()
     }
 
+    /// Whether the caller's roles (and key) allow this operation: the same decision
+    /// admission makes on its method and path template.
+    pub(super) fn may_call(
+        &self,
+        caller: &Caller,
+        api: &crate::config::Api,
+        op: &Operation,
+    ) -> bool {
+        let segments: Vec<&str> = op.path.split('/').collect();
+        let path = crate::policy::paths::RequestPath::new(segments);
+        self.gateway
+            .pipeline
+            .access()
+            .decide(
+                &caller.principal,
+                &api.name,
+                &op.method,
+                &path,
+                api.path_case(),
+                false,
+            )
+            .is_ok()
+            && api.methods.contains(&op.method)
+    }
+
     /// The tools, as this caller sees them: the `api` enum and the method list hold only what
-    /// its roles permit, and `api_gateway` is left out when nothing is permitted.
+    /// its roles permit, `api_gateway` is left out when nothing is permitted, and a generated
+    /// tool is listed when its operation is permitted.
     pub(super) fn tools(&self, caller: &Caller) -> Vec<Tool> {
-        Self::tools_for(&self.visible_apis(caller))
+        let visible = self.visible_apis(caller);
+        let cfg = &self.gateway.config;
+        let mut tools = builtin_tools(&visible, cfg.apis.iter().any(|a| a.openapi.is_some()));
+        let surface = self.gateway.surface.load();
+        for g in surface.generated.values() {
+            if visible.iter().any(|(a, _)| a.name == g.api.name)
+                && self.may_call(caller, &g.api, &g.op)
+            {
+                tools.push(g.tool.clone());
+            }
+        }
+        tools
     }
 
-    /// Every tool over every configured API.
-    fn build_all_tools(gateway: &Gateway) -> Vec<Tool> {
-        let all: Vec<_> = gateway
-            .config
+    /// A generated tool the caller may call, by name; a hidden one is refused like a missing
+    /// one.
+    pub(super) fn generated(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Option<crate::surface::Generated> {
+        let surface = self.gateway.surface.load();
+        let g = surface.generated.get(name)?;
+        self.may_call(caller, &g.api, &g.op).then(|| g.clone())
+    }
+
+    /// An operation of an API described by OpenAPI, by id or tool name, if the caller may
+    /// call it; else an `invalid_arguments` error naming how to find one.
+    pub(super) fn operation(
+        &self,
+        caller: &Caller,
+        api: &str,
+        name: &str,
+    ) -> Result<(Arc<ApiSurface>, Arc<Operation>), GatewayError> {
+        let not_found = || {
+            GatewayError::invalid_arguments(format!(
+                "API {api:?} has no operation {name:?} you may call; search with list_apis {{\"api\": \"{api}\", \"query\": \"...\"}}"
+            ))
+            .with_detail("pointer", json!("/operation"))
+            .with_detail("expected", json!("an operation id from list_apis"))
+        };
+        let config_api = self.gateway.config.api(api).ok_or_else(not_found)?;
+        let surface = self.gateway.surface.load();
+        let s = surface
             .apis
-            .iter()
-            .map(|a| (a, a.methods.clone()))
-            .collect();
-        Self::tools_for(&all)
+            .get(&config_api.name)
+            .ok_or_else(not_found)?
+            .clone();
+        let op = s.find(name).ok_or_else(not_found)?.clone();
+        if !self.may_call(caller, config_api, &op) {
+            return Err(not_found());
+        }
+        Ok((s, op))
     }
 
-    fn tools_for(visible: &[(&Arc<crate::config::Api>, Vec<Method>)]) -> Vec<Tool> {
-        let names: Vec<&str> = visible.iter().map(|(a, _)| a.name.as_str()).collect();
-        let methods: Vec<&str> = TOOL_METHODS
-            .iter()
-            .copied()
-            .filter(|m| {
-                visible
-                    .iter()
-                    .any(|(_, ms)| ms.iter().any(|am| am.as_str() == *m))
-            })
-            .collect();
-        let catalogue: Vec<String> = visible
-            .iter()
-            .map(|(a, _)| format!("- {}: {}", a.name, a.description))
-            .collect();
-        let mut input = json!({
-            "type": "object",
-            "properties": {
-                "api": {"type": "string", "enum": names,
-                        "description": "Name of the API to call (its configured base URL is accepted too)."},
-                "endpoint": {"type": "string",
-                             "description": "Path under the API's base URL, e.g. \"/v1/items\"; may include a query string."},
-                "method": {"type": "string", "enum": methods, "default": "GET"},
-                "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                            "description": "Extra request headers. Credentials are added by the gateway; do not send any."},
-                "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]},
-                          "description": "Query parameters."},
-                "body": {"description": "JSON request body for POST, PUT and PATCH."}
-            },
-            "required": ["api", "endpoint"],
-            "additionalProperties": false
-        });
-        let selectable: Vec<&str> = visible
-            .iter()
-            .filter(|(a, _)| a.response.allow_agent_select)
-            .map(|(a, _)| a.name.as_str())
-            .collect();
-        if !selectable.is_empty() {
-            input["properties"]["select"] = json!({
-                "type": "string",
-                "description": format!(
-                    "JMESPath applied to a JSON answer before it is returned, to get only what you need \
-                     (e.g. \"items[0:10].{{id: id, name: name}}\"). Accepted by: {}.",
-                    selectable.join(", ")
-                )
-            });
+    pub(super) fn list_apis(&self, caller: &Caller, args: &Map<String, Value>) -> CallToolResult {
+        if let Some(api) = args.get("api") {
+            return match self.search_operations(caller, api, args) {
+                Ok(v) => CallToolResult::structured(v),
+                Err(e) => super::handler::tool_error(&e, self.gateway.config.explain_denials),
+            };
         }
-        // One schema for both outcomes: clients (the TypeScript SDK among them) validate
-        // `structuredContent` against it even on `isError` results.
-        let output = json!({
-            "type": "object",
-            "properties": {
-                "status": {"type": "integer", "description": "Upstream HTTP status, or the gateway's status for an error"},
-                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                "data": {"description": "JSON when the upstream sent JSON, else text"},
-                "truncated": {"type": "boolean"},
-                "error": {"type": "string", "description": "Machine-readable reason, on isError results only"},
-                "message": {"type": "string"},
-                "retry_after_s": {"type": "integer", "description": "With error rate_limited: seconds until a retry is admitted"},
-                "policy": {"type": "string", "description": "With error rate_limited: the policy that refused"},
-                "reason": {"type": "string", "description": "The finest machine-readable reason, e.g. token_expired, ip_denied, upstream_status"},
-                "stage": {"type": "string", "description": "On a refusal: the admission stage that refused"},
-                "rule": {"type": "string", "description": "On a refusal: the rule that refused, by config key (apis[x].deny_paths[1], rbac.roles[0].deny[0]) or builtin.* name"},
-                "pattern": {"type": "string", "description": "With security.explain_denials = \"full\": the path pattern of the deny rule that matched"},
-                "retryable": {"type": "boolean", "description": "On an upstream error status or credential_unavailable: whether a retry may succeed"},
-                "approval_id": {"type": "string", "description": "With approval_pending (and other approval reasons): the approval request; call again with the same arguments once it is approved"},
-                "approval_mode": {"type": "string", "description": "With approval_pending: who decides, \"external\" (an approver) or \"self\" (the user)"},
-                "expires": {"type": "string", "description": "With approval_pending: until when the request waits (RFC 3339)"},
-                "connect_url": {"type": "string", "description": "With credential_required: the page where the user stores their credential or connects their account; ask them to open it, then call again"},
-                "pointer": {"type": "string", "description": "With invalid_arguments: the JSON pointer of the offending argument"},
-                "expected": {"type": "string", "description": "With invalid_arguments: what the argument must be"}
-            },
-            "required": ["status"],
-            "additionalProperties": false
-        });
-        let read_only = methods.iter().all(|m| matches!(*m, "GET" | "HEAD"));
-        let mut call = Tool::new(
-            "api_gateway",
-            format!(
-                "Call an allow-listed HTTP API through the gateway. Credentials are injected for you; \
-                 redirects are returned unless the API is configured to follow them. Available APIs:\n{}",
-                catalogue.join("\n")
-            ),
-            as_object(input),
-        );
-        call.output_schema = Some(Arc::new(as_object(output)));
-        // The most a result can hold: the largest data budget plus room for its envelope.
-        let max_chars = visible
-            .iter()
-            .map(|(a, _)| a.response.max_result_chars)
-            .max()
-            .unwrap_or(0);
-        call.meta = Some(rmcp::model::MetaObject(as_object(json!({
-            "anthropic/maxResultSizeChars": max_chars + 4096
-        }))));
-        call.annotations = Some(
-            ToolAnnotations::with_title("API gateway")
-                .read_only(read_only)
-                .destructive(methods.contains(&"DELETE") || methods.contains(&"PUT"))
-                .idempotent(read_only)
-                .open_world(true),
-        );
-        let mut list = Tool::new(
-            "list_apis",
-            "List the APIs you may call with api_gateway: names, descriptions, methods and path patterns.",
-            as_object(json!({"type": "object", "properties": {}, "additionalProperties": false})),
-        );
-        let policy = json!({"type": ["object", "null"], "properties": {
-            "name": {"type": "string"}, "requests": {"type": "integer"},
-            "window_s": {"type": "number"}, "burst": {"type": "integer"}},
-            "required": ["name", "requests", "window_s", "burst"], "additionalProperties": false});
-        list.output_schema = Some(Arc::new(as_object(json!({
-            "type": "object",
-            "properties": {"apis": {"type": "array", "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "description": {"type": "string"},
-                    "methods": {"type": "array", "items": {"type": "string"}},
-                    "paths": {"type": "array", "items": {"type": "string"}},
-                    "deny_paths": {"type": "array", "items": {"type": "string"}},
-                    "rate_limit": policy.clone(),
-                    "per_user_rate_limit": policy
-                },
-                "required": ["name", "description", "methods", "paths", "deny_paths"],
-                "additionalProperties": false
-            }}},
-            "required": ["apis"],
-            "additionalProperties": false
-        }))));
-        list.annotations = Some(
-            ToolAnnotations::with_title("List APIs")
-                .read_only(true)
-                .destructive(false)
-                .idempotent(true)
-                .open_world(false),
-        );
-        if names.is_empty() {
-            return vec![list];
+        if let Some(k) = args.keys().next() {
+            let e = GatewayError::invalid_arguments(format!("{k} is given only with api"))
+                .with_detail("pointer", json!(format!("/{k}")));
+            return super::handler::tool_error(&e, self.gateway.config.explain_denials);
         }
-        vec![call, list]
-    }
-
-    pub(super) fn list_apis(&self, caller: &Caller) -> CallToolResult {
         let limits = &self.gateway.config.rate_limits;
+        let surface = self.gateway.surface.load();
         let apis: Vec<Value> = self
             .visible_apis(caller)
             .into_iter()
             .map(|(a, methods)| {
-                json!({
+                let mut v = json!({
                     "name": a.name,
                     "description": a.description,
                     "methods": methods.iter().map(Method::as_str).collect::<Vec<_>>(),
                     "paths": a.paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                     "deny_paths": a.deny_paths.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                    "rate_limit": a.rate_limit.as_ref().or(limits.default.as_ref()).map(policy_json),
-                    "per_user_rate_limit": limits.per_user.as_ref().map(policy_json),
-                })
+                });
+                if let Some(p) = a.rate_limit.as_ref().or(limits.default.as_ref()) {
+                    v["rate_limit"] = policy_json(p);
+                }
+                if let Some(p) = limits.per_user.as_ref() {
+                    v["per_user_rate_limit"] = policy_json(p);
+                }
+                if !a.endpoint_rate_limits.is_empty() {
+                    v["endpoint_rate_limits"] = a
+                        .endpoint_rate_limits
+                        .iter()
+                        .map(|(pat, p)| json!({"path": pat.as_str(), "policy": policy_json(p)}))
+                        .collect();
+                }
+                if let Some(s) = surface.apis.get(&a.name) {
+                    let mine = s.operations.iter().filter(|o| self.may_call(caller, a, o));
+                    if s.progressive {
+                        v["operations"] = json!(mine.count());
+                    } else {
+                        v["tools"] = mine
+                            .filter(|o| surface.generated.contains_key(&o.tool))
+                            .map(|o| o.tool.clone())
+                            .collect();
+                    }
+                }
+                v
             })
             .collect();
         CallToolResult::structured(json!({ "apis": apis }))
+    }
+
+    /// `list_apis {api, query?, cursor?}`: the caller's operations of the API that match;
+    /// `{api, operation}`: one operation with its input schema.
+    fn search_operations(
+        &self,
+        caller: &Caller,
+        api: &Value,
+        args: &Map<String, Value>,
+    ) -> Result<Value, GatewayError> {
+        let text = |k: &str| -> Result<Option<&str>, GatewayError> {
+            match args.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(
+                    GatewayError::invalid_arguments(format!("{k} must be a string"))
+                        .with_detail("pointer", json!(format!("/{k}"))),
+                ),
+            }
+        };
+        if let Some(k) = args
+            .keys()
+            .find(|k| !matches!(k.as_str(), "api" | "query" | "cursor" | "operation"))
+        {
+            return Err(GatewayError::invalid_arguments(format!(
+                "list_apis takes api, query, cursor and operation, not {k}"
+            ))
+            .with_detail("pointer", json!(format!("/{k}"))));
+        }
+        let api = api.as_str().ok_or_else(|| {
+            GatewayError::invalid_arguments("api must be a string")
+                .with_detail("pointer", json!("/api"))
+        })?;
+        if let Some(name) = text("operation")? {
+            let (s, op) = self.operation(caller, api, name)?;
+            return Ok(json!({"operation": {
+                "operation": op.operation_name(),
+                "method": op.method.as_str(),
+                "path": op.path,
+                "summary": op.one_line(),
+                "description": op.description,
+                "tool": self.gateway.surface.load().generated.contains_key(&op.tool).then(|| op.tool.clone()),
+                "input_schema": s.input_schema(&op),
+            }}));
+        }
+        let config_api = self
+            .visible_apis(caller)
+            .into_iter()
+            .find(|(a, _)| a.name == api)
+            .map(|(a, _)| a.clone());
+        let surface = self.gateway.surface.load();
+        let Some((a, s)) =
+            config_api.and_then(|a| surface.apis.get(&a.name).map(|s| (a, s.clone())))
+        else {
+            return Err(GatewayError::invalid_arguments(format!(
+                "{api:?} is not an API described by OpenAPI that you may call; call list_apis without arguments to see them"
+            ))
+            .with_detail("pointer", json!("/api")));
+        };
+        let start: usize = match text("cursor")? {
+            None => 0,
+            Some(c) => c.parse().map_err(|_| {
+                GatewayError::invalid_arguments("cursor is not one list_apis returned")
+                    .with_detail("pointer", json!("/cursor"))
+            })?,
+        };
+        let query = text("query")?.unwrap_or("");
+        let mut found = s
+            .search(query)
+            .filter(|o| self.may_call(caller, &a, o))
+            .skip(start);
+        let page: Vec<Value> = found
+            .by_ref()
+            .take(PAGE)
+            .map(|o| {
+                let mut v = json!({
+                    "operation": o.operation_name(),
+                    "method": o.method.as_str(),
+                    "path": o.path,
+                    "summary": o.one_line(),
+                });
+                if surface.generated.contains_key(&o.tool) {
+                    v["tool"] = json!(o.tool);
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({"operations": page});
+        if found.next().is_some() {
+            out["next_cursor"] = json!((start + PAGE).to_string());
+        }
+        Ok(out)
     }
 }
 
 fn policy_json(p: &crate::ratelimit::Policy) -> Value {
     json!({"name": p.name, "requests": p.requests, "window_s": p.window.as_secs_f64(), "burst": p.burst})
-}
-
-fn as_object(v: Value) -> JsonObject {
-    match v {
-        Value::Object(m) => m,
-        _ => JsonObject::new(),
-    }
 }

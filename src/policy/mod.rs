@@ -160,6 +160,10 @@ pub struct Call<'a> {
     /// Query parameters given apart from the endpoint (the MCP tool's `query`).
     pub query: &'a [(String, String)],
     pub payload: Payload<'a>,
+    /// The endpoint was built by the gateway from a generated tool's arguments, each path
+    /// parameter percent-encoded whole: an encoded `/` inside a segment is that segment's
+    /// text, not a separator.
+    pub opaque_segments: bool,
 }
 
 /// An admitted call: everything egress needs.
@@ -476,7 +480,8 @@ impl Pipeline {
             _ => e.at(Stage::Target),
         };
         let api = self.find_api(principal, call.api).map_err(target)?;
-        let endpoint = EndpointPath::parse(call.endpoint).map_err(target)?;
+        let endpoint =
+            EndpointPath::parse_with(call.endpoint, call.opaque_segments).map_err(target)?;
         let path = paths::RequestPath::new(endpoint.decoded_segments());
         // Refusals by rules in `mode = "shadow"`: recorded, not enforced.
         let mut shadows = caller.shadow.clone();
@@ -489,6 +494,20 @@ impl Pipeline {
             Some(&mut shadows),
         )
         .map_err(target)?;
+        // A generated tool's path parameter with an encoded `/`: refused if the path an
+        // upstream that decodes it would route is.
+        if let Some(read) = endpoint.as_decoding_upstream_reads() {
+            let alt = paths::RequestPath::new(read.iter().map(String::as_str).collect());
+            self.check_rules(
+                principal,
+                api,
+                call.method,
+                &endpoint,
+                &alt,
+                Some(&mut shadows),
+            )
+            .map_err(target)?;
+        }
         if api.require_signature && caller.signature.is_none() {
             return Err(unauthorized(
                 Reason::SignatureMissing,

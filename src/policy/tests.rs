@@ -284,6 +284,7 @@ async fn admit(p: &Pipeline, r: &Req) -> Result<Admitted, GatewayError> {
         endpoint: &r.endpoint,
         query: &[],
         payload,
+        opaque_segments: false,
     })
     .await
     .map_err(|r| r.error)
