@@ -731,6 +731,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config, strict } => match Config::load(&config) {
             Ok(c) => {
+                // The OpenAPI documents read from files or the config must be readable, and
+                // the surface they give must match the lock file.
+                let errors = api_gateway_mcp::surface::check_documents(&c);
+                if !errors.is_empty() {
+                    println!("{}: {} error(s)", config.display(), errors.len());
+                    for e in &errors {
+                        println!("  {e}");
+                    }
+                    return ExitCode::from(1);
+                }
                 let warnings = api_gateway_mcp::config::lint::lint(&c);
                 for w in &warnings {
                     println!("{w}");

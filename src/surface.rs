@@ -379,7 +379,7 @@ impl Surface {
         match self.differs_from_lock(&lock) {
             None => Ok(()),
             Some(diff) if config.mcp.refuse_lock_mismatch => Err(format!(
-                "the tool surface differs from {} ({diff}); review it and run `api-gateway-mcp lock`",
+                "mcp.surface_lock: the tool surface differs from {} ({diff}); review it and run `api-gateway-mcp lock`",
                 path.display()
             )),
             Some(diff) => {
@@ -542,6 +542,32 @@ pub async fn build_now(config: &Config) -> (Surface, Vec<DriftReport>) {
         }
     }
     (surface, reports)
+}
+
+/// What `check` says of the OpenAPI documents it can read without the network (files and
+/// inline ones): each unreadable one, by key path, and, when every document was read, a
+/// difference from the lock file.
+pub fn check_documents(config: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut all_local = true;
+    for (i, api) in config.apis.iter().enumerate() {
+        let Some(cfg) = &api.openapi else { continue };
+        match crate::openapi::read_local(cfg) {
+            Some(bytes) => {
+                if let Err(e) = bytes.and_then(|b| crate::openapi::build(api, cfg, &b).map(|_| ()))
+                {
+                    errors.push(format!("apis[{i}].openapi: {e}"));
+                }
+            }
+            None => all_local = false,
+        }
+    }
+    if errors.is_empty() && all_local {
+        if let Err(e) = Surface::build(config, None).0.check_lock(config) {
+            errors.push(e);
+        }
+    }
+    errors
 }
 
 /// `openapi inspect`: each operation of the API's document as included, renamed or skipped

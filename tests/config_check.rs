@@ -144,6 +144,14 @@ fn broken_configs_name_the_key_path() {
         (format!("{BASE}[audit]\nrotate = true\n{API}"), "audit"),
         (BASE.to_string(), "apis"),
         ("this is = = not toml".to_string(), "invalid TOML"),
+        (format!("{BASE}{API}[apis.openapi]\nfile = \"/nonexistent/openapi.json\"\n"), "apis[0].openapi: cannot read"),
+        (format!("{BASE}{API}[apis.openapi]\ninline = '{{\"swagger\": \"2.0\"}}'\n"), "apis[0].openapi: Swagger 2.0"),
+        (format!("{BASE}{API}[apis.openapi]\nurl = \"https://x/o.json\"\nfile = \"o.json\"\n"), "apis[0].openapi"),
+        (format!("{BASE}{API}[apis.openapi]\ninline = \"{{}}\"\non_change = \"ignore\"\n"), "apis[0].openapi.on_change"),
+        (format!("{BASE}{API}[apis.openapi]\ninline = \"{{}}\"\npin_sha256 = \"abc\"\n"), "apis[0].openapi.pin_sha256"),
+        (format!("{BASE}{API}[apis.openapi]\ninline = \"{{}}\"\ninclude = [\"method:BREW\"]\n"), "apis[0].openapi.include[0]"),
+        (format!("{BASE}{API}[apis.openapi]\ninline = \"{{}}\"\nrefresh = \"1m\"\n"), "apis[0].openapi.refresh"),
+        (format!("{BASE}[mcp]\nsurface_lock = \"/nonexistent/surface.lock.json\"\n{API}"), "mcp.surface_lock: cannot read"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (text, expected)) in cases.iter().enumerate() {

@@ -868,3 +868,66 @@ async fn a_path_parameter_cannot_reach_a_denied_path_through_an_encoded_slash() 
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(up.seen()[0].target, "/items/a%2Fb");
 }
+
+/// A URL document is fetched through the egress guard: served at start when the API allows
+/// its (loopback) address; a redirect is not followed and a private address is refused
+/// unless the API allows private networks, each said by `openapi inspect`.
+#[tokio::test]
+async fn a_url_document_is_fetched_through_the_egress_guard() {
+    let doc = std::fs::read(fixture("shop-v1.json")).unwrap();
+    let up = Upstream::start_with(Arc::new(move |s: &Seen| match s.target.as_str() {
+        "/openapi.json" => Some((200, "application/json".into(), doc.clone())),
+        "/moved.json" => Some((302, "text/plain".into(), Vec::new())),
+        _ => None,
+    }));
+    let api = |name: &str, private: bool, path: &str| {
+        format!(
+            "[[apis]]\nname = \"{name}\"\nbase_url = \"http://127.0.0.1:{}\"\nallow_private_network = {private}\n\
+             methods = [\"GET\"]\npaths = [\"/**\"]\n[apis.openapi]\nurl = \"http://127.0.0.1:{}{path}\"\n\n",
+            up.port, up.port
+        )
+    };
+    let gw = Gateway::start_generated(|ports| {
+        format!(
+            "{}{}",
+            server_section(ports, 2),
+            api("shop", true, "/openapi.json")
+        )
+    });
+    let mut mcp = McpSession::connect(&gw.mcp_url()).await;
+    let names = tool_names(&mut mcp).await;
+    assert!(names.contains(&"shop_getItem".to_string()), "{names:?}");
+    let r = mcp.call("shop_getItem", json!({"path": {"id": "9"}})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(up.seen().last().unwrap().target, "/items/9");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\nrequired = false\n{}{}",
+            api("moved", true, "/moved.json"),
+            api("private", false, "/openapi.json")
+        ),
+    )
+    .unwrap();
+    let inspect = |name: &str| {
+        let out = std::process::Command::new(bin())
+            .args(["openapi", "inspect", "-c"])
+            .arg(&cfg)
+            .args(["--api", name])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = inspect("moved");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("redirects are not followed"), "{err}");
+    let (code, err) = inspect("private");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("127.0.0.1"), "{err}");
+}
