@@ -610,12 +610,9 @@ async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// Pinned v1 under `on_change = "block"`: a whitespace-only rewrite is no drift; a
-/// description that gains `<IMPORTANT>` is: the served tools stay v1's, the gauge reads 1,
-/// and a critical audit record classifies the change.
-#[tokio::test]
-async fn a_pinned_surface_is_kept_and_instruction_like_drift_is_critical() {
-    let up = Upstream::start();
+/// A gateway serving a copy of the shop fixture (v1, `shop.json` in the returned folder),
+/// pinned, read again every 200 ms, with `on_change`.
+fn pinned_shop(up: &Upstream, on_change: &str) -> (Gateway, tempfile::TempDir, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let doc = dir.path().join("shop.json");
     let v1 = std::fs::read(fixture("shop-v1.json")).unwrap();
@@ -630,10 +627,25 @@ async fn a_pinned_surface_is_kept_and_instruction_like_drift_is_critical() {
                 up.port,
                 "",
                 r#"["GET", "POST", "DELETE"]"#,
-                &format!("file = {:?}\npin_sha256 = \"{pin}\"\non_change = \"block\"\nrefresh = \"200ms\"", doc.to_str().unwrap())
+                &format!(
+                    "file = {:?}\npin_sha256 = \"{pin}\"\non_change = \"{on_change}\"\nrefresh = \"200ms\"",
+                    doc.to_str().unwrap()
+                )
             ),
         )
     });
+    (gw, dir, v1)
+}
+
+/// Pinned v1 under `on_change = "block"`: a whitespace-only rewrite is no drift; a
+/// description that gains `<IMPORTANT>` is: the served tools stay v1's, the gauge reads 1,
+/// and a critical audit record classifies the change.
+#[tokio::test]
+async fn a_pinned_surface_is_kept_and_instruction_like_drift_is_critical() {
+    let up = Upstream::start();
+    let (gw, dir, v1) = pinned_shop(&up, "block");
+    let doc = dir.path().join("shop.json");
+    let pin = doc_sha256(&v1);
     let mut mcp = McpSession::connect(&gw.mcp_url()).await;
     let before = mcp.request("tools/list", json!({})).await["result"].clone();
     let gauge = "api_surface_drift{api=\"shop\"}";
@@ -703,24 +715,8 @@ async fn an_additive_change_is_accepted_and_clients_are_told() {
 
 async fn additive_change_is_told(mode: &str) {
     let up = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (gw, dir, v1) = pinned_shop(&up, "accept_additive");
     let doc = dir.path().join("shop.json");
-    let v1 = std::fs::read(fixture("shop-v1.json")).unwrap();
-    std::fs::write(&doc, &v1).unwrap();
-    let pin = doc_sha256(&v1);
-    let gw = Gateway::start_generated(|ports| {
-        format!(
-            "{}{}",
-            server_section(ports, 2),
-            openapi_api(
-                "shop",
-                up.port,
-                "",
-                r#"["GET", "POST", "DELETE"]"#,
-                &format!("file = {:?}\npin_sha256 = \"{pin}\"\non_change = \"accept_additive\"\nrefresh = \"200ms\"", doc.to_str().unwrap())
-            ),
-        )
-    });
     let mut v2: Value = serde_json::from_slice(&v1).unwrap();
     v2["paths"]["/items/{id}/history"] = json!({"get": {
         "operationId": "getItemHistory", "summary": "An item's history",

@@ -120,6 +120,9 @@ pub struct ToolCall {
 /// An operation left out, and why.
 #[derive(Debug, Clone)]
 pub struct Skipped {
+    /// Left out by the config (include, exclude, the API's methods and paths), not because
+    /// it cannot be expressed.
+    pub chosen: bool,
     pub id: Option<String>,
     pub method: String,
     pub path: String,

@@ -69,6 +69,7 @@ pub fn build(api: &Api, cfg: &OpenApiConfig, bytes: &[u8]) -> Result<ApiSurface,
             Ok(i) => i,
             Err(reason) => {
                 skipped.push(Skipped {
+                    chosen: false,
                     id: None,
                     method: "*".into(),
                     path: path.clone(),
@@ -80,6 +81,7 @@ pub fn build(api: &Api, cfg: &OpenApiConfig, bytes: &[u8]) -> Result<ApiSurface,
         for (key, _) in item.as_object().into_iter().flatten() {
             if matches!(key.as_str(), "head" | "options" | "trace") {
                 skipped.push(Skipped {
+                    chosen: false,
                     id: item[key]["operationId"].as_str().map(str::to_string),
                     method: key.to_ascii_uppercase(),
                     path: path.clone(),
@@ -95,6 +97,7 @@ pub fn build(api: &Api, cfg: &OpenApiConfig, bytes: &[u8]) -> Result<ApiSurface,
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
             let skip = |reason: String| Skipped {
+                chosen: false,
                 id: id.clone(),
                 method: method.to_string(),
                 path: path.clone(),
@@ -118,11 +121,17 @@ pub fn build(api: &Api, cfg: &OpenApiConfig, bytes: &[u8]) -> Result<ApiSurface,
                     .iter()
                     .any(|f| f.matches(&filter_id, &method, &tags));
             if !included {
-                skipped.push(skip("excluded by include/exclude".into()));
+                skipped.push(Skipped {
+                    chosen: true,
+                    ..skip("excluded by include/exclude".into())
+                });
                 continue;
             }
             if let Err(why) = allowed_by_api(api, &method, path) {
-                skipped.push(skip(why));
+                skipped.push(Skipped {
+                    chosen: true,
+                    ..skip(why)
+                });
                 continue;
             }
             let shape = match shape(root, api, &mut defs, item, op, path) {
