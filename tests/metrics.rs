@@ -242,7 +242,7 @@ async fn promtool_accepts_the_metrics_and_the_alert_rules() {
     let (ok, out) = promtool(&["check", "metrics"], Some(&scrape));
     assert!(ok, "promtool check metrics: {out}");
     let (ok, out) = promtool(&["check", "rules", "alerts.yaml"], None);
-    assert!(ok && out.contains("9 rules found"), "{out}");
+    assert!(ok && out.contains("10 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "alerts_test.yaml"], None);
     assert!(ok, "{out}");
     // Every metric the rules use is one the gateway exports.
