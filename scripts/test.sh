@@ -8,5 +8,3 @@ export AGM_TOOLS="$root/.tools"
 cargo test --locked --lib --bins --tests -- --test-threads=4
 # Criterion benches take no libtest flags; in test mode each runs once, so they stay working.
 cargo test --locked --bench '*'
-# The opt-in allocator build (README, Dockerfile FEATURES=mimalloc) still compiles.
-cargo check --locked --features mimalloc --bin api-gateway-mcp

@@ -191,7 +191,7 @@ pub fn redact_query(path: &str) -> String {
     }
 }
 
-fn request_id() -> String {
+pub fn request_id() -> String {
     let mut b = [0u8; 8];
     crate::trace::fill_random_id(&mut b);
     hex::encode(b)
@@ -419,7 +419,11 @@ impl Sink {
                 }
                 Err(e) => {
                     if healthy.swap(false, Ordering::Relaxed) {
-                        tracing::error!(error = %e, "the audit sink failed");
+                        let sink = match &self.target {
+                            Target::File(p) | Target::Sqlite(p, _) => p.display().to_string(),
+                            Target::Stdout => "stdout".to_string(),
+                        };
+                        tracing::error!(sink = %sink, error = %e, "the audit sink failed");
                     }
                     for _ in &batch {
                         sink_error(&self.errors, "write_failed");

@@ -24,6 +24,8 @@ pub struct CallRecord {
     door: Door,
     started: Instant,
     method: String,
+    /// The path as the caller wrote it, for the log line of a refusal or failure.
+    path: String,
     /// The configured API the call names, or `unknown`: metric labels stay bounded.
     api_label: String,
     /// The admitted API, once admitted.
@@ -60,8 +62,9 @@ impl CallRecord {
         tool: Option<std::borrow::Cow<'static, str>>,
     ) -> CallRecord {
         let api_label = api.map_or("unknown", |a| a.name.as_str()).to_string();
+        let path = target();
         let event = gw.auditing().then(|| {
-            let mut e = AuditEvent::new(door, None, method, &target());
+            let mut e = AuditEvent::new(door, None, method, &path);
             e.tool = tool;
             e
         });
@@ -69,6 +72,7 @@ impl CallRecord {
             door,
             started: Instant::now(),
             method: method.to_string(),
+            path,
             api_label,
             api: None,
             caller: None,
@@ -144,13 +148,24 @@ impl CallRecord {
     pub fn finish(mut self, gw: &Gateway, status: u16, error: Option<&GatewayError>) {
         let door = self.door;
         if let Some(e) = error {
-            tracing::info!(
-                error = e.kind.code(),
-                reason = e.reason.map_or("", crate::error::Reason::code),
-                door = door.as_str(),
-                api = self.api_label.as_str(),
-                "call refused or failed"
-            );
+            let request_id = match &self.event {
+                Some(ev) => ev.request_id.clone(),
+                None => crate::audit::request_id(),
+            };
+            let principal = self
+                .caller
+                .as_ref()
+                .map_or("unidentified", |c| c.principal.id.as_str());
+            log_refusal(&LogLine {
+                request_id: &request_id,
+                door,
+                api: &self.api_label,
+                method: &self.method,
+                path: &self.path,
+                principal,
+                status,
+                error: e,
+            });
         }
         for s in &self.shadow {
             let label = |k: &str| s[k].as_str().unwrap_or("").to_string();
@@ -206,6 +221,57 @@ impl CallRecord {
             }
             gw.audit(|| event);
         }
+    }
+}
+
+/// What a refusal's or failure's log line says: enough to find the call (its request id is
+/// the audit record's) and to act on it.
+pub struct LogLine<'a> {
+    pub request_id: &'a str,
+    pub door: Door,
+    pub api: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub principal: &'a str,
+    pub status: u16,
+    pub error: &'a GatewayError,
+}
+
+/// Logs one refusal (at info: a refusal is the gateway working) or failure (warn: the
+/// upstream or the gateway failed), one line each, query values redacted.
+pub fn log_refusal(l: &LogLine<'_>) {
+    let e = l.error;
+    let reason = e.reason.map_or(e.kind.code(), crate::error::Reason::code);
+    let path = crate::audit::redact_query(l.path);
+    let failed = matches!(
+        e.kind,
+        crate::error::ErrorKind::UpstreamError
+            | crate::error::ErrorKind::UpstreamTimeout
+            | crate::error::ErrorKind::Internal
+    );
+    macro_rules! line {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                request_id = l.request_id,
+                door = l.door.as_str(),
+                api = l.api,
+                method = l.method,
+                path = %path,
+                principal = l.principal,
+                status = l.status,
+                error = e.kind.code(),
+                reason,
+                stage = e.stage.map_or("", crate::error::Stage::as_str),
+                rule = e.rule.as_deref().unwrap_or(""),
+                detail = %e.message,
+                $msg
+            )
+        };
+    }
+    if failed {
+        line!(warn, "call failed");
+    } else {
+        line!(info, "call refused");
     }
 }
 

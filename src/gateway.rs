@@ -54,6 +54,8 @@ fn restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep(&mut changed, "audit", &old.audit, &mut new.audit);
     keep(&mut changed, "tracing", &old.tracing, &mut new.tracing);
     keep(&mut changed, "metrics", &old.metrics, &mut new.metrics);
+    keep(&mut changed, "log", &old.log_format, &mut new.log_format);
+    keep(&mut changed, "demo", &old.demo, &mut new.demo);
     keep(
         &mut changed,
         "egress.nameservers",

@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod call;
 pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod egress;
 pub mod error;
 pub mod explain;

@@ -137,6 +137,27 @@ enum Command {
         #[command(subcommand)]
         command: SurfaceCommand,
     },
+    /// Mint a token for the config's first JWT issuer (`[auth.jwt]`), for trying bearer
+    /// authentication in development. Prints the token.
+    Token {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The token's subject.
+        #[arg(long, default_value = "dev")]
+        sub: String,
+        /// Roles, comma-separated (in the issuer's roles claim).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 15m, 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The environment variable that holds the HS shared secret.
+        #[arg(long, value_name = "VAR", default_value = "JWT_SECRET")]
+        secret_env: String,
+        /// A private key (PEM) for RS/PS/ES/EdDSA issuers.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
     /// Audit-trail tools.
     Audit {
         #[command(subcommand)]
@@ -617,15 +638,28 @@ async fn credentials(command: CredentialsCommand) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logs() {
-    // Logs always go to stderr: stdout belongs to the stdio MCP transport.
+/// Logs go to stderr (stdout belongs to the stdio MCP transport), as `[log] format` says;
+/// colour only on a terminal. Pingora's own line for a failed upstream call is off by
+/// default: the gateway logs each refusal and failure once, with the request id
+/// (`RUST_LOG=pingora_proxy=error` brings it back).
+fn init_logs(format: api_gateway_mcp::config::LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,rmcp=warn")
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=off,rmcp=warn")
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        api_gateway_mcp::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        api_gateway_mcp::config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+    }
 }
 
 /// Runs one future to its end on a small runtime of its own (the CLI's async commands).
@@ -899,6 +933,50 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { file, sqlite },
         } => audit_verify(file, sqlite),
+        Command::Token {
+            config,
+            sub,
+            roles,
+            ttl,
+            secret_env,
+            key,
+        } => {
+            let minted = (|| -> Result<String, String> {
+                let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+                let issuer = cfg
+                    .auth
+                    .jwt_issuers
+                    .first()
+                    .ok_or_else(|| format!("{} has no [auth.jwt]", config.display()))?;
+                let ttl = api_gateway_mcp::config::parse_duration(&ttl)
+                    .map_err(|e| format!("--ttl: {e}"))?;
+                let secret = std::env::var(&secret_env).ok();
+                let pem = match &key {
+                    Some(k) => {
+                        Some(std::fs::read(k).map_err(|e| format!("--key {}: {e}", k.display()))?)
+                    }
+                    None => None,
+                };
+                api_gateway_mcp::auth::jwt::mint(
+                    issuer,
+                    secret.as_deref().map(str::as_bytes),
+                    pem.as_deref(),
+                    &sub,
+                    &roles,
+                    ttl,
+                )
+            })();
+            match minted {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("token: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Lock { config, output } => match lock(&config, output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -940,27 +1018,29 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Serve { config } => {
-            init_logs();
-            match load(config.as_ref()) {
-                Ok(c) => match api_gateway_mcp::server::serve(c, config) {
+        Command::Serve { config } => match load(config.as_ref()) {
+            Ok(c) => {
+                init_logs(c.log_format);
+                match api_gateway_mcp::server::serve(c, config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("cannot start: {e}");
                         ExitCode::from(1)
                     }
-                },
-                Err(e) => {
-                    eprintln!("invalid configuration:\n{e}");
-                    ExitCode::from(1)
                 }
             }
-        }
+            Err(e) => {
+                eprintln!("invalid configuration:\n{e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Stdio { config } => {
-            init_logs();
             let result = load(config.as_ref())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
-                .and_then(|c| api_gateway_mcp::server::stdio(c, config));
+                .and_then(|c| {
+                    init_logs(c.log_format);
+                    api_gateway_mcp::server::stdio(c, config)
+                });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -28,7 +28,10 @@ fn check_listen_addresses(config: &Config) -> Result<(), String> {
         ("server.mcp_listen", s.mcp_listen),
         ("server.proxy_listen", s.proxy_listen),
         ("server.admin_listen", s.admin_listen),
-    ] {
+    ]
+    .into_iter()
+    .chain(config.demo.map(|d| ("demo.listen", d)))
+    {
         // std sets SO_REUSEADDR like Pingora, so a port in TIME_WAIT is not reported.
         std::net::TcpListener::bind(addr)
             .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
@@ -98,8 +101,17 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     listen(&mut admin, cfg.server.admin_listen, tls, Listener::Admin)?;
     admin.threads = Some(1);
 
+    let demo = cfg.demo.map(|addr| {
+        let mut demo = Service::new(
+            "demo".to_string(),
+            Guarded::new(crate::demo::DemoUpstream, admin_limits, "demo"),
+        );
+        demo.add_tcp(&addr.to_string());
+        demo.threads = Some(1);
+        demo
+    });
     tracing::info!(
-        tls = ?tls.map(|t| &t.listeners),
+        tls = tls.is_some(),
         mtls = tls.is_some_and(|t| t.client_ca_file.is_some()),
         mcp = %cfg.server.mcp_listen,
         proxy = %cfg.server.proxy_listen,
@@ -108,6 +120,9 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
         apis = cfg.apis.len(),
         "api-gateway-mcp listening"
     );
+    if cfg.log_format == crate::config::LogFormat::Text {
+        eprintln!("{}", banner(&cfg));
+    }
     spawn_background(
         live.clone(),
         &cfg.server,
@@ -116,6 +131,9 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(mcp);
     server.add_service(admin);
+    if let Some(d) = demo {
+        server.add_service(d);
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingSignals {
             live: live.clone(),
@@ -125,6 +143,47 @@ pub fn serve(config: Config, source: Option<PathBuf>) -> Result<(), String> {
     // The doors have drained: write every queued audit record before exiting.
     live.current().shutdown();
     Ok(())
+}
+
+/// What a person starting the gateway reads first: where each door listens, the APIs,
+/// whether callers must authenticate, and a command to try on each door.
+fn banner(cfg: &Config) -> String {
+    let s = &cfg.server;
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    let api = cfg.apis.first();
+    let mut out = format!(
+        "\napi-gateway-mcp {} is serving\n  MCP door    {scheme}://{}/mcp\n  proxy door  {scheme}://{}/{{api}}/{{path}}\n  admin       {scheme}://{}/healthz, /metrics\n",
+        env!("CARGO_PKG_VERSION"),
+        s.mcp_listen,
+        s.proxy_listen,
+        s.admin_listen
+    );
+    if let Some(d) = cfg.demo {
+        out.push_str(&format!(
+            "  demo        http://{d}: a built-in demo upstream that echoes what it receives (the embedded defaults; off in any config that has no [demo])\n"
+        ));
+    }
+    let names: Vec<String> = cfg
+        .apis
+        .iter()
+        .map(|a| format!("{} ({})", a.name, a.base.original))
+        .collect();
+    out.push_str(&format!("  APIs        {}\n", names.join(", ")));
+    out.push_str(if cfg.auth.required {
+        "  auth        required: send Authorization: Bearer <token> or X-API-Key\n"
+    } else {
+        "  auth        off: anonymous callers are served (set [auth] required = true)\n"
+    });
+    if let (Some(api), false) = (api, cfg.auth.required) {
+        let method_ok = api.methods.contains(&http::Method::GET);
+        if method_ok {
+            out.push_str(&format!(
+                "Try:\n  curl -s '{scheme}://{}/{}/hello?name=world'\n  curl -s {scheme}://{}/mcp -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\\n    -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: api_gateway' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"api_gateway\",\"arguments\":{{\"api\":\"{}\",\"endpoint\":\"/hello\"}},\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}},\"io.modelcontextprotocol/clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}}}'\n",
+                s.proxy_listen, api.name, s.mcp_listen, api.name
+            ));
+        }
+    }
+    out
 }
 
 /// The door listeners' and the admin listener's connection caps and head deadline.
@@ -196,7 +255,7 @@ impl pingora::server::ShutdownSignalWatch for DrainingSignals {
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = term.recv() => {
                 self.live.set_draining();
-                tracing::info!(delay = ?self.delay, "SIGTERM: /readyz fails; draining");
+                tracing::info!(delay_ms = self.delay.as_millis() as u64, "SIGTERM: /readyz fails; draining");
                 tokio::time::sleep(self.delay).await;
                 ShutdownSignal::GracefulTerminate
             }

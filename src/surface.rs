@@ -819,6 +819,7 @@ pub fn builtin_tools(visible: &[(&Arc<Api>, Vec<Method>)], operations: bool) -> 
             "deny_paths": {"type": "array", "items": {"type": "string"}},
             "rate_limit": policy.clone(),
             "per_user_rate_limit": policy.clone(),
+            "per_key_rate_limit": policy.clone(),
             "endpoint_rate_limits": {"type": "array", "items": {
                 "type": "object",
                 "properties": {"path": {"type": "string"}, "policy": policy}

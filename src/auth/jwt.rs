@@ -361,6 +361,66 @@ impl JwtVerifier {
 }
 
 /// The `alg` a token's header claims, read without trusting it (to name `none` precisely).
+/// `api-gateway-mcp token`: a token this issuer's validation accepts, for development and
+/// tests. `secret` signs HS tokens; `pem` (a private key) signs RS, PS, ES and EdDSA ones.
+pub fn mint(
+    issuer: &JwtIssuer,
+    secret: Option<&[u8]>,
+    pem: Option<&[u8]>,
+    sub: &str,
+    roles: &[String],
+    ttl: Duration,
+) -> Result<String, String> {
+    use jsonwebtoken::EncodingKey;
+    if let Some(max) = issuer.max_lifetime {
+        if ttl > max {
+            return Err(format!(
+                "--ttl {}s is longer than the issuer's max_lifetime ({}s): the gateway would refuse the token",
+                ttl.as_secs(),
+                max.as_secs()
+            ));
+        }
+    }
+    let alg = *issuer
+        .algorithms
+        .first()
+        .ok_or("the issuer allows no algorithm")?;
+    let key = match (alg, secret, pem) {
+        (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, Some(s), _) => {
+            EncodingKey::from_secret(s)
+        }
+        (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, None, _) => {
+            return Err(format!("{alg:?} needs the shared secret: --secret-env VAR"))
+        }
+        (Algorithm::ES256 | Algorithm::ES384, _, Some(p)) => {
+            EncodingKey::from_ec_pem(p).map_err(|e| format!("--key: not an EC private key: {e}"))?
+        }
+        (Algorithm::EdDSA, _, Some(p)) => EncodingKey::from_ed_pem(p)
+            .map_err(|e| format!("--key: not an Ed25519 private key: {e}"))?,
+        (_, _, Some(p)) => EncodingKey::from_rsa_pem(p)
+            .map_err(|e| format!("--key: not an RSA private key: {e}"))?,
+        (_, _, None) => return Err(format!("{alg:?} needs a private key: --key FILE.pem")),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iss": issuer.issuer,
+        "sub": sub,
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+    });
+    if let Some(aud) = issuer.audience.first() {
+        claims["aud"] = Value::String(aud.clone());
+    }
+    if !roles.is_empty() {
+        let claim = issuer.roles_claim.as_deref().unwrap_or("roles");
+        claims[claim] = serde_json::json!(roles);
+    }
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).map_err(|e| e.to_string())
+}
+
 fn declared_alg(token: &str) -> Option<String> {
     let head = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

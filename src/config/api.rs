@@ -563,7 +563,11 @@ impl Api {
 
 /// Parses and checks an API's `base_url`: http(s), a host, no credentials, query or fragment.
 pub fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
+    let u = url::Url::parse(s).map_err(|e| {
+        format!(
+            "{s:?} is not an absolute URL ({e}): a base URL is a scheme, a host and an optional path, such as \"https://api.example.com/v1\""
+        )
+    })?;
     let tls = match u.scheme() {
         "https" => true,
         "http" => false,

@@ -52,7 +52,7 @@ pub use ratelimit::{topology, OnError, Policy, RateLimits, RedisSettings, Topolo
 pub use response::{BinaryMode, Query, Redaction, ResponseShaping, SecretKind};
 pub use security::RequestGuards;
 use security::{RawEgress, RawSecurity};
-pub use server::{BrowserRules, McpConfig, ProxyConfig, ServerConfig};
+pub use server::{BrowserRules, LogFormat, McpConfig, ProxyConfig, ServerConfig};
 use server::{RawMcp, RawProxy, RawServer};
 pub use telemetry::{MetricsConfig, OtlpProtocol, TracingConfig};
 pub use tls::{Listener, TlsConfig};
@@ -94,6 +94,66 @@ impl fmt::Display for ConfigErrors {
         }
         Ok(())
     }
+}
+
+/// A TOML syntax error with where it is: `invalid TOML at line 3, column 9: …`, then the
+/// line itself and a caret under the column.
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let Some(span) = e.span() else {
+        return format!("invalid TOML: {message}");
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    format!(
+        "invalid TOML at line {line_no}, column {column}: {message}\n    {line_no} | {line}\n    {} | {}^",
+        " ".repeat(line_no.to_string().len()),
+        " ".repeat(column - 1)
+    )
+}
+
+/// serde's wording, for people: "unknown field `tmeout`, expected one of …" (at the path
+/// `apis[0].tmeout`) becomes "unknown key (did you mean `timeout`?)", "expected usize"
+/// becomes "expected a whole number".
+fn in_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((key, expected)) = rest.split_once('`') {
+            let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let best = known
+                .iter()
+                .map(|k| (strsim::jaro_winkler(key, k), *k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            return match best {
+                Some((_, k)) => format!("unknown key (did you mean `{k}`?)"),
+                None if known.is_empty() => "unknown key: this table takes none".to_string(),
+                None => format!("unknown key; the keys here are {}", known.join(", ")),
+            };
+        }
+    }
+    let mut out = message.to_string();
+    for (from, to) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number (0 to 65535)"),
+        ("expected u8", "expected a whole number (0 to 255)"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list, such as [\"a\", \"b\"]",
+        ),
+        ("expected a map", "expected a table"),
+        ("invalid type: ", "wrong type: "),
+    ] {
+        out = out.replace(from, to);
+    }
+    out
 }
 
 /// An error at a key path, for validators that live outside this module.
@@ -168,6 +228,9 @@ struct RawConfig {
     tracing: telemetry::RawTracing,
     #[serde(default)]
     metrics: telemetry::RawMetrics,
+    #[serde(default)]
+    log: server::RawLog,
+    demo: Option<server::RawDemo>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -205,6 +268,10 @@ pub struct Config {
     pub credential_store: Option<CredentialStoreConfig>,
     /// `[[approvals]]`: calls that wait for a person.
     pub approvals: Approvals,
+    /// `[log] format`.
+    pub log_format: LogFormat,
+    /// `[demo] listen`: where the built-in demo upstream answers (the embedded default only).
+    pub demo: Option<SocketAddr>,
 }
 
 impl Config {
@@ -260,12 +327,8 @@ impl Config {
 
     /// Parses and validates config text. `env` looks up variables for `${VAR}`.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![err(
-                "",
-                format!("invalid TOML: {}", e.message().trim()),
-            )])
-        })?;
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![err("", toml_syntax_error(text, &e))]))?;
         let mut errors = Vec::new();
         interpolate_value(&mut value, "", env, &mut errors);
         if !errors.is_empty() {
@@ -274,7 +337,7 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigErrors(vec![err(path, e.into_inner().to_string())])
+            ConfigErrors(vec![err(path, in_words(&e.into_inner().to_string()))])
         })?;
         validate(raw, env)
     }
@@ -337,6 +400,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     let mut errors = Vec::new();
 
     let server = server::validate_server(raw.server, &mut errors);
+    let log_format = server::validate_log(raw.log, &mut errors);
+    let demo = server::validate_demo(raw.demo, &mut errors);
     let mcp = server::validate_mcp(raw.mcp, server.mcp_listen, &mut errors);
     let proxy = server::validate_proxy(raw.proxy, server.proxy_listen, &mut errors);
     let auth = access::validate_auth(raw.auth, &mut errors);
@@ -443,6 +508,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             policy_mode: raw.policy.mode,
             credential_store,
             approvals,
+            log_format,
+            demo,
         })
     } else {
         Err(ConfigErrors(errors))
@@ -556,7 +623,8 @@ mod tests {
     fn embedded_default_is_valid() {
         let c = Config::parse(EMBEDDED_DEFAULT, &env).unwrap();
         assert_eq!(c.apis.len(), 1);
-        assert_eq!(c.apis[0].name, "local");
+        assert_eq!(c.apis[0].name, "demo");
+        assert_eq!(c.demo, Some("127.0.0.1:18081".parse().unwrap()));
         assert_eq!(c.server.mcp_listen.port(), 3000);
     }
 

@@ -418,3 +418,68 @@ pub(super) fn validate_mcp(
         ),
     }
 }
+
+/// `[log]`: how log lines are written (levels come from `RUST_LOG`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    format: Option<String>,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event, `key=value` fields; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+pub(super) fn validate_log(raw: RawLog, errors: &mut Vec<ConfigError>) -> LogFormat {
+    match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errors.push(err(
+                "log.format",
+                format!("{other:?} is not one of \"text\", \"json\""),
+            ));
+            LogFormat::Text
+        }
+    }
+}
+
+/// `[demo]`: the built-in demo upstream, for trying the gateway with nothing else running.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDemo {
+    listen: String,
+}
+
+pub(super) fn validate_demo(
+    raw: Option<RawDemo>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SocketAddr> {
+    let raw = raw?;
+    match raw.listen.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(_) => {
+            errors.push(err(
+                "demo.listen",
+                "must be a loopback address such as \"127.0.0.1:18081\": the demo upstream is for trying the gateway on this machine",
+            ));
+            None
+        }
+        Err(_) => {
+            errors.push(err(
+                "demo.listen",
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:18081\"",
+                    raw.listen
+                ),
+            ));
+            None
+        }
+    }
+}

@@ -170,24 +170,22 @@ impl McpHttpApp {
         caller: Option<&Caller>,
         e: &GatewayError,
     ) -> Option<ReusedHttpStream> {
-        tracing::info!(
-            error = e.kind.code(),
-            reason = e.reason.map_or("", crate::error::Reason::code),
-            door = "mcp",
-            "request refused"
-        );
-        crate::telemetry::metrics().refusal(Door::Mcp, None, e);
-        gw.audit(|| {
-            let head = session.req_header();
-            let mut event = crate::audit::AuditEvent::new(
-                Door::Mcp,
-                caller,
-                head.method.as_str(),
-                head.uri.path(),
-            );
-            event.failed(e);
-            event
+        let head = session.req_header();
+        let mut event =
+            crate::audit::AuditEvent::new(Door::Mcp, caller, head.method.as_str(), head.uri.path());
+        event.failed(e);
+        crate::call::log_refusal(&crate::call::LogLine {
+            request_id: &event.request_id,
+            door: Door::Mcp,
+            api: "none",
+            method: head.method.as_str(),
+            path: head.uri.path(),
+            principal: caller.map_or("unidentified", |c| c.principal.id.as_str()),
+            status: e.kind.status(),
+            error: e,
         });
+        crate::telemetry::metrics().refusal(Door::Mcp, None, e);
+        gw.audit(|| event);
         Self::respond_error(gw, &mut session, e).await;
         crate::admin::finish(session).await
     }

@@ -18,10 +18,17 @@ pub async fn serve_stdio(live: Arc<Live>) -> anyhow::Result<()> {
         .identify_local(&|name| std::env::var(name).ok())
         .await
         .map_err(|e| {
+            // Over stdio there are no headers: say which variables carry a credential.
+            let message = if e.reason == Some(crate::error::Reason::MissingCredentials) {
+                "authentication is required: set API_GATEWAY_MCP_TOKEN (a bearer token) or \
+                 API_GATEWAY_MCP_API_KEY in the server's environment (the MCP client's `env`)"
+                    .to_string()
+            } else {
+                e.message.clone()
+            };
             anyhow::anyhow!(
-                "stdio caller not authenticated ({}): {}",
-                e.reason_code(),
-                e.message
+                "stdio caller not authenticated ({}): {message}",
+                e.reason_code()
             )
         })?;
     let handler = GatewayMcp {

@@ -145,6 +145,9 @@ impl GatewayMcp {
                 if let Some(p) = limits.per_user.as_ref() {
                     v["per_user_rate_limit"] = policy_json(p);
                 }
+                if let Some(p) = caller.principal.key_rate_limit.as_ref() {
+                    v["per_key_rate_limit"] = policy_json(p);
+                }
                 if !a.endpoint_rate_limits.is_empty() {
                     v["endpoint_rate_limits"] = a
                         .endpoint_rate_limits

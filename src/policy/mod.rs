@@ -857,9 +857,7 @@ impl Pipeline {
                 // The same rule for both, so the rule does not tell them apart either.
                 GatewayError::because(
                     Reason::NotPermitted,
-                    format!(
-                        "API {name:?} is not available to you; call list_apis for what you may use"
-                    ),
+                    format!("API {name:?} is not available to you"),
                 )
                 .by_rule(if self.config.rbac.enabled() {
                     "rbac.roles"
@@ -867,9 +865,7 @@ impl Pipeline {
                     "auth.api_keys.allowed_apis"
                 })
             } else {
-                GatewayError::unknown_api(format!(
-                    "no API named {name:?} is configured; call list_apis for the catalogue"
-                ))
+                GatewayError::unknown_api(format!("no API named {name:?} is configured"))
             }
         })
     }
