@@ -14,6 +14,8 @@
 #   f  traced        as c, with [tracing] on: two spans per call exported over OTLP/HTTP
 #   h  own credential as c, the API injecting the caller's own secret (credentials.mode =
 #                    "per_principal", read from a SQLite credential store on every call)
+#   i  mcp tool      as e, calling the tool generated from an OpenAPI operation of the same
+#                    endpoint (local_getData) instead of api_gateway
 #   g  pingora       a bare Pingora proxy (examples/pingora_floor.rs, same threads and profile)
 #                    that only forwards: the floor under c. Measured when it is built
 #                    (cargo build --release --example pingora_floor).
@@ -109,6 +111,13 @@ export AGM_BENCH_CRED_KEY; AGM_BENCH_CRED_KEY=$(head -c32 /dev/urandom | base64)
 } > "$work/own.toml"
 printf 'bench-own-secret' | "$bin" credentials set -c "$work/own.toml" --api local --principal key:load >/dev/null
 
+# i: the same API described by an OpenAPI document, called through its generated tool.
+{ gateway_config ""
+  cat <<'TOML'
+[apis.openapi]
+inline = '''{"openapi": "3.1.0", "info": {"title": "load", "version": "1"}, "paths": {"/data.json": {"get": {"operationId": "getData", "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}}}}}'''
+TOML
+} > "$work/tools.toml"
 # wrk script for the MCP door: a stateless tools/call, as a 2026-07-28 client sends it.
 cat > "$work/mcp.lua" <<LUA
 wrk.method = "POST"
@@ -120,6 +129,10 @@ wrk.headers["Mcp-Name"] = "api_gateway"
 wrk.headers["X-API-Key"] = "$key"
 wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"api_gateway","arguments":{"api":"local","endpoint":"/data.json"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"1"}}}}'
 LUA
+
+sed -e 's/"Mcp-Name"] = "api_gateway"/"Mcp-Name"] = "local_getData"/' \
+    -e 's|"name":"api_gateway","arguments":{"api":"local","endpoint":"/data.json"}|"name":"local_getData","arguments":{}|' \
+    "$work/mcp.lua" > "$work/mcp_tool.lua"
 
 now_ms() { date +%s%3N; }
 gw_pid=""
@@ -199,6 +212,10 @@ for round in $(seq "$rounds"); do
     run e0_mcp_base http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
     stop_gateway
   fi
+  start_gateway "$work/tools.toml"
+  probe
+  run i_mcp_tool http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp_tool.lua"
+  stop_gateway
   start_gateway "$work/own.toml"
   probe
   run h_own_credential http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
@@ -225,9 +242,9 @@ sort -k1,1 -s "$work/results" | awk '
     return v[int((cnt + 1) / 2)]
   }
   END {
-    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door h_own_credential d_proxy_redis e0_mcp_base e_mcp_door f_proxy_traced", order, " ")
+    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door h_own_credential d_proxy_redis e0_mcp_base e_mcp_door i_mcp_tool f_proxy_traced", order, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 10; i++) {
+    for (i = 1; i <= 11; i++) {
       k = order[i]; if (!(k in n)) continue
       rq = med(r, k, n[k])
       printf "%-15s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100

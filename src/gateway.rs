@@ -352,7 +352,7 @@ impl Live {
                     tracing::warn!(
                         trigger = why,
                         apis,
-                        unchanged = ?kept,
+                        unchanged = %kept.join(", "),
                         "config reloaded; changes to these sections need a restart and were not applied"
                     );
                 }

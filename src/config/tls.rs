@@ -85,7 +85,7 @@ impl TlsConfig {
         builder
             .build()
             .map(|v| Some(v as Arc<dyn ClientCertVerifier>))
-            .map_err(|e| format!("{}: {e}", ca.display()))
+            .map_err(|e| format!("cannot use {} to verify clients: {e}", ca.display()))
     }
 
     /// Pingora's settings for one listener. Call only on a validated config: Pingora panics

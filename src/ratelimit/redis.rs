@@ -429,7 +429,11 @@ impl RedisLimiter {
                 }
                 tracing::warn!(
                     error = why,
-                    on_error = ?self.settings.on_error,
+                    on_error = %match self.settings.on_error {
+                        crate::config::OnError::Local(share) => format!("local (share {share})"),
+                        crate::config::OnError::Allow => "allow".to_string(),
+                        crate::config::OnError::Deny => "deny".to_string(),
+                    },
                     "Redis rate-limit store unavailable; falling back"
                 );
             }
