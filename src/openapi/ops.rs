@@ -754,6 +754,10 @@ mod tests {
         crate::config::Config::parse(&text, &|_| None).unwrap().apis[0].clone()
     }
 
+    pub(super) fn api_for_properties() -> Arc<Api> {
+        api("")
+    }
+
     fn shop(extra: &str) -> ApiSurface {
         let api = api(extra);
         let doc = include_bytes!("../../tests/fixtures/openapi/shop-v1.json");
@@ -900,5 +904,89 @@ mod tests {
             .to_call(json!({"path": {"x": "v/1"}}).as_object().unwrap())
             .unwrap();
         assert_eq!(c.endpoint, "/c/v%2F1.json");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values a damaged or hostile document may hold where a schema, a parameter or a
+    /// reference belongs.
+    fn hostile() -> impl Strategy<Value = Value> {
+        prop::sample::select(vec![
+            json!(null),
+            json!(true),
+            json!(42),
+            json!("text"),
+            json!([]),
+            json!({}),
+            json!({"$ref": "#"}),
+            json!({"$ref": "#/paths"}),
+            json!({"$ref": "#/components/schemas/Item/properties/children"}),
+            json!({"$ref": "https://evil.example/x.json"}),
+            json!({"$ref": 7}),
+            json!({"type": "object", "properties": []}),
+            json!({"items": [{"$ref": "#/components/schemas/Item"}]}),
+            json!({"name": "id", "in": "path"}),
+            json!({"name": "{x}", "in": "query", "schema": {"$ref": "#/components/schemas/Missing"}}),
+            json!({"allOf": [{"$ref": "#"}, {"$ref": "#"}]}),
+            json!("{a}{b}/{"),
+        ])
+    }
+
+    /// Every node of `v` by JSON pointer, for choosing one to damage.
+    fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, x)| {
+                pointers(
+                    x,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                )
+            }),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, x)| pointers(x, format!("{at}/{i}"), out)),
+            _ => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// A document damaged at any node is read or refused with a reason, never a panic;
+        /// each tool it still gives takes any arguments without panicking.
+        #[test]
+        fn damaged_documents_and_arguments_never_panic(
+            which in any::<prop::sample::Index>(),
+            value in hostile(),
+            args in hostile(),
+        ) {
+            let doc: Value = serde_json::from_slice(include_bytes!("../../tests/fixtures/openapi/shop-v1.json")).unwrap();
+            let mut all = Vec::new();
+            pointers(&doc, String::new(), &mut all);
+            let target = which.get(&all).clone();
+            let mut damaged = doc.clone();
+            if let Some(slot) = damaged.pointer_mut(&target) {
+                *slot = value;
+            }
+            let api = tests::api_for_properties();
+            if let Ok(s) = build(&api, api.openapi.as_ref().unwrap(), damaged.to_string().as_bytes()) {
+                for op in &s.operations {
+                    let _ = s.input_schema(op);
+                    let mut map = Map::new();
+                    for k in ["path", "query", "headers", "body"] {
+                        map.insert(k.into(), args.clone());
+                    }
+                    let _ = op.to_call(&map);
+                    if let Value::Object(m) = &args {
+                        let _ = op.to_call(m);
+                    }
+                }
+            }
+        }
     }
 }
