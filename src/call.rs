@@ -51,8 +51,8 @@ pub struct CallRecord {
 
 impl CallRecord {
     /// Opens the record of a call to `api` (the configured API it names, if any);
-    /// `target` gives the path as the caller wrote it, for audit, and is called only when
-    /// calls are audited.
+    /// `target` gives the path as the caller wrote it, for the audit record and the log
+    /// line of a refusal.
     pub fn open(
         gw: &Gateway,
         door: Door,
@@ -237,12 +237,39 @@ pub struct LogLine<'a> {
     pub error: &'a GatewayError,
 }
 
+/// `s` with its control characters escaped (`\n` as the two characters `\n`), so caller
+/// text cannot start a log line of its own.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Logs one refusal (at info: a refusal is the gateway working) or failure (warn: the
 /// upstream or the gateway failed), one line each, query values redacted.
 pub fn log_refusal(l: &LogLine<'_>) {
     let e = l.error;
     let reason = e.reason.map_or(e.kind.code(), crate::error::Reason::code);
-    let path = crate::audit::redact_query(l.path);
+    // Caller text is quoted with its control characters escaped, so it cannot forge a line,
+    // and cut; a connect link's single-use token never reaches the log.
+    let path = crate::types::truncate_chars(&crate::audit::redact_query(l.path), 512).to_string();
+    let detail = match e.reason {
+        Some(crate::error::Reason::CredentialRequired) => {
+            "the caller has no credential for this API"
+        }
+        _ => crate::types::truncate_chars(&e.message, 512),
+    };
     let failed = matches!(
         e.kind,
         crate::error::ErrorKind::UpstreamError
@@ -256,14 +283,14 @@ pub fn log_refusal(l: &LogLine<'_>) {
                 door = l.door.as_str(),
                 api = l.api,
                 method = l.method,
-                path = %path,
+                path = %printable(&path),
                 principal = l.principal,
                 status = l.status,
                 error = e.kind.code(),
                 reason,
-                stage = e.stage.map_or("", crate::error::Stage::as_str),
-                rule = e.rule.as_deref().unwrap_or(""),
-                detail = %e.message,
+                stage = e.stage.map(crate::error::Stage::as_str),
+                rule = e.rule.as_deref(),
+                detail = %printable(detail),
                 $msg
             )
         };
@@ -340,4 +367,17 @@ pub fn problem(
         insert_rate_limit_headers(&mut h, &d.states, config.rate_limits.legacy_headers)?;
     }
     Ok((h, body))
+}
+
+#[cfg(test)]
+mod log_tests {
+    /// Caller text cannot begin a log line of its own.
+    #[test]
+    fn control_characters_in_logged_text_are_escaped() {
+        assert_eq!(super::printable("/a/b"), "/a/b");
+        assert_eq!(
+            super::printable("/x\nINFO call refused principal=admin\r\t"),
+            "/x\\nINFO call refused principal=admin\\r\\t"
+        );
+    }
 }

@@ -39,7 +39,17 @@ impl HttpServerApp for DemoUpstream {
             return None;
         }
         let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
+        loop {
+            let chunk = match session.read_request_body().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(_) => {
+                    let b =
+                        Bytes::from_static(b"{\"error\":\"the request body could not be read\"}");
+                    crate::admin::respond(&mut session, 400, "application/json", b).await;
+                    return None;
+                }
+            };
             if body.len() + chunk.len() > MAX_BODY {
                 let b =
                     Bytes::from_static(b"{\"error\":\"the demo upstream reads at most 64 KiB\"}");

@@ -957,14 +957,30 @@ fn main() -> ExitCode {
                     }
                     None => None,
                 };
-                api_gateway_mcp::auth::jwt::mint(
+                let token = api_gateway_mcp::auth::jwt::mint(
                     issuer,
                     secret.as_deref().map(str::as_bytes),
                     pem.as_deref(),
                     &sub,
                     &roles,
                     ttl,
-                )
+                )?;
+                // Only a token the config itself accepts is printed.
+                let verifier = api_gateway_mcp::auth::jwt::JwtVerifier::new(
+                    std::slice::from_ref(issuer),
+                    std::sync::Arc::new(api_gateway_mcp::egress::Egress::with_nameservers(
+                        &cfg.nameservers,
+                    )),
+                )?;
+                block_on(verifier.verify(&token))?.map_err(|e| {
+                    format!(
+                        "the minted token is not accepted by {} ({}: {}): is --secret-env {secret_env} (or --key) the issuer's key?",
+                        config.display(),
+                        e.reason_code(),
+                        e.message
+                    )
+                })?;
+                Ok(token)
             })();
             match minted {
                 Ok(t) => {

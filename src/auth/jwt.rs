@@ -360,7 +360,6 @@ impl JwtVerifier {
     }
 }
 
-/// The `alg` a token's header claims, read without trusting it (to name `none` precisely).
 /// `api-gateway-mcp token`: a token this issuer's validation accepts, for development and
 /// tests. `secret` signs HS tokens; `pem` (a private key) signs RS, PS, ES and EdDSA ones.
 pub fn mint(
@@ -415,12 +414,21 @@ pub fn mint(
         claims["aud"] = Value::String(aud.clone());
     }
     if !roles.is_empty() {
+        // A dotted claim (`realm_access.roles`) is nested, as the verifier reads it.
         let claim = issuer.roles_claim.as_deref().unwrap_or("roles");
-        claims[claim] = serde_json::json!(roles);
+        let mut slot = &mut claims;
+        for part in claim.split('.') {
+            if !slot.get(part).is_some_and(Value::is_object) {
+                slot[part] = serde_json::json!({});
+            }
+            slot = &mut slot[part];
+        }
+        *slot = serde_json::json!(roles);
     }
     jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).map_err(|e| e.to_string())
 }
 
+/// The `alg` a token's header claims, read without trusting it (to name `none` precisely).
 fn declared_alg(token: &str) -> Option<String> {
     let head = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
