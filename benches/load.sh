@@ -2,6 +2,8 @@
 # The gateway against nginx and the direct path, under wrk.
 #
 #   cargo build --release && benches/load.sh [seconds per run, default 10] [rounds, default 3]
+#   THREADS="1 2" benches/load.sh …   the gateway and the floor at each thread count (default "2";
+#                                     labels then end in @N), and the issue-21 ratios
 #
 # Needs nginx, wrk, redis-server and curl (Debian: apt-get install nginx wrk redis-server curl).
 # An nginx serving a small JSON document is the upstream. Each configuration runs once per
@@ -31,6 +33,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-10}"
 rounds="${2:-3}"
 conns=32
+threads_list="${THREADS:-2}"
 bin="${AGM_BIN:-target/release/api-gateway-mcp}"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 base_bin="${AGM_BASE_BIN:-}"
@@ -72,13 +75,14 @@ until redis-cli -p 16391 ping >/dev/null 2>&1; do sleep 0.05; done
 
 key="agm_load-test-key-0123456789abcdefghijklmnopqrs"
 key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+gw_threads=2
 gateway_config() { # store line
   cat <<CONF
 [server]
 mcp_listen = "127.0.0.1:13000"
 proxy_listen = "127.0.0.1:18080"
 admin_listen = "127.0.0.1:19090"
-threads = 2
+threads = $gw_threads
 [auth]
 methods = ["api_key"]
 [[auth.api_keys]]
@@ -98,26 +102,28 @@ methods = ["GET"]
 paths = ["/**"]
 CONF
 }
-gateway_config "" > "$work/memory.toml"
-# f: as c, with every call traced and its spans exported over OTLP/HTTP (the upstream nginx
-# answers the exports).
-{ gateway_config ""; printf '[tracing]\nendpoint = "http://127.0.0.1:18181"\n'; } > "$work/traced.toml"
-gateway_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis.toml"
-# h: the caller's own credential, stored once before the runs.
-export AGM_BENCH_CRED_KEY; AGM_BENCH_CRED_KEY=$(head -c32 /dev/urandom | base64)
-{ gateway_config ""
-  echo 'credentials = { mode = "per_principal", header = "Authorization" }'
-  printf '[credential_store]\nkind = "sqlite"\npath = "%s/creds.db"\nkey_env = "AGM_BENCH_CRED_KEY"\n' "$work"
-} > "$work/own.toml"
-printf 'bench-own-secret' | "$bin" credentials set -c "$work/own.toml" --api local --principal key:load >/dev/null
-
-# i: the same API described by an OpenAPI document, called through its generated tool.
-{ gateway_config ""
-  cat <<'TOML'
+make_configs() { # writes every gateway config for $gw_threads threads, as NAME-$gw_threads.toml
+  gateway_config "" > "$work/memory-$gw_threads.toml"
+  # f: as c, with every call traced and its spans exported over OTLP/HTTP (the upstream nginx
+  # answers the exports).
+  { gateway_config ""; printf '[tracing]\nendpoint = "http://127.0.0.1:18181"\n'; } > "$work/traced-$gw_threads.toml"
+  gateway_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis-$gw_threads.toml"
+  # h: the caller's own credential, stored once before the runs.
+  { gateway_config ""
+    echo 'credentials = { mode = "per_principal", header = "Authorization" }'
+    printf '[credential_store]\nkind = "sqlite"\npath = "%s/creds.db"\nkey_env = "AGM_BENCH_CRED_KEY"\n' "$work"
+  } > "$work/own-$gw_threads.toml"
+  # i: the same API described by an OpenAPI document, called through its generated tool.
+  { gateway_config ""
+    cat <<'TOML'
 [apis.openapi]
 inline = '''{"openapi": "3.1.0", "info": {"title": "load", "version": "1"}, "paths": {"/data.json": {"get": {"operationId": "getData", "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}}}}}'''
 TOML
-} > "$work/tools.toml"
+  } > "$work/tools-$gw_threads.toml"
+}
+export AGM_BENCH_CRED_KEY; AGM_BENCH_CRED_KEY=$(head -c32 /dev/urandom | base64)
+for gw_threads in $threads_list; do make_configs; done
+printf 'bench-own-secret' | "$bin" credentials set -c "$work/own-$gw_threads.toml" --api local --principal key:load >/dev/null
 # wrk script for the MCP door: a stateless tools/call, as a 2026-07-28 client sends it.
 cat > "$work/mcp.lua" <<LUA
 wrk.method = "POST"
@@ -164,7 +170,7 @@ run() {
   shift 3
   local t0=0 u0=0 p
   for p in $pids_; do t0=$((t0 + $(ticks "$p"))); u0=$((u0 + $(uticks "$p"))); done
-  local r0=0; [ "$label" = d_proxy_redis ] && r0=$(ticks "$(cat "$work/redis.pid")")
+  local r0=0; [[ "$label" == d_proxy_redis* ]] && r0=$(ticks "$(cat "$work/redis.pid")")
   local out; out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency "$@" "$url")
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   local cpu=- usr=- sys=- rss=-
@@ -176,7 +182,7 @@ run() {
     sys=$(awk -v a="$((t0 - u0))" -v b="$((t1 - u1))" -v s="$secs" -v hz="$hz" -v r="$rps" 'BEGIN {printf "%.1f", (b-a)/hz/(r*s)*1e6}')
     rss=$(for p in $pids_; do cat "/proc/$p/status"; done | awk '/VmHWM/ {k += $2} END {printf "%.1f", k/1024}')
   fi
-  if [ "$label" = d_proxy_redis ]; then
+  if [[ "$label" == d_proxy_redis* ]]; then
     awk -v a="$r0" -v b="$(ticks "$(cat "$work/redis.pid")")" -v s="$secs" -v hz="$hz" -v r="$rps" \
       'BEGIN {printf "%.1f\n", (b-a)/hz/(r*s)*1e6}' >> "$work/redis_us"
   fi
@@ -192,48 +198,51 @@ floor_bin="$(dirname "$bin")/examples/pingora_floor"
 for round in $(seq "$rounds"); do
   run a_direct http://127.0.0.1:18181/data.json ""
   run b_nginx_proxy http://127.0.0.1:18282/data.json "$proxy_workers"
-  if [ -x "$floor_bin" ]; then
-    "$floor_bin" 127.0.0.1:18383 127.0.0.1:18181 >/dev/null 2>&1 &
-    floor_pid=$!
-    pids+=("$floor_pid")
-    until curl -sf http://127.0.0.1:18383/data.json >/dev/null 2>&1; do sleep 0.005; done
-    run g_pingora_floor http://127.0.0.1:18383/data.json "$floor_pid"
-    kill -INT "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
-  fi
-  start_gateway "$work/memory.toml"
-  probe
-  run c_proxy_door http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-  run e_mcp_door http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
-  stop_gateway
-  if [ -n "$base_bin" ]; then
-    start_gateway "$work/memory.toml" "$base_bin"
+  for t in $threads_list; do
+    sfx=""; [ "$threads_list" = "$t" ] || sfx="@$t"
+    if [ -x "$floor_bin" ]; then
+      "$floor_bin" 127.0.0.1:18383 127.0.0.1:18181 "$t" >/dev/null 2>&1 &
+      floor_pid=$!
+      pids+=("$floor_pid")
+      until curl -sf http://127.0.0.1:18383/data.json >/dev/null 2>&1; do sleep 0.005; done
+      run g_pingora_floor$sfx http://127.0.0.1:18383/data.json "$floor_pid"
+      kill -INT "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
+    fi
+    start_gateway "$work/memory-$t.toml"
     probe
-    run c0_proxy_base http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-    run e0_mcp_base http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+    run c_proxy_door$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+    run e_mcp_door$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
     stop_gateway
-  fi
-  start_gateway "$work/tools.toml"
-  probe
-  run i_mcp_tool http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp_tool.lua"
-  stop_gateway
-  start_gateway "$work/own.toml"
-  probe
-  run h_own_credential http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-  stop_gateway
-  start_gateway "$work/redis.toml"
-  probe
-  run d_proxy_redis http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-  stop_gateway
-  start_gateway "$work/traced.toml"
-  probe
-  run f_proxy_traced http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-  stop_gateway
+    if [ -n "$base_bin" ]; then
+      start_gateway "$work/memory-$t.toml" "$base_bin"
+      probe
+      run c0_proxy_base$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+      run e0_mcp_base$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+      stop_gateway
+    fi
+    start_gateway "$work/tools-$t.toml"
+    probe
+    run i_mcp_tool$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp_tool.lua"
+    stop_gateway
+    start_gateway "$work/own-$t.toml"
+    probe
+    run h_own_credential$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+    stop_gateway
+    start_gateway "$work/redis-$t.toml"
+    probe
+    run d_proxy_redis$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+    stop_gateway
+    start_gateway "$work/traced-$t.toml"
+    probe
+    run f_proxy_traced$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+    stop_gateway
+  done
 done
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved; medians"
-printf '%-15s %10s %9s %9s %8s %8s %8s %9s %8s %8s\n' config "req/s" "p50 ms" "p99 ms" "cpu %" "usr us" "sys us" "rss MB" "vs a" "vs b"
-sort -k1,1 -s "$work/results" | awk '
+printf '%-18s %10s %9s %9s %8s %8s %8s %9s %8s %8s\n' config "req/s" "p50 ms" "p99 ms" "cpu %" "usr us" "sys us" "rss MB" "vs a" "vs b"
+sort -k1,1 -s "$work/results" | awk -v threads="$threads_list" '
   { n[$1]++; r[$1, n[$1]] = $2; p5[$1, n[$1]] = $3; p9[$1, n[$1]] = $4; c[$1, n[$1]] = $5; m[$1, n[$1]] = $6
     us[$1, n[$1]] = $7; sy[$1, n[$1]] = $8 }
   function med(arr, k, cnt,   i, j, t, v) {
@@ -243,17 +252,45 @@ sort -k1,1 -s "$work/results" | awk '
   }
   END {
     split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door h_own_credential d_proxy_redis e0_mcp_base e_mcp_door i_mcp_tool f_proxy_traced", order, " ")
+    nt = split(threads, ts, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 11; i++) {
-      k = order[i]; if (!(k in n)) continue
+    for (i = 1; i <= 11; i++) for (j = 1; j <= (i <= 2 ? 1 : nt); j++) {
+      k = order[i] (i <= 2 || nt == 1 ? "" : "@" ts[j]); if (!(k in n)) continue
       rq = med(r, k, n[k])
-      printf "%-15s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
+      printf "%-18s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
+    }
+    # The targets of issue 21, per thread count: CPU per request is user + kernel time.
+    print ""
+    print "ratios (issue 21 targets):"
+    for (j = 1; j <= nt; j++) {
+      s = (nt == 1 ? "" : "@" ts[j])
+      if (("c_proxy_door" s) in n && ("g_pingora_floor" s) in n) {
+        cf = med(us, "g_pingora_floor" s, n["g_pingora_floor" s]) + med(sy, "g_pingora_floor" s, n["g_pingora_floor" s])
+        cc = med(us, "c_proxy_door" s, n["c_proxy_door" s]) + med(sy, "c_proxy_door" s, n["c_proxy_door" s])
+        printf "  %s thread(s) 1. proxy door CPU/req over the floor: %.2fx (target <= 1.15)\n", ts[j], cc / cf
+      }
+      if (("e_mcp_door" s) in n && ("c_proxy_door" s) in n) {
+        ce = med(us, "e_mcp_door" s, n["e_mcp_door" s]) + med(sy, "e_mcp_door" s, n["e_mcp_door" s])
+        cc = med(us, "c_proxy_door" s, n["c_proxy_door" s]) + med(sy, "c_proxy_door" s, n["c_proxy_door" s])
+        printf "  %s thread(s) 2. MCP door over proxy door: throughput %.2fx (target >= 0.75), CPU/req %.2fx (target <= 1.5)\n", ts[j], med(r, "e_mcp_door" s, n["e_mcp_door" s]) / med(r, "c_proxy_door" s, n["c_proxy_door" s]), ce / cc
+      }
+      if (("d_proxy_redis" s) in n && ("c_proxy_door" s) in n) {
+        printf "  %s thread(s) 5. Redis limiter over memory limiter throughput: %.2fx (target >= 0.85)\n", ts[j], med(r, "d_proxy_redis" s, n["d_proxy_redis" s]) / med(r, "c_proxy_door" s, n["c_proxy_door" s])
+      }
+    }
+    if (nt >= 2) {
+      split("c_proxy_door e_mcp_door", doors, " ")
+      for (d = 1; d <= 2; d++) {
+        lo = doors[d] "@" ts[1]; hi = doors[d] "@" ts[nt]
+        if (!(lo in n) || !(hi in n)) continue
+        printf "  3. %s CPU/req from %s to %s threads: %.2fx (target <= 1.15)\n", doors[d], ts[1], ts[nt], (med(us, hi, n[hi]) + med(sy, hi, n[hi])) / (med(us, lo, n[lo]) + med(sy, lo, n[lo]))
+      }
     }
   }'
 echo "redis-server CPU per decision in d: $(sort -n "$work/redis_us" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}') us (median)"
 
-# Start-up, idle memory, and memory at 256 connections.
-start_gateway "$work/memory.toml"
+# Start-up, idle memory, and memory at 256 connections (the last thread count).
+start_gateway "$work/memory-$gw_threads.toml"
 sleep 1
 idle=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
 wrk -t2 -c256 -d"${secs}s" -H "X-API-Key: $key" http://127.0.0.1:18080/local/data.json >/dev/null

@@ -4,7 +4,7 @@
 //! is Pingora's own and which is the gateway's policy work.
 //!
 //!   cargo build --release --example pingora_floor
-//!   target/release/examples/pingora_floor LISTEN UPSTREAM    (e.g. 127.0.0.1:18383 127.0.0.1:18181)
+//!   target/release/examples/pingora_floor LISTEN UPSTREAM [THREADS]  (e.g. 127.0.0.1:18383 127.0.0.1:18181 2)
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
@@ -32,8 +32,9 @@ fn main() {
         eprintln!("usage: pingora_floor LISTEN UPSTREAM");
         std::process::exit(2);
     };
+    let threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(2);
     let conf = ServerConf {
-        threads: 2,
+        threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
