@@ -277,16 +277,9 @@ impl Surface {
             for op in &s.operations {
                 // A name another API's tool (or the gateway's own) has: a numbered suffix,
                 // in config order.
-                let mut tool_name = op.tool.clone();
-                let mut n = 2;
-                while generated.contains_key(&tool_name) || fingerprints.contains_key(&tool_name) {
-                    let suffix = format!("_{n}");
-                    tool_name = format!(
-                        "{}{suffix}",
-                        &op.tool[..op.tool.len().min(128 - suffix.len())]
-                    );
-                    n += 1;
-                }
+                let tool_name = crate::openapi::unique_name(&op.tool, |t| {
+                    generated.contains_key(t) || fingerprints.contains_key(t)
+                });
                 if tool_name != op.tool {
                     tracing::warn!(api = %name, tool = %op.tool, served_as = %tool_name, "a generated tool's name is taken by another tool (set tool_prefix)");
                 }

@@ -229,6 +229,19 @@ impl ApiSurface {
     }
 }
 
+/// `base`, or, when `taken` says it is, `base_2`, `base_3`… (cut to stay within MCP's 128
+/// characters): the same name for the same order of operations.
+pub fn unique_name(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut name = base.to_string();
+    let mut n = 2;
+    while taken(&name) {
+        let suffix = format!("_{n}");
+        name = format!("{}{suffix}", &base[..base.len().min(128 - suffix.len())]);
+        n += 1;
+    }
+    name
+}
+
 /// Reads the document's bytes from a file or the config (a URL is fetched with [`fetch`]).
 pub fn read_local(cfg: &OpenApiConfig) -> Option<Result<Vec<u8>, String>> {
     match &cfg.source {

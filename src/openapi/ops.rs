@@ -157,15 +157,13 @@ pub fn build(api: &Api, cfg: &OpenApiConfig, bytes: &[u8]) -> Result<ApiSurface,
                 continue;
             }
             // The name: unique within the API; a later collision gets a numbered suffix.
-            let mut tool = base.clone();
-            let mut n = 2;
-            while let Some(other) = names.get(&tool) {
-                let suffix = format!("_{n}");
-                tool = format!("{}{suffix}", cut(&base, 128 - suffix.len()));
+            let tool = super::unique_name(&base, |t| names.contains_key(t));
+            if tool != base {
                 renamed = Some(format!(
-                    "the name {base} is taken by {other}; suffixed {suffix}"
+                    "the name {base} is taken by {}; suffixed {}",
+                    names[&base],
+                    &tool[tool.rfind('_').unwrap_or(0)..]
                 ));
-                n += 1;
             }
             names.insert(tool.clone(), format!("{method} {path}"));
             used_defs.extend(closure.iter().cloned());
