@@ -24,8 +24,6 @@ pub struct CallRecord {
     door: Door,
     started: Instant,
     method: String,
-    /// The path as the caller wrote it, for the log line of a refusal or failure.
-    path: String,
     /// The configured API the call names, or `unknown`: metric labels stay bounded.
     api_label: String,
     /// The admitted API, once admitted.
@@ -51,8 +49,8 @@ pub struct CallRecord {
 
 impl CallRecord {
     /// Opens the record of a call to `api` (the configured API it names, if any);
-    /// `target` gives the path as the caller wrote it, for the audit record and the log
-    /// line of a refusal.
+    /// `target` gives the path as the caller wrote it, for audit, and is called only when
+    /// calls are audited.
     pub fn open(
         gw: &Gateway,
         door: Door,
@@ -62,9 +60,8 @@ impl CallRecord {
         tool: Option<std::borrow::Cow<'static, str>>,
     ) -> CallRecord {
         let api_label = api.map_or("unknown", |a| a.name.as_str()).to_string();
-        let path = target();
         let event = gw.auditing().then(|| {
-            let mut e = AuditEvent::new(door, None, method, &path);
+            let mut e = AuditEvent::new(door, None, method, &target());
             e.tool = tool;
             e
         });
@@ -72,7 +69,6 @@ impl CallRecord {
             door,
             started: Instant::now(),
             method: method.to_string(),
-            path,
             api_label,
             api: None,
             caller: None,
@@ -144,10 +140,22 @@ impl CallRecord {
 
     /// Finishes the record: the call's metrics, span, audit event and, for a refusal or
     /// failure, its log line. `status` is the caller's answer (the upstream's, or the
-    /// gateway's for an error).
-    pub fn finish(mut self, gw: &Gateway, status: u16, error: Option<&GatewayError>) {
+    /// gateway's for an error). `target` gives the path as the caller wrote it, for the log
+    /// line, and is called only for a refusal or failure of a call that is not audited (an
+    /// audited one has it in its event): an admitted call makes no copy of it.
+    pub fn finish(
+        mut self,
+        gw: &Gateway,
+        status: u16,
+        error: Option<&GatewayError>,
+        target: impl FnOnce() -> String,
+    ) {
         let door = self.door;
         if let Some(e) = error {
+            let path = match &self.event {
+                Some(ev) => ev.path.clone(),
+                None => target(),
+            };
             let request_id = match &self.event {
                 Some(ev) => ev.request_id.clone(),
                 None => crate::audit::request_id(),
@@ -161,7 +169,7 @@ impl CallRecord {
                 door,
                 api: &self.api_label,
                 method: &self.method,
-                path: &self.path,
+                path: &path,
                 principal,
                 status,
                 error: e,

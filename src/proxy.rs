@@ -603,6 +603,12 @@ impl ProxyHttp for ProxyDoor {
             .unwrap_or(0);
         record.bytes_in = session.body_bytes_read() as u64;
         record.bytes_out = session.body_bytes_sent() as u64;
-        record.finish(&ctx.gw, status, ctx.answered.as_ref());
+        let req = session.req_header();
+        let target = || {
+            req.uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string())
+        };
+        record.finish(&ctx.gw, status, ctx.answered.as_ref(), target);
     }
 }

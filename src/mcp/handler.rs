@@ -196,12 +196,12 @@ impl GatewayMcp {
         let api_label = record.api_label().to_string();
         let caller = self.start_span(caller.clone(), request_id, &api_label, &tool, &mut record);
         record.identified(&caller);
-        let outcome = self.api_gateway(args, &caller, &mut record).await;
+        let outcome = self.api_gateway(&args, &caller, &mut record).await;
         let (status, error) = match &outcome {
             Ok(a) => (a.result["status"].as_u64().unwrap_or(0) as u16, None),
             Err(e) => (e.kind.status(), Some(e)),
         };
-        record.finish(&self.gateway, status, error);
+        record.finish(&self.gateway, status, error, || args.endpoint().to_string());
         outcome
     }
 
@@ -383,7 +383,7 @@ impl GatewayMcp {
 
     async fn api_gateway(
         &self,
-        args: ApiGatewayArgs,
+        args: &ApiGatewayArgs,
         caller: &Arc<Caller>,
         record: &mut CallRecord,
     ) -> Result<Answer, GatewayError> {
