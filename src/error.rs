@@ -243,6 +243,9 @@ reasons! {
     /// The request carries a browser `Origin` the door does not accept
     /// (`allowed_origins` of `[proxy]`/`[mcp]`).
     OriginNotAllowed => ("origin_not_allowed", Forbidden),
+    /// A console change (a POST made with the console's session cookie) without the
+    /// session's CSRF token, or from another origin.
+    CsrfRejected => ("csrf_rejected", Forbidden),
     /// The request body's framing is broken (a malformed chunk).
     MalformedBody => ("malformed_body", InvalidArguments),
     /// The caller (or the gateway) holds as many legacy MCP sessions as allowed.

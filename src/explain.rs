@@ -507,6 +507,60 @@ impl Described {
     }
 }
 
+impl Described {
+    /// The call an audit event records, as replay judges it: the recorded principal with
+    /// its roles and `allowed_apis` stands in for its credentials, and the call is its door,
+    /// API, method and path (query values are recorded masked, which no path rule reads).
+    /// `None` for a record refused before an API was judged (address, request,
+    /// authentication, signature), an unidentified caller, or a record that is not a call.
+    pub fn from_event(e: &Value) -> Option<Described> {
+        let early = e["stage"]
+            .as_str()
+            .is_some_and(|s| ["address", "request", "authentication", "signature"].contains(&s));
+        let door = match e["door"].as_str() {
+            Some("mcp") => Door::Mcp,
+            Some("proxy") => Door::Proxy,
+            _ => return None,
+        };
+        if early || e["principal"] == "unidentified" {
+            return None;
+        }
+        let path = e["path"].as_str().unwrap_or("/");
+        let (api, endpoint) = match door {
+            // The proxy door records the request path, `/{api}/{endpoint}`.
+            Door::Proxy => match path.trim_start_matches('/').split_once('/') {
+                Some((a, rest)) => (a.to_string(), format!("/{rest}")),
+                None => (path.trim_start_matches('/').to_string(), "/".to_string()),
+            },
+            Door::Mcp => (
+                e["api"].as_str().unwrap_or("").to_string(),
+                path.to_string(),
+            ),
+        };
+        let method = Method::from_bytes(e["method"].as_str().unwrap_or("GET").as_bytes()).ok()?;
+        Some(Described {
+            door,
+            api,
+            method,
+            endpoint,
+            query: Vec::new(),
+            headers: Vec::new(),
+            key: None,
+            jwt: None,
+            principal: Some(json!({
+                "id": e["principal"],
+                "subject": e["principal"],
+                "roles": e["roles"],
+                "allowed_apis": e["allowed_apis"],
+            })),
+            ip: e["client_ip"].as_str().and_then(|ip| ip.parse().ok()),
+            resolve: false,
+            // A generated tool's endpoint, recorded as the gateway built it.
+            opaque_segments: e["tool"].as_str().is_some_and(|t| t != "api_gateway"),
+        })
+    }
+}
+
 /// What `explain --replay` found: each recorded call judged again by a candidate config.
 pub struct Replay {
     pub replayed: usize,
@@ -548,57 +602,9 @@ pub async fn replay(explainer: &Explainer, events: &[Value]) -> Replay {
         changed: Vec::new(),
     };
     for e in events {
-        let early = e["stage"]
-            .as_str()
-            .is_some_and(|s| ["address", "request", "authentication", "signature"].contains(&s));
-        let Some(door) = (match e["door"].as_str() {
-            Some("mcp") => Some(Door::Mcp),
-            Some("proxy") => Some(Door::Proxy),
-            _ => None,
-        }) else {
+        let Some(d) = Described::from_event(e) else {
             out.skipped += 1;
             continue;
-        };
-        if early || e["principal"] == "unidentified" {
-            out.skipped += 1;
-            continue;
-        }
-        let path = e["path"].as_str().unwrap_or("/");
-        let (api, endpoint) = match door {
-            // The proxy door records the request path, `/{api}/{endpoint}`.
-            Door::Proxy => match path.trim_start_matches('/').split_once('/') {
-                Some((a, rest)) => (a.to_string(), format!("/{rest}")),
-                None => (path.trim_start_matches('/').to_string(), "/".to_string()),
-            },
-            Door::Mcp => (
-                e["api"].as_str().unwrap_or("").to_string(),
-                path.to_string(),
-            ),
-        };
-        let Ok(method) = Method::from_bytes(e["method"].as_str().unwrap_or("GET").as_bytes())
-        else {
-            out.skipped += 1;
-            continue;
-        };
-        let d = Described {
-            door,
-            api,
-            method,
-            endpoint,
-            query: Vec::new(),
-            headers: Vec::new(),
-            key: None,
-            jwt: None,
-            principal: Some(json!({
-                "id": e["principal"],
-                "subject": e["principal"],
-                "roles": e["roles"],
-                "allowed_apis": e["allowed_apis"],
-            })),
-            ip: e["client_ip"].as_str().and_then(|ip| ip.parse().ok()),
-            resolve: false,
-            // A generated tool's endpoint, recorded as the gateway built it.
-            opaque_segments: e["tool"].as_str().is_some_and(|t| t != "api_gateway"),
         };
         let Ok(now) = explainer.explain(&d).await else {
             out.skipped += 1;

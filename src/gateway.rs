@@ -58,6 +58,12 @@ fn restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep(&mut changed, "demo", &old.demo, &mut new.demo);
     keep(
         &mut changed,
+        "admin.console",
+        &old.admin.console,
+        &mut new.admin.console,
+    );
+    keep(
+        &mut changed,
         "egress.nameservers",
         &old.nameservers,
         &mut new.nameservers,
@@ -86,7 +92,11 @@ impl Gateway {
         crate::telemetry::metrics().configure(&config.metrics);
         crate::telemetry::metrics().config_loaded_at.set(unix_now());
         let errors = crate::telemetry::metrics().audit_errors.clone();
-        let audit = Auditor::start(&config.audit, errors)?.map(Arc::new);
+        let activity = config
+            .admin
+            .console
+            .then(|| Arc::new(crate::activity::Activity::new()));
+        let audit = Auditor::start(&config.audit, errors, activity)?.map(Arc::new);
         let (surface, mut drift) = crate::surface::Surface::build(&config, None);
         let (surface, fetched) = surface.with_urls_fetched(&config);
         drift.extend(fetched);
@@ -181,9 +191,15 @@ impl Gateway {
         Ok((gateway, kept))
     }
 
-    /// Whether calls are audited (`audit.enabled`).
+    /// Whether calls make audit events: `audit.enabled`, or the console is on (it is fed the
+    /// same events).
     pub fn auditing(&self) -> bool {
         self.audit.is_some()
+    }
+
+    /// The admin console's view of recent traffic (`[admin] console = true`).
+    pub fn activity(&self) -> Option<&Arc<crate::activity::Activity>> {
+        self.audit.as_ref().and_then(|a| a.activity())
     }
 
     /// Queues an audit event. `make` runs only when auditing is on, so a gateway with

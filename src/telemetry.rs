@@ -62,6 +62,9 @@ pub struct Metrics {
     /// `api_policy_shadow_decisions_total{stage,rule,decision}`: would-be refusals of rules
     /// in `mode = "shadow"` (the decision is the would-be reason).
     pub shadow_decisions: IntCounterVec,
+    /// `api_console_stream_dropped_total`: decisions the console's live stream dropped
+    /// because a subscriber fell behind (the oldest go first).
+    pub console_stream_dropped: IntCounterVec,
     /// `api_connections_open{listener}`: connections each listener holds now.
     pub connections_open: prometheus::IntGaugeVec,
     /// `api_connections_refused_total{listener,reason}`: connections closed by the listener
@@ -185,6 +188,12 @@ impl Metrics {
                 "api_policy_shadow_decisions_total",
                 "Refusals rules in mode = \"shadow\" would have made, by stage, rule and would-be reason",
                 &["stage", "rule", "decision"],
+            ),
+            console_stream_dropped: counter(
+                &r,
+                "api_console_stream_dropped_total",
+                "Decisions the admin console's live stream dropped because a subscriber fell behind",
+                &[],
             ),
             connections_refused: counter(
                 &r,
@@ -360,6 +369,7 @@ impl Metrics {
             self.config_loaded_at.desc(),
             self.connections_open.desc(),
             self.shadow_decisions.desc(),
+            self.console_stream_dropped.desc(),
             self.connections_refused.desc(),
             self.credential_events.desc(),
             self.approvals.desc(),

@@ -185,6 +185,8 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     role: Option<String>,
+    #[serde(default)]
+    console: bool,
 }
 
 /// The admin listener's access rule: every route but `/healthz`, `/readyz` and `/metrics`
@@ -193,6 +195,9 @@ struct RawAdmin {
 pub struct AdminConfig {
     /// Default `"admin"`.
     pub role: String,
+    /// `[admin] console = true`: the web console at `/console/` (needs `[auth]` methods and
+    /// a restart to change).
+    pub console: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,6 +410,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     let mcp = server::validate_mcp(raw.mcp, server.mcp_listen, &mut errors);
     let proxy = server::validate_proxy(raw.proxy, server.proxy_listen, &mut errors);
     let auth = access::validate_auth(raw.auth, &mut errors);
+    if raw.admin.console && auth.methods.is_empty() {
+        errors.push(err(
+            "admin.console",
+            "the console is for principals holding admin.role: configure [auth] with api_key or \
+             jwt methods first",
+        ));
+    }
     let (request, header_limits) = security::validate_request(raw.security.request, &mut errors);
     let ip_rules = IpRules {
         allow: access::parse_nets("security.ip_allow", raw.security.ip_allow, &mut errors),
@@ -504,6 +516,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             explain_denials,
             admin: AdminConfig {
                 role: raw.admin.role.unwrap_or_else(|| "admin".to_string()),
+                console: raw.admin.console,
             },
             policy_mode: raw.policy.mode,
             credential_store,

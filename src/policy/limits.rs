@@ -2,7 +2,7 @@
 //! endpoint policies, the API key's own, `per_user`), checked together in one decision.
 
 use super::paths::RequestPath;
-use crate::auth::{Caller, PrincipalKind};
+use crate::auth::{Caller, Principal, PrincipalKind};
 use crate::config::{Api, RateLimits};
 use crate::error::{ErrorKind, GatewayError, RateLimitDenial};
 use crate::ratelimit::{Limiter, Policy, PolicyState, RateLimitDecision};
@@ -14,25 +14,41 @@ pub fn applicable<'a>(
     path: &RequestPath<'_>,
     caller: &'a Caller,
 ) -> Vec<(String, &'a Policy)> {
+    counters(
+        limits,
+        api,
+        |pattern| path.limited_by(pattern, api.path_case()),
+        &caller.principal,
+        caller.client_ip,
+    )
+}
+
+/// The policies `principal`'s calls to `api` are counted under, each with its key: the
+/// API's own (or the default) and the endpoint policies `endpoint` says apply, all shared by
+/// every caller; the key's own and `per_user`, both shared across APIs.
+pub fn counters<'a>(
+    limits: &'a RateLimits,
+    api: &'a Api,
+    endpoint: impl Fn(&crate::config::PathPattern) -> bool,
+    principal: &'a Principal,
+    client_ip: Option<std::net::IpAddr>,
+) -> Vec<(String, &'a Policy)> {
     let mut checks = Vec::with_capacity(2);
     if let Some(p) = api.rate_limit.as_ref().or(limits.default.as_ref()) {
         checks.push((format!("api:{}", api.name), p));
     }
     for (i, (pattern, p)) in api.endpoint_rate_limits.iter().enumerate() {
-        if path.limited_by(pattern, api.path_case()) {
+        if endpoint(pattern) {
             checks.push((format!("ep:{}:{i}", api.name), p));
         }
     }
-    let principal = &caller.principal;
     if let Some(p) = &principal.key_rate_limit {
         checks.push((principal.id.clone(), p));
     }
     if let Some(p) = &limits.per_user {
         // Anonymous callers are told apart by address.
         let who = if principal.kind == PrincipalKind::Anonymous {
-            let ip = caller
-                .client_ip
-                .map_or_else(|| "local".to_string(), |ip| ip.to_string());
+            let ip = client_ip.map_or_else(|| "local".to_string(), |ip| ip.to_string());
             format!("anonymous@{ip}")
         } else {
             principal.id.clone()

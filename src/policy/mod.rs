@@ -292,6 +292,73 @@ impl Pipeline {
         })
     }
 
+    /// The rate-limit counters `principal`'s calls to `api` are kept under (see
+    /// [`limits::counters`]), with their state now, read without counting: the console's
+    /// limits view. `None` for an API this config does not have.
+    pub async fn limit_states(
+        &self,
+        principal: &str,
+        api: &str,
+    ) -> Option<Result<Vec<(String, crate::ratelimit::PolicyState, bool)>, String>> {
+        let api = self.config.api(api)?;
+        let who = self.stated_principal(principal);
+        let checks = limits::counters(&self.config.rate_limits, api, |_| true, &who, None);
+        let shared: Vec<bool> = checks
+            .iter()
+            .map(|(k, _)| k.starts_with("api:") || k.starts_with("ep:"))
+            .collect();
+        Some(self.limiter.peek_states(&checks).await.map(|states| {
+            checks
+                .into_iter()
+                .zip(states)
+                .zip(shared)
+                .map(|(((k, _), s), shared)| (k, s, shared))
+                .collect()
+        }))
+    }
+
+    /// Forgets the counts `principal`'s calls to `api` are kept under (only `policy`'s, when
+    /// named): the next call starts afresh. Returns the keys reset; `None` for an unknown
+    /// API.
+    pub async fn reset_limits(
+        &self,
+        principal: &str,
+        api: &str,
+        policy: Option<&str>,
+    ) -> Option<Result<Vec<String>, String>> {
+        let api = self.config.api(api)?;
+        let who = self.stated_principal(principal);
+        let keys: Vec<String> =
+            limits::counters(&self.config.rate_limits, api, |_| true, &who, None)
+                .into_iter()
+                .filter(|(_, p)| policy.is_none_or(|n| p.name == n))
+                .map(|(k, _)| k)
+                .collect();
+        Some(self.limiter.reset(&keys).await.map(|()| keys))
+    }
+
+    /// A principal known only by its id (from the audit trail or the console): its kind
+    /// from the id's prefix, and an API key's own rate limit from the config.
+    fn stated_principal(&self, id: &str) -> Principal {
+        let kind = match id.split(':').next() {
+            _ if id == "anonymous" || id.starts_with("anonymous@") => PrincipalKind::Anonymous,
+            Some("key") => PrincipalKind::ApiKey,
+            Some("oauth2") => PrincipalKind::OAuth2,
+            _ => PrincipalKind::Jwt,
+        };
+        let key_rate_limit = id
+            .strip_prefix("key:")
+            .and_then(|n| self.config.auth.api_keys.iter().find(|k| k.name == n))
+            .and_then(|k| k.rate_limit.clone());
+        Principal {
+            id: id.to_string(),
+            kind,
+            roles: Vec::new(),
+            allowed_apis: None,
+            key_rate_limit,
+        }
+    }
+
     /// Per-caller credentials, for the management routes and the connect pages.
     pub fn vault(&self) -> &Arc<crate::vault::Vault> {
         &self.vault

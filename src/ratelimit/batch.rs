@@ -128,8 +128,8 @@ const MAX_BATCH: usize = 64;
 #[derive(PartialEq)]
 pub(super) struct Call {
     policies: usize,
-    keys: Vec<String>,
-    args: Vec<u64>,
+    pub(super) keys: Vec<String>,
+    pub(super) args: Vec<u64>,
 }
 
 impl Call {

@@ -210,6 +210,14 @@ impl MemoryLimiter {
             .collect()
     }
 
+    /// Forgets the counts kept under `keys`.
+    pub fn reset(&self, keys: &[String]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            inner.buckets.remove(k);
+        }
+    }
+
     /// Checks every `(key, policy)` pair at time `now_ns` and commits all of them, or none.
     pub fn check(&self, checks: &[(String, &Policy)], now_ns: u64) -> RateLimitDecision {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,7 +22,7 @@
 //! - `redis.rs`: [`RedisLimiter`], connections per topology, circuit breaker, fallback, nonces.
 //! - `batch.rs`: the group commit that sends many Redis decisions in one script call.
 //! - `headers.rs`: [`header_values`] (the IETF RateLimit fields) and [`tightest_json`].
-//! - `limit.lua`: the decision script run in Redis.
+//! - `limit.lua`: the decision script run in Redis; `peek.lua`, its read-only twin.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,31 @@ impl Limiter {
                 Some(limiter.peek(checks, epoch.elapsed().as_nanos() as u64))
             }
             Limiter::Redis(_) => None,
+        }
+    }
+
+    /// The current state of every `(key, policy)` pair from whichever store holds it,
+    /// consuming nothing (a round trip to Redis with that store).
+    pub async fn peek_states(
+        &self,
+        checks: &[(String, &Policy)],
+    ) -> Result<Vec<PolicyState>, String> {
+        match self {
+            Limiter::Memory { limiter, epoch } => {
+                Ok(limiter.peek(checks, epoch.elapsed().as_nanos() as u64))
+            }
+            Limiter::Redis(r) => r.peek(checks).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Forgets the counts kept under `keys`: the next call under them starts afresh.
+    pub async fn reset(&self, keys: &[String]) -> Result<(), String> {
+        match self {
+            Limiter::Memory { limiter, .. } => {
+                limiter.reset(keys);
+                Ok(())
+            }
+            Limiter::Redis(r) => r.reset(keys).await.map_err(|e| e.to_string()),
         }
     }
 

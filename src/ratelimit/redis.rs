@@ -44,6 +44,8 @@ pub struct RedisLimiter {
     /// How this gateway reaches Redis: one server, a Cluster, or the master a Sentinel names.
     backend: Backend,
     pub(super) script: redis::Script,
+    /// The read-only twin of `script`, for [`RedisLimiter::peek`].
+    peek_script: redis::Script,
     settings: RedisSettings,
     /// Local "blocked until" per key: a blocked caller costs no round trip.
     blocked: Mutex<HashMap<String, Instant>>,
@@ -208,6 +210,7 @@ impl RedisLimiter {
         Ok(RedisLimiter {
             backend,
             script: redis::Script::new(SCRIPT),
+            peek_script: redis::Script::new(include_str!("peek.lua")),
             settings,
             blocked: Mutex::new(HashMap::new()),
             batches: Mutex::new(Batches::default()),
@@ -370,6 +373,66 @@ impl RedisLimiter {
                 Ok(self.fallback.check(&local, self.elapsed_ns()))
             }
         }
+    }
+
+    /// The state of every `(key, policy)` pair, read without counting anything (the
+    /// console's limits view).
+    pub async fn peek(&self, checks: &[(String, &Policy)]) -> redis::RedisResult<Vec<PolicyState>> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let call = super::batch::Call::new(checks);
+        let mut inv = self.peek_script.prepare_invoke();
+        for k in &call.keys {
+            inv.key(k);
+        }
+        for a in &call.args {
+            inv.arg(*a);
+        }
+        let query = async {
+            let mut conn = self.conn().await?;
+            inv.invoke_async::<Vec<i64>>(&mut conn).await
+        };
+        let out = tokio::time::timeout(self.settings.timeout, query)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))??;
+        Ok(
+            checks
+                .iter()
+                .enumerate()
+                .map(|(i, (_, p))| PolicyState {
+                    name: p.name.clone(),
+                    requests: p.requests,
+                    window: p.window,
+                    remaining: out.get(2 * i).copied().unwrap_or(0).max(0) as u32,
+                    reset: Duration::from_micros(
+                        out.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64
+                    ),
+                })
+                .collect(),
+        )
+    }
+
+    /// Forgets the counts kept under `keys` (every store key of each), here and in Redis.
+    pub async fn reset(&self, keys: &[String]) -> redis::RedisResult<()> {
+        {
+            let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+            for k in keys {
+                blocked.remove(k);
+            }
+        }
+        self.fallback.reset(keys);
+        let mut conn = self.conn().await?;
+        // One DEL per key: under Redis Cluster, keys of one command must share a slot.
+        for k in keys {
+            for kind in ["gcra", "log", "slots"] {
+                redis::cmd("DEL")
+                    .arg(format!("{{agm}}:{kind}:{k}"))
+                    .query_async::<i64>(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Records a signature nonce for `ttl`: `Ok(true)` when it was unused. `Err(deny)` when

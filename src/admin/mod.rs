@@ -1,6 +1,9 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (config loaded, doors
 //! serving) and `/metrics` (Prometheus text format); for principals holding `[admin] role`,
-//! `POST /explain` and the credential routes (`/credentials/{api}[/{principal}]`).
+//! `POST /explain` and the credential routes (`/credentials/{api}[/{principal}]`); with
+//! `[admin] console = true`, the console under `/console/` (see [`console`]).
+
+pub mod console;
 
 use std::sync::Arc;
 
@@ -16,11 +19,15 @@ use crate::gateway::Live;
 /// Serves the health endpoints.
 pub struct AdminApp {
     live: Arc<Live>,
+    console: console::Console,
 }
 
 impl AdminApp {
     pub fn new(live: Arc<Live>) -> Self {
-        AdminApp { live }
+        AdminApp {
+            live,
+            console: console::Console::default(),
+        }
     }
 }
 
@@ -50,10 +57,21 @@ impl HttpServerApp for AdminApp {
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
-        _shutdown: &ShutdownWatch,
+        shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         if !crate::listener::read_head(&mut session).await {
             return None;
+        }
+        let p = session.req_header().uri.path();
+        if p == "/console" || p.starts_with("/console/") {
+            if !self
+                .console
+                .handle(&self.live, &mut session, shutdown)
+                .await
+            {
+                return None;
+            }
+            return finish(session).await;
         }
         if session.req_header().uri.path() == "/metrics" {
             let body = Bytes::from(crate::telemetry::metrics().render());

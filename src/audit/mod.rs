@@ -17,6 +17,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+pub mod search;
+
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -89,7 +91,8 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_subject: Option<String>,
     /// What the record is about when it is not a call: `approval_requested`,
-    /// `approval_decided`, `approval_consumed`, `approval_expired`; `surface_drift` and
+    /// `approval_decided`, `approval_consumed`, `approval_expired`; `limit_reset` (an
+    /// admin reset rate-limit counters in the console); `surface_drift` and
     /// `surface_drift_critical` when an API's OpenAPI document changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<&'static str>,
@@ -240,7 +243,12 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// The audit writer. Events are queued without blocking the call and written in batches by
 /// a background thread; `shutdown` drains the queue.
 pub struct Auditor {
+    /// `None` when only the console's activity is fed (`audit.enabled = false`).
     tx: Mutex<Option<SyncSender<AuditEvent>>>,
+    /// Writes records; false when this auditor only feeds `activity`.
+    writes: bool,
+    /// The admin console's view of recent traffic, fed the same events.
+    activity: Option<std::sync::Arc<crate::activity::Activity>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: std::sync::Arc<AtomicBool>,
     block: bool,
@@ -249,14 +257,24 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// `None` when auditing is disabled. Records that cannot be queued or written are logged
-    /// and counted in `errors` (by kind: `queue_full`, `write_failed`, …).
+    /// `None` when auditing is disabled and there is no console to feed. Records that
+    /// cannot be queued or written are logged and counted in `errors` (by kind:
+    /// `queue_full`, `write_failed`, …). With `activity`, every event also feeds it.
     pub fn start(
         cfg: &AuditConfig,
         errors: prometheus::IntCounterVec,
+        activity: Option<std::sync::Arc<crate::activity::Activity>>,
     ) -> Result<Option<Auditor>, String> {
         if !cfg.enabled {
-            return Ok(None);
+            return Ok(activity.map(|activity| Auditor {
+                tx: Mutex::new(None),
+                writes: false,
+                activity: Some(activity),
+                worker: Mutex::new(None),
+                healthy: std::sync::Arc::new(AtomicBool::new(true)),
+                block: false,
+                errors,
+            }));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.buffer);
         let healthy = std::sync::Arc::new(AtomicBool::new(true));
@@ -269,6 +287,8 @@ impl Auditor {
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Some(Auditor {
             tx: Mutex::new(Some(tx)),
+            writes: true,
+            activity,
             worker: Mutex::new(Some(worker)),
             healthy,
             block: cfg.on_failure == crate::config::OnFailure::Block,
@@ -289,6 +309,12 @@ impl Auditor {
 
     /// Queues an event. A full queue is an error that is logged and counted, never silent.
     pub fn record(&self, event: AuditEvent) {
+        if let Some(a) = &self.activity {
+            a.observe(&event);
+        }
+        if !self.writes {
+            return;
+        }
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else {
             sink_error(&self.errors, "closed");
@@ -302,6 +328,16 @@ impl Auditor {
             }
             Err(TrySendError::Disconnected(_)) => sink_error(&self.errors, "writer_stopped"),
         }
+    }
+
+    /// The console's activity this auditor feeds, if any.
+    pub fn activity(&self) -> Option<&std::sync::Arc<crate::activity::Activity>> {
+        self.activity.as_ref()
+    }
+
+    /// Whether records are written (`audit.enabled`), not only fed to the console.
+    pub fn writes(&self) -> bool {
+        self.writes
     }
 
     /// Writes every queued event and stops the writer.
