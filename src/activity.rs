@@ -516,6 +516,25 @@ mod tests {
         assert!(a.api("nothing").is_none());
     }
 
+    /// A subscriber that falls behind loses the oldest decisions, and is told how many.
+    #[test]
+    fn a_slow_subscriber_loses_the_oldest() {
+        let a = Activity::new();
+        let mut rx = a.subscribe();
+        for i in 0..STREAM_BUFFER + 44 {
+            let mut e = event("key:a", "w", "deny", None);
+            e.path = format!("/{i}");
+            a.observe(&e);
+        }
+        match rx.try_recv() {
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => assert_eq!(n, 44),
+            other => panic!("{other:?}"),
+        }
+        // The next one is the oldest kept.
+        assert_eq!(rx.try_recv().unwrap()["path"], "/44");
+        assert_eq!(a.recent(RECENT).len(), STREAM_BUFFER + 44);
+    }
+
     #[test]
     fn refusals_and_approvals_reach_the_stream_and_the_explain_ring() {
         let a = Activity::new();

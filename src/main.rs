@@ -444,6 +444,72 @@ enum AuditCommand {
         #[arg(long, value_name = "PATH")]
         sqlite: Option<PathBuf>,
     },
+    /// Print matching records as JSON lines, newest first (the console's audit search,
+    /// offline): by principal, API, decision, rule and time.
+    Search {
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// An SQLite audit database (`audit.sink = "sqlite"`).
+        #[arg(long, value_name = "PATH")]
+        sqlite: Option<PathBuf>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        api: Option<String>,
+        /// allow, deny, error, or shadow (a rule in shadow mode would have refused).
+        #[arg(long)]
+        decision: Option<String>,
+        /// The refusing rule (or a shadow rule), e.g. `rbac.roles[0].deny[0]`.
+        #[arg(long)]
+        rule: Option<String>,
+        /// RFC 3339 bounds on the record's time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// Most records printed.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// `audit search`: the console's search over a file or database, as JSON lines.
+fn audit_search(
+    file: Option<PathBuf>,
+    sqlite: Option<PathBuf>,
+    query: api_gateway_mcp::audit::search::Query,
+) -> ExitCode {
+    use api_gateway_mcp::config::AuditSink;
+    let sink = match (file, sqlite) {
+        (Some(f), None) => AuditSink::File(f),
+        (None, Some(db)) => AuditSink::Sqlite(db),
+        _ => {
+            eprintln!("audit search: give exactly one of --file or --sqlite");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(d) = &query.decision {
+        if !matches!(d.as_str(), "allow" | "deny" | "error" | "shadow") {
+            eprintln!("audit search: --decision is one of allow, deny, error, shadow");
+            return ExitCode::from(2);
+        }
+    }
+    let max = query.limit;
+    let mut n = 0;
+    let result = api_gateway_mcp::audit::search::scan(&sink, &query, |_, r| {
+        if let Some(r) = r {
+            println!("{r}");
+            n += 1;
+        }
+        n < max
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit search: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn audit_verify(file: Option<PathBuf>, sqlite: Option<PathBuf>) -> ExitCode {
@@ -933,6 +999,33 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { file, sqlite },
         } => audit_verify(file, sqlite),
+        Command::Audit {
+            command:
+                AuditCommand::Search {
+                    file,
+                    sqlite,
+                    principal,
+                    api,
+                    decision,
+                    rule,
+                    since,
+                    until,
+                    limit,
+                },
+        } => audit_search(
+            file,
+            sqlite,
+            api_gateway_mcp::audit::search::Query {
+                principal,
+                api,
+                decision,
+                rule,
+                since,
+                until,
+                before: None,
+                limit,
+            },
+        ),
         Command::Token {
             config,
             sub,

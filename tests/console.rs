@@ -7,30 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-pub const ADMIN_KEY: &str = "agm_console-admin-key-0123456789abcdefghij";
-
-/// A console-enabled gateway: `w` on the test upstream with a static credential and a
-/// limit of 3 calls a minute; readers may GET `w` (and POST refunds) but not `/private/**`
-/// (rule `rbac.roles[0].deny[0]`); POSTs to `/refunds/**` wait for an admin's approval.
-fn config(up: u16, ports: (u16, u16, u16)) -> String {
-    format!(
-        "{}{}[[auth.api_keys]]\nname = \"ops\"\nkey_sha256 = \"{}\"\nroles = [\"admin\"]\n\n\
-         [admin]\nconsole = true\n\n\
-         [[rbac.roles]]\nname = \"reader\"\nallow = [{{ api = \"w\", methods = [\"GET\"] }}, {{ api = \"w\", methods = [\"POST\"], paths = [\"/refunds/**\"] }}]\n\
-         deny = [{{ api = \"w\", paths = [\"/private/**\"] }}]\n\n\
-         [[rbac.roles]]\nname = \"admin\"\nallow = [{{ api = \"w\" }}]\n\n\
-         [[apis]]\nname = \"w\"\nbase_url = \"http://127.0.0.1:{up}\"\nallow_private_network = true\n\
-         methods = [\"GET\", \"POST\"]\npaths = [\"/**\"]\n\
-         credentials = {{ header = \"X-Upstream-Key\", value = \"${{AGM_TEST_SECRET}}\" }}\n\
-         rate_limit = {{ requests = 3, window = \"1m\" }}\n\n\
-         [[approvals]]\nid = \"refunds\"\napi = \"w\"\nmethods = [\"POST\"]\npaths = [\"/refunds/**\"]\n\
-         mode = \"external\"\napprovers = [\"admin\"]\n",
-        listen_section(ports, 2),
-        auth_section(true),
-        sha256_hex(ADMIN_KEY),
-    )
-}
-
 fn url(gw: &Gateway, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", gw.admin)
 }
@@ -78,11 +54,11 @@ const ENDPOINTS: &[&str] = &[
 #[tokio::test]
 async fn only_admins_reach_the_console() {
     let up = Upstream::start();
-    let gw = Gateway::start_generated(|p| config(up.port, p));
+    let gw = Gateway::start_generated(|p| console_config(up.port, p));
     let reader = bearer_with_roles("rita", &["reader"]);
     let admin_token = bearer_with_roles("ada", &["admin"]);
     for e in ENDPOINTS {
-        let (s, v) = get(&gw, e, ("x-api-key", ADMIN_KEY)).await;
+        let (s, v) = get(&gw, e, ("x-api-key", CONSOLE_ADMIN_KEY)).await;
         assert_eq!(s, 200, "{e}: {v}");
         let (s, _) = get(&gw, e, ("authorization", &admin_token)).await;
         assert_eq!(s, 200, "{e} with an admin token");
@@ -133,9 +109,9 @@ async fn only_admins_reach_the_console() {
 
     // Off unless [admin] console = true (and its config is refused without [auth]).
     let off = Gateway::start_generated(|p| {
-        config(up.port, p).replace("console = true", "console = false")
+        console_config(up.port, p).replace("console = true", "console = false")
     });
-    let (s, _) = get(&off, "/console/api/apis", ("x-api-key", ADMIN_KEY)).await;
+    let (s, _) = get(&off, "/console/api/apis", ("x-api-key", CONSOLE_ADMIN_KEY)).await;
     assert_eq!(s, 404);
 }
 
@@ -144,7 +120,7 @@ async fn only_admins_reach_the_console() {
 #[tokio::test]
 async fn login_sessions_and_csrf() {
     let up = Upstream::start();
-    let gw = Gateway::start_generated(|p| config(up.port, p));
+    let gw = Gateway::start_generated(|p| console_config(up.port, p));
     let c = no_redirects();
     let r = c
         .post(url(&gw, "/console/login"))
@@ -163,7 +139,7 @@ async fn login_sessions_and_csrf() {
     assert_eq!(r.status(), 401);
     let r = c
         .post(url(&gw, "/console/login"))
-        .form(&[("credential", ADMIN_KEY)])
+        .form(&[("credential", CONSOLE_ADMIN_KEY)])
         .send()
         .await
         .unwrap();
@@ -277,8 +253,8 @@ async fn login_sessions_and_csrf() {
 #[tokio::test]
 async fn endpoints_report_the_traffic() {
     let up = Upstream::start();
-    let mut gw = Gateway::start_generated(|p| config(up.port, p));
-    let admin = ("x-api-key", ADMIN_KEY);
+    let mut gw = Gateway::start_generated(|p| console_config(up.port, p));
+    let admin = ("x-api-key", CONSOLE_ADMIN_KEY);
     assert_eq!(call(&gw, "/w/a").await, 200);
     assert_eq!(call(&gw, "/w/private/b").await, 403);
     // Audit events are written by a background writer; the console sees them at once.
@@ -345,7 +321,7 @@ async fn endpoints_report_the_traffic() {
     let id = q["approvals"][0]["id"].as_str().unwrap().to_string();
     let r = no_redirects()
         .post(url(&gw, &format!("/console/api/approvals/{id}")))
-        .header("x-api-key", ADMIN_KEY)
+        .header("x-api-key", CONSOLE_ADMIN_KEY)
         .json(&json!({"approve": true, "reason": "fine"}))
         .send()
         .await
@@ -387,7 +363,7 @@ async fn endpoints_report_the_traffic() {
         .iter()
         .any(|k| k["name"] == "ops"));
     assert!(
-        !text.contains(&sha256_hex(ADMIN_KEY)),
+        !text.contains(&sha256_hex(CONSOLE_ADMIN_KEY)),
         "key digests are fingerprinted too"
     );
 
@@ -422,7 +398,7 @@ async fn endpoints_report_the_traffic() {
     assert_eq!(s, 400);
     let export = reqwest::Client::new()
         .get(url(&gw, "/console/api/audit?format=jsonl&decision=deny"))
-        .header("x-api-key", ADMIN_KEY)
+        .header("x-api-key", CONSOLE_ADMIN_KEY)
         .send()
         .await
         .unwrap()
@@ -447,7 +423,7 @@ async fn endpoints_report_the_traffic() {
     // Resetting is audited.
     let r = no_redirects()
         .post(url(&gw, "/console/api/limits/reset"))
-        .header("x-api-key", ADMIN_KEY)
+        .header("x-api-key", CONSOLE_ADMIN_KEY)
         .json(&json!({"principal": "key:suite", "api": "w"}))
         .send()
         .await
@@ -463,6 +439,30 @@ async fn endpoints_report_the_traffic() {
         "{audit}"
     );
     assert!(!audit.contains(SECRET));
+    // The same search offline, from the CLI.
+    let out = std::process::Command::new(bin())
+        .args([
+            "audit",
+            "search",
+            "--decision",
+            "allow",
+            "--principal",
+            "key:ops",
+            "--file",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|r| r["event"]["principal"] == "key:ops"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|r| r["event"]["event"] == "limit_reset"));
 }
 
 /// `check` refuses a console with no way to authenticate an admin.

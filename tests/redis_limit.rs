@@ -791,3 +791,72 @@ async fn sentinel_names_the_master_and_a_failover_is_followed() {
     }
     assert_eq!(ok, 3, "the count carried over to the new master");
 }
+
+/// The console's read of a limit (a read-only script on Redis) agrees with the memory
+/// limiter's for each way of keeping the ceiling, counts nothing, and a reset gives the key
+/// its whole allowance back.
+#[test]
+fn peek_and_reset_agree_with_the_memory_limiter() {
+    use api_gateway_mcp::ratelimit::{Limiter, Policy, RateLimitDecision};
+    let redis = Redis::start();
+    let shared = direct_limiter(&redis);
+    let memory = Limiter::memory();
+    let hour = Duration::from_secs(3600);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for (name, requests, burst) in [("unit", 5, 1), ("log", 40, 40), ("slots", 1500, 1500)] {
+            let p = Policy {
+                name: name.into(),
+                requests,
+                window: hour,
+                burst,
+                shadow: false,
+            };
+            let key = format!("peek:{name}");
+            let checks = [(key.clone(), &p)];
+            let used = burst.min(3);
+            for limiter in [&shared, &memory] {
+                for _ in 0..used {
+                    assert!(matches!(
+                        limiter.check(&checks).await.unwrap(),
+                        RateLimitDecision::Allowed { .. }
+                    ));
+                }
+            }
+            let a = shared.peek_states(&checks).await.unwrap();
+            let b = memory.peek_states(&checks).await.unwrap();
+            let again = shared.peek_states(&checks).await.unwrap();
+            assert_eq!(a[0].remaining, b[0].remaining, "{name}: {a:?} vs {b:?}");
+            assert_eq!(
+                a[0].remaining, again[0].remaining,
+                "{name}: a peek counts nothing"
+            );
+            assert_eq!(a[0].remaining, burst - used, "{name}");
+            assert!(
+                a[0].reset > Duration::ZERO && a[0].reset <= hour + hour / 64,
+                "{name}: {a:?}"
+            );
+            shared.reset(std::slice::from_ref(&key)).await.unwrap();
+            memory.reset(std::slice::from_ref(&key)).await.unwrap();
+            for limiter in [&shared, &memory] {
+                assert_eq!(
+                    limiter.peek_states(&checks).await.unwrap()[0].remaining,
+                    burst.min(requests)
+                );
+                for _ in 0..burst {
+                    assert!(
+                        matches!(
+                            limiter.check(&checks).await.unwrap(),
+                            RateLimitDecision::Allowed { .. }
+                        ),
+                        "{name}: the reset key admits its whole burst again"
+                    );
+                }
+            }
+        }
+    });
+    assert!(redis.cmd(&["EXISTS", "{agm}:gcra:peek:unit"]).contains('1'));
+}

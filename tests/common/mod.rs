@@ -1279,3 +1279,28 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// The admin key of [`console_config`] (principal `key:ops`, role `admin`).
+pub const CONSOLE_ADMIN_KEY: &str = "agm_console-admin-key-0123456789abcdefghij";
+
+/// A console-enabled gateway: `w` on the test upstream with a static credential and a
+/// limit of 3 calls a minute; readers may GET `w` (and POST refunds) but not `/private/**`
+/// (rule `rbac.roles[0].deny[0]`); POSTs to `/refunds/**` wait for an admin's approval.
+pub fn console_config(up: u16, ports: (u16, u16, u16)) -> String {
+    format!(
+        "{}{}[[auth.api_keys]]\nname = \"ops\"\nkey_sha256 = \"{}\"\nroles = [\"admin\"]\n\n\
+         [admin]\nconsole = true\n\n\
+         [[rbac.roles]]\nname = \"reader\"\nallow = [{{ api = \"w\", methods = [\"GET\"] }}, {{ api = \"w\", methods = [\"POST\"], paths = [\"/refunds/**\"] }}]\n\
+         deny = [{{ api = \"w\", paths = [\"/private/**\"] }}]\n\n\
+         [[rbac.roles]]\nname = \"admin\"\nallow = [{{ api = \"w\" }}]\n\n\
+         [[apis]]\nname = \"w\"\nbase_url = \"http://127.0.0.1:{up}\"\nallow_private_network = true\n\
+         methods = [\"GET\", \"POST\"]\npaths = [\"/**\"]\n\
+         credentials = {{ header = \"X-Upstream-Key\", value = \"${{AGM_TEST_SECRET}}\" }}\n\
+         rate_limit = {{ requests = 3, window = \"1m\" }}\n\n\
+         [[approvals]]\nid = \"refunds\"\napi = \"w\"\nmethods = [\"POST\"]\npaths = [\"/refunds/**\"]\n\
+         mode = \"external\"\napprovers = [\"admin\"]\n",
+        listen_section(ports, 2),
+        auth_section(true),
+        sha256_hex(CONSOLE_ADMIN_KEY),
+    )
+}

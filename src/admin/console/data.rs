@@ -423,7 +423,7 @@ pub async fn explain(gw: &Gateway, activity: &Activity, request_id: &str) -> Opt
         }
         Some(d) => crate::explain::explain_with(&gw.pipeline, &d)
             .await
-            .unwrap_or_else(|err| json!({"error": err})),
+            .unwrap_or_else(|err| json!({"failed": err})),
     };
     Some(json!({"request_id": request_id, "recorded": recorded, "explain": explained}))
 }

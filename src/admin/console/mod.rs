@@ -744,7 +744,9 @@ fn security_headers() -> [(&'static str, &'static str); 5] {
         ("content-security-policy", CSP),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // `same-origin`, not `no-referrer`: with the latter a browser sends `Origin: null` on
+        // the console's own form posts.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ]
 }

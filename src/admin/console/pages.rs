@@ -48,8 +48,10 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
-/// A page, or a plain error page naming what failed (never a panic).
-pub fn render(name: &str, ctx: Value) -> String {
+/// A page, or a plain error page naming what failed (never a panic). Null members are
+/// dropped first, so an absent value draws as nothing rather than as "none".
+pub fn render(name: &str, mut ctx: Value) -> String {
+    drop_nulls(&mut ctx);
     env()
         .get_template(name)
         .and_then(|t| t.render(ctx))
@@ -57,6 +59,17 @@ pub fn render(name: &str, ctx: Value) -> String {
             tracing::error!(template = name, error = %e, "console page failed to render");
             "<!doctype html><title>console</title><p>This page could not be drawn; the log says why.</p>".into()
         })
+}
+
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 /// A static file by name: its content type and bytes.
@@ -277,9 +290,13 @@ pub fn audit_view(
     })
 }
 
-/// The config page: the masked config as indented JSON.
+/// The config page: the masked config as TOML again (as indented JSON if it cannot be).
 pub fn config_view(mut v: Value) -> Value {
-    v["pretty"] = json!(serde_json::to_string_pretty(&v["config"]).unwrap_or_default());
+    let text = toml::Value::try_from(&v["config"])
+        .ok()
+        .and_then(|t| toml::to_string_pretty(&t).ok())
+        .unwrap_or_else(|| serde_json::to_string_pretty(&v["config"]).unwrap_or_default());
+    v["pretty"] = json!(text);
     v
 }
 
