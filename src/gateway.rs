@@ -95,7 +95,7 @@ impl Gateway {
         let activity = config
             .admin
             .console
-            .then(|| Arc::new(crate::activity::Activity::new()));
+            .then(|| Arc::new(crate::audit::activity::Activity::new()));
         let audit = Auditor::start(&config.audit, errors, activity)?.map(Arc::new);
         let (surface, mut drift) = crate::surface::Surface::build(&config, None);
         let (surface, fetched) = surface.with_urls_fetched(&config);
@@ -198,7 +198,7 @@ impl Gateway {
     }
 
     /// The admin console's view of recent traffic (`[admin] console = true`).
-    pub fn activity(&self) -> Option<&Arc<crate::activity::Activity>> {
+    pub fn activity(&self) -> Option<&Arc<crate::audit::activity::Activity>> {
         self.audit.as_ref().and_then(|a| a.activity())
     }
 

@@ -4,7 +4,6 @@
 //! admission function ([`policy::Pipeline::admit`]) and share one egress path ([`egress`]) and
 //! one call record ([`call`]). [`server`] wires them into a single Pingora server.
 
-pub mod activity;
 pub mod admin;
 pub mod approvals;
 pub mod audit;

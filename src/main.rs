@@ -479,14 +479,9 @@ fn audit_search(
     sqlite: Option<PathBuf>,
     query: api_gateway_mcp::audit::search::Query,
 ) -> ExitCode {
-    use api_gateway_mcp::config::AuditSink;
-    let sink = match (file, sqlite) {
-        (Some(f), None) => AuditSink::File(f),
-        (None, Some(db)) => AuditSink::Sqlite(db),
-        _ => {
-            eprintln!("audit search: give exactly one of --file or --sqlite");
-            return ExitCode::from(2);
-        }
+    let sink = match audit_store("search", file, sqlite) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     if let Some(d) = &query.decision {
         if !matches!(d.as_str(), "allow" | "deny" | "error" | "shadow") {
@@ -512,15 +507,30 @@ fn audit_search(
     }
 }
 
+/// The audit store an `audit` command reads: exactly one of `--file` or `--sqlite`.
+fn audit_store(
+    command: &str,
+    file: Option<PathBuf>,
+    sqlite: Option<PathBuf>,
+) -> Result<api_gateway_mcp::config::AuditSink, ExitCode> {
+    use api_gateway_mcp::config::AuditSink;
+    match (file, sqlite) {
+        (Some(f), None) => Ok(AuditSink::File(f)),
+        (None, Some(db)) => Ok(AuditSink::Sqlite(db)),
+        _ => {
+            eprintln!("audit {command}: give exactly one of --file or --sqlite");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn audit_verify(file: Option<PathBuf>, sqlite: Option<PathBuf>) -> ExitCode {
     use api_gateway_mcp::audit::{verify_file, verify_sqlite, Verdict};
-    let verdict = match (file, sqlite) {
-        (Some(f), None) => verify_file(&f),
-        (None, Some(db)) => verify_sqlite(&db),
-        _ => {
-            eprintln!("audit verify: give exactly one of --file or --sqlite");
-            return ExitCode::from(2);
-        }
+    use api_gateway_mcp::config::AuditSink;
+    let verdict = match audit_store("verify", file, sqlite) {
+        Ok(AuditSink::File(f)) => verify_file(&f),
+        Ok(AuditSink::Sqlite(db)) => verify_sqlite(&db),
+        Ok(AuditSink::Stdout) | Err(_) => return ExitCode::from(2),
     };
     match verdict {
         Ok(Verdict::Intact { records, first_seq }) => {

@@ -17,6 +17,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+pub mod activity;
 pub mod search;
 
 use serde::Serialize;
@@ -248,7 +249,7 @@ pub struct Auditor {
     /// Writes records; false when this auditor only feeds `activity`.
     writes: bool,
     /// The admin console's view of recent traffic, fed the same events.
-    activity: Option<std::sync::Arc<crate::activity::Activity>>,
+    activity: Option<std::sync::Arc<crate::audit::activity::Activity>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     healthy: std::sync::Arc<AtomicBool>,
     block: bool,
@@ -263,7 +264,7 @@ impl Auditor {
     pub fn start(
         cfg: &AuditConfig,
         errors: prometheus::IntCounterVec,
-        activity: Option<std::sync::Arc<crate::activity::Activity>>,
+        activity: Option<std::sync::Arc<crate::audit::activity::Activity>>,
     ) -> Result<Option<Auditor>, String> {
         if !cfg.enabled {
             return Ok(activity.map(|activity| Auditor {
@@ -331,7 +332,7 @@ impl Auditor {
     }
 
     /// The console's activity this auditor feeds, if any.
-    pub fn activity(&self) -> Option<&std::sync::Arc<crate::activity::Activity>> {
+    pub fn activity(&self) -> Option<&std::sync::Arc<crate::audit::activity::Activity>> {
         self.activity.as_ref()
     }
 

@@ -396,21 +396,7 @@ impl RedisLimiter {
         let out = tokio::time::timeout(self.settings.timeout, query)
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))??;
-        Ok(
-            checks
-                .iter()
-                .enumerate()
-                .map(|(i, (_, p))| PolicyState {
-                    name: p.name.clone(),
-                    requests: p.requests,
-                    window: p.window,
-                    remaining: out.get(2 * i).copied().unwrap_or(0).max(0) as u32,
-                    reset: Duration::from_micros(
-                        out.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64
-                    ),
-                })
-                .collect(),
-        )
+        Ok(states_of(checks, &out))
     }
 
     /// Forgets the counts kept under `keys` (every store key of each), here and in Redis.
@@ -543,20 +529,7 @@ impl RedisLimiter {
         let out = self.batched(Call::new(checks)).await?;
         let denied = out.first().copied().unwrap_or(0) as usize;
         let wait_us = out.get(1).copied().unwrap_or(0).max(0) as u64;
-        let states =
-            checks
-                .iter()
-                .enumerate()
-                .map(|(i, (_, p))| PolicyState {
-                    name: p.name.clone(),
-                    requests: p.requests,
-                    window: p.window,
-                    remaining: out.get(2 + 2 * i).copied().unwrap_or(0).max(0) as u32,
-                    reset: Duration::from_micros(
-                        out.get(3 + 2 * i).copied().unwrap_or(0).max(0) as u64
-                    ),
-                })
-                .collect();
+        let states = states_of(checks, out.get(2..).unwrap_or_default());
         Ok(if denied == 0 {
             RateLimitDecision::Allowed { states }
         } else {
@@ -567,6 +540,21 @@ impl RedisLimiter {
             }
         })
     }
+}
+
+/// Each policy's state from a script's `remaining, reset_us` pairs, in `checks` order.
+fn states_of(checks: &[(String, &Policy)], out: &[i64]) -> Vec<PolicyState> {
+    checks
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| PolicyState {
+            name: p.name.clone(),
+            requests: p.requests,
+            window: p.window,
+            remaining: out.get(2 * i).copied().unwrap_or(0).max(0) as u32,
+            reset: Duration::from_micros(out.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64),
+        })
+        .collect()
 }
 
 /// A policy with `share` of its requests and burst (at least 1 each).

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::activity::{Activity, Window};
+use crate::audit::activity::{Activity, Window};
 use crate::audit::search::{self, Query};
 use crate::config::AuditSink;
 use crate::error::GatewayError;
@@ -98,15 +98,16 @@ pub fn usage(activity: &Activity, only: Option<Window>) -> Value {
     let mut out = serde_json::Map::new();
     for w in windows {
         let rows = activity.usage(w);
-        let mut by_principal: std::collections::BTreeMap<&str, crate::activity::Counts> =
+        let mut by_principal: std::collections::BTreeMap<&str, crate::audit::activity::Counts> =
             Default::default();
-        let mut by_api: std::collections::BTreeMap<&str, crate::activity::Counts> =
+        let mut by_api: std::collections::BTreeMap<&str, crate::audit::activity::Counts> =
             Default::default();
         for (p, a, c) in &rows {
-            add(by_principal.entry(p).or_default(), c);
-            add(by_api.entry(a).or_default(), c);
+            by_principal.entry(p).or_default().add(c);
+            by_api.entry(a).or_default().add(c);
         }
-        let totals = |m: &std::collections::BTreeMap<&str, crate::activity::Counts>, k: &str| {
+        let totals = |m: &std::collections::BTreeMap<&str, crate::audit::activity::Counts>,
+                      k: &str| {
             let mut v: Vec<Value> = m
                 .iter()
                 .map(|(n, c)| {
@@ -133,15 +134,6 @@ pub fn usage(activity: &Activity, only: Option<Window>) -> Value {
         );
     }
     json!({"since": crate::audit::rfc3339_of(activity.started), "windows": out})
-}
-
-fn add(t: &mut crate::activity::Counts, c: &crate::activity::Counts) {
-    t.calls += c.calls;
-    t.refusals += c.refusals;
-    t.errors += c.errors;
-    t.bytes_in += c.bytes_in;
-    t.bytes_out += c.bytes_out;
-    t.cost += c.cost;
 }
 
 /// `/console/api/limits`: for each principal × API seen in the last 7 days, the counters

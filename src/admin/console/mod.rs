@@ -276,7 +276,7 @@ impl Console {
         &self,
         live: &Live,
         gw: &Gateway,
-        activity: &crate::activity::Activity,
+        activity: &crate::audit::activity::Activity,
         req: &Request,
     ) -> Reply {
         // The static files and the login page are for anyone; a request carrying a
@@ -332,7 +332,7 @@ impl Console {
             "/console/api/usage" | "/console/usage" if *m == Method::GET => {
                 let window = match req.q("window") {
                     None => None,
-                    Some(w) => match crate::activity::Window::parse(&w) {
+                    Some(w) => match crate::audit::activity::Window::parse(&w) {
                         Some(w) => Some(w),
                         None => {
                             return Reply::problem(&GatewayError::invalid_arguments(
@@ -344,7 +344,7 @@ impl Console {
                 if req.wants_api() {
                     Reply::json(200, &data::usage(activity, window))
                 } else {
-                    let w = window.unwrap_or(crate::activity::Window::Day);
+                    let w = window.unwrap_or(crate::audit::activity::Window::Day);
                     page(
                         "usage.html",
                         pages::usage_view(data::usage(activity, Some(w)), w.as_str()),
@@ -393,7 +393,7 @@ impl Console {
             // Decisions (the stream itself is served before routing).
             "/console/api/decisions" if *m == Method::GET => Reply::json(
                 200,
-                &json!({"decisions": activity.recent(crate::activity::RECENT), "dropped": activity.dropped.load(std::sync::atomic::Ordering::Relaxed)}),
+                &json!({"decisions": activity.recent(crate::audit::activity::RECENT), "dropped": activity.dropped.load(std::sync::atomic::Ordering::Relaxed)}),
             ),
             "/console/decisions" if *m == Method::GET => {
                 let mut recent = activity.recent(100);
@@ -414,7 +414,7 @@ impl Console {
                     Some(v) => page("explain.html", v),
                     None => Reply::json(
                         404,
-                        &json!({"error": "not_found", "detail": format!("no recent decision has request id {id:?} (the console keeps the last {})", crate::activity::RECENT)}),
+                        &json!({"error": "not_found", "detail": format!("no recent decision has request id {id:?} (the console keeps the last {})", crate::audit::activity::RECENT)}),
                     ),
                 }
             }
@@ -756,7 +756,7 @@ fn security_headers() -> [(&'static str, &'static str); 5] {
 /// are counted and announced (`event: dropped`). A comment every 15 s keeps it open.
 async fn stream(
     session: &mut ServerSession,
-    activity: &crate::activity::Activity,
+    activity: &crate::audit::activity::Activity,
     shutdown: &ShutdownWatch,
 ) -> bool {
     use tokio::sync::broadcast::error::RecvError;

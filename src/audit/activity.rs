@@ -4,7 +4,7 @@
 //! decisions (refusals, shadow refusals, approvals) with the last [`RECENT`] of them kept
 //! whole for their explain.
 //!
-//! It is fed by the audit writer ([`crate::audit::Auditor::record`]) with the same events
+//! It is fed by the audit writer ([`super::Auditor::record`]) with the same events
 //! the audit trail gets, so a call is counted once and the console says what the trail
 //! says. Figures are this process's since it started (each replica has its own).
 
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::audit::AuditEvent;
+use super::AuditEvent;
 
 /// Decisions kept whole for their explain.
 pub const RECENT: usize = 1000;
@@ -51,7 +51,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, o: &Counts) {
+    /// Adds `o`'s counts to these.
+    pub fn add(&mut self, o: &Counts) {
         self.calls += o.calls;
         self.refusals += o.refusals;
         self.errors += o.errors;
