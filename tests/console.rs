@@ -246,6 +246,62 @@ async fn login_sessions_and_csrf() {
     assert_eq!(s, 401);
 }
 
+/// A session is checked against the config on every request: a reload that revokes the API
+/// key it was opened with ends it, and a live decision stream opened with it closes.
+#[tokio::test]
+async fn a_reload_that_revokes_the_admin_key_ends_its_session() {
+    let up = Upstream::start();
+    let gw = Gateway::start_generated(|p| console_config(up.port, p));
+    let c = no_redirects();
+    let r = c
+        .post(url(&gw, "/console/login"))
+        .form(&[("credential", CONSOLE_ADMIN_KEY)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (s, _) = get(&gw, "/console/api/apis", ("cookie", &cookie)).await;
+    assert_eq!(s, 200);
+    let mut stream = c
+        .get(url(&gw, "/console/api/decisions"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let revoked = text.replacen(
+        "roles = [\"admin\"]\n",
+        "roles = [\"admin\"]\nrevoked = true\n",
+        1,
+    );
+    assert_ne!(text, revoked);
+    std::fs::write(&gw.config_path, revoked).unwrap();
+    send_signal(&gw, "-HUP");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&gw, "/console/api/apis", ("cookie", &cookie)).await.0;
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 403);
+    // The stream ends at its next check (a decision or its 15 s keep-alive).
+    assert_eq!(call(&gw, "/w/private/x").await, 403);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session");
+}
+
 /// Each endpoint says what the traffic did: APIs (health, latency, credential fingerprint),
 /// usage per window, limits with their fill, decisions with an explain that names the same
 /// rule, audit search with a cursor and export, chain verification naming an edited record,
@@ -403,6 +459,26 @@ async fn endpoints_report_the_traffic() {
     assert_eq!(denied["records"][0]["event"]["path"], "/w/private/b");
     let (s, _) = get(&gw, "/console/api/audit?cursor=x", admin).await;
     assert_eq!(s, 400);
+    // Times are UTC: a date, or a time with or without milliseconds.
+    let (s, _) = get(&gw, "/console/api/audit?since=yesterday", admin).await;
+    assert_eq!(s, 400);
+    let (_, all) = get(
+        &gw,
+        "/console/api/audit?since=2026-01-01&until=2099-01-01T00:00:00Z",
+        admin,
+    )
+    .await;
+    let (_, none) = get(
+        &gw,
+        "/console/api/audit?until=2026-01-01T00:00:00.5Z",
+        admin,
+    )
+    .await;
+    assert!(
+        !all["records"].as_array().unwrap().is_empty()
+            && none["records"].as_array().unwrap().is_empty(),
+        "{all} {none}"
+    );
     let export = reqwest::Client::new()
         .get(url(&gw, "/console/api/audit?format=jsonl&decision=deny"))
         .header("x-api-key", CONSOLE_ADMIN_KEY)

@@ -221,6 +221,8 @@ struct Stats {
     pairs: HashMap<(String, String), Series>,
     /// The last upstream failure per API: when (unix s) and what.
     last_error: HashMap<String, (u64, String)>,
+    /// When pairs without a call in 7 days were last dropped to make room.
+    pruned_at: u64,
 }
 
 /// One API's recent health, for the console's APIs view.
@@ -296,7 +298,16 @@ impl Activity {
             }
             let mut key = (e.principal.clone(), e.api.clone());
             if !s.pairs.contains_key(&key) && s.pairs.len() >= MAX_PAIRS {
-                key.0 = "(others)".into();
+                // Make room from pairs idle for 7 days (at most once a minute), else count
+                // the newcomer under `(others)`.
+                if now >= s.pruned_at + 60 {
+                    s.pruned_at = now;
+                    s.pairs
+                        .retain(|_, series| series.counts(now, Window::Week).calls > 0);
+                }
+                if s.pairs.len() >= MAX_PAIRS {
+                    key.0 = "(others)".into();
+                }
             }
             s.pairs
                 .entry(key)

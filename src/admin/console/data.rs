@@ -244,7 +244,11 @@ pub fn audit(gw: &Gateway, q: &Query) -> Result<Value, String> {
     }))
 }
 
-/// Every matching record as JSON lines, newest first, at most `max`.
+/// Most bytes one export holds.
+pub const EXPORT_BYTES: usize = 64 << 20;
+
+/// Every matching record as JSON lines, newest first: at most `max` records and
+/// [`EXPORT_BYTES`].
 pub fn export(gw: &Gateway, q: &Query, max: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut n = 0;
@@ -254,7 +258,7 @@ pub fn export(gw: &Gateway, q: &Query, max: usize) -> Result<Vec<u8>, String> {
             out.push(b'\n');
             n += 1;
         }
-        n < max
+        n < max && out.len() < EXPORT_BYTES
     })?;
     Ok(out)
 }
@@ -309,7 +313,14 @@ pub fn config(gw: &Gateway, source: Option<&std::path::Path>) -> Value {
     };
     let masked = match toml::from_str::<toml::Value>(&text) {
         Ok(v) => mask(&v, false),
-        Err(e) => json!({"error": format!("the file no longer parses: {e}")}),
+        // The parser's message quotes the line, which may hold a secret: say where only.
+        Err(e) => {
+            let at = e.span().map_or(String::new(), |sp| {
+                let line = text[..sp.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            });
+            json!({"error": format!("the file no longer parses{at}: run check")})
+        }
     };
     let warnings: Vec<Value> = crate::config::lint::lint(&gw.config)
         .iter()
@@ -355,6 +366,8 @@ fn secret_key(k: &str) -> bool {
         "hmac",
         "private",
         "cookie",
+        // A webhook's URL is itself the credential of many services.
+        "webhook",
     ]
     .iter()
     .any(|s| k.contains(s))
@@ -366,7 +379,8 @@ fn mask(v: &toml::Value, secret: bool) -> Value {
     match v {
         toml::Value::Table(t) => Value::Object(
             t.iter()
-                .map(|(k, v)| (k.clone(), mask(v, secret_key(k))))
+                // A secret-named table's URL (a webhook's) is secret too.
+                .map(|(k, v)| (k.clone(), mask(v, secret_key(k) || (secret && k == "url"))))
                 .collect(),
         ),
         toml::Value::Array(a) => Value::Array(a.iter().map(|v| mask(v, secret)).collect()),
@@ -377,7 +391,7 @@ fn mask(v: &toml::Value, secret: bool) -> Value {
                 hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
             ))
         }
-        toml::Value::String(s) => json!(s),
+        toml::Value::String(s) => json!(masked_url(s).unwrap_or_else(|| s.clone())),
         toml::Value::Integer(i) => json!(i),
         toml::Value::Float(f) => json!(f),
         toml::Value::Boolean(b) => json!(b),
@@ -385,23 +399,43 @@ fn mask(v: &toml::Value, secret: bool) -> Value {
     }
 }
 
-/// Whether `s` is nothing but `${VAR}` references (and fixed text such as `Bearer `).
+/// Whether `s` is nothing but `${VAR}` references, after at most a scheme word (`Bearer `,
+/// `Basic `, `Token `). A reference with a default (`${VAR:-literal}`) holds a literal.
 fn only_references(s: &str) -> bool {
     let Some(i) = s.find("${") else {
         return false;
     };
-    // Fixed text before the first reference is allowed when short and without digits
-    // (`Bearer `); anything else might be a literal secret.
-    let prefix = &s[..i];
+    if !["", "Bearer ", "Basic ", "Token "].contains(&&s[..i]) {
+        return false;
+    }
     let mut rest = &s[i..];
     while let Some(r) = rest.strip_prefix("${") {
         let Some(end) = r.find('}') else { return false };
+        if r[..end].contains(":-") {
+            return false;
+        }
         rest = &r[end + 1..];
         if !rest.is_empty() && !rest.starts_with("${") {
             return false;
         }
     }
-    prefix.len() <= 16 && !prefix.chars().any(|c| c.is_ascii_digit())
+    true
+}
+
+/// A URL's password and query masked (either may carry a credential); `None` for text that
+/// is not a URL with either.
+fn masked_url(s: &str) -> Option<String> {
+    let mut u = url::Url::parse(s).ok()?;
+    if u.password().is_none() && u.query().is_none() {
+        return None;
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("****"));
+    }
+    if u.query().is_some() {
+        u.set_query(Some("****"));
+    }
+    Some(u.to_string())
 }
 
 /// `/console/api/explain`: a recent decision judged again by the config now serving, next
@@ -441,12 +475,31 @@ mod tests {
             value = "Bearer ${UPSTREAM}"
             [apis.other]
             value = "Bearer abc123literal"
+            [rate_limits.store]
+            url = "rediss://agm:redis-pass-77@redis.internal:6380/0"
+            [credential_store]
+            url = "https://vault.example/v1?token=tok-99"
+            pepper = "${PEPPER:-literal-default-1}"
+            [[approvals]]
+            webhook = { url = "https://hooks.example/T000/B000/XXXX" }
+            [x]
+            password = "hunterhunter${X}"
             "#,
         )
         .unwrap();
         let m = mask(&v, false).to_string();
         assert!(!m.contains("s3cr3t"), "{m}");
         assert!(!m.contains("abc123literal"), "{m}");
+        for leaked in [
+            "redis-pass-77",
+            "tok-99",
+            "literal-default-1",
+            "XXXX",
+            "hunterhunter",
+        ] {
+            assert!(!m.contains(leaked), "{leaked} in {m}");
+        }
+        assert!(m.contains("redis.internal"), "{m}");
         assert!(
             m.contains("${CI_KEY}") && m.contains("Bearer ${UPSTREAM}"),
             "{m}"

@@ -14,7 +14,7 @@ mod data;
 mod pages;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,6 +46,7 @@ pub struct Console {
 struct Session {
     principal: Principal,
     csrf: String,
+    /// At most [`SESSION_TTL`], and never past the login token's own `exp`.
     expires: Instant,
 }
 
@@ -198,7 +199,15 @@ impl Console {
             && req.q("format").as_deref() != Some("json")
         {
             match self.identify(&gw, &req.headers).await {
-                Ok(Some(_)) => return stream(session, &activity, shutdown).await,
+                Ok(Some(admin)) => {
+                    // A stream opened with a session ends with it (logout, expiry, a key
+                    // revoked by a reload).
+                    let alive = || match &admin.via {
+                        Via::Cookie { id, .. } => self.session_live(&live.current(), id),
+                        Via::Header => true,
+                    };
+                    return stream(session, &activity, shutdown, alive).await;
+                }
                 other => {
                     let reply = self.refuse(&req, other.err());
                     return write(session, reply).await;
@@ -228,14 +237,32 @@ impl Console {
                     })
                 });
         }
+        self.identify_cookie(gw, headers)
+    }
+
+    fn identify_cookie(
+        &self,
+        gw: &Gateway,
+        headers: &HeaderMap,
+    ) -> Result<Option<Admin>, GatewayError> {
         let Some(id) = cookie(headers) else {
             return Ok(None);
         };
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match sessions.get(&id) {
             Some(s) if s.expires > Instant::now() => {
-                // The role is checked again: a reload may have taken it away.
-                if !s.principal.roles.iter().any(|r| *r == gw.config.admin.role) {
+                // Checked again on every request: a reload may have taken the role away, or
+                // revoked or re-roled the API key the session was opened with.
+                let role = &gw.config.admin.role;
+                let key_ok = s.principal.id.strip_prefix("key:").is_none_or(|name| {
+                    gw.config
+                        .auth
+                        .api_keys
+                        .iter()
+                        .any(|k| k.name == name && !k.revoked && k.roles.contains(role))
+                });
+                if !key_ok || !s.principal.roles.contains(role) {
+                    sessions.remove(&id);
                     return Err(not_admin(gw));
                 }
                 Ok(Some(Admin {
@@ -275,7 +302,7 @@ impl Console {
     async fn route(
         &self,
         live: &Live,
-        gw: &Gateway,
+        gw: &Arc<Gateway>,
         activity: &crate::audit::activity::Activity,
         req: &Request,
     ) -> Reply {
@@ -419,7 +446,9 @@ impl Console {
                 }
             }
             // Audit.
-            "/console/api/audit/verify" if *m == Method::GET => Reply::json(200, &data::verify(gw)),
+            "/console/api/audit/verify" if *m == Method::GET => {
+                Reply::json(200, &blocking(gw, data::verify).await)
+            }
             "/console/api/audit" | "/console/audit" if *m == Method::GET => {
                 let q = match audit_query(req) {
                     Ok(q) => q,
@@ -431,7 +460,11 @@ impl Console {
                         .and_then(|m| m.parse().ok())
                         .unwrap_or(100_000usize)
                         .min(100_000);
-                    return match data::export(gw, &q, max) {
+                    let (g, q) = (gw.clone(), q.clone());
+                    let export = tokio::task::spawn_blocking(move || data::export(&g, &q, max))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    return match export {
                         Ok(body) => Reply::new(200, "application/x-ndjson", body).with(
                             "content-disposition",
                             "attachment; filename=\"audit.jsonl\"".into(),
@@ -441,7 +474,10 @@ impl Console {
                         }
                     };
                 }
-                let result = data::audit(gw, &q);
+                let (g, query) = (gw.clone(), q.clone());
+                let result = tokio::task::spawn_blocking(move || data::audit(&g, &query))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
                 if req.wants_api() {
                     return match result {
                         Ok(v) => Reply::json(200, &v),
@@ -450,7 +486,10 @@ impl Console {
                         }
                     };
                 }
-                let verify = (req.q("verify").is_some()).then(|| data::verify(gw));
+                let verify = match req.q("verify") {
+                    Some(_) => Some(blocking(gw, data::verify).await),
+                    None => None,
+                };
                 page("audit.html", pages::audit_view(result, &req.query, verify))
             }
             // Approvals.
@@ -546,7 +585,7 @@ impl Console {
                 };
                 h.insert(name, v);
                 match gw.pipeline.authenticate_admin(&h).await {
-                    Ok(principal) => return self.start_session(principal),
+                    Ok(principal) => return self.start_session(principal, token_expiry(secret)),
                     // A known principal without the role: say so rather than "invalid".
                     Err(e) if e.kind == crate::error::ErrorKind::Forbidden => {
                         last = e;
@@ -569,10 +608,11 @@ impl Console {
         )
     }
 
-    fn start_session(&self, principal: Principal) -> Reply {
+    fn start_session(&self, principal: Principal, token_left: Option<Duration>) -> Reply {
         let id = random_hex();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let ttl = token_left.map_or(SESSION_TTL, |t| t.min(SESSION_TTL));
         sessions.retain(|_, s| s.expires > now);
         if sessions.len() >= MAX_SESSIONS {
             if let Some(oldest) = sessions
@@ -589,17 +629,42 @@ impl Console {
             Session {
                 principal,
                 csrf: random_hex(),
-                expires: now + SESSION_TTL,
+                expires: now + ttl,
             },
         );
         Reply::redirect("/console/").with(
             "set-cookie",
             format!(
                 "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
-                SESSION_TTL.as_secs()
+                ttl.as_secs()
             ),
         )
     }
+
+    /// Whether a session still stands (for a stream opened with it).
+    fn session_live(&self, gw: &Gateway, id: &str) -> bool {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(&format!("{COOKIE}={id}")) {
+            h.insert(http::header::COOKIE, v);
+        }
+        self.identify_cookie(gw, &h).is_ok_and(|a| a.is_some())
+    }
+}
+
+/// How long a bearer token typed into the login form has left (its `exp`, read without
+/// checking the signature, which the login just did); `None` for an API key.
+fn token_expiry(secret: &str) -> Option<Duration> {
+    use base64::Engine;
+    let payload = secret.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let exp = serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_u64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(exp.saturating_sub(now)))
 }
 
 fn not_admin(gw: &Gateway) -> GatewayError {
@@ -707,16 +772,64 @@ fn audit_query(req: &Request) -> Result<crate::audit::search::Query, String> {
             return Err("decision is one of allow, deny, error, shadow".into());
         }
     }
+    let time = |k: &str| -> Result<Option<String>, String> {
+        req.q(k)
+            .map(|t| {
+                utc_millis(&t).ok_or_else(|| {
+                    format!(
+                        "{k} is a UTC time such as 2026-12-01T09:00:00Z (or a date, 2026-12-01)"
+                    )
+                })
+            })
+            .transpose()
+    };
     Ok(crate::audit::search::Query {
         principal: req.q("principal"),
         api: req.q("api"),
         decision: req.q("decision"),
         rule: req.q("rule"),
-        since: req.q("since"),
-        until: req.q("until"),
+        since: time("since")?,
+        until: time("until")?,
         before,
         limit,
     })
+}
+
+/// Runs `f` (file or database reads) off the admin listener's thread, which also answers
+/// health probes.
+async fn blocking(gw: &Arc<Gateway>, f: fn(&Gateway) -> Value) -> Value {
+    let g = gw.clone();
+    tokio::task::spawn_blocking(move || f(&g))
+        .await
+        .unwrap_or_else(|e| json!({"intact": null, "error": e.to_string()}))
+}
+
+/// A UTC time as the audit trail writes it (`YYYY-MM-DDTHH:MM:SS.mmmZ`), from a date, or a
+/// time with or without milliseconds; `None` for anything else.
+fn utc_millis(t: &str) -> Option<String> {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let date_ok = |d: &str| {
+        d.len() == 10
+            && d.as_bytes()[4] == b'-'
+            && d.as_bytes()[7] == b'-'
+            && digits(&d[..4])
+            && digits(&d[5..7])
+            && digits(&d[8..])
+    };
+    if date_ok(t) {
+        return Some(format!("{t}T00:00:00.000Z"));
+    }
+    let (d, rest) = t.split_once('T')?;
+    let rest = rest.strip_suffix('Z')?;
+    let (hms, ms) = rest.split_once('.').unwrap_or((rest, "000"));
+    let hms_ok = hms.len() == 8
+        && hms.as_bytes()[2] == b':'
+        && hms.as_bytes()[5] == b':'
+        && digits(&hms[..2])
+        && digits(&hms[3..5])
+        && digits(&hms[6..]);
+    let ms_ok = (1..=3).contains(&ms.len()) && digits(ms);
+    (date_ok(d) && hms_ok && ms_ok).then(|| format!("{d}T{hms}.{ms:0<3}Z"))
 }
 
 /// Writes a reply with the console's security headers.
@@ -758,6 +871,7 @@ async fn stream(
     session: &mut ServerSession,
     activity: &crate::audit::activity::Activity,
     shutdown: &ShutdownWatch,
+    alive: impl Fn() -> bool,
 ) -> bool {
     use tokio::sync::broadcast::error::RecvError;
     let Ok(mut h) = ResponseHeader::build(200, Some(8)) else {
@@ -783,6 +897,9 @@ async fn stream(
     }
     let mut shutdown = shutdown.clone();
     loop {
+        if !alive() {
+            break;
+        }
         let chunk = tokio::select! {
             r = rx.recv() => match r {
                 Ok(v) if v["id"].as_u64().unwrap_or(0) <= last => continue,
@@ -802,4 +919,30 @@ async fn stream(
     }
     let _ = session.write_response_body(Bytes::new(), true).await;
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_times_are_written_as_the_trail_writes_them() {
+        let t = super::utc_millis;
+        assert_eq!(t("2026-12-01").as_deref(), Some("2026-12-01T00:00:00.000Z"));
+        assert_eq!(
+            t("2026-12-01T09:00:00Z").as_deref(),
+            Some("2026-12-01T09:00:00.000Z")
+        );
+        assert_eq!(
+            t("2026-12-01T09:00:00.5Z").as_deref(),
+            Some("2026-12-01T09:00:00.500Z")
+        );
+        for bad in [
+            "yesterday",
+            "2026-12-01T09:00:00+01:00",
+            "2026-12-1",
+            "2026-12-01T9:00:00Z",
+            "2026-12-01T09:00:00.1234Z",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 }
