@@ -40,6 +40,7 @@ async fn the_console_in_a_browser() {
     assert!(out.status.success(), "{stdout}\n{stderr}\n{}", gw.log());
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    eprintln!("console browser test: {summary}");
     assert!(
         summary["decision_to_page_ms"].as_u64().unwrap() <= 2000,
         "{summary}"
