@@ -42,9 +42,10 @@ methods = ["GET"]
 paths = ["/**"]
 credentials = { header = "X-Upstream-Key", value = "bench-static-secret" }
 CONF
-# One keep-alive connection: curl reuses it across the URLs of one invocation.
-printf 'url = "http://127.0.0.1:18180/local/data.json"\n-H "Host: localhost"\n-o /dev/null\n' > "$work/one"
-for _ in $(seq "$n"); do cat "$work/one"; done > "$work/many"
+# One keep-alive connection: curl reuses it across the URLs of one invocation. Headers are
+# given once: a curl config repeating `-H` per URL accumulates them across URLs.
+printf -- '-H "Host: localhost"\n' > "$work/many"
+for _ in $(seq "$n"); do printf 'url = "http://127.0.0.1:18180/local/data.json"\n-o /dev/null\n'; done >> "$work/many"
 
 instructions() { # binary requests -> total instructions of the run
   local log="$work/cg.log"
