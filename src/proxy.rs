@@ -614,4 +614,3 @@ impl ProxyHttp for ProxyDoor {
         record.finish(&ctx.gw, status, ctx.answered.as_ref(), target);
     }
 }
-

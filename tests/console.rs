@@ -11,6 +11,16 @@ fn url(gw: &Gateway, path: &str) -> String {
     format!("http://127.0.0.1:{}{path}", gw.admin)
 }
 
+/// Submits the login form with `credential`.
+async fn login(gw: &Gateway, credential: &str) -> reqwest::Response {
+    no_redirects()
+        .post(url(gw, "/console/login"))
+        .form(&[("credential", credential)])
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn get(gw: &Gateway, path: &str, header: (&str, &str)) -> (u16, Value) {
     let r = no_redirects()
         .get(url(gw, path))
@@ -122,27 +132,12 @@ async fn login_sessions_and_csrf() {
     let up = Upstream::start();
     let gw = Gateway::start_generated(|p| console_config(up.port, p));
     let c = no_redirects();
-    let r = c
-        .post(url(&gw, "/console/login"))
-        .form(&[("credential", API_KEY)])
-        .send()
-        .await
-        .unwrap();
+    let r = login(&gw, API_KEY).await;
     assert_eq!(r.status(), 403, "a reader's key is not an admin's");
     assert!(r.headers().get("set-cookie").is_none());
-    let r = c
-        .post(url(&gw, "/console/login"))
-        .form(&[("credential", "agm_wrong")])
-        .send()
-        .await
-        .unwrap();
+    let r = login(&gw, "agm_wrong").await;
     assert_eq!(r.status(), 401);
-    let r = c
-        .post(url(&gw, "/console/login"))
-        .form(&[("credential", CONSOLE_ADMIN_KEY)])
-        .send()
-        .await
-        .unwrap();
+    let r = login(&gw, CONSOLE_ADMIN_KEY).await;
     assert_eq!(r.status(), 303);
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
@@ -162,12 +157,7 @@ async fn login_sessions_and_csrf() {
     let (s, _) = get(&gw, "/console/api/apis", ("cookie", &cookie)).await;
     assert_eq!(s, 200);
     // A bearer token typed into the form works as well.
-    let r = c
-        .post(url(&gw, "/console/login"))
-        .form(&[("credential", jwt(json!({"sub": "ada", "roles": ["admin"]})))])
-        .send()
-        .await
-        .unwrap();
+    let r = login(&gw, &jwt(json!({"sub": "ada", "roles": ["admin"]}))).await;
     assert_eq!(r.status(), 303);
 
     for _ in 0..3 {
@@ -253,12 +243,7 @@ async fn a_reload_that_revokes_the_admin_key_ends_its_session() {
     let up = Upstream::start();
     let gw = Gateway::start_generated(|p| console_config(up.port, p));
     let c = no_redirects();
-    let r = c
-        .post(url(&gw, "/console/login"))
-        .form(&[("credential", CONSOLE_ADMIN_KEY)])
-        .send()
-        .await
-        .unwrap();
+    let r = login(&gw, CONSOLE_ADMIN_KEY).await;
     let cookie = r.headers()["set-cookie"]
         .to_str()
         .unwrap()
