@@ -237,17 +237,15 @@ impl Console {
                     })
                 });
         }
-        self.identify_cookie(gw, headers)
+        match cookie(headers) {
+            Some(id) => self.session(gw, id),
+            None => Ok(None),
+        }
     }
 
-    fn identify_cookie(
-        &self,
-        gw: &Gateway,
-        headers: &HeaderMap,
-    ) -> Result<Option<Admin>, GatewayError> {
-        let Some(id) = cookie(headers) else {
-            return Ok(None);
-        };
+    /// The admin of login session `id`: `Ok(None)` when it is unknown or expired, `Err`
+    /// when the config serving no longer lets its principal in.
+    fn session(&self, gw: &Gateway, id: String) -> Result<Option<Admin>, GatewayError> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match sessions.get(&id) {
             Some(s) if s.expires > Instant::now() => {
@@ -643,11 +641,7 @@ impl Console {
 
     /// Whether a session still stands (for a stream opened with it).
     fn session_live(&self, gw: &Gateway, id: &str) -> bool {
-        let mut h = HeaderMap::new();
-        if let Ok(v) = http::HeaderValue::from_str(&format!("{COOKIE}={id}")) {
-            h.insert(http::header::COOKIE, v);
-        }
-        self.identify_cookie(gw, &h).is_ok_and(|a| a.is_some())
+        self.session(gw, id.to_string()).is_ok_and(|a| a.is_some())
     }
 }
 
