@@ -21,6 +21,7 @@
 #   g  pingora       a bare Pingora proxy (examples/pingora_floor.rs, same threads and profile)
 #                    that only forwards: the floor under c. Measured when it is built
 #                    (cargo build --release --example pingora_floor).
+#   CONFIGS="c e"    only these of c d e f h i (a, b and g always run), for a shorter A/B run
 #   c0, e0           with AGM_BASE_BIN set (another build, e.g. of an older commit): c and e
 #                    on that binary, in the same rounds, for an A/B comparison.
 # The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
@@ -193,6 +194,7 @@ run() {
     "$(ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" "$cpu" "$rss" "$usr" "$sys" >> "$work/results"
 }
 
+want() { [[ " ${CONFIGS:-c d e f h i} " == *" $1 "* ]]; }
 proxy_workers=$(pgrep -P "$(cat "$work/px/nginx.pid")" | tr '\n' ' ')
 floor_bin="$(dirname "$bin")/examples/pingora_floor"
 for round in $(seq "$rounds"); do
@@ -210,30 +212,26 @@ for round in $(seq "$rounds"); do
     fi
     start_gateway "$work/memory-$t.toml"
     probe
-    run c_proxy_door$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-    run e_mcp_door$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+    want c && run c_proxy_door$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+    want e && run e_mcp_door$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
     stop_gateway
     if [ -n "$base_bin" ]; then
       start_gateway "$work/memory-$t.toml" "$base_bin"
       probe
-      run c0_proxy_base$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
-      run e0_mcp_base$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+      want c && run c0_proxy_base$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
+      want e && run e0_mcp_base$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
       stop_gateway
     fi
-    start_gateway "$work/tools-$t.toml"
-    probe
+    want i && start_gateway "$work/tools-$t.toml" && probe &&
     run i_mcp_tool$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp_tool.lua"
     stop_gateway
-    start_gateway "$work/own-$t.toml"
-    probe
+    want h && start_gateway "$work/own-$t.toml" && probe &&
     run h_own_credential$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
     stop_gateway
-    start_gateway "$work/redis-$t.toml"
-    probe
+    want d && start_gateway "$work/redis-$t.toml" && probe &&
     run d_proxy_redis$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
     stop_gateway
-    start_gateway "$work/traced-$t.toml"
-    probe
+    want f && start_gateway "$work/traced-$t.toml" && probe &&
     run f_proxy_traced$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
     stop_gateway
   done
@@ -289,11 +287,13 @@ sort -k1,1 -s "$work/results" | awk -v threads="$threads_list" '
   }'
 echo "redis-server CPU per decision in d: $(sort -n "$work/redis_us" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}') us (median)"
 
-# Start-up, idle memory, and memory at 256 connections (the last thread count).
-start_gateway "$work/memory-$gw_threads.toml"
-sleep 1
-idle=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
-wrk -t2 -c256 -d"${secs}s" -H "X-API-Key: $key" http://127.0.0.1:18080/local/data.json >/dev/null
-peak=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
-stop_gateway
-echo "gateway: ready ${ready_ms} ms after exec; idle RSS ${idle} MB; peak RSS ${peak} MB after 256 connections"
+# Start-up, idle memory, and memory at 256 connections (the last thread count), per binary.
+for b in "$bin" ${base_bin:+"$base_bin"}; do
+  start_gateway "$work/memory-$gw_threads.toml" "$b"
+  sleep 1
+  idle=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
+  wrk -t2 -c256 -d"${secs}s" -H "X-API-Key: $key" http://127.0.0.1:18080/local/data.json >/dev/null
+  peak=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
+  stop_gateway
+  echo "gateway $b: ready ${ready_ms} ms after exec; idle RSS ${idle} MB; peak RSS ${peak} MB after 256 connections"
+done

@@ -86,7 +86,9 @@ impl JwksCache {
             .unwrap_or_else(|e| e.into_inner())
             .last_attempt = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.fetch().await {
+        // Boxed: the fetch is rare and its future large; inline, every verification's
+        // future would carry it.
+        match Box::pin(self.fetch()).await {
             Ok((by_kid, unnamed)) => {
                 let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
                 s.by_kid = by_kid;

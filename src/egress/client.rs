@@ -152,7 +152,9 @@ impl Egress {
                 }
             }
         };
-        match tokio::time::timeout(api.timeout, exchange).await {
+        // Boxed once, so the timeout wrapper moves a pointer rather than the exchange's
+        // large future.
+        match tokio::time::timeout(api.timeout, Box::pin(exchange)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(map_pingora_error(api, &e)),
             Err(_) => Err(GatewayError::upstream_timeout(format!(

@@ -113,9 +113,18 @@ impl Egress {
     /// be used to reach the private one.
     pub async fn resolve(&self, api: &Api) -> Result<SocketAddr, GatewayError> {
         let addrs: Vec<SocketAddr> = match api.base.host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, api.base.port)],
+            Ok(ip) => {
+                // An address literal: only the guard to pass, no lookup (nor its future).
+                let addr = SocketAddr::new(ip, api.base.port);
+                if !api.allow_private_network {
+                    if let Some(reason) = blocked_reason(ip) {
+                        return Err(blocked(api, reason));
+                    }
+                }
+                return Ok(addr);
+            }
             Err(_) => {
-                let lookup = self.lookup(&api.base.host, api.base.port);
+                let lookup = Box::pin(self.lookup(&api.base.host, api.base.port));
                 match tokio::time::timeout(api.connect_timeout, lookup).await {
                     Ok(Ok(addrs)) => addrs,
                     Ok(Err(_)) => {
@@ -138,15 +147,19 @@ impl Egress {
         })?;
         if !api.allow_private_network {
             if let Some(reason) = addrs.iter().find_map(|a| blocked_reason(a.ip())) {
-                return Err(GatewayError::egress_denied(format!(
-                    "the destination of API {:?} resolves to a {reason}, which is blocked; \
-                     an operator can set allow_private_network = true on the API to allow it",
-                    api.name
-                )));
+                return Err(blocked(api, reason));
             }
         }
         Ok(first)
     }
+}
+
+fn blocked(api: &Api, reason: impl std::fmt::Display) -> GatewayError {
+    GatewayError::egress_denied(format!(
+        "the destination of API {:?} resolves to a {reason}, which is blocked; \
+         an operator can set allow_private_network = true on the API to allow it",
+        api.name
+    ))
 }
 
 #[cfg(test)]

@@ -307,6 +307,13 @@ static PATTERNS: LazyLock<Vec<(SecretKind, regex::Regex)>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The same formats as one set: a single pass tells which of them occur in a text, so a
+/// text holding none (nearly every one) is not scanned once per format.
+static PATTERN_SET: LazyLock<regex::RegexSet> = LazyLock::new(|| {
+    regex::RegexSet::new(SecretKind::ALL.iter().map(|k| k.pattern()))
+        .expect("valid built-in pattern")
+});
+
 impl<'a> Redactor<'a> {
     pub fn for_api(api: &'a Api) -> Redactor<'a> {
         Redactor { api }
@@ -317,20 +324,25 @@ impl<'a> Redactor<'a> {
         // One pass per automaton: each match is counted as it is replaced.
         let mut changed: Option<String> = None;
         if let Some(c) = &self.api.credential {
-            let mut hits = 0u64;
-            let mut out = String::new();
-            c.replacer.replace_all_with(text, &mut out, |_, _, dst| {
-                hits += 1;
-                dst.push_str("[REDACTED:credential]");
-                true
-            });
-            if hits > 0 {
+            if c.replacer.is_match(text) {
+                let mut hits = 0u64;
+                let mut out = String::with_capacity(text.len());
+                c.replacer.replace_all_with(text, &mut out, |_, _, dst| {
+                    hits += 1;
+                    dst.push_str("[REDACTED:credential]");
+                    true
+                });
                 *counts.entry("credential").or_default() += hits;
                 changed = Some(out);
             }
         }
-        for (kind, re) in PATTERNS.iter() {
-            if !self.api.response.redact.patterns.contains(kind) {
+        // Which formats occur in the text as it arrived; once a replacement has changed it,
+        // every remaining format is tried on the changed text, as each would be alone.
+        let present = PATTERN_SET.matches(text);
+        for (i, (kind, re)) in PATTERNS.iter().enumerate() {
+            if !self.api.response.redact.patterns.contains(kind)
+                || (changed.is_none() && !present.matched(i))
+            {
                 continue;
             }
             let current = changed.as_deref().unwrap_or(text);

@@ -164,6 +164,10 @@ impl McpHttpApp {
 
     /// Refuses an HTTP request before it reaches rmcp: logged, counted, audited, and
     /// answered as problem+json (with `WWW-Authenticate` on a 401).
+    ///
+    /// Callers box this, the connect page and `/me/credentials`: their futures are large and
+    /// rare, and inline they would make every request's future (moved whole onto the heap
+    /// per request) as large.
     async fn refuse(
         gw: &Gateway,
         mut session: ServerSession,
@@ -286,7 +290,7 @@ impl McpHttpApp {
             Ok(c) => c,
             Err(e) => {
                 session.set_keepalive(None);
-                return Self::refuse(gw, session, None, &e).await;
+                return Box::pin(Self::refuse(gw, session, None, &e)).await;
             }
         };
         let method = session.req_header().method.clone();
@@ -357,10 +361,10 @@ impl HttpServerApp for McpHttpApp {
             return crate::admin::finish(session).await;
         }
         if path == "/oauth/callback" || path.starts_with("/connect/") {
-            return Self::serve_connect(&gw, session, &path).await;
+            return Box::pin(Self::serve_connect(&gw, session, &path)).await;
         }
         if let Some(api) = crate::credentials::self_route(&path) {
-            return Self::serve_self(&gw, session, &path, api).await;
+            return Box::pin(Self::serve_self(&gw, session, &path, api)).await;
         }
         if path != "/mcp" && path != "/mcp/" {
             Self::respond_plain(&mut session, 404, "not found: the MCP endpoint is /mcp\n").await;
@@ -374,7 +378,7 @@ impl HttpServerApp for McpHttpApp {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 session.set_keepalive(None);
-                return Self::refuse(&gw, session, None, &e).await;
+                return Box::pin(Self::refuse(&gw, session, None, &e)).await;
             }
         };
 
@@ -390,7 +394,7 @@ impl HttpServerApp for McpHttpApp {
                         ));
                         // The rest of the body is not read: the connection is not reused.
                         session.set_keepalive(None);
-                        return Self::refuse(&gw, session, Some(&caller), &e).await;
+                        return Box::pin(Self::refuse(&gw, session, Some(&caller), &e)).await;
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -400,7 +404,7 @@ impl HttpServerApp for McpHttpApp {
         }
         let body = body.freeze();
         if let Err(e) = crate::policy::body::check_signed_body(&caller, &body) {
-            return Self::refuse(&gw, session, Some(&caller), &e).await;
+            return Box::pin(Self::refuse(&gw, session, Some(&caller), &e)).await;
         }
         let head = session.req_header();
         let mut builder = http::Request::builder()
@@ -429,7 +433,7 @@ impl HttpServerApp for McpHttpApp {
         if not_owned {
             let e = GatewayError::forbidden("this MCP session belongs to another caller")
                 .with_reason(crate::error::Reason::SessionNotOwned);
-            return Self::refuse(&gw, session, Some(&caller), &e).await;
+            return Box::pin(Self::refuse(&gw, session, Some(&caller), &e)).await;
         }
         // A request that may open a legacy session (no session id, and not a 2026-07-28
         // stateless request, which names its method in Mcp-Method) is refused while the caller,
@@ -446,7 +450,7 @@ impl HttpServerApp for McpHttpApp {
                 .session_limit(&gw.config.mcp, &caller.principal.id)
                 .await
             {
-                return Self::refuse(&gw, session, Some(&caller), &e).await;
+                return Box::pin(Self::refuse(&gw, session, Some(&caller), &e)).await;
             }
         }
         let principal_id = caller.principal.id.clone();
@@ -454,11 +458,10 @@ impl HttpServerApp for McpHttpApp {
         request.extensions_mut().insert(caller);
         request.extensions_mut().insert(gw.clone());
 
-        let response = match tower_service::Service::call(&mut self.service.clone(), request).await
-        {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
+        // Served by reference (a clone per request copied the transport's config), and boxed:
+        // the transport's future is large, and this one is moved whole onto the heap per
+        // connection.
+        let response = Box::pin(self.service.handle(request)).await;
         // The transport refuses what it cannot read as one message with 415 and a text body;
         // a JSON body gets the JSON-RPC error it deserves instead (checked only then, so a
         // well-formed request is parsed once).

@@ -1083,7 +1083,9 @@ impl ServerHandler for GatewayMcp {
                 }
             }
         };
-        this.call_upstream(args, &request, &caller, &context).await
+        // Boxed: the call's future is large (admission, the upstream exchange, elicitation),
+        // and rmcp moves the handler's future when it spawns it; a pointer moves cheaply.
+        Box::pin(this.call_upstream(args, &request, &caller, &context)).await
     }
 }
 
@@ -1197,18 +1199,29 @@ impl GatewayMcp {
             Ok(_) => None,
         };
         if let Some(url) = connect {
-            if let Some(answer) = this
-                .ask_to_connect(&url, &args, &caller, context, &bound_to(&caller, &args))
-                .await?
+            // Boxed, as the approval below: rare, and large futures.
+            if let Some(answer) = Box::pin(this.ask_to_connect(
+                &url,
+                &args,
+                &caller,
+                context,
+                &bound_to(&caller, &args),
+            ))
+            .await?
             {
                 return Ok(answer);
             }
         }
         if let Err(e) = &outcome {
             if e.reason == Some(crate::error::Reason::ApprovalPending) {
-                if let Some(answer) = this
-                    .ask_to_approve(e, &args, &caller, context, &bound_to(&caller, &args))
-                    .await?
+                if let Some(answer) = Box::pin(this.ask_to_approve(
+                    e,
+                    &args,
+                    &caller,
+                    context,
+                    &bound_to(&caller, &args),
+                ))
+                .await?
                 {
                     return Ok(answer);
                 }

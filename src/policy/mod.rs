@@ -663,7 +663,11 @@ impl Pipeline {
                     )))
                 }
                 (_, Mode::Enforce) => {
-                    approval_used = Some(self.approval(rule, ask, caller, draft).await.map_err(at)?)
+                    approval_used = Some(
+                        Box::pin(self.approval(rule, ask, caller, draft))
+                            .await
+                            .map_err(at)?,
+                    )
                 }
             }
         }
@@ -732,9 +736,9 @@ impl Pipeline {
         //     target, with a query credential when the API puts it there.
         let (api, credential) = match (&api.dynamic_credential, mode) {
             (Some(dc), Mode::Enforce) => {
-                let r = self
-                    .vault
-                    .resolve(api, dc, caller)
+                // Boxed, as the approvals here: these futures are large, and inline they
+                // would make every call's admission future (moved per request) as large.
+                let r = Box::pin(self.vault.resolve(api, dc, caller))
                     .await
                     .map_err(|e| e.at(Stage::Credential))?;
                 (r.api, Some(r.used))
@@ -762,10 +766,12 @@ impl Pipeline {
                     Door::Proxy => "proxy",
                     Door::Mcp => "mcp",
                 };
-                self.use_approval(&rec, door, caller).await.map_err(|e| {
-                    e.at(Stage::Approval)
-                        .by_rule(format!("approvals[{}]", rec.rule))
-                })?;
+                Box::pin(self.use_approval(&rec, door, caller))
+                    .await
+                    .map_err(|e| {
+                        e.at(Stage::Approval)
+                            .by_rule(format!("approvals[{}]", rec.rule))
+                    })?;
             }
         }
         let path_and_query = upstream_path_and_query(&api, &endpoint, call.query);
