@@ -375,11 +375,9 @@ fn mcp_benches(c: &mut Criterion) {
                 .body(Full::new(bytes::Bytes::from(body.clone())))
                 .unwrap();
             request.extensions_mut().insert(caller.clone());
-            let mut service = service.clone();
+            let service = service.clone();
             async move {
-                let response = tower_service::Service::call(&mut service, request)
-                    .await
-                    .unwrap();
+                let response = service.handle(request).await;
                 assert_eq!(response.status(), 200);
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 let ok = body.windows(9).any(|w| w == b"\"result\":")
