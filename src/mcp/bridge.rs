@@ -459,8 +459,8 @@ impl HttpServerApp for McpHttpApp {
         request.extensions_mut().insert(gw.clone());
 
         // Served by reference (a clone per request copied the transport's config), and boxed:
-        // the transport's future is large, and this one is moved whole onto the heap per
-        // connection.
+        // the transport's future is large, and this one is moved whole onto the heap for
+        // every request.
         let response = Box::pin(self.service.handle(request)).await;
         // The transport refuses what it cannot read as one message with 415 and a text body;
         // a JSON body gets the JSON-RPC error it deserves instead (checked only then, so a
