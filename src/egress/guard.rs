@@ -112,20 +112,17 @@ impl Egress {
     /// address is refused as a whole, so a DNS answer mixing public and private records cannot
     /// be used to reach the private one.
     pub async fn resolve(&self, api: &Api) -> Result<SocketAddr, GatewayError> {
-        let addrs: Vec<SocketAddr> = match api.base.host.parse::<IpAddr>() {
+        // An address literal is vetted as it is: no lookup (nor its future), no list.
+        let literal;
+        let looked_up;
+        let addrs: &[SocketAddr] = match api.base.host.parse::<IpAddr>() {
             Ok(ip) => {
-                // An address literal: only the guard to pass, no lookup (nor its future).
-                let addr = SocketAddr::new(ip, api.base.port);
-                if !api.allow_private_network {
-                    if let Some(reason) = blocked_reason(ip) {
-                        return Err(blocked(api, reason));
-                    }
-                }
-                return Ok(addr);
+                literal = SocketAddr::new(ip, api.base.port);
+                std::slice::from_ref(&literal)
             }
             Err(_) => {
                 let lookup = Box::pin(self.lookup(&api.base.host, api.base.port));
-                match tokio::time::timeout(api.connect_timeout, lookup).await {
+                looked_up = match tokio::time::timeout(api.connect_timeout, lookup).await {
                     Ok(Ok(addrs)) => addrs,
                     Ok(Err(_)) => {
                         return Err(GatewayError::upstream_error(format!(
@@ -139,7 +136,8 @@ impl Egress {
                             api.name
                         )))
                     }
-                }
+                };
+                &looked_up
             }
         };
         let first = *addrs.first().ok_or_else(|| {
@@ -147,19 +145,15 @@ impl Egress {
         })?;
         if !api.allow_private_network {
             if let Some(reason) = addrs.iter().find_map(|a| blocked_reason(a.ip())) {
-                return Err(blocked(api, reason));
+                return Err(GatewayError::egress_denied(format!(
+                    "the destination of API {:?} resolves to a {reason}, which is blocked; \
+                     an operator can set allow_private_network = true on the API to allow it",
+                    api.name
+                )));
             }
         }
         Ok(first)
     }
-}
-
-fn blocked(api: &Api, reason: impl std::fmt::Display) -> GatewayError {
-    GatewayError::egress_denied(format!(
-        "the destination of API {:?} resolves to a {reason}, which is blocked; \
-         an operator can set allow_private_network = true on the API to allow it",
-        api.name
-    ))
 }
 
 #[cfg(test)]
