@@ -8,6 +8,9 @@
 #   CG_OUT=dir benches/callgrind.sh …   keep each busy run's profile as dir/NAME.DOOR.cg
 #                                       (read it with callgrind_annotate --inclusive=yes)
 #   THREADS=2 …                         the gateway's thread count (default 1)
+#   CONFIG_EXTRA='[mcp]\nstateless_fast_path = false' …
+#                                       appended to the gateway's config (backslash escapes
+#                                       read as printf %b reads them)
 #
 # Each binary (default target/release/api-gateway-mcp) runs as load.sh's `c` and `e`
 # configurations do: API-key auth, the memory limiter, audit off, one API behind the
@@ -32,48 +35,19 @@ chmod 755 "$work"
 trap 'stop_upstream "$work/up"; rm -rf "$work"' EXIT
 . benches/upstream.sh
 start_upstream "$work/up"
-key="agm_load-test-key-0123456789abcdefghijklmnopqrs"
-key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
-cat > "$work/gw.toml" <<CONF
-[server]
-mcp_listen = "127.0.0.1:13100"
-proxy_listen = "127.0.0.1:18180"
-admin_listen = "127.0.0.1:19190"
-threads = $threads
-watch_config = false
-shutdown_grace = "1s"
-[auth]
-methods = ["api_key"]
-[[auth.api_keys]]
-name = "load"
-key_sha256 = "$key_sha"
-allowed_apis = ["local"]
-[audit]
-enabled = false
-[rate_limits]
-default = { requests = 100000000, window = "1m" }
-[[apis]]
-name = "local"
-base_url = "http://127.0.0.1:18181"
-allow_private_network = true
-methods = ["GET"]
-paths = ["/**"]
-CONF
+. benches/gateway.sh
+key=$bench_key
+gateway_config 127.0.0.1:13100 127.0.0.1:18180 127.0.0.1:19190 "$threads" > "$work/gw.toml"
+[ -z "${CONFIG_EXTRA:-}" ] || printf '%b\n' "$CONFIG_EXTRA" >> "$work/gw.toml"
 # One keep-alive connection: curl reuses it across the URLs of one invocation. Headers and
 # the body are given once: options in a curl config apply to every URL, and a `-H` repeated
 # per URL accumulates.
 if [ "$door" = mcp ]; then
   url="http://127.0.0.1:13100/mcp"
-  cat > "$work/head" <<CURL
--H "Host: localhost"
--H "X-API-Key: $key"
--H "Content-Type: application/json"
--H "Accept: application/json, text/event-stream"
--H "Mcp-Method: tools/call"
--H "Mcp-Name: api_gateway"
--H "MCP-Protocol-Version: 2026-07-28"
-data = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"api_gateway\",\"arguments\":{\"api\":\"local\",\"endpoint\":\"/data.json\"},\"_meta\":{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{},\"io.modelcontextprotocol/clientInfo\":{\"name\":\"curl\",\"version\":\"1\"}}}}"
-CURL
+  { printf -- '-H "Host: localhost"\n-H "X-API-Key: %s"\n' "$key"
+    mcp_headers | while read -r line; do printf -- '-H "%s"\n' "$line"; done
+    printf 'data = "%s"\n' "$(mcp_body curl | sed 's/"/\\"/g')"
+  } > "$work/head"
 else
   url="http://127.0.0.1:18180/local/data.json"
   printf -- '-H "Host: localhost"\n-H "X-API-Key: %s"\n' "$key" > "$work/head"

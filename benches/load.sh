@@ -74,48 +74,23 @@ redis-server --port 16391 --bind 127.0.0.1 --save "" --appendonly no --daemonize
   --pidfile "$work/redis.pid" --logfile "$work/redis.log"
 until redis-cli -p 16391 ping >/dev/null 2>&1; do sleep 0.05; done
 
-key="agm_load-test-key-0123456789abcdefghijklmnopqrs"
-key_sha=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+. benches/gateway.sh
+key=$bench_key
 gw_threads=2
-gateway_config() { # store line
-  cat <<CONF
-[server]
-mcp_listen = "127.0.0.1:13000"
-proxy_listen = "127.0.0.1:18080"
-admin_listen = "127.0.0.1:19090"
-threads = $gw_threads
-[auth]
-methods = ["api_key"]
-[[auth.api_keys]]
-name = "load"
-key_sha256 = "$key_sha"
-allowed_apis = ["local"]
-[audit]
-enabled = false
-[rate_limits]
-default = { requests = 100000000, window = "1m" }
-$1
-[[apis]]
-name = "local"
-base_url = "http://127.0.0.1:18181"
-allow_private_network = true
-methods = ["GET"]
-paths = ["/**"]
-CONF
-}
+gw_config() { gateway_config 127.0.0.1:13000 127.0.0.1:18080 127.0.0.1:19090 "$gw_threads" "$@"; }
 make_configs() { # writes every gateway config for $gw_threads threads, as NAME-$gw_threads.toml
-  gateway_config "" > "$work/memory-$gw_threads.toml"
+  gw_config > "$work/memory-$gw_threads.toml"
   # f: as c, with every call traced and its spans exported over OTLP/HTTP (the upstream nginx
   # answers the exports).
-  { gateway_config ""; printf '[tracing]\nendpoint = "http://127.0.0.1:18181"\n'; } > "$work/traced-$gw_threads.toml"
-  gateway_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis-$gw_threads.toml"
+  { gw_config; printf '[tracing]\nendpoint = "http://127.0.0.1:18181"\n'; } > "$work/traced-$gw_threads.toml"
+  gw_config 'store = { kind = "redis", url = "redis://127.0.0.1:16391", timeout = "50ms" }' > "$work/redis-$gw_threads.toml"
   # h: the caller's own credential, stored once before the runs.
-  { gateway_config ""
+  { gw_config
     echo 'credentials = { mode = "per_principal", header = "Authorization" }'
     printf '[credential_store]\nkind = "sqlite"\npath = "%s/creds.db"\nkey_env = "AGM_BENCH_CRED_KEY"\n' "$work"
   } > "$work/own-$gw_threads.toml"
   # i: the same API described by an OpenAPI document, called through its generated tool.
-  { gateway_config ""
+  { gw_config
     cat <<'TOML'
 [apis.openapi]
 inline = '''{"openapi": "3.1.0", "info": {"title": "load", "version": "1"}, "paths": {"/data.json": {"get": {"operationId": "getData", "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}}}}}'''
@@ -126,16 +101,11 @@ export AGM_BENCH_CRED_KEY; AGM_BENCH_CRED_KEY=$(head -c32 /dev/urandom | base64)
 for gw_threads in $threads_list; do make_configs; done
 printf 'bench-own-secret' | "$bin" credentials set -c "$work/own-$gw_threads.toml" --api local --principal key:load >/dev/null
 # wrk script for the MCP door: a stateless tools/call, as a 2026-07-28 client sends it.
-cat > "$work/mcp.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
-wrk.headers["Mcp-Method"] = "tools/call"
-wrk.headers["Mcp-Name"] = "api_gateway"
-wrk.headers["X-API-Key"] = "$key"
-wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"api_gateway","arguments":{"api":"local","endpoint":"/data.json"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"1"}}}}'
-LUA
+{ echo 'wrk.method = "POST"'
+  mcp_headers | while IFS=': ' read -r name value; do printf 'wrk.headers["%s"] = "%s"\n' "$name" "$value"; done
+  printf 'wrk.headers["X-API-Key"] = "%s"\n' "$key"
+  printf "wrk.body = '%s'\n" "$(mcp_body wrk)"
+} > "$work/mcp.lua"
 
 sed -e 's/"Mcp-Name"] = "api_gateway"/"Mcp-Name"] = "local_getData"/' \
     -e 's|"name":"api_gateway","arguments":{"api":"local","endpoint":"/data.json"}|"name":"local_getData","arguments":{}|' \
@@ -285,7 +255,7 @@ sort -k1,1 -s "$work/results" | awk -v threads="$threads_list" '
       }
     }
   }'
-echo "redis-server CPU per decision in d: $(sort -n "$work/redis_us" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}') us (median)"
+[ -f "$work/redis_us" ] && echo "redis-server CPU per decision in d: $(sort -n "$work/redis_us" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}') us (median)"
 
 # Start-up, idle memory, and memory at 256 connections (the last thread count), per binary.
 for b in "$bin" ${base_bin:+"$base_bin"}; do
