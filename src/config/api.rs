@@ -122,6 +122,8 @@ pub struct BaseUrl {
     pub path: String,
     /// The URL as written, for matching the MCP `api` argument.
     pub original: String,
+    /// The `Host` header value, worked out once (see [`BaseUrl::host_header`]).
+    authority: String,
 }
 
 impl BaseUrl {
@@ -146,18 +148,23 @@ impl BaseUrl {
     }
 
     /// The value for the upstream `Host` header: the host, plus the port if not the default.
-    pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default_port = if self.tls { 443 } else { 80 };
-        if self.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+    pub fn host_header(&self) -> &str {
+        &self.authority
+    }
+}
+
+/// `host[:port]` as a `Host` header names it: an IPv6 literal in brackets, the port only when
+/// it is not the scheme's default.
+fn authority(tls: bool, host: &str, port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == if tls { 443 } else { 80 } {
+        host
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -593,6 +600,7 @@ pub fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { 80 });
     Ok(BaseUrl {
+        authority: authority(tls, &host, port),
         tls,
         host,
         port,
