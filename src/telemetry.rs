@@ -54,6 +54,9 @@ pub struct Metrics {
     pub principal_cost: CounterVec,
     /// `api_trace_spans_dropped_total`: spans in OTLP exports the collector did not accept.
     pub trace_spans_dropped: prometheus::IntCounter,
+    /// `api_mcp_direct_requests_total`: stateless `tools/call` requests the MCP door served on
+    /// its direct path rather than through rmcp's transport.
+    pub mcp_direct: prometheus::IntCounter,
     /// `api_config_reloads_total{result}`: reloads (SIGHUP or file change) that were applied
     /// (`success`) or rejected, the old config serving on (`failure`).
     pub config_reloads: IntCounterVec,
@@ -99,6 +102,13 @@ struct Principals {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+/// A counter without labels, registered.
+fn single_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
@@ -330,15 +340,16 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
-            trace_spans_dropped: {
-                let c = prometheus::IntCounter::new(
-                    "api_trace_spans_dropped_total",
-                    "Spans in OTLP exports that failed (collector down or refusing)",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            trace_spans_dropped: single_counter(
+                &r,
+                "api_trace_spans_dropped_total",
+                "Spans in OTLP exports that failed (collector down or refusing)",
+            ),
+            mcp_direct: single_counter(
+                &r,
+                "api_mcp_direct_requests_total",
+                "Stateless tools/call requests served on the MCP door's direct path",
+            ),
             principals: Mutex::new(None),
             registry: r,
         }
@@ -365,6 +376,7 @@ impl Metrics {
             self.principal_calls.desc(),
             self.principal_cost.desc(),
             self.trace_spans_dropped.desc(),
+            self.mcp_direct.desc(),
             self.config_reloads.desc(),
             self.config_loaded_at.desc(),
             self.connections_open.desc(),

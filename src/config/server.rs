@@ -36,6 +36,7 @@ pub(super) struct RawMcp {
     max_request_bytes: Option<usize>,
     legacy_sessions: Option<bool>,
     json_response: Option<bool>,
+    stateless_fast_path: Option<bool>,
     max_sessions: Option<usize>,
     max_sessions_per_caller: Option<usize>,
     session_idle_timeout: Option<HumanDuration>,
@@ -192,6 +193,9 @@ pub struct McpConfig {
     /// Answer a stateless request with one `application/json` body instead of an SSE
     /// stream, when the reply is a single message. Default true.
     pub json_response: bool,
+    /// Serve a stateless 2026-07-28 `tools/call` of the common shape directly, without rmcp's
+    /// per-request service loop (same answers; see `mcp::fast`). Default true.
+    pub stateless_fast_path: bool,
     /// Legacy sessions held at once, in all. Default 10,000.
     pub max_sessions: usize,
     /// Legacy sessions one caller (principal) may hold at once. Default 100.
@@ -389,6 +393,7 @@ pub(super) fn validate_mcp(
         ),
         legacy_sessions: raw.legacy_sessions.unwrap_or(true),
         json_response: raw.json_response.unwrap_or(true),
+        stateless_fast_path: raw.stateless_fast_path.unwrap_or(true),
         max_sessions: positive(errors, "mcp.max_sessions", raw.max_sessions, 10_000),
         max_sessions_per_caller: positive(
             errors,

@@ -72,6 +72,8 @@ pub struct McpHttpApp {
     owners: std::sync::Mutex<SessionOwners>,
     /// The live legacy sessions (a session leaves when it closes or idles out).
     sessions: Arc<LocalSessionManager>,
+    /// The direct path for stateless `tools/call`.
+    fast: super::fast::FastPath,
 }
 
 /// Session id → principal id, bounded: the oldest entries go first.
@@ -110,6 +112,7 @@ impl McpHttpApp {
         McpHttpApp {
             service: http_service_with(live.clone(), cancel, sessions.clone()),
             max_request_bytes: live.current().config.mcp.max_request_bytes,
+            fast: super::fast::FastPath::new(live.clone()),
             live,
             owners: std::sync::Mutex::new(SessionOwners::default()),
             sessions,
@@ -407,18 +410,8 @@ impl HttpServerApp for McpHttpApp {
             return Box::pin(Self::refuse(&gw, session, Some(&caller), &e)).await;
         }
         let head = session.req_header();
-        let mut builder = http::Request::builder()
-            .method(head.method.clone())
-            .uri(head.uri.clone());
-        for (k, v) in head.headers.iter() {
-            builder = builder.header(k, v);
-        }
-        let Ok(mut request) = builder.body(Full::new(body.clone())) else {
-            Self::respond_plain(&mut session, 400, "malformed request\n").await;
-            return None;
-        };
-        let session_id = request
-            .headers()
+        let session_id = head
+            .headers
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
@@ -439,10 +432,10 @@ impl HttpServerApp for McpHttpApp {
         // stateless request, which names its method in Mcp-Method) is refused while the caller,
         // or the gateway, holds as many sessions as allowed.
         let may_open = session_id.is_none()
-            && request.method() == http::Method::POST
+            && head.method == http::Method::POST
             && gw.config.mcp.legacy_sessions
-            && request
-                .headers()
+            && head
+                .headers
                 .get("mcp-method")
                 .is_none_or(|m| m.as_bytes() == b"initialize");
         if may_open {
@@ -454,14 +447,32 @@ impl HttpServerApp for McpHttpApp {
             }
         }
         let principal_id = caller.principal.id.clone();
-        let closing = request.method() == http::Method::DELETE;
-        request.extensions_mut().insert(caller);
-        request.extensions_mut().insert(gw.clone());
+        let closing = head.method == http::Method::DELETE;
 
-        // Served by reference (a clone per request copied the transport's config), and boxed:
-        // the transport's future is large, and this one is moved whole onto the heap for
-        // every request.
-        let response = Box::pin(self.service.handle(request)).await;
+        // A stateless tools/call of the common shape takes the direct path; the rest, and
+        // whatever that path declines, rmcp's transport. Both are boxed: their futures are
+        // large, and this one is moved whole onto the heap for every request.
+        let direct = Box::pin(self.fast.serve(&gw, &caller, head, &body)).await;
+        let response = match direct {
+            Some(response) => response,
+            None => {
+                let head = session.req_header();
+                let mut builder = http::Request::builder()
+                    .method(head.method.clone())
+                    .uri(head.uri.clone());
+                for (k, v) in head.headers.iter() {
+                    builder = builder.header(k, v);
+                }
+                let Ok(mut request) = builder.body(Full::new(body.clone())) else {
+                    Self::respond_plain(&mut session, 400, "malformed request\n").await;
+                    return None;
+                };
+                request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(gw.clone());
+                // Served by reference (a clone per request copied the transport's config).
+                Box::pin(self.service.handle(request)).await
+            }
+        };
         // The transport refuses what it cannot read as one message with 415 and a text body;
         // a JSON body gets the JSON-RPC error it deserves instead (checked only then, so a
         // well-formed request is parsed once).

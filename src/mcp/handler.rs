@@ -105,6 +105,17 @@ static EMPTY_API: std::sync::LazyLock<crate::config::Api> = std::sync::LazyLock:
     .expect("a valid URL")
 });
 
+/// What the HTTP bridge attached to a request: in the HTTP request's extensions, which rmcp's
+/// transport hands on as `http::request::Parts`, or in the context itself (the direct path).
+fn attached<T: Send + Sync + 'static>(context: &RequestContext<RoleServer>) -> Option<&T> {
+    context.extensions.get::<T>().or_else(|| {
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<T>())
+    })
+}
+
 fn default_method() -> String {
     "GET".into()
 }
@@ -160,10 +171,7 @@ impl GatewayMcp {
     /// bridge took when the request arrived, else (stdio) the serving one. A reload never
     /// changes the config under a request, and a long legacy session still sees reloads.
     fn at(&self, context: &RequestContext<RoleServer>) -> GatewayMcp {
-        let gateway = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|p| p.extensions.get::<Arc<Gateway>>())
+        let gateway = attached::<Arc<Gateway>>(context)
             .cloned()
             .unwrap_or_else(|| self.live.current());
         GatewayMcp {
@@ -350,10 +358,7 @@ impl GatewayMcp {
 
     /// The caller of this request: attached by the HTTP bridge, or the stdio session's.
     fn caller(&self, context: &RequestContext<RoleServer>) -> Option<Arc<Caller>> {
-        context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|p| p.extensions.get::<Arc<Caller>>())
+        attached::<Arc<Caller>>(context)
             .cloned()
             .or_else(|| self.local_caller.clone())
     }

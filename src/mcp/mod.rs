@@ -1,6 +1,7 @@
 //! The MCP door: an rmcp [`ServerHandler`] whose tools come from config (`api_gateway`,
 //! `list_apis`), the Pingora↔tower bridge that serves it over Streamable HTTP at `/mcp`, and
-//! the stdio transport.
+//! the stdio transport; a stateless `tools/call` of the common shape takes a direct path
+//! (`fast`) that answers as rmcp's transport would.
 //!
 //! A policy denial or an upstream failure is a tool result with `isError: true` and a
 //! machine-readable `error` code; protocol errors are kept for unknown tools and malformed
@@ -10,6 +11,7 @@
 
 mod approve;
 mod bridge;
+mod fast;
 mod handler;
 mod stdio;
 mod tools;

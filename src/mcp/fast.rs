@@ -1,0 +1,338 @@
+//! The direct path for a stateless (2026-07-28) `tools/call`: one JSON document in, one out.
+//!
+//! rmcp's Streamable HTTP transport serves such a request by building an HTTP request, running
+//! a service loop for it (a peer, channels, two spawned tasks) and serialising the message a
+//! second time to check its headers. For the common shape of a tool call this module does
+//! what that machinery amounts to, and nothing else: it parses the body as rmcp does, checks
+//! what rmcp's transport would check, calls the same handler through rmcp's own dispatch
+//! (`Service::handle_request`, which validates the request's `_meta` and guards task
+//! results), and writes the reply as rmcp's `json_response` mode does.
+//!
+//! Anything outside that shape — a session, another method, an `Origin` header, an
+//! `Accept` with parameters, a Base64 `Mcp-Name`, a tool whose schema maps arguments to
+//! `Mcp-Param-*` headers, a check that would fail — is left to rmcp, so every refusal is
+//! rmcp's own. `tests/mcp_fast_path.rs` runs the same requests through both and compares
+//! the answers byte for byte; `[mcp] stateless_fast_path = false` turns this path off.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use rmcp::model::{
+    ClientCapabilities, ClientJsonRpcMessage, ClientRequest, ErrorCode, GetExtensions, GetMeta,
+    Implementation, InitializeRequestParams, ProtocolVersion, ServerJsonRpcMessage,
+};
+use rmcp::service::{Peer, RequestContext, RoleServer, Service};
+use tokio_util::sync::CancellationToken;
+
+use super::handler::GatewayMcp;
+use crate::gateway::{Gateway, Live};
+use crate::policy::Caller;
+
+/// rmcp's answer type, so both paths hand the bridge the same thing to write.
+pub(super) type Reply = http::Response<BoxBody<Bytes, Infallible>>;
+
+/// The direct path: the live config, and a peer for the handler's request context.
+pub(super) struct FastPath {
+    live: Arc<Live>,
+    /// A stateless request has no channel back but its reply, so its handler gets a peer
+    /// nobody listens on, as rmcp's own stateless peers: it carries the handshake info rmcp
+    /// gives a 2026-07-28 stateless request (the version, default capabilities and client).
+    /// Made on the first request, inside the runtime that serves it.
+    peer: OnceLock<Peer<RoleServer>>,
+}
+
+impl FastPath {
+    pub(super) fn new(live: Arc<Live>) -> Self {
+        FastPath {
+            live,
+            peer: OnceLock::new(),
+        }
+    }
+
+    fn peer(&self) -> Peer<RoleServer> {
+        self.peer
+            .get_or_init(|| {
+                let info = InitializeRequestParams::new(
+                    ClientCapabilities::default(),
+                    Implementation::default(),
+                )
+                .with_protocol_version(ProtocolVersion::V_2026_07_28);
+                // No transport: the loop ends at once, and the peer stays as a value.
+                rmcp::service::serve_directly(
+                    GatewayMcp::new(self.live.clone()),
+                    (tokio::io::empty(), tokio::io::sink()),
+                    Some(info),
+                )
+                .peer()
+                .clone()
+            })
+            .clone()
+    }
+
+    /// The reply to a stateless `tools/call`, or `None` when the request is not one this path
+    /// takes (rmcp then serves it, and answers whatever is wrong with it).
+    pub(super) async fn serve(
+        &self,
+        gw: &Arc<Gateway>,
+        caller: &Arc<Caller>,
+        head: &pingora::http::RequestHeader,
+        body: &[u8],
+    ) -> Option<Reply> {
+        let cfg = &gw.config.mcp;
+        if !cfg.stateless_fast_path
+            || !cfg.json_response
+            || head.method != http::Method::POST
+            || !head_is_plain(&head.headers, &cfg.browser.allowed_hosts)
+        {
+            return None;
+        }
+        // Parsed as rmcp's transport parses it, so the request the handler sees is the same.
+        let Ok(ClientJsonRpcMessage::Request(mut request)) =
+            serde_json::from_slice::<ClientJsonRpcMessage>(body)
+        else {
+            return None;
+        };
+        let ClientRequest::CallToolRequest(call) = &request.request else {
+            return None;
+        };
+        // `Mcp-Name` must name the body's tool as written (a Base64 form goes to rmcp), and
+        // the tool must map no argument to an `Mcp-Param-*` header, which rmcp would check.
+        let name = call.params.name.as_ref();
+        if single(&head.headers, "mcp-name") != Some(name) || name.starts_with("=?") {
+            return None;
+        }
+        let handler = GatewayMcp::new(self.live.clone());
+        if rmcp::ServerHandler::get_tool(&handler, name)
+            .is_some_and(|t| t.input_schema.iter().any(|(k, v)| maps_headers(k, v)))
+        {
+            return None;
+        }
+        // The body's version must be the header's, with every `_meta` key 2026-07-28
+        // requires: rmcp then routes the request to its stateless path and lets it through.
+        let meta = request.request.get_meta();
+        if meta.protocol_version() != Some(ProtocolVersion::V_2026_07_28)
+            || !meta
+                .missing_required_keys(&ProtocolVersion::V_2026_07_28)
+                .is_empty()
+        {
+            return None;
+        }
+
+        // As rmcp's service loop dispatches a request: `_meta` and the extensions move into
+        // the context, the caller and the config snapshot ride in the extensions.
+        let id = request.id.clone();
+        let mut context = RequestContext::new(id.clone(), self.peer());
+        context.ct = CancellationToken::new();
+        context.meta = std::mem::take(request.request.get_meta_mut());
+        context.extensions = std::mem::take(request.request.extensions_mut());
+        context.extensions.insert(caller.clone());
+        context.extensions.insert(gw.clone());
+        let answered = Box::pin(Service::<RoleServer>::handle_request(
+            &handler,
+            request.request,
+            context,
+        ))
+        .await;
+        let message = match answered {
+            Ok(result) => ServerJsonRpcMessage::response(result, id),
+            Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
+        };
+        crate::telemetry::metrics().mcp_direct.inc();
+        let status = status_of(&message);
+        let body = serde_json::to_vec(&message).ok()?;
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)).boxed())
+            .ok()
+    }
+}
+
+/// The HTTP status rmcp gives a stateless reply (its `jsonrpc_http_status`, for a request
+/// whose `_meta` is whole).
+fn status_of(message: &ServerJsonRpcMessage) -> http::StatusCode {
+    let ServerJsonRpcMessage::Error(error) = message else {
+        return http::StatusCode::OK;
+    };
+    match error.error.code {
+        ErrorCode::UNSUPPORTED_PROTOCOL_VERSION
+        | ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY
+        | ErrorCode::HEADER_MISMATCH => http::StatusCode::BAD_REQUEST,
+        ErrorCode::METHOD_NOT_FOUND => http::StatusCode::NOT_FOUND,
+        _ => http::StatusCode::OK,
+    }
+}
+
+/// Whether a schema (entry) has an `x-mcp-header` annotation anywhere in it.
+fn maps_headers(key: &str, value: &serde_json::Value) -> bool {
+    key == "x-mcp-header"
+        || match value {
+            serde_json::Value::Object(m) => m.iter().any(|(k, v)| maps_headers(k, v)),
+            serde_json::Value::Array(a) => a.iter().any(|v| maps_headers("", v)),
+            _ => false,
+        }
+}
+
+/// The one value of a header, when it is sent exactly once and is text.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()
+}
+
+/// Whether the head is one rmcp's transport lets through to a stateless `tools/call`
+/// unchanged: no session, no `Origin`, version 2026-07-28, `Mcp-Method: tools/call`, a JSON
+/// body, an `Accept` listing both JSON and SSE without parameters, and a `Host` on rmcp's
+/// list (`mcp.allowed_hosts`, compared as rmcp compares it).
+fn head_is_plain(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+    if headers.contains_key("mcp-session-id") || headers.contains_key(http::header::ORIGIN) {
+        return false;
+    }
+    if single(headers, "mcp-protocol-version") != Some(ProtocolVersion::V_2026_07_28.as_str())
+        || single(headers, "mcp-method") != Some("tools/call")
+    {
+        return false;
+    }
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let essence = ct.split_once(';').map_or(ct, |(e, _)| e);
+            essence.trim().eq_ignore_ascii_case("application/json")
+        });
+    let (mut accepts_json, mut accepts_sse) = (false, false);
+    for value in headers.get_all(http::header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for item in value.split(',') {
+            let item = item.trim();
+            if item.contains([';', '"']) {
+                return false;
+            }
+            accepts_json |= item.eq_ignore_ascii_case("application/json");
+            accepts_sse |= item.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    json && accepts_json && accepts_sse && host_allowed(headers, allowed_hosts)
+}
+
+/// rmcp's `Host` check: the header parses as an authority whose host (lower case, without
+/// brackets) is on the list, and whose port is the listed one where the list names one. An
+/// empty list allows every host.
+fn host_allowed(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+    let Some(host) = single(headers, "host") else {
+        return false;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    if allowed_hosts.is_empty() {
+        return true;
+    }
+    let normal = |h: &str| h.trim_matches('[').trim_matches(']').to_ascii_lowercase();
+    let (host, port) = (normal(authority.host()), authority.port_u16());
+    allowed_hosts.iter().any(|allowed| {
+        let allowed = allowed.trim();
+        if allowed.is_empty() {
+            return false;
+        }
+        let (a_host, a_port) = match http::uri::Authority::try_from(allowed) {
+            Ok(a) => (normal(a.host()), a.port_u16()),
+            Err(_) => (normal(allowed), None),
+        };
+        a_host == host && a_port.is_none_or(|p| port == Some(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    const PLAIN: &[(&str, &str)] = &[
+        ("host", "127.0.0.1:3000"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "api_gateway"),
+    ];
+
+    fn hosts() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    }
+
+    #[test]
+    fn a_plain_head_takes_the_fast_path() {
+        assert!(head_is_plain(&headers(PLAIN), &hosts()));
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_rmcp() {
+        let with = |k: &str, v: &str| {
+            let mut h = headers(PLAIN);
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+            head_is_plain(&h, &hosts())
+        };
+        assert!(!with("mcp-session-id", "abc"));
+        assert!(!with("origin", "http://localhost"));
+        assert!(!with("mcp-protocol-version", "2025-11-25"));
+        assert!(!with("mcp-method", "tools/list"));
+        assert!(!with("content-type", "text/plain"));
+        assert!(!with("accept", "application/json"));
+        assert!(!with("accept", "application/json;q=1, text/event-stream"));
+        assert!(!with("host", "evil.example:3000"));
+        assert!(with("content-type", "Application/JSON; charset=utf-8"));
+        let mut twice = headers(PLAIN);
+        twice.append("mcp-method", http::HeaderValue::from_static("tools/call"));
+        assert!(!head_is_plain(&twice, &hosts()));
+    }
+
+    #[test]
+    fn header_annotations_are_found_at_any_depth() {
+        let plain = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        let deep = json!({"properties": {"a": {"anyOf": [{"x-mcp-header": "A"}]}}});
+        let any = |v: serde_json::Value| {
+            v.as_object()
+                .unwrap()
+                .iter()
+                .any(|(k, v)| maps_headers(k, v))
+        };
+        assert!(!any(plain));
+        assert!(any(deep));
+    }
+
+    #[test]
+    fn hosts_are_compared_as_rmcp_compares_them() {
+        let h = |host: &str| headers(&[("host", host)]);
+        assert!(host_allowed(&h("LOCALHOST:9"), &["localhost".into()]));
+        assert!(host_allowed(&h("[::1]:3000"), &["::1".into()]));
+        assert!(host_allowed(&h("a:3000"), &["a:3000".into()]));
+        assert!(!host_allowed(&h("a:3001"), &["a:3000".into()]));
+        assert!(!host_allowed(&h("a"), &["a:3000".into()]));
+        assert!(host_allowed(&h("anything"), &[]));
+        assert!(!host_allowed(&h("bad host"), &[]));
+    }
+}
