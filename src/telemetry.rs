@@ -54,9 +54,9 @@ pub struct Metrics {
     pub principal_cost: CounterVec,
     /// `api_trace_spans_dropped_total`: spans in OTLP exports the collector did not accept.
     pub trace_spans_dropped: prometheus::IntCounter,
-    /// `api_mcp_direct_requests_total`: stateless `tools/call` requests the MCP door served on
-    /// its direct path rather than through rmcp's transport.
-    pub mcp_direct: prometheus::IntCounter,
+    /// `api_mcp_fast_path_requests_total`: stateless `tools/call` requests the MCP door served
+    /// on its fast path rather than through rmcp's transport.
+    pub mcp_fast_path: prometheus::IntCounter,
     /// `api_config_reloads_total{result}`: reloads (SIGHUP or file change) that were applied
     /// (`success`) or rejected, the old config serving on (`failure`).
     pub config_reloads: IntCounterVec,
@@ -345,10 +345,10 @@ impl Metrics {
                 "api_trace_spans_dropped_total",
                 "Spans in OTLP exports that failed (collector down or refusing)",
             ),
-            mcp_direct: single_counter(
+            mcp_fast_path: single_counter(
                 &r,
-                "api_mcp_direct_requests_total",
-                "Stateless tools/call requests served on the MCP door's direct path",
+                "api_mcp_fast_path_requests_total",
+                "Stateless tools/call requests served on the MCP door's fast path",
             ),
             principals: Mutex::new(None),
             registry: r,
@@ -376,7 +376,7 @@ impl Metrics {
             self.principal_calls.desc(),
             self.principal_cost.desc(),
             self.trace_spans_dropped.desc(),
-            self.mcp_direct.desc(),
+            self.mcp_fast_path.desc(),
             self.config_reloads.desc(),
             self.config_loaded_at.desc(),
             self.connections_open.desc(),

@@ -1,9 +1,9 @@
-//! The MCP door's direct path for stateless `tools/call` answers exactly as rmcp's transport
+//! The MCP door's fast path for stateless `tools/call` answers exactly as rmcp's transport
 //! does: the same requests go to a gateway with `[mcp] stateless_fast_path` on and to one
 //! with it off, and the raw HTTP answers (status line, headers, body) must match byte for
-//! byte, apart from the `Date` header and each gateway's own port. The direct path must also
+//! byte, apart from the `Date` header and each gateway's own port. The fast path must also
 //! really be taken for the requests of its shape, and only for them
-//! (`api_mcp_direct_requests_total`).
+//! (`api_mcp_fast_path_requests_total`).
 
 mod common;
 
@@ -11,13 +11,13 @@ use common::*;
 use serde_json::{json, Value};
 
 /// One request of the corpus: what it is, its `Mcp-Name` header (`None`: no header), extra
-/// header lines, its body, and whether the direct path takes it.
+/// header lines, its body, and whether the fast path takes it.
 struct Case {
     what: &'static str,
     name: Option<&'static str>,
     extra: &'static str,
     body: Value,
-    direct: bool,
+    fast: bool,
 }
 
 fn meta() -> Value {
@@ -51,29 +51,29 @@ fn corpus() -> Vec<Case> {
     bad_state["params"]["requestState"] = json!("not-a-sealed-state");
     let mut tasks = call(json!(7), "api_gateway", gw("/a"));
     tasks["params"]["task"] = json!({"ttl": 1000});
-    let mut listed = call(json!("s-1"), "list_apis", json!({}));
-    listed["params"]["_meta"]["progressToken"] = json!(9);
+    let mut progress = call(json!(8), "api_gateway", gw("/a"));
+    progress["params"]["_meta"]["progressToken"] = json!(9);
     vec![
         Case {
             what: "a successful call",
             name: Some("api_gateway"),
             extra: "",
             body: call(json!(1), "api_gateway", gw("/data?x=1")),
-            direct: true,
+            fast: true,
         },
         Case {
-            what: "a string id, list_apis, a progress token",
+            what: "a string id, list_apis",
             name: Some("list_apis"),
             extra: "",
-            body: listed,
-            direct: true,
+            body: call(json!("s-1"), "list_apis", json!({})),
+            fast: true,
         },
         Case {
             what: "a denied path (tool error)",
             name: Some("api_gateway"),
             extra: "",
             body: call(json!(2), "api_gateway", gw("/secret/x")),
-            direct: true,
+            fast: true,
         },
         Case {
             what: "the SSRF guard (tool error)",
@@ -84,7 +84,7 @@ fn corpus() -> Vec<Case> {
                 "api_gateway",
                 json!({"api": "guarded", "endpoint": "/"}),
             ),
-            direct: true,
+            fast: true,
         },
         Case {
             what: "arguments that are not valid (tool error)",
@@ -95,113 +95,120 @@ fn corpus() -> Vec<Case> {
                 "api_gateway",
                 json!({"api": "local", "method": "BREW"}),
             ),
-            direct: true,
+            fast: true,
         },
         Case {
             what: "an unknown tool (protocol error)",
             name: Some("nope"),
             extra: "",
             body: call(json!(2), "nope", json!({})),
-            direct: true,
+            fast: true,
         },
         Case {
             what: "a request state that is not ours",
             name: Some("api_gateway"),
             extra: "",
             body: bad_state,
-            direct: true,
+            fast: true,
         },
         Case {
             what: "a task request without the tasks capability",
             name: Some("api_gateway"),
             extra: "",
             body: tasks,
-            direct: true,
+            fast: true,
         },
         Case {
             what: "a large id",
             name: Some("api_gateway"),
             extra: "",
             body: call(json!(9_007_199_254_740_993u64), "api_gateway", gw("/b")),
-            direct: true,
+            fast: true,
         },
         Case {
             what: "Content-Type with a charset, Accept over two lines",
             name: Some("api_gateway"),
             extra: "Content-Type: Application/JSON; charset=utf-8\r\nAccept: text/event-stream\r\n",
             body: call(json!(1), "api_gateway", gw("/c")),
-            direct: true,
+            fast: true,
         },
         Case {
             what: "_meta without clientInfo (2026-07-28 does not require it)",
             name: Some("api_gateway"),
             extra: "",
             body: no_info,
-            direct: true,
+            fast: true,
         },
         // Everything below is rmcp's to answer (or refuse).
+        Case {
+            what: "a progress token (rmcp would stream progress first)",
+            name: Some("api_gateway"),
+            extra: "",
+            body: progress,
+            fast: false,
+        },
         Case {
             what: "_meta without clientCapabilities",
             name: Some("api_gateway"),
             extra: "",
             body: no_caps,
-            direct: false,
+            fast: false,
         },
         Case {
             what: "_meta naming another version than the header",
             name: Some("api_gateway"),
             extra: "",
             body: old_meta,
-            direct: false,
+            fast: false,
         },
         Case {
             what: "no _meta",
             name: Some("api_gateway"),
             extra: "",
             body: no_meta,
-            direct: false,
+            fast: false,
         },
         Case {
             what: "Mcp-Name naming another tool",
             name: Some("list_apis"),
             extra: "",
             body: call(json!(1), "api_gateway", gw("/a")),
-            direct: false,
+            fast: false,
         },
         Case {
             what: "no Mcp-Name",
             name: None,
             extra: "",
             body: call(json!(1), "api_gateway", gw("/a")),
-            direct: false,
+            fast: false,
         },
         Case {
             what: "Mcp-Name in Base64",
             name: Some("=?base64?YXBpX2dhdGV3YXk=?="),
             extra: "",
             body: call(json!(1), "api_gateway", gw("/a")),
-            direct: false,
+            fast: false,
         },
         Case {
             what: "Accept with weights",
             name: Some("api_gateway"),
             extra: "Accept: application/json;q=0.9\r\n",
             body: call(json!(1), "api_gateway", gw("/a")),
-            direct: false,
+            fast: false,
         },
         Case {
             what: "an Origin header",
             name: Some("api_gateway"),
             extra: "Origin: http://localhost\r\n",
             body: call(json!(1), "api_gateway", gw("/a")),
-            direct: false,
+            fast: false,
         },
         Case {
             what: "a body that is no JSON-RPC request",
             name: Some("api_gateway"),
             extra: "",
             body: json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "api_gateway"}}),
-            direct: false,
+            fast: false,
         },
         Case {
             what: "arguments that are not an object",
@@ -209,7 +216,7 @@ fn corpus() -> Vec<Case> {
             extra: "",
             body: json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                          "params": {"name": "api_gateway", "arguments": 5, "_meta": meta()}}),
-            direct: false,
+            fast: false,
         },
     ]
 }
@@ -262,7 +269,7 @@ async fn ask(case: &Case, gw: &Gateway) -> String {
 }
 
 #[tokio::test]
-async fn the_direct_path_answers_byte_for_byte_as_rmcp() {
+async fn the_fast_path_answers_byte_for_byte_as_rmcp() {
     let up = Upstream::start();
     let with = |on: bool| {
         Gateway::start_generated(move |(mcp, proxy, admin)| {
@@ -270,31 +277,31 @@ async fn the_direct_path_answers_byte_for_byte_as_rmcp() {
                 .replace("[mcp]\n", &format!("[mcp]\nstateless_fast_path = {on}\n"))
         })
     };
-    let direct = with(true);
+    let fast = with(true);
     let rmcp = with(false);
     let cases = corpus();
     let mut taken = 0.0;
     for case in &cases {
-        let before = metric(&direct, "api_mcp_direct_requests_total").await;
-        let a = ask(case, &direct).await;
+        let before = metric(&fast, "api_mcp_fast_path_requests_total").await;
+        let a = ask(case, &fast).await;
         let b = ask(case, &rmcp).await;
         assert!(status_of(&a) > 0, "{}: no answer: {a:?}", case.what);
         assert_eq!(
-            normalised(&a, &direct),
+            normalised(&a, &fast),
             normalised(&b, &rmcp),
-            "{}: the direct path and rmcp answered differently",
+            "{}: the fast path and rmcp answered differently",
             case.what
         );
-        if case.direct {
+        if case.fast {
             taken += 1.0;
         }
-        let after = counter_at(&direct, "api_mcp_direct_requests_total", taken).await;
+        let after = counter_at(&fast, "api_mcp_fast_path_requests_total", taken).await;
         assert_eq!(
             after - before,
-            if case.direct { 1.0 } else { 0.0 },
-            "{}: expected the direct path {}",
+            if case.fast { 1.0 } else { 0.0 },
+            "{}: expected the fast path {}",
             case.what,
-            if case.direct {
+            if case.fast {
                 "to take it"
             } else {
                 "to leave it to rmcp"
@@ -304,7 +311,7 @@ async fn the_direct_path_answers_byte_for_byte_as_rmcp() {
     // The corpus reaches the upstream and covers both kinds of answer.
     assert!(up.seen().iter().any(|s| s.target.starts_with("/base/data")));
     assert_eq!(
-        metric(&rmcp, "api_mcp_direct_requests_total").await,
+        metric(&rmcp, "api_mcp_fast_path_requests_total").await,
         0.0,
         "with stateless_fast_path = false everything goes through rmcp"
     );

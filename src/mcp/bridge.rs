@@ -15,6 +15,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::fast::FastPath;
 use super::handler::GatewayMcp;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Live};
@@ -72,8 +73,8 @@ pub struct McpHttpApp {
     owners: std::sync::Mutex<SessionOwners>,
     /// The live legacy sessions (a session leaves when it closes or idles out).
     sessions: Arc<LocalSessionManager>,
-    /// The direct path for stateless `tools/call`.
-    fast: super::fast::FastPath,
+    /// The fast path for stateless `tools/call`.
+    fast: FastPath,
 }
 
 /// Session id → principal id, bounded: the oldest entries go first.
@@ -112,7 +113,7 @@ impl McpHttpApp {
         McpHttpApp {
             service: http_service_with(live.clone(), cancel, sessions.clone()),
             max_request_bytes: live.current().config.mcp.max_request_bytes,
-            fast: super::fast::FastPath::new(live.clone()),
+            fast: FastPath::new(live.clone()),
             live,
             owners: std::sync::Mutex::new(SessionOwners::default()),
             sessions,
@@ -449,11 +450,15 @@ impl HttpServerApp for McpHttpApp {
         let principal_id = caller.principal.id.clone();
         let closing = head.method == http::Method::DELETE;
 
-        // A stateless tools/call of the common shape takes the direct path; the rest, and
+        // A stateless tools/call of the common shape takes the fast path; the rest, and
         // whatever that path declines, rmcp's transport. Both are boxed: their futures are
         // large, and this one is moved whole onto the heap for every request.
-        let direct = Box::pin(self.fast.serve(&gw, &caller, head, &body)).await;
-        let response = match direct {
+        let fast = if FastPath::may_take(&gw.config.mcp, head) {
+            Box::pin(self.fast.serve(&gw, &caller, head, &body)).await
+        } else {
+            None
+        };
+        let response = match fast {
             Some(response) => response,
             None => {
                 let head = session.req_header();

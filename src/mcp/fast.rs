@@ -1,4 +1,4 @@
-//! The direct path for a stateless (2026-07-28) `tools/call`: one JSON document in, one out.
+//! The fast path for a stateless (2026-07-28) `tools/call`: one JSON document in, one out.
 //!
 //! rmcp's Streamable HTTP transport serves such a request by building an HTTP request, running
 //! a service loop for it (a peer, channels, two spawned tasks) and serialising the message a
@@ -8,11 +8,20 @@
 //! (`Service::handle_request`, which validates the request's `_meta` and guards task
 //! results), and writes the reply as rmcp's `json_response` mode does.
 //!
-//! Anything outside that shape — a session, another method, an `Origin` header, an
-//! `Accept` with parameters, a Base64 `Mcp-Name`, a tool whose schema maps arguments to
-//! `Mcp-Param-*` headers, a check that would fail — is left to rmcp, so every refusal is
-//! rmcp's own. `tests/mcp_fast_path.rs` runs the same requests through both and compares
-//! the answers byte for byte; `[mcp] stateless_fast_path = false` turns this path off.
+//! The shape: no session, no `Origin`, one `Host` on the MCP listener's list, version
+//! 2026-07-28 in the header and in a `_meta` with every key that version requires, no
+//! progress token, `Mcp-Method: tools/call` and a plain `Mcp-Name` naming the body's tool,
+//! `Accept` and `Content-Type` without parameters, a tool whose schema has no `x-mcp-header`
+//! annotation, and `[mcp] json_response` on. Anything else is left to rmcp, so every refusal
+//! of the transport is rmcp's own. `tests/mcp_fast_path.rs` runs the same requests through
+//! both and compares the answers byte for byte; `[mcp] stateless_fast_path = false` turns
+//! this path off, and `api_mcp_fast_path_requests_total` counts what it serves.
+//!
+//! Two differences remain, both where something has already gone wrong: a handler that
+//! panics closes the connection (under rmcp the request hangs until shutdown), and a handler
+//! that sent a notification before its reply would have it dropped (rmcp would stream it
+//! first). The gateway's handler sends none during a stateless call, and a request that asks
+//! for progress (a progress token) is left to rmcp.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -21,12 +30,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use pingora::http::RequestHeader;
 use rmcp::model::{
     ClientCapabilities, ClientJsonRpcMessage, ClientRequest, ErrorCode, GetExtensions, GetMeta,
     Implementation, InitializeRequestParams, ProtocolVersion, ServerJsonRpcMessage,
 };
 use rmcp::service::{Peer, RequestContext, RoleServer, Service};
-use tokio_util::sync::CancellationToken;
 
 use super::handler::GatewayMcp;
 use crate::gateway::{Gateway, Live};
@@ -35,13 +44,14 @@ use crate::policy::Caller;
 /// rmcp's answer type, so both paths hand the bridge the same thing to write.
 pub(super) type Reply = http::Response<BoxBody<Bytes, Infallible>>;
 
-/// The direct path: the live config, and a peer for the handler's request context.
+/// The fast path: the live config, and a peer for the handler's request context.
 pub(super) struct FastPath {
     live: Arc<Live>,
-    /// A stateless request has no channel back but its reply, so its handler gets a peer
-    /// nobody listens on, as rmcp's own stateless peers: it carries the handshake info rmcp
-    /// gives a 2026-07-28 stateless request (the version, default capabilities and client).
-    /// Made on the first request, inside the runtime that serves it.
+    /// The handler's peer. On this path the reply is the only channel back, so the peer is
+    /// connected to nothing (what it would send is dropped; see the module's notes); it
+    /// carries the handshake info rmcp gives a 2026-07-28 stateless request (the version,
+    /// default capabilities and client). Made on the first request, inside the runtime that
+    /// serves it.
     peer: OnceLock<Peer<RoleServer>>,
 }
 
@@ -73,23 +83,25 @@ impl FastPath {
             .clone()
     }
 
-    /// The reply to a stateless `tools/call`, or `None` when the request is not one this path
-    /// takes (rmcp then serves it, and answers whatever is wrong with it).
+    /// Whether a request with this head may take the fast path: cheap, so the rest of the
+    /// path (and its future) is only set up for requests that can take it.
+    pub(super) fn may_take(cfg: &crate::config::McpConfig, head: &RequestHeader) -> bool {
+        cfg.stateless_fast_path
+            && cfg.json_response
+            && head.method == http::Method::POST
+            && head_is_plain(&head.headers, &cfg.browser.allowed_hosts)
+    }
+
+    /// The reply to a stateless `tools/call` whose head [`FastPath::may_take`], or `None`
+    /// when its body is not one this path takes (rmcp then serves it, and answers whatever is
+    /// wrong with it). Once the handler has run the answer is always this path's.
     pub(super) async fn serve(
         &self,
         gw: &Arc<Gateway>,
         caller: &Arc<Caller>,
-        head: &pingora::http::RequestHeader,
+        head: &RequestHeader,
         body: &[u8],
     ) -> Option<Reply> {
-        let cfg = &gw.config.mcp;
-        if !cfg.stateless_fast_path
-            || !cfg.json_response
-            || head.method != http::Method::POST
-            || !head_is_plain(&head.headers, &cfg.browser.allowed_hosts)
-        {
-            return None;
-        }
         // Parsed as rmcp's transport parses it, so the request the handler sees is the same.
         let Ok(ClientJsonRpcMessage::Request(mut request)) =
             serde_json::from_slice::<ClientJsonRpcMessage>(body)
@@ -100,7 +112,8 @@ impl FastPath {
             return None;
         };
         // `Mcp-Name` must name the body's tool as written (a Base64 form goes to rmcp), and
-        // the tool must map no argument to an `Mcp-Param-*` header, which rmcp would check.
+        // the tool's schema must map no argument to an `Mcp-Param-*` header, which rmcp
+        // would check.
         let name = call.params.name.as_ref();
         if single(&head.headers, "mcp-name") != Some(name) || name.starts_with("=?") {
             return None;
@@ -118,6 +131,7 @@ impl FastPath {
             || !meta
                 .missing_required_keys(&ProtocolVersion::V_2026_07_28)
                 .is_empty()
+            || meta.get_progress_token().is_some()
         {
             return None;
         }
@@ -126,7 +140,6 @@ impl FastPath {
         // the context, the caller and the config snapshot ride in the extensions.
         let id = request.id.clone();
         let mut context = RequestContext::new(id.clone(), self.peer());
-        context.ct = CancellationToken::new();
         context.meta = std::mem::take(request.request.get_meta_mut());
         context.extensions = std::mem::take(request.request.extensions_mut());
         context.extensions.insert(caller.clone());
@@ -137,19 +150,42 @@ impl FastPath {
             context,
         ))
         .await;
+        crate::telemetry::metrics().mcp_fast_path.inc();
         let message = match answered {
             Ok(result) => ServerJsonRpcMessage::response(result, id),
-            Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
+            Err(error) => {
+                // The line rmcp's service loop logs for an error reply, under its target, so
+                // a log filter sees the same on both paths.
+                tracing::warn!(target: "rmcp::service", %id, ?error, "response error");
+                ServerJsonRpcMessage::error(error, Some(id))
+            }
         };
-        crate::telemetry::metrics().mcp_direct.inc();
-        let status = status_of(&message);
-        let body = serde_json::to_vec(&message).ok()?;
-        http::Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)).boxed())
-            .ok()
+        Some(reply(&message))
     }
+}
+
+/// The HTTP answer for a reply, as rmcp's `json_response` mode writes it (a 500 with rmcp's
+/// text if it cannot be serialised).
+fn reply(message: &ServerJsonRpcMessage) -> Reply {
+    let (status, content_type, body) = match serde_json::to_vec(message) {
+        Ok(body) => (status_of(message), Some("application/json"), body),
+        Err(e) => {
+            tracing::error!("Internal server error when serialize json response: {e}");
+            let text = format!("Encounter an error when serialize json response: {e}");
+            (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                text.into_bytes(),
+            )
+        }
+    };
+    let mut answer = http::Response::builder().status(status);
+    if let Some(ct) = content_type {
+        answer = answer.header(http::header::CONTENT_TYPE, ct);
+    }
+    answer
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("a status and a static header make a valid response")
 }
 
 /// The HTTP status rmcp gives a stateless reply (its `jsonrpc_http_status`, for a request
@@ -189,7 +225,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Whether the head is one rmcp's transport lets through to a stateless `tools/call`
 /// unchanged: no session, no `Origin`, version 2026-07-28, `Mcp-Method: tools/call`, a JSON
-/// body, an `Accept` listing both JSON and SSE without parameters, and a `Host` on rmcp's
+/// body, an `Accept` listing both JSON and SSE without parameters, and one `Host` on rmcp's
 /// list (`mcp.allowed_hosts`, compared as rmcp compares it).
 fn head_is_plain(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
     if headers.contains_key("mcp-session-id") || headers.contains_key(http::header::ORIGIN) {

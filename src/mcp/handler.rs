@@ -106,7 +106,7 @@ static EMPTY_API: std::sync::LazyLock<crate::config::Api> = std::sync::LazyLock:
 });
 
 /// What the HTTP bridge attached to a request: in the HTTP request's extensions, which rmcp's
-/// transport hands on as `http::request::Parts`, or in the context itself (the direct path).
+/// transport hands on as `http::request::Parts`, or in the context itself (the fast path).
 fn attached<T: Send + Sync + 'static>(context: &RequestContext<RoleServer>) -> Option<&T> {
     context.extensions.get::<T>().or_else(|| {
         context

@@ -1,6 +1,6 @@
 //! The MCP door: an rmcp [`ServerHandler`] whose tools come from config (`api_gateway`,
 //! `list_apis`), the Pingora↔tower bridge that serves it over Streamable HTTP at `/mcp`, and
-//! the stdio transport; a stateless `tools/call` of the common shape takes a direct path
+//! the stdio transport; a stateless `tools/call` of the common shape takes a fast path
 //! (`fast`) that answers as rmcp's transport would.
 //!
 //! A policy denial or an upstream failure is a tool result with `isError: true` and a
