@@ -18,10 +18,12 @@
 #                    "per_principal", read from a SQLite credential store on every call)
 #   i  mcp tool      as e, calling the tool generated from an OpenAPI operation of the same
 #                    endpoint (local_getData) instead of api_gateway
+#   j  mcp session   as e, in a legacy (2025-06-18) session opened before the run: every
+#                    connection posts tools/call with its Mcp-Session-Id, answered over SSE
 #   g  pingora       a bare Pingora proxy (examples/pingora_floor.rs, same threads and profile)
 #                    that only forwards: the floor under c. Measured when it is built
 #                    (cargo build --release --example pingora_floor).
-#   CONFIGS="c e"    only these of c d e f h i (a, b and g always run), for a shorter A/B run
+#   CONFIGS="c e"    only these of c d e f h i j (a, b and g always run), for a shorter A/B run
 #   c0, e0           with AGM_BASE_BIN set (another build, e.g. of an older commit): c and e
 #                    on that binary, in the same rounds, for an A/B comparison.
 # The limit is set too high to refuse anything; audit is off (nginx logs nothing either).
@@ -164,7 +166,33 @@ run() {
     "$(ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" "$cpu" "$rss" "$usr" "$sys" >> "$work/results"
 }
 
-want() { [[ " ${CONFIGS:-c d e f h i} " == *" $1 "* ]]; }
+want() { [[ " ${CONFIGS:-c d e f h i j} " == *" $1 "* ]]; }
+# Opens a legacy session on the running gateway (initialize, then notifications/initialized)
+# and writes the wrk script that calls api_gateway in it.
+open_session() {
+  local url=http://127.0.0.1:13000/mcp head sid
+  local -a h=(-H "X-API-Key: $key" -H "Content-Type: application/json"
+              -H "Accept: application/json, text/event-stream")
+  head=$(curl -s -D - -o /dev/null "${h[@]}" "$url" \
+    -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"wrk","version":"1"}}}')
+  sid=$(awk -F': ' 'tolower($1) == "mcp-session-id" {print $2}' <<<"$head" | tr -d '\r')
+  [ -n "$sid" ] || { echo "no MCP session: $head" >&2; exit 1; }
+  curl -s -o /dev/null "${h[@]}" -H "Mcp-Session-Id: $sid" -H "MCP-Protocol-Version: 2025-06-18" "$url" \
+    -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+  { echo 'wrk.method = "POST"'
+    printf 'wrk.headers["%s"] = "%s"\n' Content-Type application/json \
+      Accept "application/json, text/event-stream" X-API-Key "$key" Mcp-Session-Id "$sid" \
+      MCP-Protocol-Version 2025-06-18
+    # Each request its own id: requests in flight at once in one session must not share one.
+    cat <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","id":' .. n .. ',"method":"tools/call","params":{"name":"api_gateway","arguments":{"api":"local","endpoint":"/data.json"}}}')
+end
+LUA
+  } > "$work/mcp_session.lua"
+}
 proxy_workers=$(pgrep -P "$(cat "$work/px/nginx.pid")" | tr '\n' ' ')
 floor_bin="$(dirname "$bin")/examples/pingora_floor"
 for round in $(seq "$rounds"); do
@@ -184,6 +212,7 @@ for round in $(seq "$rounds"); do
     probe
     want c && run c_proxy_door$sfx http://127.0.0.1:18080/local/data.json "$gw_pid" -H "X-API-Key: $key"
     want e && run e_mcp_door$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp.lua"
+    want j && open_session && run j_mcp_session$sfx http://127.0.0.1:13000/mcp "$gw_pid" -s "$work/mcp_session.lua"
     stop_gateway
     if [ -n "$base_bin" ]; then
       start_gateway "$work/memory-$t.toml" "$base_bin"
@@ -219,10 +248,10 @@ sort -k1,1 -s "$work/results" | awk -v threads="$threads_list" '
     return v[int((cnt + 1) / 2)]
   }
   END {
-    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door h_own_credential d_proxy_redis e0_mcp_base e_mcp_door i_mcp_tool f_proxy_traced", order, " ")
+    split("a_direct b_nginx_proxy g_pingora_floor c0_proxy_base c_proxy_door h_own_credential d_proxy_redis e0_mcp_base e_mcp_door j_mcp_session i_mcp_tool f_proxy_traced", order, " ")
     nt = split(threads, ts, " ")
     a = med(r, "a_direct", n["a_direct"]); b = med(r, "b_nginx_proxy", n["b_nginx_proxy"])
-    for (i = 1; i <= 11; i++) for (j = 1; j <= (i <= 2 ? 1 : nt); j++) {
+    for (i = 1; i <= 12; i++) for (j = 1; j <= (i <= 2 ? 1 : nt); j++) {
       k = order[i] (i <= 2 || nt == 1 ? "" : "@" ts[j]); if (!(k in n)) continue
       rq = med(r, k, n[k])
       printf "%-18s %10.0f %9.3f %9.3f %8s %8s %8s %9s %7.0f%% %7.0f%%\n", k, rq, med(p5, k, n[k]), med(p9, k, n[k]), med(c, k, n[k]), med(us, k, n[k]), med(sy, k, n[k]), med(m, k, n[k]), rq / a * 100, rq / b * 100
@@ -241,6 +270,11 @@ sort -k1,1 -s "$work/results" | awk -v threads="$threads_list" '
         ce = med(us, "e_mcp_door" s, n["e_mcp_door" s]) + med(sy, "e_mcp_door" s, n["e_mcp_door" s])
         cc = med(us, "c_proxy_door" s, n["c_proxy_door" s]) + med(sy, "c_proxy_door" s, n["c_proxy_door" s])
         printf "  %s thread(s) 2. MCP door over proxy door: throughput %.2fx (target >= 0.75), CPU/req %.2fx (target <= 1.5)\n", ts[j], med(r, "e_mcp_door" s, n["e_mcp_door" s]) / med(r, "c_proxy_door" s, n["c_proxy_door" s]), ce / cc
+      }
+      if (("j_mcp_session" s) in n && ("e_mcp_door" s) in n) {
+        cj = med(us, "j_mcp_session" s, n["j_mcp_session" s]) + med(sy, "j_mcp_session" s, n["j_mcp_session" s])
+        ce = med(us, "e_mcp_door" s, n["e_mcp_door" s]) + med(sy, "e_mcp_door" s, n["e_mcp_door" s])
+        printf "  %s thread(s) 2. legacy session over stateless tools/call: throughput %.2fx, CPU/req %.2fx (target: within 10%%)\n", ts[j], med(r, "j_mcp_session" s, n["j_mcp_session" s]) / med(r, "e_mcp_door" s, n["e_mcp_door" s]), cj / ce
       }
       if (("d_proxy_redis" s) in n && ("c_proxy_door" s) in n) {
         printf "  %s thread(s) 5. Redis limiter over memory limiter throughput: %.2fx (target >= 0.85)\n", ts[j], med(r, "d_proxy_redis" s, n["d_proxy_redis" s]) / med(r, "c_proxy_door" s, n["c_proxy_door" s])
