@@ -461,7 +461,6 @@ impl HttpServerApp for McpHttpApp {
         let response = match fast {
             Some(response) => response,
             None => {
-                let head = session.req_header();
                 let mut builder = http::Request::builder()
                     .method(head.method.clone())
                     .uri(head.uri.clone());

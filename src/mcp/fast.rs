@@ -111,17 +111,9 @@ impl FastPath {
         let ClientRequest::CallToolRequest(call) = &request.request else {
             return None;
         };
-        // `Mcp-Name` must name the body's tool as written (a Base64 form goes to rmcp), and
-        // the tool's schema must map no argument to an `Mcp-Param-*` header, which rmcp
-        // would check.
+        // `Mcp-Name` must name the body's tool as written (a Base64 form goes to rmcp).
         let name = call.params.name.as_ref();
         if single(&head.headers, "mcp-name") != Some(name) || name.starts_with("=?") {
-            return None;
-        }
-        let handler = GatewayMcp::new(self.live.clone());
-        if rmcp::ServerHandler::get_tool(&handler, name)
-            .is_some_and(|t| t.input_schema.iter().any(|(k, v)| maps_headers(k, v)))
-        {
             return None;
         }
         // The body's version must be the header's, with every `_meta` key 2026-07-28
@@ -132,6 +124,15 @@ impl FastPath {
                 .missing_required_keys(&ProtocolVersion::V_2026_07_28)
                 .is_empty()
             || meta.get_progress_token().is_some()
+        {
+            return None;
+        }
+
+        // Last, as it looks the tool up: its schema must map no argument to an `Mcp-Param-*`
+        // header, which rmcp would check.
+        let handler = GatewayMcp::new(self.live.clone());
+        if rmcp::ServerHandler::get_tool(&handler, name)
+            .is_some_and(|t| t.input_schema.iter().any(|(k, v)| maps_headers(k, v)))
         {
             return None;
         }
