@@ -15,9 +15,11 @@
 //! `guard.rs` is the SSRF guard (address classification, DNS resolution and vetting),
 //! `client.rs` is the pooled Pingora client and its error mapping, `redact.rs` is the
 //! response-side hygiene (credential masking, the headers shown to a model), and `shape.rs`
-//! shapes an answer for a model (project, select, redact, cut so JSON still parses).
+//! shapes an answer for a model (project, select, redact), and `fit.rs` cuts it to the
+//! budget so JSON still parses, from its bytes when it is large.
 
 mod client;
+mod fit;
 mod guard;
 mod redact;
 mod shape;

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::fit::{fit_raw, fit_value, serialised_len};
 use crate::config::{Api, Query, SecretKind};
 use crate::error::{GatewayError, Reason};
 
@@ -29,7 +30,7 @@ pub struct Shaped {
     pub original_bytes: u64,
     /// Characters of `data` as serialised for the model.
     pub returned_chars: usize,
-    /// What was cut, by JSON pointer (at most [`MAX_DROPPED_NOTES`] entries).
+    /// What was cut, by JSON pointer (at most [`MAX_DROPPED_NOTES`](super::fit::MAX_DROPPED_NOTES) entries).
     pub dropped: Vec<String>,
     /// Redactions by kind: counts only, never values.
     pub redacted: BTreeMap<&'static str, u64>,
@@ -55,9 +56,6 @@ impl Shaped {
         m
     }
 }
-
-/// Notes kept about what truncation dropped.
-pub const MAX_DROPPED_NOTES: usize = 20;
 
 /// The upstream's body, as read.
 pub struct Body<'a> {
@@ -106,6 +104,28 @@ pub fn shape(api: &Api, body: Body<'_>, select: Option<&Query>) -> Result<Shaped
         return Ok(out);
     }
     let json_type = body.content_type.is_some_and(is_json_type);
+    let redactor = Redactor::for_api(api);
+    // An answer larger than the budget, with nothing to apply but redaction and the cut, is
+    // cut from its bytes without being parsed whole.
+    if json_type
+        && !body.read_cut
+        && cfg.project.is_none()
+        && select.is_none()
+        && cfg.redact.json_paths.is_empty()
+        && body.bytes.len() > cfg.max_result_chars
+    {
+        if let Some((fitted, cut)) = fit_raw(
+            &redactor,
+            &body.bytes,
+            cfg.max_result_chars,
+            &mut out.dropped,
+        ) {
+            out.truncated |= cut;
+            out.returned_chars = serialised_len(&fitted);
+            out.data = fitted;
+            return Ok(out);
+        }
+    }
     let parsed = (json_type && !body.read_cut)
         .then(|| serde_json::from_slice::<Value>(&body.bytes).ok())
         .flatten();
@@ -137,7 +157,6 @@ pub fn shape(api: &Api, body: Body<'_>, select: Option<&Query>) -> Result<Shaped
             )
         })?;
     }
-    let redactor = Redactor::for_api(api);
     data = redactor.value(data, &mut out.redacted);
     if !cfg.redact.json_paths.is_empty() && !matches!(data, Value::String(_)) {
         redact_json_paths(api, &mut data, &mut out.redacted);
@@ -319,6 +338,25 @@ impl<'a> Redactor<'a> {
         Redactor { api }
     }
 
+    /// Whether [`Redactor::text`] would change `text`: it holds a form of the credential or
+    /// one of the API's secret formats.
+    pub fn touches(&self, text: &str) -> bool {
+        if self
+            .api
+            .credential
+            .as_ref()
+            .is_some_and(|c| c.replacer.is_match(text))
+        {
+            return true;
+        }
+        let enabled = &self.api.response.redact.patterns;
+        !enabled.is_empty()
+            && PATTERN_SET
+                .matches(text)
+                .iter()
+                .any(|i| enabled.contains(&SecretKind::ALL[i]))
+    }
+
     /// `text` with every secret replaced by `[REDACTED:kind]`, counting each.
     pub fn text(&self, text: &str, counts: &mut BTreeMap<&'static str, u64>) -> Option<String> {
         // One pass per automaton: each match is counted as it is replaced.
@@ -388,269 +426,6 @@ fn redact_json_paths(api: &Api, data: &mut Value, counts: &mut BTreeMap<&'static
         if let Some(slot) = data.pointer_mut(&p) {
             *slot = Value::String("[REDACTED:json_path]".into());
             *counts.entry("json_path").or_default() += 1;
-        }
-    }
-}
-
-/// Characters of `v` as compact JSON (bytes: never fewer than characters, so a budget in
-/// bytes is a safe budget in characters).
-fn serialised_len(v: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
-}
-
-/// Fits `v` into `budget` bytes of compact JSON; returns the value and whether it was cut.
-/// Notes on what was dropped go to `dropped`.
-pub fn fit_value(v: Value, budget: usize, dropped: &mut Vec<String>) -> (Value, bool) {
-    if serialised_len(&v) <= budget {
-        return (v, false);
-    }
-    let mut path = String::new();
-    let fitted = fit(v, budget, &mut path, dropped).unwrap_or_else(|| {
-        note(dropped, "/: nothing fits the budget".to_string());
-        Value::Null
-    });
-    (fitted, true)
-}
-
-const MARKER_ROOM: usize = 32;
-
-fn note(dropped: &mut Vec<String>, text: String) {
-    if dropped.len() < MAX_DROPPED_NOTES {
-        dropped.push(text);
-    }
-}
-
-/// `v` in at most `budget` bytes, or `None` when not even a shortened form fits.
-fn fit(v: Value, budget: usize, path: &mut String, dropped: &mut Vec<String>) -> Option<Value> {
-    let size = serialised_len(&v);
-    if size <= budget {
-        return Some(v);
-    }
-    match v {
-        Value::String(s) => {
-            // Quotes, the marker, and escapes the kept text may need.
-            if budget < MARKER_ROOM + 16 {
-                return None;
-            }
-            let total = s.chars().count();
-            let mut keep = budget - MARKER_ROOM;
-            loop {
-                let cut: String = s.chars().take(keep).collect();
-                let kept = cut.chars().count();
-                let candidate = Value::String(format!("{cut}…[+{} chars]", total - kept));
-                let len = serialised_len(&candidate);
-                if len <= budget {
-                    note(
-                        dropped,
-                        format!("{}: string cut to {kept} of {total} characters", ptr(path)),
-                    );
-                    return Some(candidate);
-                }
-                // Escapes and multi-byte characters: shrink in proportion, at least by one.
-                let next = (keep * budget / len).min(keep.saturating_sub(1));
-                if next == 0 {
-                    return None;
-                }
-                keep = next;
-            }
-        }
-        Value::Array(items) => {
-            let total = items.len();
-            let mut kept = Vec::new();
-            let mut used = 2; // []
-            for (i, item) in items.into_iter().enumerate() {
-                let sep = usize::from(!kept.is_empty());
-                let room = budget.saturating_sub(used + sep);
-                let len = path.len();
-                path.push_str(&format!("/{i}"));
-                let fitted = fit(item, room, path, dropped);
-                path.truncate(len);
-                match fitted {
-                    Some(x) => {
-                        used += sep + serialised_len(&x);
-                        kept.push(x);
-                    }
-                    None => break,
-                }
-            }
-            if kept.len() < total {
-                note(
-                    dropped,
-                    format!("{}: kept {} of {total} items", ptr(path), kept.len()),
-                );
-            }
-            // An emptied container says nothing: leave it out rather than keep the shell.
-            (budget >= 2 && (!kept.is_empty() || total == 0)).then_some(Value::Array(kept))
-        }
-        Value::Object(map) => {
-            // Small members first, so a large one cannot crowd out the counts and links
-            // beside it; the output keeps the document's key order.
-            let total = map.len();
-            let mut members: Vec<(String, Option<Value>)> =
-                map.into_iter().map(|(k, x)| (k, Some(x))).collect();
-            let mut order: Vec<(usize, usize)> = members
-                .iter()
-                .enumerate()
-                .map(|(i, (_, x))| (x.as_ref().map_or(0, serialised_len), i))
-                .collect();
-            order.sort_unstable();
-            let mut fitted: Vec<Option<Value>> = vec![None; total];
-            let mut used = 2; // {}
-            let mut count = 0;
-            for (_, i) in order {
-                let (k, x) = &mut members[i];
-                let sep = usize::from(count > 0);
-                let key_len = serialised_len(&Value::String(k.clone())) + 1;
-                let room = budget.saturating_sub(used + sep + key_len);
-                let len = path.len();
-                path.push('/');
-                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                let x = x.take().unwrap_or(Value::Null);
-                let f = if room > 0 {
-                    fit(x, room, path, dropped)
-                } else {
-                    None
-                };
-                path.truncate(len);
-                if let Some(f) = f {
-                    used += sep + key_len + serialised_len(&f);
-                    count += 1;
-                    fitted[i] = Some(f);
-                }
-            }
-            let mut kept = Map::new();
-            let mut skipped = Vec::new();
-            for ((k, _), f) in members.into_iter().zip(fitted) {
-                match f {
-                    Some(f) => {
-                        kept.insert(k, f);
-                    }
-                    None => skipped.push(k),
-                }
-            }
-            if !skipped.is_empty() {
-                let shown: Vec<&str> = skipped.iter().take(5).map(String::as_str).collect();
-                note(
-                    dropped,
-                    format!(
-                        "{}: kept {} of {total} keys; left out {}{}",
-                        ptr(path),
-                        kept.len(),
-                        shown.join(", "),
-                        if skipped.len() > 5 { ", …" } else { "" }
-                    ),
-                );
-            }
-            (budget >= 2 && (!kept.is_empty() || total == 0)).then_some(Value::Object(kept))
-        }
-        // A number, boolean or null that does not fit.
-        _ => None,
-    }
-}
-
-fn ptr(path: &str) -> &str {
-    if path.is_empty() {
-        "/"
-    } else {
-        path
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_large_document_is_cut_to_the_budget_and_still_parses() {
-        let items: Vec<Value> = (0..5000)
-            .map(|i| json!({"id": i, "name": format!("item {i}"), "body": "x".repeat(200)}))
-            .collect();
-        let doc = json!({"total_count": 5000, "items": items, "next": "/page/2"});
-        let mut dropped = Vec::new();
-        let (v, cut) = fit_value(doc, 40_000, &mut dropped);
-        assert!(cut);
-        let text = serde_json::to_string(&v).unwrap();
-        assert!(text.len() <= 40_000, "{}", text.len());
-        assert!(text.len() > 35_000, "the budget is used: {}", text.len());
-        let back: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(back["total_count"], 5000);
-        assert_eq!(
-            back["next"], "/page/2",
-            "small keys after a large one are kept"
-        );
-        assert!(back["items"].as_array().unwrap().len() > 100);
-        assert!(
-            dropped.iter().any(|d| d.starts_with("/items: kept")),
-            "{dropped:?}"
-        );
-    }
-
-    #[test]
-    fn a_long_string_is_shortened_with_a_marker_whatever_its_characters() {
-        for s in ["a".repeat(10_000), "é\"\\\n😀".repeat(3000)] {
-            let mut dropped = Vec::new();
-            let (v, cut) = fit_value(Value::String(s.clone()), 1000, &mut dropped);
-            assert!(cut);
-            let text = serde_json::to_string(&v).unwrap();
-            assert!(text.len() <= 1000, "{}", text.len());
-            let kept = v.as_str().unwrap();
-            assert!(kept.contains("…[+"), "{kept}");
-            assert!(s.starts_with(kept.split("…[+").next().unwrap()));
-        }
-    }
-
-    mod properties {
-        use super::*;
-        use proptest::prelude::*;
-
-        fn value() -> impl Strategy<Value = Value> {
-            let leaf = prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::Bool),
-                any::<i64>().prop_map(|n| json!(n)),
-                "[ -~é😀\"\\\\]{0,80}".prop_map(Value::String),
-            ];
-            leaf.prop_recursive(4, 64, 8, |inner| {
-                prop_oneof![
-                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                    prop::collection::btree_map("[a-z/~]{1,6}", inner, 0..6)
-                        .prop_map(|m| Value::Object(m.into_iter().collect())),
-                ]
-            })
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(2000))]
-
-            /// Whatever the document and the budget, the result parses, fits the budget, and
-            /// is the document itself when that fits.
-            #[test]
-            fn the_cut_always_parses_and_fits(v in value(), budget in 2usize..600) {
-                let whole = serde_json::to_string(&v).unwrap();
-                let mut dropped = Vec::new();
-                let (fitted, cut) = fit_value(v.clone(), budget, &mut dropped);
-                let text = serde_json::to_string(&fitted).unwrap();
-                prop_assert!(serde_json::from_str::<Value>(&text).is_ok());
-                if whole.len() <= budget {
-                    prop_assert!(!cut);
-                    prop_assert_eq!(fitted, v);
-                } else {
-                    prop_assert!(cut);
-                    prop_assert!(text.len() <= budget.max(4), "{} > {budget}: {text}", text.len());
-                }
-            }
         }
     }
 }
