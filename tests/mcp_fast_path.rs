@@ -11,7 +11,8 @@ use common::*;
 use serde_json::{json, Value};
 
 /// One request of the corpus: what it is, its `Mcp-Name` header (`None`: no header), extra
-/// header lines, its body, and whether the fast path takes it.
+/// header lines, its body (a JSON string is sent as the raw text it holds), and whether the
+/// fast path takes it.
 struct Case {
     what: &'static str,
     name: Option<&'static str>,
@@ -211,6 +212,91 @@ fn corpus() -> Vec<Case> {
             fast: false,
         },
         Case {
+            what: "members rmcp does not read, and escapes in strings",
+            name: Some("api_gateway"),
+            extra: "",
+            body: {
+                let mut b = call(json!(11), "api_gateway", gw("/a"));
+                b["x-extra"] = json!({"nested": [1, 2]});
+                b["params"]["x-extra"] = json!(true);
+                Value::String(b.to_string().replace("\"/a\"", "\"\\u002fa\""))
+            },
+            fast: true,
+        },
+        Case {
+            what: "a request that also carries a result",
+            name: Some("api_gateway"),
+            extra: "",
+            body: {
+                let mut b = call(json!(12), "api_gateway", gw("/a"));
+                b["result"] = json!({});
+                b
+            },
+            fast: false,
+        },
+        Case {
+            what: "a request with an error member that is null",
+            name: Some("api_gateway"),
+            extra: "",
+            body: {
+                let mut b = call(json!(13), "api_gateway", gw("/a"));
+                b["error"] = Value::Null;
+                b
+            },
+            fast: false,
+        },
+        Case {
+            what: "a member sent twice",
+            name: Some("api_gateway"),
+            extra: "",
+            body: Value::String(
+                call(json!(14), "api_gateway", gw("/a"))
+                    .to_string()
+                    .replacen("{", "{\"method\":\"tools/list\",", 1),
+            ),
+            fast: false,
+        },
+        Case {
+            what: "an id sent twice",
+            name: Some("api_gateway"),
+            extra: "",
+            body: Value::String(
+                call(json!(15), "api_gateway", gw("/a"))
+                    .to_string()
+                    .replacen("{", "{\"id\":16,", 1),
+            ),
+            fast: false,
+        },
+        Case {
+            what: "a key written with an escape",
+            name: Some("api_gateway"),
+            extra: "",
+            body: Value::String(
+                call(json!(17), "api_gateway", gw("/a"))
+                    .to_string()
+                    .replacen("\"method\"", "\"m\\u0065thod\"", 1),
+            ),
+            fast: false,
+        },
+        Case {
+            what: "trailing text after the request",
+            name: Some("api_gateway"),
+            extra: "",
+            body: Value::String(format!("{} x", call(json!(18), "api_gateway", gw("/a")))),
+            fast: false,
+        },
+        Case {
+            what: "no jsonrpc member",
+            name: Some("api_gateway"),
+            extra: "",
+            body: {
+                let mut b = call(json!(19), "api_gateway", gw("/a"));
+                b.as_object_mut().unwrap().remove("jsonrpc");
+                b
+            },
+            fast: false,
+        },
+        Case {
             what: "arguments that are not an object",
             name: Some("api_gateway"),
             extra: "",
@@ -223,7 +309,10 @@ fn corpus() -> Vec<Case> {
 
 /// The raw request for `case` to a gateway's MCP port.
 fn request(case: &Case, port: u16) -> Vec<u8> {
-    let body = case.body.to_string();
+    let body = match &case.body {
+        Value::String(raw) => raw.clone(),
+        v => v.to_string(),
+    };
     let name = case
         .name
         .map(|n| format!("Mcp-Name: {n}\r\n"))

@@ -32,10 +32,12 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use pingora::http::RequestHeader;
 use rmcp::model::{
-    ClientCapabilities, ClientJsonRpcMessage, ClientRequest, ErrorCode, GetExtensions, GetMeta,
-    Implementation, InitializeRequestParams, ProtocolVersion, ServerJsonRpcMessage,
+    CallToolRequest, ClientCapabilities, ClientRequest, ErrorCode, GetExtensions, GetMeta,
+    Implementation, InitializeRequestParams, JsonRpcVersion2_0, ProtocolVersion, RequestId,
+    ServerJsonRpcMessage,
 };
 use rmcp::service::{Peer, RequestContext, RoleServer, Service};
+use serde::Deserialize;
 
 use super::handler::GatewayMcp;
 use crate::gateway::{Gateway, Live};
@@ -102,23 +104,18 @@ impl FastPath {
         head: &RequestHeader,
         body: &[u8],
     ) -> Option<Reply> {
-        // Parsed as rmcp's transport parses it, so the request the handler sees is the same.
-        let Ok(ClientJsonRpcMessage::Request(mut request)) =
-            serde_json::from_slice::<ClientJsonRpcMessage>(body)
-        else {
-            return None;
-        };
-        let ClientRequest::CallToolRequest(call) = &request.request else {
-            return None;
-        };
+        // Read as rmcp's transport reads a request whose method is `tools/call` (see
+        // [`typed_call`]), so the request the handler sees is the same.
+        let (id, call) = typed_call(body)?;
         // `Mcp-Name` must name the body's tool as written (a Base64 form goes to rmcp).
-        let name = call.params.name.as_ref();
-        if single(&head.headers, "mcp-name") != Some(name) || name.starts_with("=?") {
+        let name = call.params.name.clone();
+        if single(&head.headers, "mcp-name") != Some(name.as_ref()) || name.starts_with("=?") {
             return None;
         }
+        let mut request = ClientRequest::CallToolRequest(call);
         // The body's version must be the header's, with every `_meta` key 2026-07-28
         // requires: rmcp then routes the request to its stateless path and lets it through.
-        let meta = request.request.get_meta();
+        let meta = request.get_meta();
         if meta.protocol_version() != Some(ProtocolVersion::V_2026_07_28)
             || !meta
                 .missing_required_keys(&ProtocolVersion::V_2026_07_28)
@@ -131,7 +128,7 @@ impl FastPath {
         // Last, as it looks the tool up: its schema must map no argument to an `Mcp-Param-*`
         // header, which rmcp would check.
         let handler = GatewayMcp::new(self.live.clone());
-        if rmcp::ServerHandler::get_tool(&handler, name)
+        if rmcp::ServerHandler::get_tool(&handler, &name)
             .is_some_and(|t| t.input_schema.iter().any(|(k, v)| maps_headers(k, v)))
         {
             return None;
@@ -139,16 +136,13 @@ impl FastPath {
 
         // As rmcp's service loop dispatches a request: `_meta` and the extensions move into
         // the context, the caller and the config snapshot ride in the extensions.
-        let id = request.id.clone();
         let mut context = RequestContext::new(id.clone(), self.peer());
-        context.meta = std::mem::take(request.request.get_meta_mut());
-        context.extensions = std::mem::take(request.request.extensions_mut());
+        context.meta = std::mem::take(request.get_meta_mut());
+        context.extensions = std::mem::take(request.extensions_mut());
         context.extensions.insert(caller.clone());
         context.extensions.insert(gw.clone());
         let answered = Box::pin(Service::<RoleServer>::handle_request(
-            &handler,
-            request.request,
-            context,
+            &handler, request, context,
         ))
         .await;
         crate::telemetry::metrics().mcp_fast_path.inc();
@@ -163,6 +157,71 @@ impl FastPath {
         };
         Some(reply(&message))
     }
+}
+
+/// A `tools/call` request read from its body as rmcp's transport reads it, or `None` for
+/// any body it would read otherwise (or refuse).
+///
+/// rmcp reads a message through serde's untagged enums: the message kind by which members
+/// are present (a request has `method` and `id` and neither `result` nor `error`), then each
+/// request type in turn until one parses, building and dropping an error for each of the 13
+/// that come before `tools/call`. This reads the members once and hands `method` and
+/// `params` to rmcp's own `CallToolRequest` (so `_meta` and the parameters come out as rmcp
+/// makes them); a body with a member twice, a `result` or an `error`, or a request that is
+/// no well-formed `tools/call` (rmcp would then read it as a custom request) goes to rmcp.
+fn typed_call(body: &[u8]) -> Option<(RequestId, CallToolRequest)> {
+    use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+    use serde::Deserializer;
+    use serde_json::value::RawValue;
+
+    #[derive(Default)]
+    struct Members<'a> {
+        jsonrpc: bool,
+        id: Option<RequestId>,
+        method: Option<&'a RawValue>,
+        params: Option<&'a RawValue>,
+    }
+    struct Read;
+    impl<'de> Visitor<'de> for Read {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON-RPC request")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+            let mut m = Members::default();
+            let twice = || A::Error::custom("a member twice");
+            // A key with an escape is not borrowed: an error, and rmcp reads that body.
+            while let Some(key) = map.next_key::<&'de str>()? {
+                match key {
+                    "jsonrpc" if !m.jsonrpc => {
+                        map.next_value::<JsonRpcVersion2_0>()?;
+                        m.jsonrpc = true;
+                    }
+                    "id" if m.id.is_none() => m.id = Some(map.next_value()?),
+                    "method" if m.method.is_none() => m.method = Some(map.next_value()?),
+                    "params" if m.params.is_none() => m.params = Some(map.next_value()?),
+                    "jsonrpc" | "id" | "method" | "params" => return Err(twice()),
+                    "result" | "error" => return Err(A::Error::custom("not a request")),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(m)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let m = de.deserialize_map(Read).ok()?;
+    de.end().ok()?;
+    let (true, Some(id), Some(method)) = (m.jsonrpc, m.id, m.method) else {
+        return None;
+    };
+    // rmcp's request type reads `method` and `params` from the members as they were sent.
+    let mut members = vec![("method", method)];
+    members.extend(m.params.map(|p| ("params", p)));
+    let map = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(members.into_iter());
+    let call = CallToolRequest::deserialize(map).ok()?;
+    Some((id, call))
 }
 
 /// The HTTP answer for a reply, as rmcp's `json_response` mode writes it (a 500 with rmcp's
