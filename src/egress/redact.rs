@@ -24,6 +24,8 @@ pub const SAFE_RESPONSE_HEADERS: &[&str] = &[
     "ratelimit",
     "ratelimit-policy",
 ];
+// The MCP door marks the ones it has seen in a `u32`.
+const _: () = assert!(SAFE_RESPONSE_HEADERS.len() <= 32);
 
 /// Masks every occurrence of each form of the API's credential (the value, the token of a
 /// `Bearer X` value, their percent-encoded and base64 forms: [`Credential::forms`]) with `*`

@@ -575,13 +575,25 @@ impl GatewayMcp {
         let redactor = egress::Redactor::for_api(&api);
         let mut redacted = Default::default();
         let mut safe = Map::new();
-        for name in SAFE_RESPONSE_HEADERS {
-            if let Some(v) = resp.headers.get(*name).and_then(|v| v.to_str().ok()) {
-                let v = redactor
-                    .text(v, &mut redacted)
-                    .unwrap_or_else(|| v.to_string());
-                safe.insert((*name).to_string(), Value::String(v));
+        // The first value of each safe header the upstream sent, in one walk of its headers
+        // (the list is longer than most answers' headers, and a lookup by name parses it).
+        let mut seen = 0u32;
+        for (name, v) in &resp.headers {
+            let Some(i) = SAFE_RESPONSE_HEADERS
+                .iter()
+                .position(|h| *h == name.as_str())
+            else {
+                continue;
+            };
+            if seen & (1 << i) != 0 {
+                continue;
             }
+            seen |= 1 << i;
+            let Ok(v) = v.to_str() else { continue };
+            let v = redactor
+                .text(v, &mut redacted)
+                .unwrap_or_else(|| v.to_string());
+            safe.insert(name.as_str().to_string(), Value::String(v));
         }
         let header = |name| resp.headers.get(name).and_then(|v| v.to_str().ok());
         let read_cut = resp.truncated || resp.body.len() > max_body;
